@@ -1,0 +1,1 @@
+"""Bundled gin configs, installed as package data (found without --gin_search_paths)."""

@@ -1,0 +1,1 @@
+"""Checkpoint import (HuggingFace, t5x), the native format, and conversion."""

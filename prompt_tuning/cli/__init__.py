@@ -1,0 +1,1 @@
+"""Command-line entry points; each subcommand is a thin main over the library."""

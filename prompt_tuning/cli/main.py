@@ -1,0 +1,34 @@
+"""`prompt-tuning COMMAND ...`: dispatches to one module per command."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "convert": ("prompt_tuning.cli.convert", "convert an HF or t5x checkpoint to the native format"),
+    "generate": ("prompt_tuning.cli.generate", "decode inputs with a checkpoint (default: built-in tiny model)"),
+}
+
+
+def _usage() -> str:
+  lines = ["usage: prompt-tuning COMMAND [flags]   (prompt-tuning COMMAND --help for its flags)", "", "commands:"]
+  lines += [f"  {name:10s} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(_usage())
+    return 0
+  command, rest = argv[0], argv[1:]
+  if command not in COMMANDS:
+    print(f"prompt-tuning: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+  module = importlib.import_module(COMMANDS[command][0])
+  return module.main(rest)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,1 @@
+"""Networks: the frozen T5 and (later) the prompt layer."""

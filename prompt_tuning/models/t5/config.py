@@ -1,0 +1,138 @@
+"""T5 architecture configuration and the published named sizes.
+
+`T5Config` is a small frozen (hashable) dataclass so it can be a Flax module
+attribute and travel as JSON beside native checkpoints. Field names follow
+t5x's `t5x.examples.t5.network.T5Config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+_DTYPES = ("float32", "bfloat16", "float16")
+_ACTIVATIONS = ("relu", "gelu", "silu", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Dimensions and numerics of a T5 encoder-decoder.
+
+  T5 1.0 uses `mlp_activations=("relu",)` and `logits_via_embedding=True`
+  (logits through the shared embedding, scaled by emb_dim**-0.5). T5 1.1,
+  LM-adapted, Flan-T5 and mT5 use `("gelu", "linear")` (gated GELU) and a
+  separate `decoder/logits_dense` kernel.
+  """
+
+  vocab_size: int = 32128
+  emb_dim: int = 512
+  num_heads: int = 8
+  head_dim: int = 64
+  mlp_dim: int = 2048
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  mlp_activations: tuple[str, ...] = ("relu",)
+  logits_via_embedding: bool = True
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  layer_norm_epsilon: float = 1e-6
+  dropout_rate: float = 0.0
+  dtype: str = "float32"  # activations
+  param_dtype: str = "float32"  # stored parameters
+
+  def __post_init__(self):
+    object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+    for field in ("dtype", "param_dtype"):
+      if getattr(self, field) not in _DTYPES:
+        raise ValueError(f"T5Config.{field}={getattr(self, field)!r}: expected one of {_DTYPES}")
+    for act in self.mlp_activations:
+      if act not in _ACTIVATIONS:
+        raise ValueError(f"T5Config.mlp_activations has unknown activation {act!r}: expected {_ACTIVATIONS}")
+    for field in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
+                  "num_decoder_layers", "relative_attention_num_buckets"):
+      if getattr(self, field) < 1:
+        raise ValueError(f"T5Config.{field} must be positive, got {getattr(self, field)}")
+
+  @property
+  def activation_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def parameter_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  def replace(self, **changes: Any) -> "T5Config":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    out["mlp_activations"] = list(self.mlp_activations)
+    return out
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "T5Config":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown T5Config field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**values)
+
+
+_T5_1_0 = dict(mlp_activations=("relu",), logits_via_embedding=True, vocab_size=32128)
+_T5_1_1 = dict(mlp_activations=("gelu", "linear"), logits_via_embedding=False, vocab_size=32128)
+_MT5 = dict(_T5_1_1, vocab_size=250112)
+
+# (emb_dim, num_heads, head_dim, mlp_dim, num_layers) of the published checkpoints.
+_T5_1_0_SIZES = {
+    "small": (512, 8, 64, 2048, 6),
+    "base": (768, 12, 64, 3072, 12),
+    "large": (1024, 16, 64, 4096, 24),
+    "3b": (1024, 32, 128, 16384, 24),
+    "11b": (1024, 128, 128, 65536, 24),
+}
+_T5_1_1_SIZES = {
+    "small": (512, 6, 64, 1024, 8),
+    "base": (768, 12, 64, 2048, 12),
+    "large": (1024, 16, 64, 2816, 24),
+    "xl": (2048, 32, 64, 5120, 24),
+    "xxl": (4096, 64, 64, 10240, 24),
+}
+
+
+def _sized(family: Mapping[str, Any], size: tuple[int, int, int, int, int]) -> T5Config:
+  emb_dim, num_heads, head_dim, mlp_dim, layers = size
+  return T5Config(emb_dim=emb_dim, num_heads=num_heads, head_dim=head_dim, mlp_dim=mlp_dim,
+                  num_encoder_layers=layers, num_decoder_layers=layers, **family)
+
+
+NAMED_CONFIGS: dict[str, T5Config] = {
+    # Tiny, for tests and the quick start: a T5 1.1 layout with the T5 vocabulary size.
+    "tiny": T5Config(vocab_size=32128, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
+                     num_encoder_layers=2, num_decoder_layers=2,
+                     mlp_activations=("gelu", "linear"), logits_via_embedding=False),
+    **{f"t5_{name}": _sized(_T5_1_0, size) for name, size in _T5_1_0_SIZES.items()},
+    **{f"t5_1_1_{name}": _sized(_T5_1_1, size) for name, size in _T5_1_1_SIZES.items()},
+    **{f"mt5_{name}": _sized(_MT5, size) for name, size in _T5_1_1_SIZES.items()},
+}
+# LM-adapted (t5_1_1_lm100k_*) and Flan-T5 checkpoints share the T5 1.1 shapes.
+for _name, _size in _T5_1_1_SIZES.items():
+  NAMED_CONFIGS[f"t5_1_1_lm100k_{_name}"] = NAMED_CONFIGS[f"t5_1_1_{_name}"]
+  NAMED_CONFIGS[f"flan_t5_{_name}"] = NAMED_CONFIGS[f"t5_1_1_{_name}"]
+
+
+def get_config(name_or_config: str | T5Config, **overrides: Any) -> T5Config:
+  """Returns a named config (see NAMED_CONFIGS), optionally with fields replaced."""
+  if isinstance(name_or_config, T5Config):
+    config = name_or_config
+  else:
+    try:
+      config = NAMED_CONFIGS[name_or_config]
+    except KeyError:
+      raise ValueError(f"unknown model config {name_or_config!r}; known: {', '.join(sorted(NAMED_CONFIGS))}") from None
+  return config.replace(**overrides) if overrides else config

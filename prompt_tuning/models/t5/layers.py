@@ -1,0 +1,311 @@
+"""T5 building blocks in Flax Linen, with t5x parameter names and logical axes.
+
+Every parameter is created through `nn.with_logical_partitioning` and every key
+activation passes through `nn.with_logical_constraint`, using the axis names of
+`prompt_tuning.partitioning.LOGICAL_AXIS_RULES` (batch, length, embed, mlp,
+heads, kv, joined_kv, vocab, relpos_buckets). Kernels are stored 2-D, as in
+t5x checkpoints ([embed, heads*kv] for attention projections), and reshaped
+on use.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+NEG_INF = -1e10  # additive mask value, as in t5x
+
+# t5x initializers. T5 does not scale attention logits by 1/sqrt(head_dim):
+# that factor is folded into the query initializer instead.
+default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+attention_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+embedding_init = nn.initializers.normal(stddev=1.0)
+relpos_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+
+def constrain(x: Array, axes: Sequence[str | None]) -> Array:
+  """Names the logical axes of an activation (a no-op outside a mesh context)."""
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+class DenseGeneral(nn.Module):
+  """A bias-free projection with a 2-D stored kernel [prod(in), prod(out)].
+
+  Attributes:
+    features: output shape, e.g. (heads, kv) for a query projection.
+    axis: input axes contracted, e.g. -1 or (-2, -1).
+    kernel_axes: logical names of the 2-D stored kernel.
+  """
+
+  features: int | tuple[int, ...]
+  kernel_axes: tuple[str, str]
+  axis: int | tuple[int, ...] = -1
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+    axis = tuple(a % inputs.ndim for a in axis)
+    in_shape = tuple(inputs.shape[a] for a in axis)
+    stored_shape = (int(np.prod(in_shape)), int(np.prod(features)))
+    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+                        stored_shape, self.param_dtype)
+    kernel = jnp.asarray(kernel, self.dtype).reshape(in_shape + features)
+    inputs = jnp.asarray(inputs, self.dtype)
+    contract = (axis, tuple(range(len(axis))))
+    return jax.lax.dot_general(inputs, kernel, (contract, ((), ())))
+
+
+class Embed(nn.Module):
+  """Token embedding [vocab, embed]; `attend` gives logits against it."""
+
+  num_embeddings: int
+  features: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param("embedding", nn.with_logical_partitioning(embedding_init, ("vocab", "embed")),
+                                (self.num_embeddings, self.features), self.param_dtype)
+
+  def __call__(self, tokens: Array) -> Array:
+    """[batch, length] int -> [batch, length, embed]."""
+    embedding = jnp.asarray(self.embedding, self.dtype)
+    return constrain(jnp.take(embedding, tokens, axis=0), ("batch", "length", "embed"))
+
+  def attend(self, query: Array) -> Array:
+    """[batch, length, embed] -> float32 logits [batch, length, vocab]."""
+    embedding = jnp.asarray(self.embedding, self.dtype)
+    return jnp.einsum("ble,ve->blv", jnp.asarray(query, self.dtype), embedding,
+                      preferred_element_type=jnp.float32)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction, statistics in float32."""
+
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x32 = jnp.asarray(x, jnp.float32)
+    variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    normed = jnp.asarray(x32 * jax.lax.rsqrt(variance + self.epsilon), self.dtype)
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (x.shape[-1],), self.param_dtype)
+    return normed * jnp.asarray(scale, self.dtype)
+
+
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> np.ndarray:
+  """Mesh-TensorFlow's bucketing of (memory - query) positions, on the host.
+
+  Exact buckets for small distances, logarithmic ones up to max_distance.
+  Computed in float32 as the published checkpoints (and HF) do.
+  """
+  relative_position = np.asarray(relative_position, np.int64)
+  buckets = np.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative_position > 0).astype(np.int64) * num_buckets
+    distance = np.abs(relative_position)
+  else:
+    distance = -np.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  is_small = distance < max_exact
+  with np.errstate(divide="ignore"):
+    scaled = (np.log(distance.astype(np.float32) / np.float32(max_exact))
+              / np.float32(np.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact))
+  large = max_exact + np.where(is_small, 0, scaled).astype(np.int64)
+  large = np.minimum(large, num_buckets - 1)
+  return buckets + np.where(is_small, distance, large)
+
+
+class RelativePositionBiases(nn.Module):
+  """Shared per-stack attention bias from bucketed relative positions.
+
+  Parameter `rel_embedding` is [heads, relpos_buckets], as in t5x.
+  """
+
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  bidirectional: bool
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query_length: int, key_length: int) -> Array:
+    """Returns the bias [1, heads, query_length, key_length] (float32)."""
+    context = np.arange(query_length)[:, None]
+    memory = np.arange(key_length)[None, :]
+    buckets = relative_position_bucket(memory - context, self.bidirectional, self.num_buckets, self.max_distance)
+    table = self.param("rel_embedding", nn.with_logical_partitioning(relpos_init, ("heads", "relpos_buckets")),
+                       (self.num_heads, self.num_buckets), self.param_dtype)
+    one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)  # [q, k, buckets]
+    bias = jnp.einsum("hb,qkb->hqk", jnp.asarray(table, jnp.float32), one_hot)
+    return bias[None]
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, bias: Array, dropout_rate: float,
+                          dropout_rng: Array | None, dtype: jnp.dtype) -> Array:
+  """Unscaled multi-head attention with an additive bias.
+
+  Args:
+    query: [batch, q_length, heads, kv].
+    key, value: [batch, kv_length, heads, kv].
+    bias: broadcastable to [batch, heads, q_length, kv_length] (positions + mask).
+  Returns:
+    [batch, q_length, heads, kv] in `dtype`. Logits and softmax are float32.
+  """
+  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+  weights = jax.nn.softmax(logits + bias, axis=-1)
+  if dropout_rng is not None and dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    weights = weights * keep / (1.0 - dropout_rate)
+  weights = jnp.asarray(weights, dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+
+
+class MultiHeadAttention(nn.Module):
+  """T5 attention with query/key/value/out projections.
+
+  With `decode=True` and `cached=True`, keys and values live in the `cache`
+  collection: self-attention appends one position per call, and
+  encoder-decoder attention projects the encoder output once, when the cache
+  is created.
+  """
+
+  num_heads: int
+  head_dim: int
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _project(self, name: str, x: Array, init: Initializer) -> Array:
+    proj = DenseGeneral((self.num_heads, self.head_dim), ("embed", "joined_kv"), dtype=self.dtype,
+                        param_dtype=self.param_dtype, kernel_init=init, name=name)(x)
+    return constrain(proj, ("batch", "length", "heads", "kv"))
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array | None, bias: Array, *, deterministic: bool = True,
+               decode: bool = False, cross: bool = False) -> Array:
+    """Attends from inputs_q [batch, q_length, embed] to inputs_kv [batch, kv_length, embed].
+
+    Args:
+      bias: relative-position bias plus mask, broadcastable to
+        [batch, heads, q_length, kv_length]. For cached self-attention it is the
+        position bias over the whole cache, [1, heads, max_length, max_length];
+        the row of the current step is taken here and later positions masked.
+      decode: use the `cache` collection. A call on an empty cache creates it
+        from the inputs (a [batch, max_length] template for self-attention, the
+        encoder output for cross-attention); later calls feed one position.
+      cross: this is encoder-decoder attention (keys from the encoder).
+    Returns:
+      [batch, q_length, embed].
+    """
+    query_init = lambda rng, shape, dtype: attention_kernel_init(rng, shape, dtype) / np.sqrt(self.head_dim)
+    query = self._project("query", inputs_q, query_init)
+    if decode and cross:
+      key, value = self._cached_cross_kv(inputs_kv)
+    elif decode:
+      key, value, bias = self._cached_self_kv(inputs_q, bias)
+    else:
+      key = self._project("key", inputs_kv, attention_kernel_init)
+      value = self._project("value", inputs_kv, attention_kernel_init)
+    dropout_rng = None if deterministic or self.dropout_rate == 0.0 else self.make_rng("dropout")
+    out = dot_product_attention(query, key, value, bias, self.dropout_rate, dropout_rng, self.dtype)
+    out = DenseGeneral(inputs_q.shape[-1], ("joined_kv", "embed"), axis=(-2, -1), dtype=self.dtype,
+                       param_dtype=self.param_dtype, kernel_init=attention_kernel_init, name="out")(out)
+    return constrain(out, ("batch", "length", "embed"))
+
+  def _cached_cross_kv(self, encoded: Array | None) -> tuple[Array, Array]:
+    """Projects the encoder output into the cache once; later steps read it."""
+    if self.has_variable("cache", "cached_key"):
+      return self.get_variable("cache", "cached_key"), self.get_variable("cache", "cached_value")
+    if encoded is None:
+      raise ValueError("the encoder-decoder attention cache is empty: create it with the encoder output")
+    key = self._project("key", encoded, attention_kernel_init)
+    value = self._project("value", encoded, attention_kernel_init)
+    self.put_variable("cache", "cached_key", key)
+    self.put_variable("cache", "cached_value", value)
+    return key, value
+
+  def _cached_self_kv(self, inputs: Array, position_bias: Array) -> tuple[Array, Array, Array]:
+    """Appends one step's key/value at the cache index and returns the step's bias."""
+    key = self._project("key", inputs, attention_kernel_init)
+    value = self._project("value", inputs, attention_kernel_init)
+    if not self.has_variable("cache", "cached_key"):
+      # Creating the cache from a [batch, max_length] template: nothing is appended.
+      self.put_variable("cache", "cached_key", jnp.zeros_like(key))
+      self.put_variable("cache", "cached_value", jnp.zeros_like(value))
+      self.put_variable("cache", "cache_index", jnp.array(0, jnp.int32))
+      return key, value, position_bias + causal_mask_bias(key.shape[1])
+    if key.shape[1] != 1:
+      raise ValueError(f"cached decoding feeds one position per step, got {key.shape[1]}")
+    index = self.get_variable("cache", "cache_index")
+    cached_key = jax.lax.dynamic_update_slice(self.get_variable("cache", "cached_key"), key, (0, index, 0, 0))
+    cached_value = jax.lax.dynamic_update_slice(self.get_variable("cache", "cached_value"), value, (0, index, 0, 0))
+    self.put_variable("cache", "cached_key", cached_key)
+    self.put_variable("cache", "cached_value", cached_value)
+    self.put_variable("cache", "cache_index", index + 1)
+    max_length = cached_key.shape[1]
+    row = jax.lax.dynamic_slice_in_dim(position_bias, index, 1, axis=-2)  # [1, heads, 1, max_length]
+    visible = jnp.arange(max_length) <= index
+    return cached_key, cached_value, row + jnp.where(visible, 0.0, NEG_INF)
+
+
+def causal_mask_bias(length: int) -> Array:
+  """Additive mask [1, 1, length, length] letting position i see positions <= i."""
+  visible = np.tril(np.ones((length, length), dtype=bool))
+  return jnp.asarray(np.where(visible, 0.0, NEG_INF), jnp.float32)[None, None]
+
+
+def padding_mask_bias(query_mask: Array, key_mask: Array) -> Array:
+  """Additive mask [batch, 1, q_length, kv_length] from [batch, length] validity masks."""
+  visible = jnp.logical_and(query_mask[:, :, None] > 0, key_mask[:, None, :] > 0)
+  return jnp.where(visible, 0.0, NEG_INF)[:, None].astype(jnp.float32)
+
+
+class MlpBlock(nn.Module):
+  """Feed-forward: relu (T5 1.0) or gated activations (T5 1.1 gated GELU)."""
+
+  mlp_dim: int
+  activations: tuple[str, ...]
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: Array, *, deterministic: bool = True) -> Array:
+    """[batch, length, embed] -> [batch, length, embed]."""
+    dense = functools.partial(DenseGeneral, dtype=self.dtype, param_dtype=self.param_dtype)
+    hidden = None
+    for idx, act in enumerate(self.activations):
+      name = "wi" if len(self.activations) == 1 else f"wi_{idx}"
+      h = _ACTIVATION_FNS[act](dense(self.mlp_dim, ("embed", "mlp"), name=name)(inputs))
+      hidden = h if hidden is None else hidden * h
+    hidden = constrain(hidden, ("batch", "length", "mlp"))
+    hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic=deterministic)
+    out = dense(inputs.shape[-1], ("mlp", "embed"), name="wo")(hidden)
+    return constrain(out, ("batch", "length", "embed"))
+
+
+_ACTIVATION_FNS = {
+    "relu": jax.nn.relu,
+    "gelu": functools.partial(jax.nn.gelu, approximate=True),  # HF "gelu_new"
+    "silu": jax.nn.silu,
+    "linear": lambda x: x,
+}

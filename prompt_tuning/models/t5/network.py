@@ -1,0 +1,229 @@
+"""The T5 encoder-decoder, with t5x parameter names.
+
+Parameter tree (t5x's `target`):
+  token_embedder/embedding                       [vocab, embed]
+  encoder/relpos_bias/rel_embedding              [heads, relpos_buckets]
+  encoder/layers_{i}/pre_attention_layer_norm/scale, attention/{query,key,value,out}/kernel,
+                     pre_mlp_layer_norm/scale, mlp/{wi | wi_0, wi_1, wo}/kernel
+  encoder/encoder_norm/scale
+  decoder/relpos_bias/rel_embedding
+  decoder/layers_{i}/pre_self_attention_layer_norm, self_attention, pre_cross_attention_layer_norm,
+                     encoder_decoder_attention, pre_mlp_layer_norm, mlp
+  decoder/decoder_norm/scale
+  decoder/logits_dense/kernel                    [embed, vocab]  (T5 1.1 family only)
+
+The encoder takes already-embedded inputs with an explicit mask, so a prompt
+layer can sit between `embed` and `encode`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning.models.t5 import layers
+from prompt_tuning.models.t5.config import T5Config
+
+Array = jax.Array
+
+
+def _dtypes(config: T5Config) -> dict:
+  return dict(dtype=config.activation_dtype, param_dtype=config.parameter_dtype)
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, bias: Array, *, deterministic: bool) -> Array:
+    """x [batch, length, embed], bias [batch, heads, length, length] -> [batch, length, embed]."""
+    cfg = self.config
+    dropout = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic)
+    norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, **_dtypes(cfg))
+    h = norm(name="pre_attention_layer_norm")(x)
+    h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, **_dtypes(cfg),
+                                  name="attention")(h, h, bias, deterministic=deterministic)
+    x = x + dropout(h)
+    h = norm(name="pre_mlp_layer_norm")(x)
+    h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, **_dtypes(cfg),
+                        name="mlp")(h, deterministic=deterministic)
+    return layers.constrain(x + dropout(h), ("batch", "length", "embed"))
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, y: Array, encoded: Array | None, self_bias: Array, cross_bias: Array, *,
+               deterministic: bool, decode: bool) -> Array:
+    """y [batch, length, embed] attends to itself and to encoded [batch, enc_length, embed]."""
+    cfg = self.config
+    dropout = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic)
+    norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, **_dtypes(cfg))
+    attention = functools.partial(layers.MultiHeadAttention, cfg.num_heads, cfg.head_dim, cfg.dropout_rate,
+                                  **_dtypes(cfg))
+    h = norm(name="pre_self_attention_layer_norm")(y)
+    h = attention(name="self_attention")(h, h, self_bias, deterministic=deterministic, decode=decode)
+    y = y + dropout(h)
+    h = norm(name="pre_cross_attention_layer_norm")(y)
+    h = attention(name="encoder_decoder_attention")(h, encoded, cross_bias, deterministic=deterministic,
+                                                    decode=decode, cross=True)
+    y = y + dropout(h)
+    h = norm(name="pre_mlp_layer_norm")(y)
+    h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, **_dtypes(cfg),
+                        name="mlp")(h, deterministic=deterministic)
+    return layers.constrain(y + dropout(h), ("batch", "length", "embed"))
+
+
+class Encoder(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, embedded: Array, mask: Array, *, deterministic: bool = True) -> Array:
+    """embedded [batch, length, embed] with mask [batch, length] (1 = token) -> [batch, length, embed]."""
+    cfg = self.config
+    length = embedded.shape[1]
+    bias = layers.RelativePositionBiases(cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+                                         cfg.num_heads, bidirectional=True, **_dtypes(cfg),
+                                         name="relpos_bias")(length, length)
+    bias = bias + layers.padding_mask_bias(mask, mask)
+    dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    x = dropout(jnp.asarray(embedded, cfg.activation_dtype), deterministic=deterministic)
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic=deterministic)
+    x = layers.RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), name="encoder_norm")(x)
+    return dropout(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, embedded: Array, encoded: Array | None, encoder_mask: Array, *, shared_embedding: layers.Embed,
+               decoder_mask: Array | None = None, deterministic: bool = True, decode: bool = False) -> Array:
+    """Decoder stack and output head.
+
+    Args:
+      embedded: [batch, length, embed] embedded decoder inputs; in decode mode
+        either the [batch, max_length] template that creates the cache or one step.
+      encoded: [batch, enc_length, embed]; may be None for cached decode steps.
+      encoder_mask: [batch, enc_length] (1 = token).
+      decoder_mask: optional [batch, length] (1 = target token); padding is
+        otherwise harmless because attention is causal.
+    Returns:
+      float32 logits [batch, length, vocab].
+    """
+    cfg = self.config
+    relpos = layers.RelativePositionBiases(cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+                                           cfg.num_heads, bidirectional=False, **_dtypes(cfg), name="relpos_bias")
+    if decode:
+      # Bias over the whole cache; each layer's attention picks the current row.
+      max_length = self._cache_length(embedded)
+      self_bias = relpos(max_length, max_length)
+      cross_bias = jnp.where(encoder_mask > 0, 0.0, layers.NEG_INF)[:, None, None, :].astype(jnp.float32)
+    else:
+      length = embedded.shape[1]
+      self_bias = relpos(length, length) + layers.causal_mask_bias(length)
+      if decoder_mask is not None:
+        self_bias = self_bias + layers.padding_mask_bias(decoder_mask, decoder_mask)
+        query_mask = decoder_mask
+      else:
+        query_mask = jnp.ones(embedded.shape[:2], jnp.int32)
+      cross_bias = layers.padding_mask_bias(query_mask, encoder_mask)
+    dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    y = dropout(jnp.asarray(embedded, cfg.activation_dtype), deterministic=deterministic)
+    for i in range(cfg.num_decoder_layers):
+      y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic=deterministic,
+                                               decode=decode)
+    y = layers.RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), name="decoder_norm")(y)
+    y = dropout(y, deterministic=deterministic)
+    if cfg.logits_via_embedding:
+      logits = shared_embedding.attend(y * (cfg.emb_dim ** -0.5))
+    else:
+      logits = layers.DenseGeneral(cfg.vocab_size, ("embed", "vocab"), **_dtypes(cfg), name="logits_dense")(y)
+      logits = jnp.asarray(logits, jnp.float32)
+    return layers.constrain(logits, ("batch", "length", "vocab"))
+
+  def _cache_length(self, embedded: Array) -> int:
+    """The cache length: the template's length, or that of the existing cache."""
+    cache = self.variables.get("cache", {})
+    if "layers_0" in cache:
+      return cache["layers_0"]["self_attention"]["cached_key"].shape[1]
+    return embedded.shape[1]
+
+
+class Transformer(nn.Module):
+  """T5 encoder-decoder. `embed` -> `encode` -> `decode`; `__call__` runs all three."""
+
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, **_dtypes(cfg))
+    self.encoder = Encoder(cfg)
+    self.decoder = Decoder(cfg)
+
+  def embed(self, tokens: Array) -> Array:
+    """Token ids [batch, length] -> embeddings [batch, length, embed] (activation dtype)."""
+    return self.token_embedder(tokens)
+
+  def encode(self, embedded: Array, mask: Array, *, deterministic: bool = True) -> Array:
+    """Encoder over embedded inputs [batch, length, embed] with mask [batch, length]."""
+    return self.encoder(embedded, mask, deterministic=deterministic)
+
+  def encode_tokens(self, encoder_input_tokens: Array, *, deterministic: bool = True) -> tuple[Array, Array]:
+    """Token ids [batch, length] (0 = padding) -> (encoded [batch, length, embed], mask [batch, length]).
+
+    This is the seam a prompt layer overrides: it returns the encoder output
+    and the mask the decoder's cross-attention must use.
+    """
+    mask = (encoder_input_tokens > 0).astype(jnp.int32)
+    return self.encode(self.embed(encoder_input_tokens), mask, deterministic=deterministic), mask
+
+  def decode(self, encoded: Array | None, encoder_mask: Array, decoder_input_tokens: Array, *,
+             decoder_mask: Array | None = None, deterministic: bool = True, decode: bool = False) -> Array:
+    """Decoder logits, float32 [batch, length, vocab]; see `Decoder`."""
+    embedded = self.token_embedder(decoder_input_tokens)
+    return self.decoder(embedded, encoded, encoder_mask, shared_embedding=self.token_embedder,
+                        decoder_mask=decoder_mask, deterministic=deterministic, decode=decode)
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               decoder_target_tokens: Array | None = None, *, deterministic: bool = True) -> Array:
+    """Teacher-forced logits.
+
+    Args:
+      encoder_input_tokens: int32 [batch, enc_length], 0 = padding.
+      decoder_input_tokens: int32 [batch, dec_length], starting with 0.
+      decoder_target_tokens: optional int32 [batch, dec_length]; its padding
+        masks decoder positions, as in t5x.
+    Returns:
+      float32 logits [batch, dec_length, vocab].
+    """
+    encoded, encoder_mask = self.encode_tokens(encoder_input_tokens, deterministic=deterministic)
+    decoder_mask = None if decoder_target_tokens is None else (decoder_target_tokens > 0).astype(jnp.int32)
+    return self.decode(encoded, encoder_mask, decoder_input_tokens, decoder_mask=decoder_mask,
+                       deterministic=deterministic)
+
+
+def _init_inputs() -> tuple[Array, Array]:
+  return jnp.ones((1, 1), jnp.int32), jnp.ones((1, 1), jnp.int32)
+
+
+def init_params(config: T5Config, rng: Array) -> dict:
+  """Randomly initialized parameters (t5x initializers), unboxed: a plain nested dict."""
+  variables = Transformer(config).init(rng, *_init_inputs())
+  return nn.meta.unbox(variables["params"])
+
+
+def abstract_params(config: T5Config) -> dict:
+  """The parameter tree as jax.ShapeDtypeStructs, computed without allocating memory."""
+  return jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+
+
+def param_logical_axes(config: T5Config) -> dict:
+  """The logical axis names of every parameter, e.g. ('embed', 'joined_kv'), as a nested dict."""
+  boxed = jax.eval_shape(lambda: Transformer(config).init(jax.random.PRNGKey(0), *_init_inputs()))["params"]
+  return jax.tree.map(lambda box: tuple(box.names), boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))

@@ -1,0 +1,66 @@
+"""Device meshes and the one table mapping logical axis names to mesh axes.
+
+Every parameter and key activation in `prompt_tuning.models` is named with
+the logical axes below; `LOGICAL_AXIS_RULES` maps them onto a Mesh with a
+'data' axis (batch) and a 'model' axis (tensor parallelism), following t5x's
+defaults. A single device is a 1x1 mesh and runs the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+
+# logical axis -> mesh axis (None = replicated). The vocabulary of axis names.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
+    ("batch", DATA_AXIS),
+    ("vocab", MODEL_AXIS),
+    ("embed", None),
+    ("mlp", MODEL_AXIS),
+    ("heads", MODEL_AXIS),
+    ("kv", None),
+    ("joined_kv", MODEL_AXIS),
+    ("relpos_buckets", None),
+    ("length", None),
+    ("prompt", None),  # soft-prompt rows: always replicated
+    ("tasks", None),  # rows of a multi-task prompt table
+)
+AXIS_NAMES = frozenset(name for name, _ in LOGICAL_AXIS_RULES)
+
+
+def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ('data', 'model') mesh: num_partitions devices per model replica.
+
+  Args:
+    num_partitions: size of the 'model' axis; must divide the device count.
+    devices: defaults to all devices (every host's, in multi-host runs).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if num_partitions < 1 or len(devices) % num_partitions:
+    raise ValueError(f"NUM_PARTITIONS={num_partitions} must be >= 1 and divide the {len(devices)} devices")
+  grid = np.asarray(devices).reshape(len(devices) // num_partitions, num_partitions)
+  return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+
+
+def logical_to_sharding(logical_axes: Any, mesh: Mesh,
+                        rules: Sequence[tuple[str, str | None]] = LOGICAL_AXIS_RULES) -> Any:
+  """Maps a tree of logical-axis tuples (e.g. ('embed', 'mlp')) to NamedShardings on `mesh`."""
+  def to_sharding(names: tuple[str, ...]) -> NamedSharding:
+    unknown = [n for n in names if n is not None and n not in {r for r, _ in rules}]
+    if unknown:
+      raise ValueError(f"logical axis {unknown[0]!r} has no rule in LOGICAL_AXIS_RULES")
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(names, rules))
+
+  return jax.tree.map(to_sharding, logical_axes, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches [batch, ...] split over the 'data' axis."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))

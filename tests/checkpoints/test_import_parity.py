@@ -1,0 +1,118 @@
+"""Every checkpoint format loads to the same model: HF, t5x (msgpack+zarr and orbax), native."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import prompt_tuning
+from prompt_tuning.checkpoints import hf, loader
+from prompt_tuning.checkpoints.structure import CheckpointError, flatten
+from prompt_tuning.cli import main as cli
+from support import t5x_format
+
+
+@pytest.fixture(scope="module")
+def reference(hf_checkpoints):
+  """(config, params, HF dir) of the T5 1.1 reference model."""
+  path = hf_checkpoints["t5_1_1"][1]
+  config, params = hf.load_hf(path)
+  return config, params, path
+
+
+def test_t5x_legacy_layout_with_inline_and_zarr_arrays(reference, padded_batch, tmp_path):
+  config, params, hf_dir = reference
+  enc, dec_in, _ = padded_batch
+  step_dir = t5x_format.write_t5x_checkpoint(params, str(tmp_path), 1100000, zarr_min_size=1024)
+  zarr_dirs = [d for d in os.listdir(step_dir) if d.startswith("target.")]
+  inline = [n for n, a in flatten(params).items() if a.size < 1024]
+  assert "target.encoder.layers_0.attention.query.kernel" in zarr_dirs and inline  # both kinds present
+  want = prompt_tuning.load_pretrained(hf_dir).logits(enc, dec_in)
+  for path in (step_dir, str(tmp_path)):  # the step directory, or the model directory (latest step)
+    got = prompt_tuning.load_pretrained(path, config=config).logits(enc, dec_in)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_t5x_orbax_layout(reference, padded_batch, tmp_path):
+  config, params, hf_dir = reference
+  enc, dec_in, _ = padded_batch
+  step_dir = t5x_format.write_orbax_t5x_checkpoint(params, str(tmp_path), 7)
+  assert os.path.isdir(os.path.join(step_dir, "state"))
+  got = prompt_tuning.load_pretrained(step_dir, config=config).logits(enc, dec_in)
+  np.testing.assert_array_equal(got, prompt_tuning.load_pretrained(hf_dir).logits(enc, dec_in))
+
+
+def test_t5x_bfloat16_checkpoint_loads_in_float32_and_bfloat16(reference, padded_batch, tmp_path):
+  config, params, hf_dir = reference
+  enc, dec_in, _ = padded_batch
+  step_dir = t5x_format.write_t5x_checkpoint(params, str(tmp_path), 3, zarr_min_size=1024, dtype=ml_dtypes.bfloat16)
+  f32 = prompt_tuning.load_pretrained(step_dir, config=config)
+  assert f32.params["decoder"]["logits_dense"]["kernel"].dtype == np.float32
+  want = prompt_tuning.load_pretrained(hf_dir).logits(enc, dec_in)
+  assert np.abs(f32.logits(enc, dec_in) - want).max() < 0.05 * np.abs(want).max()
+  bf16 = prompt_tuning.load_pretrained(step_dir, config=config, dtype="bfloat16")
+  assert bf16.params["decoder"]["logits_dense"]["kernel"].dtype == ml_dtypes.bfloat16
+  assert bf16.logits(enc, dec_in).dtype == np.float32
+
+
+def test_t5x_needs_a_config_and_checks_it_against_the_arrays(reference, tmp_path):
+  config, params, _ = reference
+  step_dir = t5x_format.write_t5x_checkpoint(params, str(tmp_path), 1, zarr_min_size=1024)
+  with pytest.raises(CheckpointError, match="carries no model config; pass config="):
+    prompt_tuning.load_pretrained(step_dir)
+  with pytest.raises(CheckpointError, match=r"decoder/decoder_norm/scale has shape \(32,\), the config expects \(512,\)"):
+    prompt_tuning.load_pretrained(step_dir, config="t5_1_1_small")
+  # A T5 1.0 config for T5 1.1 arrays: the first unknown parameter is named.
+  with pytest.raises(CheckpointError, match="missing parameter|unexpected parameter"):
+    prompt_tuning.load_pretrained(step_dir, config=config.replace(mlp_activations=("relu",)))
+
+
+def test_convert_command_writes_native_checkpoint_that_loads_identically(reference, padded_batch, tmp_path, capsys):
+  config, params, hf_dir = reference
+  enc, dec_in, _ = padded_batch
+  want = prompt_tuning.load_pretrained(hf_dir).logits(enc, dec_in)
+  native_from_hf = str(tmp_path / "native_hf")
+  assert cli.main(["convert", hf_dir, native_from_hf]) == 0
+  assert "wrote native checkpoint" in capsys.readouterr().out
+  assert loader.detect_format(native_from_hf) == "native"
+  loaded = prompt_tuning.load_pretrained(native_from_hf)
+  assert loaded.config == config
+  np.testing.assert_array_equal(loaded.logits(enc, dec_in), want)
+
+  step_dir = t5x_format.write_t5x_checkpoint(params, str(tmp_path / "t5x"), 5, zarr_min_size=1024)
+  native_from_t5x = str(tmp_path / "native_t5x")
+  assert cli.main(["convert", step_dir, native_from_t5x, "--config", "tiny"]) == 1  # tiny has other dimensions
+  assert "the config expects" in capsys.readouterr().err
+  assert not os.path.exists(native_from_t5x)  # nothing half-written
+  # Existing destinations are never overwritten.
+  assert cli.main(["convert", hf_dir, native_from_hf]) == 1
+  assert "already exists" in capsys.readouterr().err
+
+
+def test_native_checkpoint_with_missing_or_damaged_params(reference, tmp_path):
+  config, params, hf_dir = reference
+  path = str(tmp_path / "native")
+  assert cli.main(["convert", hf_dir, path]) == 0
+  broken = str(tmp_path / "broken")
+  shutil.copytree(path, broken)
+  shutil.rmtree(os.path.join(broken, "params"))
+  with pytest.raises(CheckpointError, match="no params/ directory"):
+    prompt_tuning.load_pretrained(broken)
+  with pytest.raises(CheckpointError, match=r"decoder/decoder_norm/scale has shape \(32,\), the config expects \(48,\)"):
+    prompt_tuning.load_pretrained(path, config=config.replace(emb_dim=48))
+  damaged = str(tmp_path / "damaged")
+  shutil.copytree(path, damaged)
+  for dirpath, _, files in os.walk(os.path.join(damaged, "params", "d")):
+    for name in files:
+      with open(os.path.join(dirpath, name), "r+b") as f:
+        f.truncate(8)
+  with pytest.raises(CheckpointError, match=r"damaged/params: (orbax metadata is missing or incomplete|cannot restore parameters)"):
+    prompt_tuning.load_pretrained(damaged)
+  with open(os.path.join(broken, "t5_config.json"), "w") as f:
+    f.write('{"d_model": 3}')
+  with pytest.raises(CheckpointError, match=r"unknown T5Config field\(s\) \['d_model'\]"):
+    prompt_tuning.load_pretrained(broken)

@@ -1,0 +1,116 @@
+"""The T5 network: the prompt seam, logical axes, dtypes, dropout and the decode cache."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prompt_tuning import partitioning
+from prompt_tuning.checkpoints.structure import flatten
+from prompt_tuning.models.model import EncoderDecoderModel
+from prompt_tuning.models.t5 import get_config, network
+
+CONFIG = get_config("tiny", vocab_size=128)
+
+
+@pytest.fixture(scope="module")
+def params():
+  return network.init_params(CONFIG, jax.random.PRNGKey(0))
+
+
+def _batch():
+  rng = np.random.RandomState(1)
+  enc = rng.randint(2, 128, size=(2, 7)).astype(np.int32)
+  enc[1, 4:] = 0
+  dec_in = rng.randint(2, 128, size=(2, 5)).astype(np.int32)
+  dec_in[:, 0] = 0
+  return enc, dec_in
+
+
+def test_parameter_tree_uses_t5x_names(params):
+  names = set(flatten(params))
+  assert {"token_embedder/embedding", "encoder/relpos_bias/rel_embedding", "decoder/relpos_bias/rel_embedding",
+          "encoder/layers_1/attention/query/kernel", "encoder/layers_0/mlp/wi_0/kernel",
+          "encoder/layers_0/mlp/wi_1/kernel", "decoder/layers_1/encoder_decoder_attention/out/kernel",
+          "decoder/layers_0/pre_cross_attention_layer_norm/scale", "decoder/decoder_norm/scale",
+          "encoder/encoder_norm/scale", "decoder/logits_dense/kernel"} <= names
+  # t5x stores attention kernels 2-D: [embed, heads * kv].
+  assert params["encoder"]["layers_0"]["attention"]["query"]["kernel"].shape == (32, 32)
+  assert params["encoder"]["relpos_bias"]["rel_embedding"].shape == (4, 32)
+
+
+def test_every_parameter_has_logical_axes_from_the_rules_table(params):
+  axes = flatten(network.param_logical_axes(CONFIG))
+  assert set(axes) == set(flatten(params))
+  for name, names in axes.items():
+    assert len(names) == np.ndim(flatten(params)[name]), name
+    assert set(names) <= partitioning.AXIS_NAMES, (name, names)
+  assert axes["encoder/layers_0/attention/query/kernel"] == ("embed", "joined_kv")
+  assert axes["decoder/logits_dense/kernel"] == ("embed", "vocab")
+
+
+def test_encoder_accepts_embedded_inputs_with_explicit_mask(params):
+  """The prompt seam: embed, edit the embeddings, encode with a mask."""
+  module = network.Transformer(CONFIG)
+  enc, dec_in = _batch()
+  embedded = module.apply({"params": params}, enc, method="embed")
+  mask = (enc > 0).astype(np.int32)
+  via_embedded = module.apply({"params": params}, embedded, mask, method="encode")
+  via_tokens, token_mask = module.apply({"params": params}, enc, method="encode_tokens")
+  np.testing.assert_array_equal(via_embedded, via_tokens)
+  np.testing.assert_array_equal(token_mask, mask)
+  # Prepending 3 extra embedded positions changes the encoding of the original tokens (they attend to them).
+  extra = jnp.concatenate([jnp.ones((2, 3, 32)), embedded], axis=1)
+  extra_mask = jnp.concatenate([jnp.ones((2, 3), jnp.int32), mask], axis=1)
+  with_prefix = module.apply({"params": params}, extra, extra_mask, method="encode")
+  assert with_prefix.shape == (2, 10, 32)
+  assert not np.allclose(with_prefix[:, 3:], via_embedded, atol=1e-3)
+
+
+def test_padding_does_not_change_valid_positions(params):
+  module = network.Transformer(CONFIG)
+  enc, dec_in = _batch()
+  logits = module.apply({"params": params}, enc, dec_in)
+  wider = np.concatenate([enc, np.zeros((2, 5), np.int32)], axis=1)
+  np.testing.assert_allclose(module.apply({"params": params}, wider, dec_in), logits, atol=1e-5)
+
+
+def test_bfloat16_activations_and_params_close_to_float32(params):
+  enc, dec_in = _batch()
+  f32 = network.Transformer(CONFIG).apply({"params": params}, enc, dec_in)
+  cfg16 = CONFIG.replace(dtype="bfloat16", param_dtype="bfloat16")
+  params16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+  assert network.abstract_params(cfg16)["token_embedder"]["embedding"].dtype == jnp.bfloat16
+  bf16 = network.Transformer(cfg16).apply({"params": params16}, enc, dec_in)
+  assert bf16.dtype == jnp.float32  # logits are always float32
+  scale = float(np.abs(f32).max())
+  assert float(np.abs(bf16 - f32).max()) < 0.05 * scale
+
+
+def test_dropout_only_when_not_deterministic(params):
+  enc, dec_in = _batch()
+  module = network.Transformer(CONFIG.replace(dropout_rate=0.3))
+  a = module.apply({"params": params}, enc, dec_in, deterministic=True)
+  np.testing.assert_array_equal(a, network.Transformer(CONFIG).apply({"params": params}, enc, dec_in))
+  rngs = lambda seed: {"dropout": jax.random.PRNGKey(seed)}
+  b = module.apply({"params": params}, enc, dec_in, deterministic=False, rngs=rngs(0))
+  c = module.apply({"params": params}, enc, dec_in, deterministic=False, rngs=rngs(0))
+  d = module.apply({"params": params}, enc, dec_in, deterministic=False, rngs=rngs(1))
+  np.testing.assert_array_equal(b, c)
+  assert not np.allclose(a, b) and not np.allclose(b, d)
+
+
+def test_cached_decoding_steps_equal_teacher_forced_logits(params):
+  """Feeding tokens one at a time through the cache reproduces the full forward pass."""
+  model = EncoderDecoderModel(network.Transformer(CONFIG))
+  enc, dec_in = _batch()
+  full = model.logits(params, enc, dec_in)
+  encoded, mask = model.module.apply({"params": params}, enc, method="encode_tokens")
+  cache = model.initial_cache(params, encoded, mask, max_decode_length=dec_in.shape[1])
+  for t in range(dec_in.shape[1]):
+    logits, variables = model.module.apply({"params": params, "cache": cache}, None, mask, dec_in[:, t:t + 1],
+                                           decode=True, method="decode", mutable=["cache"])
+    cache = variables["cache"]
+    np.testing.assert_allclose(logits[:, 0], full[:, t], atol=2e-5)

@@ -1,0 +1,1 @@
+"""Test helpers: tiny HF models, t5x-layout checkpoint writers."""
