@@ -1,9 +1,14 @@
 """The model wrapper: what to compute with a network, apart from the network.
 
 `EncoderDecoderModel` turns a Flax encoder-decoder module (the plain T5
-`Transformer`, or later a prompted one with the same `encode_tokens` /
-`decode` methods) into pure functions of (params, batch): teacher-forced
-logits and autoregressive prediction with a key/value cache.
+`Transformer`, or a prompted one with the same `encode_tokens` / `decode`
+methods) into pure functions of (params, batch): teacher-forced logits, the
+training loss, sequence scores (rank classification) and autoregressive
+prediction with a key/value cache.
+
+Batches are seqio-style dicts of int32 arrays: encoder_input_tokens [batch,
+enc_length], decoder_input_tokens / decoder_target_tokens [batch, dec_length]
+and float decoder_loss_weights [batch, dec_length].
 """
 
 from __future__ import annotations
@@ -22,8 +27,109 @@ Params = Any
 
 
 @dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """t5x's loss: cross-entropy with z-loss and label smoothing.
+
+  loss_normalizing_factor: 'num_real_target_tokens' divides by the number of
+    target tokens in the batch (per-token loss); a number divides by that
+    fixed factor (t5x style, stable across batches); None gives the sum.
+  """
+
+  z_loss: float = 1e-4
+  label_smoothing: float = 0.0
+  loss_normalizing_factor: float | str | None = "num_real_target_tokens"
+
+  def __post_init__(self):
+    factor = self.loss_normalizing_factor
+    if isinstance(factor, str) and factor != "num_real_target_tokens":
+      raise ValueError(f"loss_normalizing_factor={factor!r}: expected 'num_real_target_tokens', a number or None")
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+
+
+def cross_entropy_with_z_loss(logits: Array, targets: Array, weights: Array, z_loss: float,
+                              label_smoothing: float) -> tuple[Array, Array]:
+  """Per-token cross-entropy [batch, length] and its z-loss part, both weighted.
+
+  Label smoothing spreads `label_smoothing` of the target mass uniformly over
+  the other tokens; the constant entropy of the smoothed target is subtracted
+  so that a perfect prediction scores 0.
+  """
+  vocab = logits.shape[-1]
+  confidence = 1.0 - label_smoothing
+  low_confidence = label_smoothing / (vocab - 1)
+  normalizer = -(confidence * jnp.log(confidence) + (vocab - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  # sum(soft_targets * logits) without materializing a [batch, length, vocab] one-hot.
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  soft_dot = (confidence - low_confidence) * target_logit + low_confidence * jnp.sum(logits, axis=-1)
+  token_loss = log_z - soft_dot - normalizer
+  token_z_loss = z_loss * jnp.square(log_z)
+  return (token_loss + token_z_loss) * weights, token_z_loss * weights
+
+
+@dataclasses.dataclass(frozen=True)
 class EncoderDecoderModel:
   module: nn.Module
+  loss_config: LossConfig = LossConfig()
+
+  def loss(self, params: Params, batch: dict[str, Array], dropout_rng: Array | None = None
+           ) -> tuple[Array, dict[str, Array]]:
+    """Training loss of a batch and its metrics (sums over the batch's target tokens).
+
+    With `dropout_rng`, dropout is on. Returns (loss, metrics) where metrics
+    holds the summed loss, z_loss, correct-token count and token count, so
+    they aggregate exactly across steps and devices.
+    """
+    rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+    logits = self.module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                               batch["decoder_target_tokens"], deterministic=dropout_rng is None, rngs=rngs)
+    targets = batch["decoder_target_tokens"]
+    weights = batch.get("decoder_loss_weights")
+    weights = (targets > 0).astype(jnp.float32) if weights is None else weights.astype(jnp.float32)
+    token_loss, token_z_loss = cross_entropy_with_z_loss(logits, targets, weights, self.loss_config.z_loss,
+                                                         self.loss_config.label_smoothing)
+    num_tokens = jnp.sum(weights)
+    factor = self.loss_config.loss_normalizing_factor
+    if factor == "num_real_target_tokens":
+      denominator = jnp.maximum(num_tokens, 1.0)
+    elif factor is None:
+      denominator = 1.0
+    else:
+      denominator = float(factor)
+    loss = jnp.sum(token_loss) / denominator
+    correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
+    metrics = {"loss_sum": jnp.sum(token_loss), "z_loss_sum": jnp.sum(token_z_loss), "correct_tokens": correct,
+               "num_tokens": num_tokens}
+    return loss, metrics
+
+  def score(self, params: Params, encoder_input_tokens: Array, decoder_input_tokens: Array,
+            decoder_target_tokens: Array) -> Array:
+    """Sum of target-token log-probabilities, float32 [batch] (no z-loss, no smoothing)."""
+    logits = self.logits(params, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(log_probs, decoder_target_tokens[..., None], axis=-1)[..., 0]
+    return jnp.sum(picked * (decoder_target_tokens > 0), axis=-1)
+
+  def rank_classify(self, params: Params, encoder_input_tokens: Array, candidate_targets: Array) -> Array:
+    """Scores every candidate target for every example: float32 [batch, num_candidates].
+
+    Args:
+      encoder_input_tokens: [batch, enc_length].
+      candidate_targets: [num_candidates, dec_length] token ids, EOS-terminated, 0-padded.
+    The encoder runs once per example; its output is repeated per candidate.
+    """
+    batch, num_candidates = encoder_input_tokens.shape[0], candidate_targets.shape[0]
+    encoded, encoder_mask = self.module.apply({"params": params}, encoder_input_tokens, method="encode_tokens")
+    encoded = decoding.flat_batch_beam_expand(encoded, num_candidates)
+    encoder_mask = decoding.flat_batch_beam_expand(encoder_mask, num_candidates)
+    targets = jnp.tile(candidate_targets, (batch, 1))  # [batch * candidates, dec_length], example-major
+    inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+    logits = self.module.apply({"params": params}, encoded, encoder_mask, inputs,
+                               decoder_mask=(targets > 0).astype(jnp.int32), method="decode")
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(picked * (targets > 0), axis=-1).reshape(batch, num_candidates)
 
   def logits(self, params: Params, encoder_input_tokens: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Array | None = None) -> Array:
