@@ -26,6 +26,11 @@ Array = jax.Array
 Params = Any
 
 
+def _task_kwargs(task_ids: Array | None) -> dict[str, Array]:
+  """task_ids [batch] pick each example's prompt from a prompt table; plain T5 takes none."""
+  return {} if task_ids is None else {"task_ids": task_ids}
+
+
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
   """t5x's loss: cross-entropy with z-loss and label smoothing.
@@ -83,7 +88,8 @@ class EncoderDecoderModel:
     """
     rngs = None if dropout_rng is None else {"dropout": dropout_rng}
     logits = self.module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                               batch["decoder_target_tokens"], deterministic=dropout_rng is None, rngs=rngs)
+                               batch["decoder_target_tokens"], deterministic=dropout_rng is None, rngs=rngs,
+                               **_task_kwargs(batch.get("task_ids")))
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights")
     weights = (targets > 0).astype(jnp.float32) if weights is None else weights.astype(jnp.float32)
@@ -111,7 +117,8 @@ class EncoderDecoderModel:
     picked = jnp.take_along_axis(log_probs, decoder_target_tokens[..., None], axis=-1)[..., 0]
     return jnp.sum(picked * (decoder_target_tokens > 0), axis=-1)
 
-  def rank_classify(self, params: Params, encoder_input_tokens: Array, candidate_targets: Array) -> Array:
+  def rank_classify(self, params: Params, encoder_input_tokens: Array, candidate_targets: Array,
+                    task_ids: Array | None = None) -> Array:
     """Scores every candidate target for every example: float32 [batch, num_candidates].
 
     Args:
@@ -120,7 +127,8 @@ class EncoderDecoderModel:
     The encoder runs once per example; its output is repeated per candidate.
     """
     batch, num_candidates = encoder_input_tokens.shape[0], candidate_targets.shape[0]
-    encoded, encoder_mask = self.module.apply({"params": params}, encoder_input_tokens, method="encode_tokens")
+    encoded, encoder_mask = self.module.apply({"params": params}, encoder_input_tokens, method="encode_tokens",
+                                              **_task_kwargs(task_ids))
     encoded = decoding.flat_batch_beam_expand(encoded, num_candidates)
     encoder_mask = decoding.flat_batch_beam_expand(encoder_mask, num_candidates)
     targets = jnp.tile(candidate_targets, (batch, 1))  # [batch * candidates, dec_length], example-major
@@ -147,17 +155,19 @@ class EncoderDecoderModel:
 
   def predict_batch(self, params: Params, encoder_input_tokens: Array, *, max_decode_length: int,
                     method: str = "greedy", rng: Array | None = None, eos_id: int = 1,
-                    **options: Any) -> decoding.DecodeResult:
+                    task_ids: Array | None = None, **options: Any) -> decoding.DecodeResult:
     """Decodes [batch, enc_length] inputs autoregressively.
 
     Args:
       method: 'greedy', 'beam' (options beam_size, alpha) or 'sample'
         (options temperature, top_k, top_p, num_decodes).
+      task_ids: [batch] prompt-table rows, for a model serving several tasks.
     Returns:
       DecodeResult with tokens [batch, num_decodes, max_decode_length] (EOS
       included, 0 after it) and scores [batch, num_decodes].
     """
-    encoded, encoder_mask = self.module.apply({"params": params}, encoder_input_tokens, method="encode_tokens")
+    encoded, encoder_mask = self.module.apply({"params": params}, encoder_input_tokens, method="encode_tokens",
+                                              **_task_kwargs(task_ids))
     expand = options.get("beam_size" if method == "beam" else "num_decodes", 1)
     encoded = decoding.flat_batch_beam_expand(encoded, expand)
     encoder_mask = decoding.flat_batch_beam_expand(encoder_mask, expand)

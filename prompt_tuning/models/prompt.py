@@ -1,0 +1,239 @@
+"""Soft prompts (Lester et al. 2021): trainable embeddings spliced into the encoder input.
+
+`Prompt` holds the parameter `prompt`, [length, embed] for one task (the
+t5x prompt shape) or a table [tasks, length, embed] when serving several
+tasks, and inserts it into already-embedded inputs [batch, n, embed],
+giving [batch, length + n, embed] and a matching mask.
+
+Placement is computed per example from the mask of right-padded inputs (as
+seqio pads them), never assuming equal lengths. With X = x0..x_{m-1} an
+example's m real tokens and P the prompt:
+  prefix       [P; x0 .. x_{m-1}; padding]
+  after_first  [x0; P; x1 .. x_{m-1}; padding]
+  suffix       [x0 .. x_{m-2}; P; x_{m-1}; padding]   (P right before EOS)
+Padding always stays at the end, prompt positions have mask 1, and an
+all-padding row gets the prompt at position 0.
+
+`PromptedTransformer` is the T5 `Transformer` with a `Prompt` between
+`embed` and `encode`; its parameter tree is the T5 tree plus `prompt/prompt`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning.models.t5 import layers
+from prompt_tuning.models.t5.network import Transformer
+
+Array = jax.Array
+# init_fn(rng, (length, embed)) -> array [length, embed]
+PromptInit = Callable[[Array, tuple[int, int]], Array]
+
+PLACEMENTS = ("prefix", "after_first", "suffix")
+
+
+def uniform_init(rng: Array, shape: tuple[int, ...]) -> Array:
+  """The default prompt initializer: U[-0.5, 0.5], float32."""
+  return jax.random.uniform(rng, shape, jnp.float32, -0.5, 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+  """Attributes:
+    length: p, the number of prompt vectors.
+    placement: 'prefix', 'after_first' or 'suffix' (see the module docstring).
+    num_tasks: None for one prompt [p, embed]; k for a table [k, p, embed]
+      indexed by per-example task ids.
+  """
+
+  length: int
+  placement: str = "prefix"
+  num_tasks: int | None = None
+
+  def __post_init__(self):
+    if not isinstance(self.length, (int, np.integer)) or self.length < 1:
+      raise ValueError(f"PromptConfig.length must be a positive int, got {self.length!r}")
+    if self.placement not in PLACEMENTS:
+      raise ValueError(f"PromptConfig.placement={self.placement!r}: expected one of {PLACEMENTS}")
+    if self.num_tasks is not None and (not isinstance(self.num_tasks, (int, np.integer)) or self.num_tasks < 1):
+      raise ValueError(f"PromptConfig.num_tasks must be None or a positive int, got {self.num_tasks!r}")
+
+
+def insert_positions(mask: Array, placement: str) -> Array:
+  """Where each example's prompt starts: mask [batch, n] -> int32 [batch].
+
+  The position of the last real token is used for 'suffix', so trailing
+  padding of any width never moves the prompt.
+  """
+  real = mask > 0
+  batch, n = mask.shape
+  if placement == "prefix":
+    return jnp.zeros((batch,), jnp.int32)
+  if placement == "after_first":
+    return jnp.minimum(jnp.any(real, axis=1).astype(jnp.int32), 1)
+  if placement == "suffix":
+    end = jnp.max(jnp.where(real, jnp.arange(1, n + 1, dtype=jnp.int32)[None], 0), axis=1)  # last real index + 1
+    return jnp.maximum(end - 1, 0)
+  raise ValueError(f"unknown prompt placement {placement!r}: expected one of {PLACEMENTS}")
+
+
+def combine(embedded: Array, mask: Array, prompt: Array, start: Array) -> tuple[Array, Array]:
+  """Splices the prompt into each example at its own position, by gathers.
+
+  Args:
+    embedded: [batch, n, embed] embedded inputs.
+    mask: [batch, n] (1 = token).
+    prompt: [p, embed], shared, or [batch, p, embed], one per example.
+    start: int [batch], the combined position of each example's first prompt vector.
+  Returns:
+    (combined [batch, p + n, embed], combined_mask [batch, p + n]) with
+    combined[b, start[b] + i] = prompt[i], the inputs before and after it in order.
+  """
+  batch, n, dim = embedded.shape
+  p = prompt.shape[-2]
+  if prompt.ndim == 2:
+    prompt = jnp.broadcast_to(prompt, (batch, p, dim))
+  if n == 0:
+    return prompt.astype(embedded.dtype), jnp.ones((batch, p), mask.dtype)
+  pos = jnp.arange(p + n, dtype=jnp.int32)[None]  # [1, p + n]
+  start = start.astype(jnp.int32)[:, None]  # [batch, 1]
+  in_prompt = (pos >= start) & (pos < start + p)  # [batch, p + n]
+  x_index = jnp.clip(jnp.where(pos < start, pos, pos - p), 0, n - 1)
+  p_index = jnp.clip(pos - start, 0, p - 1)
+  from_x = jnp.take_along_axis(embedded, x_index[..., None], axis=1)
+  from_prompt = jnp.take_along_axis(prompt.astype(embedded.dtype), p_index[..., None], axis=1)
+  combined = jnp.where(in_prompt[..., None], from_prompt, from_x)
+  combined_mask = jnp.where(in_prompt, 1, jnp.take_along_axis(mask, x_index, axis=1)).astype(mask.dtype)
+  return combined, combined_mask
+
+
+def _concrete(x: Array | None) -> np.ndarray | None:
+  """x as numpy when its value is known (not traced under jit), else None."""
+  if x is None or isinstance(x, jax.core.Tracer):
+    return None
+  return np.asarray(x)
+
+
+class Prompt(nn.Module):
+  """A soft prompt, or a table of them, and its placement into the inputs.
+
+  Attributes:
+    config: length, placement, number of tasks.
+    embed_dim: d, the model's embedding size.
+    init_fn: init_fn(rng, (p, d)) -> [p, d]; a table calls it once per task
+      with its own rng.
+    dtype: the activation dtype the prompt is cast to on use.
+    param_dtype: the stored dtype of the parameter.
+  """
+
+  config: PromptConfig
+  embed_dim: int
+  init_fn: PromptInit = uniform_init
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _init(self, rng: Array, shape: tuple[int, ...]) -> Array:
+    one_shape = tuple(shape[-2:])
+
+    def one(key: Array) -> Array:
+      value = self.init_fn(key, one_shape)
+      if tuple(np.shape(value)) != one_shape:
+        raise ValueError(f"prompt initializer {getattr(self.init_fn, '__name__', self.init_fn)!r} returned shape "
+                         f"{tuple(np.shape(value))}, expected {one_shape}")
+      return jnp.asarray(value, self.param_dtype)
+
+    if len(shape) == 2:
+      return one(rng)
+    return jnp.stack([one(key) for key in jax.random.split(rng, shape[0])])
+
+  @nn.compact
+  def __call__(self, embedded: Array, mask: Array, task_ids: Array | None = None) -> tuple[Array, Array]:
+    """Inserts the prompt.
+
+    Args:
+      embedded: [batch, n, embed] embedded inputs.
+      mask: [batch, n] (1 = token, 0 = padding).
+      task_ids: int [batch], each example's row of the table; required with
+        `num_tasks`, else it must be None or all zero. Out-of-range ids are
+        an error when the ids are concrete; under jit they give NaN prompts.
+    Returns:
+      (combined [batch, p + n, embed], combined_mask [batch, p + n]).
+    """
+    cfg = self.config
+    p, d = cfg.length, self.embed_dim
+    if embedded.ndim != 3 or embedded.shape[-1] != d or mask.shape != embedded.shape[:2]:
+      raise ValueError(f"Prompt expects embedded [batch, n, {d}] and mask [batch, n], got {embedded.shape} "
+                       f"and {mask.shape}")
+    if cfg.num_tasks is None:
+      prompt = self.param("prompt", nn.with_logical_partitioning(self._init, ("prompt", "embed")), (p, d))
+      ids = _concrete(task_ids)
+      if ids is not None and np.any(ids != 0):
+        raise ValueError(f"Prompt has a single prompt (num_tasks=None) but got nonzero task_ids {ids.tolist()}")
+      prompt = layers.constrain(jnp.asarray(prompt, self.dtype), ("prompt", "embed"))
+    else:
+      table = self.param("prompt", nn.with_logical_partitioning(self._init, ("tasks", "prompt", "embed")),
+                         (cfg.num_tasks, p, d))
+      if task_ids is None:
+        raise ValueError(f"Prompt has a table of {cfg.num_tasks} prompts (num_tasks set): pass task_ids [batch]")
+      if np.shape(task_ids) != embedded.shape[:1]:
+        raise ValueError(f"task_ids must have shape [batch]={embedded.shape[:1]}, got {np.shape(task_ids)}")
+      ids = _concrete(task_ids)
+      if ids is not None and (np.any(ids < 0) or np.any(ids >= cfg.num_tasks)):
+        raise ValueError(f"task_ids {ids.tolist()} out of range for num_tasks={cfg.num_tasks}")
+      table = jnp.asarray(table, self.dtype)
+      prompt = jnp.take(table, jnp.asarray(task_ids, jnp.int32), axis=0, mode="fill", fill_value=jnp.nan)
+      prompt = layers.constrain(prompt, ("batch", "prompt", "embed"))
+    start = insert_positions(mask, cfg.placement)
+    combined, combined_mask = combine(jnp.asarray(embedded, self.dtype), mask, prompt, start)
+    return layers.constrain(combined, ("batch", "length", "embed")), combined_mask
+
+
+class PromptedTransformer(Transformer):
+  """T5 with a soft prompt between `embed` and `encode`.
+
+  Parameter paths are those of `Transformer` plus `prompt/prompt`. The
+  encoder output and mask are [batch, p + n, ...]; the decoder cross-attends
+  to the prompt positions like any others.
+
+  Attributes:
+    prompt_config: the prompt's length, placement and task count.
+    prompt_init: init_fn(rng, (p, embed)) -> [p, embed].
+    prompt_param_dtype: the prompt's stored dtype; float32 by default whatever
+      config.param_dtype is, since it is the parameter being trained.
+  """
+
+  prompt_config: PromptConfig
+  prompt_init: PromptInit = uniform_init
+  prompt_param_dtype: str = "float32"
+
+  def setup(self):
+    super().setup()
+    cfg = self.config
+    self.prompt = Prompt(self.prompt_config, cfg.emb_dim, self.prompt_init, dtype=cfg.activation_dtype,
+                         param_dtype=jnp.dtype(self.prompt_param_dtype))
+
+  def encode_tokens(self, encoder_input_tokens: Array, *, task_ids: Array | None = None,
+                    deterministic: bool = True) -> tuple[Array, Array]:
+    """Token ids [batch, n] (0 = padding) -> (encoded [batch, p + n, embed], mask [batch, p + n])."""
+    mask = (encoder_input_tokens > 0).astype(jnp.int32)
+    embedded, mask = self.prompt(self.embed(encoder_input_tokens), mask, task_ids)
+    return self.encode(embedded, mask, deterministic=deterministic), mask
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               decoder_target_tokens: Array | None = None, *, task_ids: Array | None = None,
+               deterministic: bool = True) -> Array:
+    """Teacher-forced logits, float32 [batch, dec_length, vocab]; see `Transformer.__call__`.
+
+    Args:
+      task_ids: int [batch], the prompt row of each example (prompt tables only).
+    """
+    encoded, encoder_mask = self.encode_tokens(encoder_input_tokens, task_ids=task_ids, deterministic=deterministic)
+    decoder_mask = None if decoder_target_tokens is None else (decoder_target_tokens > 0).astype(jnp.int32)
+    return self.decode(encoded, encoder_mask, decoder_input_tokens, decoder_mask=decoder_mask,
+                       deterministic=deterministic)
