@@ -29,9 +29,11 @@ setuptools.setup(
     packages=(setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"])
               + ["prompt_tuning.gin", "prompt_tuning.tasks"]),
     package_dir={"prompt_tuning.gin": "gin", "prompt_tuning.tasks": "tasks"},
-    package_data={"prompt_tuning.gin": _data_files("gin", (".gin",))},
+    package_data={"prompt_tuning.gin": _data_files("gin", (".gin",)),
+                  "prompt_tuning.data": ["quickstart/*.jsonl", "quickstart/*.model"]},
     install_requires=[
         "absl-py",
+        "etils[epath]",
         "flax",
         "gin-config",
         "jax",

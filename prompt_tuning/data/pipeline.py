@@ -1,0 +1,148 @@
+"""Deterministic, resumable, multi-host batch iteration over a task split.
+
+The split is read and tokenized once, in memory (prompt-tuning data sets are
+small). The example stream is the concatenation of per-epoch orders:
+
+  stream[i] = perm(seed, i // N)[i % N]    (N examples; perm = identity without shuffle)
+
+and global batch k holds stream[start + k*B : start + (k+1)*B]. Batches may
+straddle epochs when repeating. `position` = stream examples consumed so far
+(the same on every process): a new iterator built with
+`start_position=position` continues the stream bit-exactly, so the position
+int is the whole checkpointable iterator state.
+
+Multi-host: process p of P yields rows [p*B/P, (p+1)*B/P) of each global batch.
+Without `repeat`, the last partial global batch is padded with all-zero rows
+(unless `drop_remainder`), and `mask` marks the real rows; every process yields
+the same number of batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+
+from prompt_tuning.data import features as features_lib
+from prompt_tuning.data.task import Task
+
+
+class Batch(NamedTuple):
+  """One process's share of a global batch.
+
+  Attributes:
+    arrays: int32 numpy arrays, b = batch_size // process_count rows:
+      encoder_input_tokens [b, n], decoder_input_tokens [b, m],
+      decoder_target_tokens [b, m], decoder_loss_weights [b, m], mask [b]
+      (1 = real example, 0 = padding row).
+    text: {"inputs": list[str], "targets": list[str], "idx": list} of length
+      b; padding rows hold "", "" and None.
+  """
+
+  arrays: dict[str, np.ndarray]
+  text: dict[str, list]
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The example order of `epoch`: a permutation of range(num_examples) from (seed, epoch)."""
+  return np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(num_examples)
+
+
+class BatchIterator:
+  """Iterates `Batch`es of `task`'s `split`; see the module docstring for the order.
+
+  Args:
+    task: anything implementing the `Task` protocol.
+    split: split name.
+    feature_lengths: {"inputs": n, "targets": m}.
+    batch_size: the global batch size B (divisible by process_count).
+    shuffle: new order each epoch, from (seed, epoch).
+    seed: non-negative int.
+    repeat: cycle through epochs forever; else stop after one pass.
+    drop_remainder: without repeat, drop the last partial batch instead of
+      padding it.
+    start_position: stream examples already consumed (a saved `position`).
+    process_index, process_count: this process and how many share each batch
+      (jax.process_index() / jax.process_count()).
+    counter: a `TruncationCounter` to record into (default: a new one, see
+      `truncation`).
+  """
+
+  def __init__(self, task: Task, split: str, feature_lengths: Mapping[str, int], batch_size: int, *,
+               shuffle: bool, seed: int, repeat: bool, drop_remainder: bool, start_position: int = 0,
+               process_index: int = 0, process_count: int = 1,
+               counter: features_lib.TruncationCounter | None = None):
+    if batch_size < 1 or batch_size % process_count:
+      raise ValueError(f"batch_size {batch_size} must be >= 1 and divisible by process_count {process_count}")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if seed < 0 or start_position < 0:
+      raise ValueError(f"seed and start_position must be >= 0, got {seed}, {start_position}")
+    self.task, self.split = task, split
+    self.feature_lengths = features_lib.check_feature_lengths(feature_lengths)
+    self.batch_size = batch_size
+    self.shuffle, self.seed, self.repeat, self.drop_remainder = shuffle, seed, repeat, drop_remainder
+    self.process_index, self.process_count = process_index, process_count
+    self.local_batch_size = batch_size // process_count
+    self.truncation = counter if counter is not None else features_lib.TruncationCounter()
+    self._examples = features_lib.tokenize(task.examples(split), task.vocabulary, self.feature_lengths,
+                                           split=split, counter=self.truncation)
+    if repeat and not self._examples:
+      raise ValueError(f"task {task.name} split {split} is empty; cannot repeat it")
+    self._position = int(start_position)
+    self._perms: dict[int, np.ndarray] = {}
+
+  @property
+  def position(self) -> int:
+    """Stream examples consumed so far (global, identical on all processes)."""
+    return self._position
+
+  @property
+  def num_examples(self) -> int:
+    return len(self._examples)
+
+  @property
+  def num_batches(self) -> int | None:
+    """Batches left to yield (None when repeating)."""
+    if self.repeat:
+      return None
+    left = max(self.num_examples - self._position, 0)
+    return left // self.batch_size if self.drop_remainder else -(-left // self.batch_size)
+
+  def _order(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perms:  # keep two epochs: a batch may straddle them
+      n = self.num_examples
+      self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
+      self._perms[epoch] = epoch_permutation(n, self.seed, epoch) if self.shuffle else np.arange(n)
+    return self._perms[epoch]
+
+  def _stream(self, start: int, stop: int) -> list[int]:
+    n = self.num_examples
+    return [int(self._order(i // n)[i % n]) for i in range(start, stop)]
+
+  def __iter__(self) -> BatchIterator:
+    return self
+
+  def __next__(self) -> Batch:
+    start, n = self._position, self.num_examples
+    stop = start + self.batch_size
+    if not self.repeat:
+      stop = min(stop, n)
+      if stop <= start or (self.drop_remainder and stop - start < self.batch_size):
+        raise StopIteration
+    lo = self.process_index * self.local_batch_size
+    hi = lo + self.local_batch_size
+    # This process's rows of the global batch; past `stop` they are padding.
+    rows = [self._examples[i] for i in self._stream(min(start + lo, stop), min(start + hi, stop))]
+    self._position = stop
+    arrays = features_lib.make_batch(rows, self.feature_lengths, self.local_batch_size)
+    mask = np.zeros(self.local_batch_size, np.int32)
+    mask[:len(rows)] = 1
+    arrays["mask"] = mask
+    pad = self.local_batch_size - len(rows)
+    text: dict[str, list[Any]] = {
+        "inputs": [ex["inputs"] for ex in rows] + [""] * pad,
+        "targets": [ex["targets"] for ex in rows] + [""] * pad,
+        "idx": [ex.get("idx") for ex in rows] + [None] * pad,
+    }
+    return Batch(arrays, text)
