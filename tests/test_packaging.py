@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.resources
+import os
 import shutil
+import sys
 
 import prompt_tuning
 
 
 def test_gin_and_tasks_install_inside_the_namespace():
-  import prompt_tuning.gin
   import prompt_tuning.tasks
 
-  assert importlib.resources.files("prompt_tuning.gin").is_dir()
+  # gin/ is data only (no __init__.py), so `import gin` from a checkout still finds gin-config.
+
+  from prompt_tuning import gin_utils
+
+  configs = gin_utils.bundled_gin_dir()
+  for name in ("quickstart.gin", "runs/prompt_finetune.gin", "models/t5_1_1/xxl.gin", "prompts/class_labels.gin"):
+    assert os.path.isfile(os.path.join(configs, name)), name
   assert prompt_tuning.__version__
 
 
 def test_console_script_is_installed():
-  assert shutil.which("prompt-tuning") is not None
+  bin_dir = os.path.dirname(sys.executable)  # the environment's scripts, whether or not it is activated
+  assert shutil.which("prompt-tuning", path=bin_dir + os.pathsep + os.environ.get("PATH", "")) is not None

@@ -69,6 +69,28 @@ class TrainCheckpointer:
                             f"model, prompt length or optimizer?") from None
     return restored["state"], int(restored["data"]["position"])
 
+  def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+    """Restores only the trained parameters of `step` (default latest), as host numpy arrays.
+
+    For eval and inference, which need no optimizer state (and may not know the optimizer).
+    """
+    ocp = self._ocp
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self.manager.all_steps():
+      raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}: no train checkpoint "
+                            f"{'at all' if step is None else f'at step {step}'}; train first or check MODEL_DIR")
+    item = {"params": abstract_params}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
+    except Exception as e:
+      first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}/{step}: cannot restore the trained parameters "
+                            f"({type(e).__name__}: {first_line}); is TRAINABLE_PARAMS / PROMPT_LENGTH as in "
+                            f"training?") from None
+    return restored["state"]["params"], step
+
   def _export_prompt(self, step: int, trainable: Any) -> None:
     prompt = flatten(trainable).get("prompt/prompt")
     if prompt is None or jax.process_index() != 0:

@@ -6,6 +6,9 @@ import importlib
 import sys
 
 COMMANDS = {
+    "train": ("prompt_tuning.cli.train", "train a prompt (gin-configured, t5x style)"),
+    "eval": ("prompt_tuning.cli.eval", "evaluate the trained prompt in MODEL_DIR"),
+    "infer": ("prompt_tuning.cli.infer", "write predictions of the trained prompt as JSONL"),
     "convert": ("prompt_tuning.cli.convert", "convert an HF or t5x checkpoint to the native format"),
     "generate": ("prompt_tuning.cli.generate", "decode inputs with a checkpoint (default: built-in tiny model)"),
 }

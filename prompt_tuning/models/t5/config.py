@@ -126,6 +126,12 @@ for _name, _size in _T5_1_1_SIZES.items():
   NAMED_CONFIGS[f"flan_t5_{_name}"] = NAMED_CONFIGS[f"t5_1_1_{_name}"]
 
 
+def t5_config(name: str = "tiny", **overrides: Any) -> T5Config:
+  """A named config with fields replaced, for gin: `MODEL_CONFIG = @models.t5_config()` and
+  `models.t5_config.emb_dim = 128`."""
+  return get_config(name, **overrides)
+
+
 def get_config(name_or_config: str | T5Config, **overrides: Any) -> T5Config:
   """Returns a named config (see NAMED_CONFIGS), optionally with fields replaced."""
   if isinstance(name_or_config, T5Config):
@@ -135,4 +141,10 @@ def get_config(name_or_config: str | T5Config, **overrides: Any) -> T5Config:
       config = NAMED_CONFIGS[name_or_config]
     except KeyError:
       raise ValueError(f"unknown model config {name_or_config!r}; known: {', '.join(sorted(NAMED_CONFIGS))}") from None
-  return config.replace(**overrides) if overrides else config
+  if not overrides:
+    return config
+  try:
+    return config.replace(**overrides)
+  except TypeError:
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(T5Config)})
+    raise ValueError(f"unknown T5Config field(s) {unknown} in overrides of {name_or_config!r}") from None

@@ -1,0 +1,40 @@
+"""`prompt-tuning train` (also `python -m prompt_tuning.train`): train a prompt, t5x style.
+
+  prompt-tuning train --gin_file=quickstart.gin --gin.MODEL_DIR="'/tmp/quickstart'"
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from prompt_tuning.cli import gin_runner
+
+
+def _describe(result) -> None:
+  from prompt_tuning import gin_utils
+
+  model_dir = gin_runner.macro("MODEL_DIR")
+  config_path = gin_utils.save_operative_config(model_dir)
+  cfg = result.config
+  if not gin_runner.macro("INITIAL_CHECKPOINT_PATH", ""):
+    print(f"NOTE: the frozen model is a tiny T5 ({cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers, "
+          f"emb_dim {cfg.emb_dim}) with RANDOM weights (no checkpoint): the prompt learns to steer noise. "
+          f"A real model is one flag away: --gin.INITIAL_CHECKPOINT_PATH=\"'/path/to/hf_or_t5x_checkpoint'\"")
+  print(f"trained to step {result.step}")
+  for name, value in sorted(result.eval_metrics.items()):
+    print(f"  eval {name}: {value:.4f}")
+  if result.prompt_path:
+    print(f"prompt:       {result.prompt_path}")
+  print(f"checkpoints:  {os.path.join(model_dir, 'checkpoints')}")
+  print(f"metrics:      {os.path.join(model_dir, 'metrics.jsonl')}")
+  print(f"tensorboard:  tensorboard --logdir {os.path.join(model_dir, 'tensorboard')}")
+  print(f"gin config:   {config_path}")
+
+
+def main(argv: list[str]) -> int:
+  return gin_runner.run(argv, "train", _describe)
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,90 @@
+"""evaluate() and infer(): a trained prompt from MODEL_DIR on top of its frozen model.
+
+They take the same model and prompt arguments as train() (bound by the same
+gin files), rebuild the frozen model from its checkpoint, and restore the
+trained subtree from MODEL_DIR/checkpoints (the latest step by default).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+from absl import logging
+
+from prompt_tuning import prompt_init as prompt_init_lib
+from prompt_tuning.checkpoints.structure import check_params, flatten, unflatten
+from prompt_tuning.checkpoints.train_state import TrainCheckpointer
+from prompt_tuning.data.task import get_task
+from prompt_tuning.metrics_writer import MetricsWriter
+from prompt_tuning.models.model import LossConfig
+from prompt_tuning.models.prompt import PromptConfig
+from prompt_tuning.models.t5.config import T5Config
+from prompt_tuning.train import model_setup, optimizer as optimizer_lib
+from prompt_tuning.train.evaluation import Evaluator, write_predictions
+
+
+def restore_trained(model_dir: str, params: dict, trainable_params: str, step: int | None) -> tuple[dict, int]:
+  """Params with the trained subtree of MODEL_DIR's checkpoint `step` (default latest) swapped in."""
+  trainable, _ = optimizer_lib.split_trainable(params, trainable_params)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), trainable)
+  checkpointer = TrainCheckpointer(model_dir, save_period=0, keep=None)
+  try:
+    restored, step = checkpointer.restore_params(abstract, step)
+  finally:
+    checkpointer.close()
+  check_params(restored, abstract, f"{model_dir} step {step}")
+  return unflatten({**flatten(params), **flatten(restored)}), int(step)
+
+
+def _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path, prompt_length, prompt_placement,
+           trainable_params, dtype, checkpoint_step):
+  task = get_task(mixture_or_task_name)
+  # The prompt value is replaced by the trained one, so a cheap initializer suffices here.
+  model, params, _ = model_setup.load_prompted_model(
+      model_config, initial_checkpoint_path, PromptConfig(prompt_length, prompt_placement),
+      prompt_init_lib.random_uniform, tokenize=task.vocabulary.encode, vocab_size=task.vocabulary.vocab_size,
+      loss=LossConfig(), dtype=dtype, seed=0)
+  params, step = restore_trained(model_dir, params, trainable_params, checkpoint_step)
+  return task, model, params, step
+
+
+def evaluate(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+             batch_size: int, model_config: str | T5Config | None = "tiny", initial_checkpoint_path: str = "",
+             prompt_length: int = 100, prompt_placement: str = "prefix",
+             trainable_params: str = optimizer_lib.PROMPT_ONLY, dtype: str | None = None,
+             checkpoint_step: int | None = None, split: str = "validation", decode_method: str = "greedy",
+             decode_options: Mapping[str, Any] | None = None, rank_classification: bool | None = None
+             ) -> dict[str, float]:
+  """Scores the trained prompt of MODEL_DIR on `split`; writes eval metrics to MODEL_DIR."""
+  task, model, params, step = _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path,
+                                     prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step)
+  evaluator = Evaluator(model, task, task_feature_lengths, batch_size, decode_method=decode_method,
+                        decode_options=decode_options, rank_classification=rank_classification)
+  metrics = evaluator.evaluate(params, split)
+  with MetricsWriter(model_dir) as writer:
+    writer.write(step, metrics, prefix=f"eval_{split}" if split != "validation" else "eval")
+  logging.info("step %d %s: %s", step, split, metrics)
+  return {"step": float(step), **metrics}
+
+
+def infer(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int,
+          model_config: str | T5Config | None = "tiny", initial_checkpoint_path: str = "", prompt_length: int = 100,
+          prompt_placement: str = "prefix", trainable_params: str = optimizer_lib.PROMPT_ONLY,
+          dtype: str | None = None, checkpoint_step: int | None = None, split: str = "validation",
+          decode_method: str = "greedy", decode_options: Mapping[str, Any] | None = None,
+          output_path: str = "") -> str:
+  """Writes predictions as JSONL (input, prediction, score, target); returns the file path.
+
+  output_path defaults to MODEL_DIR/inference/<task>-<split>-step<N>.jsonl.
+  """
+  task, model, params, step = _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path,
+                                     prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step)
+  evaluator = Evaluator(model, task, task_feature_lengths, batch_size, decode_method=decode_method,
+                        decode_options=decode_options, rank_classification=False)
+  path = output_path or os.path.join(model_dir, "inference", f"{task.name}-{split}-step{step}.jsonl")
+  count = write_predictions(evaluator.predictions(params, split), path)
+  logging.info("wrote %d predictions to %s", count, path)
+  return path

@@ -1,0 +1,122 @@
+"""train(): config -> data -> model -> state -> steps -> checkpoints and metrics.
+
+Every argument is bound from gin at the entry point (see gin/runs/*.gin);
+starting again with the same model_dir resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+from absl import logging
+
+from prompt_tuning import partitioning, prompt_init as prompt_init_lib
+from prompt_tuning.checkpoints.train_state import TrainCheckpointer, prompt_file
+from prompt_tuning.data.pipeline import BatchIterator
+from prompt_tuning.data.task import get_task
+from prompt_tuning.metrics_writer import MetricsWriter
+from prompt_tuning.models.model import LossConfig
+from prompt_tuning.models.prompt import PromptConfig
+from prompt_tuning.models.t5.config import T5Config
+from prompt_tuning.progress import ProgressBar
+from prompt_tuning.train import model_setup, optimizer as optimizer_lib, step as step_lib
+from prompt_tuning.train.evaluation import Evaluator
+from prompt_tuning.train.state import TrainState
+
+MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+
+
+@dataclasses.dataclass
+class TrainResult:
+  step: int
+  config: T5Config  # the frozen model's
+  trainable: Any  # the trained subtree (host numpy)
+  frozen: Any  # the frozen weights the run used (host numpy)
+  eval_metrics: dict[str, float]
+  prompt_path: str | None
+
+
+def to_global_batch(arrays: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """This process's rows -> one global array per feature, sharded over the data axis."""
+  sharding = partitioning.data_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, arrays[k]) for k in MODEL_INPUTS}
+
+
+def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int,
+          train_steps: int, model_config: str | T5Config | None = "tiny", initial_checkpoint_path: str = "",
+          prompt_length: int = 100, prompt_placement: str = "prefix",
+          prompt_init: Callable[..., Callable] = prompt_init_lib.random_uniform,
+          trainable_params: str = optimizer_lib.PROMPT_ONLY, optimizer: Callable = optimizer_lib.adafactor,
+          loss: LossConfig = LossConfig(), dtype: str | None = None, seed: int = 0, save_period: int = 500,
+          keep: int | None = 3, log_period: int = 10, eval_period: int = 0, eval_split: str = "validation",
+          eval_batch_size: int | None = None, decode_method: str = "greedy",
+          decode_options: Mapping[str, Any] | None = None, rank_classification: bool | None = None,
+          num_partitions: int = 1, progress: bool = True) -> TrainResult:
+  """Trains the parameters matching `trainable_params` (default: the prompt only).
+
+  Args:
+    eval_period: evaluate every this many steps (0: only at the end).
+    save_period: checkpoint every this many steps (and always at the end), keeping `keep`.
+  """
+  mesh = partitioning.make_mesh(num_partitions)
+  task = get_task(mixture_or_task_name)
+  model, params, config = model_setup.load_prompted_model(
+      model_config, initial_checkpoint_path, PromptConfig(prompt_length, prompt_placement), prompt_init,
+      tokenize=task.vocabulary.encode, vocab_size=task.vocabulary.vocab_size, loss=loss, dtype=dtype, seed=seed)
+  trainable, frozen = optimizer_lib.split_trainable(params, trainable_params)
+  _, frozen_axes = optimizer_lib.split_trainable(model_setup.prompted_logical_axes(model.module), trainable_params)
+  frozen_shardings = partitioning.logical_to_sharding(frozen_axes, mesh)
+  frozen = jax.device_put(frozen, frozen_shardings)
+  tx, schedule = optimizer()
+  state = TrainState.create(jax.tree.map(np.asarray, trainable), tx)
+
+  checkpointer = TrainCheckpointer(model_dir, save_period=save_period, keep=keep)
+  position = 0
+  if checkpointer.latest_step() is not None:
+    restored, position = checkpointer.restore(jax.tree.map(np.asarray, state.to_checkpoint()))
+    state = TrainState.from_checkpoint(restored)
+    logging.info("resumed from %s at step %d", model_dir, int(state.step))
+  start = int(state.step)
+
+  batches = BatchIterator(task, "train", task_feature_lengths, batch_size, shuffle=True, seed=seed, repeat=True,
+                          drop_remainder=True, start_position=position, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+  evaluator = Evaluator(model, task, task_feature_lengths, eval_batch_size or batch_size,
+                        decode_method=decode_method, decode_options=decode_options,
+                        rank_classification=rank_classification)
+  train_step = step_lib.compile_train_step(step_lib.make_train_step(model, tx, schedule), mesh, frozen_shardings)
+  rng = jax.random.PRNGKey(seed)
+  writer, bar = MetricsWriter(model_dir), ProgressBar(train_steps, start, enabled=progress)
+  totals, period_start, eval_metrics = None, time.time(), {}
+  for step in range(start, train_steps):
+    batch = to_global_batch(next(batches).arrays, mesh)
+    state, metrics = train_step(state, frozen, batch, rng)
+    totals = step_lib.accumulate(totals, metrics)  # stays on device: no host sync per step
+    done = step + 1
+    if done % log_period == 0 or done == train_steps:
+      summary = step_lib.summarize(totals)
+      summary["examples_per_s"] = float(jax.device_get(totals["examples"])) / max(time.time() - period_start, 1e-9)
+      writer.write(done, summary, prefix="train")
+      bar.update(done, loss=summary["loss"], examples_per_s=summary["examples_per_s"])
+      totals, period_start = None, time.time()
+    if done == train_steps or (eval_period and done % eval_period == 0):
+      eval_metrics = evaluator.evaluate(optimizer_lib.merge_params(state.params, frozen), eval_split)
+      writer.write(done, eval_metrics, prefix="eval")
+      logging.info("step %d eval: %s", done, eval_metrics)
+    checkpointer.save(done, state.to_checkpoint(), batches.position, force=done == train_steps)
+  bar.close()
+  if start >= train_steps:  # resumed a finished run: report its evaluation again
+    logging.warning("%s is already trained to step %d (TRAIN_STEPS=%d)", model_dir, start, train_steps)
+    eval_metrics = evaluator.evaluate(optimizer_lib.merge_params(state.params, frozen), eval_split)
+  for line in batches.truncation.report():
+    logging.info("%s", line)
+  writer.close()
+  checkpointer.close()
+  final = int(state.step)
+  has_prompt = "prompt" in state.params
+  return TrainResult(step=final, config=config, trainable=jax.device_get(state.params), frozen=jax.device_get(frozen),
+                     eval_metrics=eval_metrics, prompt_path=prompt_file(model_dir, final) if has_prompt else None)

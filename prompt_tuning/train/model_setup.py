@@ -1,0 +1,66 @@
+"""Building the prompted model: frozen T5 weights (checkpoint or random) plus an initialized prompt."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+
+from prompt_tuning.checkpoints import loader
+from prompt_tuning.checkpoints.structure import check_params
+from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
+from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
+from prompt_tuning.models.t5 import network
+from prompt_tuning.models.t5.config import T5Config, get_config
+
+
+def load_prompted_model(model_config: str | T5Config | None, initial_checkpoint_path: str, prompt: PromptConfig,
+                        prompt_init: Callable[..., Callable], *, tokenize: Callable[[str], list[int]] | None,
+                        vocab_size: int | None, loss: LossConfig, dtype: str | None, seed: int
+                        ) -> tuple[EncoderDecoderModel, dict, T5Config]:
+  """Returns (model, params, config); params = T5 weights + {'prompt': {'prompt': [p, d]}}.
+
+  Args:
+    model_config: named config or T5Config; may be None with an HF or native checkpoint.
+    initial_checkpoint_path: HF, t5x or native checkpoint; '' for random weights (tests, quick start).
+    prompt_init: an initializer factory (prompt_tuning.prompt_init), called with the model's
+      embedding table and the task's tokenizer.
+    vocab_size: the task vocabulary's size, checked against the model's.
+  """
+  if initial_checkpoint_path:
+    config, t5_params = loader.load_checkpoint(initial_checkpoint_path, model_config, dtype=dtype)
+    logging.info("loaded frozen model weights from %s", initial_checkpoint_path)
+  else:
+    if model_config is None:
+      raise ValueError("no INITIAL_CHECKPOINT_PATH and no model config: set one of them")
+    config = get_config(model_config)
+    if dtype is not None:
+      config = config.replace(dtype=dtype, param_dtype=dtype)
+    t5_params = network.init_params(config, jax.random.PRNGKey(seed))
+  if vocab_size is not None and vocab_size > config.vocab_size:
+    raise ValueError(f"the task vocabulary has {vocab_size} ids but the model only {config.vocab_size}")
+  embedding = np.asarray(t5_params["token_embedder"]["embedding"], np.float32)
+  init_fn = prompt_init(embedding=embedding, tokenize=tokenize)
+  shape = (prompt.length, config.emb_dim) if prompt.num_tasks is None else (prompt.num_tasks, prompt.length,
+                                                                            config.emb_dim)
+  # The prompt is kept in float32 whatever the frozen weights are (PromptedTransformer.prompt_param_dtype).
+  prompt_value = np.asarray(init_fn(jax.random.PRNGKey(seed + 1), shape), np.float32)
+  module = PromptedTransformer(config, prompt_config=prompt)
+  params = {**t5_params, "prompt": {"prompt": prompt_value}}
+  check_params(params, abstract_prompted_params(module), "prompted model")
+  return EncoderDecoderModel(module, loss), params, config
+
+
+def abstract_prompted_params(module: PromptedTransformer) -> Any:
+  tokens = np.ones((1, 2), np.int32)
+  variables = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tokens, tokens))
+  return jax.tree.map(lambda x: getattr(x, "value", x), variables["params"],
+                      is_leaf=lambda x: hasattr(x, "names") and hasattr(x, "value"))
+
+
+def prompted_logical_axes(module: PromptedTransformer) -> Any:
+  tokens = np.ones((1, 2), np.int32)
+  boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tokens, tokens))["params"]
+  return jax.tree.map(lambda box: tuple(box.names), boxed, is_leaf=lambda x: hasattr(x, "names"))
