@@ -30,7 +30,8 @@ class TrainCheckpointer:
     import orbax.checkpoint as ocp
 
     self._ocp = ocp
-    self.model_dir = epath.Path(model_dir)
+    # orbax wants absolute paths; MODEL_DIR may be relative on the command line.
+    self.model_dir = epath.Path(model_dir if "://" in model_dir else os.path.abspath(model_dir))
     self.save_period = save_period
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
     self.manager = ocp.CheckpointManager(self.model_dir / CHECKPOINTS_DIR, options=options,

@@ -47,6 +47,9 @@ def run(argv: list[str], command: str, describe: Callable[[Any], None]) -> int:
   from prompt_tuning.data.task import DataError
 
   try:
+    import gin
+
+    gin.clear_config()  # each command starts from a clean config (matters when called in-process)
     fn = register_all()[command]
     gin_utils.parse_gin_flags(gin_files, bindings, search_paths)
     result = fn()

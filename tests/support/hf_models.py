@@ -22,14 +22,14 @@ KINDS = {
 }
 
 
-def make_hf_t5(kind: str, seed: int = 0) -> T5ForConditionalGeneration:
+def make_hf_t5(kind: str, seed: int = 0, vocab_size: int = VOCAB) -> T5ForConditionalGeneration:
   torch.manual_seed(seed)
-  config = HFT5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_heads=4, dropout_rate=0.0,
+  config = HFT5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=48, num_heads=4, dropout_rate=0.0,
                       decoder_start_token_id=0, **KINDS[kind])
   model = T5ForConditionalGeneration(config)
   if config.feed_forward_proj.startswith("gated"):
     # transformers 5 ties lm_head to `shared` whatever the config says; give it its own weights.
-    model.lm_head = torch.nn.Linear(config.d_model, VOCAB, bias=False)
+    model.lm_head = torch.nn.Linear(config.d_model, vocab_size, bias=False)
   # Default init leaves small logits; widen the spread so greedy decoding is decisive.
   with torch.no_grad():
     for p in model.parameters():
@@ -37,8 +37,9 @@ def make_hf_t5(kind: str, seed: int = 0) -> T5ForConditionalGeneration:
   return model.eval()
 
 
-def save_hf_t5(kind: str, path: str, seed: int = 0, **save_kwargs) -> T5ForConditionalGeneration:
-  model = make_hf_t5(kind, seed)
+def save_hf_t5(kind: str, path: str, seed: int = 0, vocab_size: int = VOCAB, **save_kwargs
+               ) -> T5ForConditionalGeneration:
+  model = make_hf_t5(kind, seed, vocab_size)
   model.save_pretrained(path, **save_kwargs)
   assert os.path.isfile(os.path.join(path, "config.json"))
   return model

@@ -1,0 +1,86 @@
+"""The gin-driven commands, run exactly as the README says, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from prompt_tuning.cli import main as cli
+
+README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+
+
+def _readme_quickstart_train_command() -> str:
+  """The part after `&&` of the quick start's first command (the install is the suite's own)."""
+  text = open(README).read()
+  block = text.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+  first = [line for line in block.strip().splitlines() if line.strip()][0]
+  command = first.split("&&", 1)[1].strip()
+  assert command.startswith("prompt-tuning train"), command
+  return command
+
+
+@pytest.fixture(scope="module")
+def quickstart_dir(tmp_path_factory):
+  """Runs the README's main command (300 steps on the built-in task) in a fresh directory."""
+  cwd = tmp_path_factory.mktemp("quickstart")
+  bin_dir = os.path.dirname(sys.executable)
+  env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+  result = subprocess.run(shlex.split(_readme_quickstart_train_command()), cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  model_dir = re.search(r"MODEL_DIR=\"?'([^']+)'", _readme_quickstart_train_command()).group(1)
+  return os.path.join(cwd, model_dir), result.stdout
+
+
+def test_quickstart_trains_evaluates_and_says_where_things_went(quickstart_dir):
+  model_dir, out = quickstart_dir
+  assert "RANDOM weights" in out and "INITIAL_CHECKPOINT_PATH" in out  # says plainly it is a toy
+  for what in ("prompt:", "metrics:", "tensorboard:", "gin config:"):
+    assert what in out
+  rows = [json.loads(line) for line in open(os.path.join(model_dir, "metrics.jsonl"))]
+  losses = [r["train/loss"] for r in rows if "train/loss" in r]
+  assert losses[-1] < 0.25 * losses[0], losses  # the loss falls well below its start
+  final = [r for r in rows if "eval/rank/accuracy" in r][-1]
+  assert final["eval/rank/accuracy"] > 75.0 and final["eval/decode/accuracy"] > 75.0  # chance is 50
+  assert {"train/learning_rate", "train/token_accuracy", "train/examples_per_s"} <= set(rows[0])
+  assert os.path.isfile(os.path.join(model_dir, "prompts", "step_300.npy"))
+  assert os.listdir(os.path.join(model_dir, "tensorboard", "train"))
+  assert os.listdir(os.path.join(model_dir, "tensorboard", "eval"))
+  assert "train.prompt_length = %PROMPT_LENGTH" in open(os.path.join(model_dir, "config.gin")).read()
+
+
+def test_eval_and_infer_read_the_trained_prompt(quickstart_dir, capsys):
+  model_dir, _ = quickstart_dir
+  flags = ["--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{model_dir}'"]
+  assert cli.main(["eval", *flags, "--gin_file=runs/eval.gin"]) == 0
+  out = capsys.readouterr().out
+  accuracy = float(re.search(r"rank/accuracy: ([\d.]+)", out).group(1))
+  assert "evaluated step 300" in out and accuracy > 75.0
+  assert cli.main(["infer", *flags, "--gin_file=runs/infer.gin", "--gin.infer.output_path='%s'"
+                   % os.path.join(model_dir, "preds.jsonl")]) == 0
+  records = [json.loads(line) for line in open(os.path.join(model_dir, "preds.jsonl"))]
+  assert len(records) == 100 and {"input", "prediction", "score", "target"} <= set(records[0])
+  assert sum(r["prediction"] == r["target"] for r in records) > 75
+
+
+def test_missing_macros_and_typos_are_one_line(capsys, tmp_path):
+  assert cli.main(["train", "--gin_file=runs/prompt_finetune.gin"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0
+  assert "missing required gin macros INITIAL_CHECKPOINT_PATH, MIXTURE_OR_TASK_NAME, MODEL_DIR" in err
+  assert cli.main(["train", "--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{tmp_path}'",
+                   "--gin.train.batch_sise=3"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "batch_sise" in err and "batch_size" in err
+  assert cli.main(["train", "--gin_file=no_such.gin"]) == 1
+  assert "gin file not found: no_such.gin" in capsys.readouterr().err
+  assert cli.main(["eval", "--gin_file=quickstart.gin", "--gin_file=runs/eval.gin",
+                   f"--gin.MODEL_DIR='{tmp_path / 'empty'}'"]) == 1
+  assert "no train checkpoint" in capsys.readouterr().err

@@ -1,0 +1,122 @@
+"""train() end to end on the built-in quickstart task: what trains, what stays frozen, resuming."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prompt_tuning import prompt_init
+from prompt_tuning.checkpoints import hf
+from prompt_tuning.checkpoints.structure import flatten
+from prompt_tuning.models.model import EncoderDecoderModel
+from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
+from prompt_tuning.models.t5 import get_config
+from prompt_tuning.train import loop, optimizer
+
+TASK = "quickstart_sentiment"
+LENGTHS = {"inputs": 24, "targets": 4}
+
+
+def _train(model_dir, steps, **kwargs):
+  args = dict(model_dir=str(model_dir), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS, batch_size=8,
+              train_steps=steps, prompt_length=5, save_period=3, log_period=1, progress=False,
+              rank_classification=True)
+  args.update(kwargs)
+  return loop.train(**args)
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoint(tmp_path_factory):
+  """A tiny T5 1.1 saved by transformers, with the quickstart vocabulary's 256 ids."""
+  from support import hf_models
+
+  path = str(tmp_path_factory.mktemp("hf256"))
+  hf_models.save_hf_t5("t5_1_1", path, vocab_size=256)
+  return path
+
+
+def test_prompt_training_keeps_the_loaded_model_bit_identical(hf_checkpoint, tmp_path):
+  result = _train(tmp_path / "run", 4, initial_checkpoint_path=hf_checkpoint, model_config=None)
+  _, loaded = hf.load_hf(hf_checkpoint)
+  frozen = flatten(result.frozen)
+  assert set(frozen) == set(flatten(loaded))  # everything but the prompt is frozen ...
+  for name, value in flatten(loaded).items():  # ... and is exactly the checkpoint's, not a re-init
+    np.testing.assert_array_equal(np.asarray(frozen[name]), value, err_msg=name)
+  initial = prompt_init.random_uniform()(jax.random.PRNGKey(1), (5, 32))  # train() seeds the prompt with seed + 1
+  trained = result.trainable["prompt"]["prompt"]
+  assert trained.shape == (5, 32) and not np.allclose(trained, initial)
+  np.testing.assert_array_equal(np.load(result.prompt_path), trained)
+  # The checkpoint holds the prompt and its optimizer state, never the frozen model.
+  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(tmp_path / "run" / "checkpoints")
+             for f in files)
+  model_bytes = sum(v.nbytes for v in flatten(loaded).values())
+  assert size < model_bytes / 4, (size, model_bytes)
+  assert {"decode/accuracy", "rank/accuracy"} <= set(result.eval_metrics)
+
+
+def test_resuming_gives_the_same_prompt_as_one_uninterrupted_run(tmp_path):
+  config = get_config("tiny", vocab_size=256, dropout_rate=0.1)  # dropout: the rng stream must resume too
+  whole = _train(tmp_path / "whole", 6, model_config=config)
+  _train(tmp_path / "split", 3, model_config=config)
+  resumed = _train(tmp_path / "split", 6, model_config=config)
+  assert resumed.step == whole.step == 6
+  np.testing.assert_array_equal(resumed.trainable["prompt"]["prompt"], whole.trainable["prompt"]["prompt"])
+  assert sorted(os.listdir(tmp_path / "split" / "prompts")) == ["step_3.npy", "step_6.npy"]
+
+
+def test_model_tuning_with_the_same_trainer_updates_every_weight(tmp_path):
+  config = get_config("tiny", vocab_size=256)
+  result = _train(tmp_path / "full", 2, model_config=config, trainable_params=optimizer.EVERYTHING,
+                  optimizer=functools.partial(optimizer.adafactor, learning_rate=1e-2))
+  assert not result.frozen
+  from prompt_tuning.models.t5 import network
+
+  initial = flatten(network.init_params(config, jax.random.PRNGKey(0)))
+  trained = flatten(result.trainable)
+  assert set(trained) == set(initial) | {"prompt/prompt"}
+  for name, value in initial.items():
+    assert not np.array_equal(np.asarray(trained[name]), np.asarray(value)), name
+
+
+def test_prompt_gradient_matches_finite_differences():
+  config = get_config("tiny", vocab_size=64)
+  module = PromptedTransformer(config, prompt_config=PromptConfig(4, "suffix"))
+  rng = np.random.RandomState(0)
+  enc = rng.randint(2, 64, size=(3, 7)).astype(np.int32)
+  enc[1, 4:] = 0
+  targets = rng.randint(2, 64, size=(3, 3)).astype(np.int32)
+  targets[:, -1] = 1
+  batch = {"encoder_input_tokens": enc, "decoder_target_tokens": targets,
+           "decoder_input_tokens": np.concatenate([np.zeros((3, 1), np.int32), targets[:, :-1]], axis=1)}
+  params = module.init(jax.random.PRNGKey(0), enc, batch["decoder_input_tokens"])["params"]
+  params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
+  trainable, frozen = optimizer.split_trainable(params, optimizer.PROMPT_ONLY)
+  model = EncoderDecoderModel(module)
+  loss = jax.jit(lambda t: model.loss(optimizer.merge_params(t, frozen), batch)[0])
+  grad = jax.grad(loss)(trainable)["prompt"]["prompt"]
+  assert float(jnp.abs(grad).max()) > 0
+  for seed in range(3):
+    direction = np.random.RandomState(seed).randn(4, 32).astype(np.float32)
+    eps = 1e-3  # central differences in float32: small enough for curvature, large enough for rounding
+    shifted = lambda s: {"prompt": {"prompt": trainable["prompt"]["prompt"] + s * eps * direction}}
+    numeric = (float(loss(shifted(1.0))) - float(loss(shifted(-1.0)))) / (2 * eps)
+    analytic = float(jnp.sum(grad * direction))
+    assert abs(numeric - analytic) <= 2e-2 * abs(analytic) + 2e-3, (numeric, analytic)
+
+
+def test_bad_inputs_give_one_clear_error(tmp_path, hf_checkpoint):
+  with pytest.raises(ValueError, match="regex 'promt' matches no parameter"):
+    _train(tmp_path / "a", 1, trainable_params="promt")
+  with pytest.raises(ValueError, match="the task vocabulary has 256 ids but the model only 96"):
+    from support import hf_models
+
+    small = str(tmp_path / "hf96")
+    hf_models.save_hf_t5("t5_1_0", small)
+    _train(tmp_path / "b", 1, initial_checkpoint_path=small, model_config=None)
+  with pytest.raises(KeyError, match="no_such_task"):
+    _train(tmp_path / "c", 1, mixture_or_task_name="no_such_task")
