@@ -20,6 +20,8 @@ import struct
 import time
 from typing import Any, Iterator, Mapping
 
+from prompt_tuning import protowire
+
 # --- CRC32C (Castagnoli), table-driven -----------------------------------------
 
 _CRC32C_POLY = 0x82F63B78  # reflected 0x1EDC6F41
@@ -60,81 +62,26 @@ def tfrecord(data: bytes) -> bytes:
                    struct.pack("<I", masked_crc32c(data))))
 
 
-# --- minimal protobuf wire format ----------------------------------------------
-
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
-
-
-def _varint(value: int) -> bytes:
-  value &= 0xFFFFFFFFFFFFFFFF  # negative int64 -> two's complement, 10 bytes
-  out = bytearray()
-  while True:
-    bits = value & 0x7F
-    value >>= 7
-    if value:
-      out.append(bits | 0x80)
-    else:
-      out.append(bits)
-      return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-  return _varint(field << 3 | wire_type)
-
-
-def _len_field(field: int, payload: bytes) -> bytes:
-  return _key(field, _LEN) + _varint(len(payload)) + payload
-
-
 def encode_event(wall_time: float, step: int, *, file_version: str | None = None,
                  scalars: Mapping[str, float] | None = None) -> bytes:
   """Serialized `Event` proto with a file version or a summary of simple scalar values."""
-  out = [_key(1, _FIXED64), struct.pack("<d", wall_time), _key(2, _VARINT), _varint(int(step))]
+  out = [protowire.key(1, protowire.FIXED64), struct.pack("<d", wall_time),
+         protowire.key(2, protowire.VARINT), protowire.varint(int(step))]
   if file_version is not None:
-    out.append(_len_field(3, file_version.encode()))
+    out.append(protowire.len_field(3, file_version.encode()))
   if scalars:
     values = b"".join(
-        _len_field(1, _len_field(1, tag.encode()) + _key(2, _FIXED32) + struct.pack("<f", float(value)))
+        protowire.len_field(1, protowire.len_field(1, tag.encode()) + protowire.key(2, protowire.FIXED32)
+                            + struct.pack("<f", float(value)))
         for tag, value in scalars.items())
-    out.append(_len_field(5, values))
+    out.append(protowire.len_field(5, values))
   return b"".join(out)
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-  result = shift = 0
-  while True:
-    byte = buf[pos]
-    pos += 1
-    result |= (byte & 0x7F) << shift
-    if not byte & 0x80:
-      return result, pos
-    shift += 7
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, Any]]:
-  """(field number, raw value) pairs of one protobuf message."""
-  pos = 0
-  while pos < len(buf):
-    key, pos = _read_varint(buf, pos)
-    field, wire_type = key >> 3, key & 7
-    if wire_type == _VARINT:
-      value, pos = _read_varint(buf, pos)
-    elif wire_type == _FIXED64:
-      value, pos = buf[pos:pos + 8], pos + 8
-    elif wire_type == _FIXED32:
-      value, pos = buf[pos:pos + 4], pos + 4
-    elif wire_type == _LEN:
-      size, pos = _read_varint(buf, pos)
-      value, pos = buf[pos:pos + size], pos + size
-    else:
-      raise ValueError(f"unsupported protobuf wire type {wire_type}")
-    yield field, value
 
 
 def decode_event(data: bytes) -> dict[str, Any]:
   """{'wall_time', 'step', 'file_version' (or None), 'scalars': {tag: value}} of an Event."""
   event = {"wall_time": 0.0, "step": 0, "file_version": None, "scalars": {}}
-  for field, value in _fields(data):
+  for field, value in protowire.fields(data):
     if field == 1:
       event["wall_time"] = struct.unpack("<d", value)[0]
     elif field == 2:
@@ -142,10 +89,10 @@ def decode_event(data: bytes) -> dict[str, Any]:
     elif field == 3:
       event["file_version"] = value.decode()
     elif field == 5:
-      for f, summary_value in _fields(value):
+      for f, summary_value in protowire.fields(value):
         if f != 1:
           continue
-        parts = dict(_fields(summary_value))
+        parts = dict(protowire.fields(summary_value))
         if 1 in parts and 2 in parts:
           event["scalars"][parts[1].decode()] = struct.unpack("<f", parts[2])[0]
   return event

@@ -232,23 +232,8 @@ def read_checkpoint_variable(path: str, variable: str = DEFAULT_VARIABLE, step: 
 
 def _orbax_keys(item_dir: epath.Path) -> list[tuple[str, ...]]:
   """The key paths of an orbax PyTree item, from its metadata (no array is opened)."""
-  import json
+  from prompt_tuning.checkpoints import t5x
 
-  try:
-    entries = json.loads((item_dir / "_METADATA").read_text())["tree_metadata"]
-    return [tuple(str(k["key"]) for k in entry["key_metadata"]) for entry in entries.values()]
-  except Exception:  # absent or older format: ask orbax
-    pass
-  import orbax.checkpoint as ocp
-
-  handler = ocp.PyTreeCheckpointHandler()
-  try:
-    tree = handler.metadata(item_dir)
-  except Exception as e:
-    raise CheckpointError(f"{item_dir}: unreadable orbax metadata ({_one_line(e)})") from None
-  finally:
-    handler.close()
-  tree = getattr(tree, "tree", tree)
   keys = []
 
   def walk(node: Any, prefix: tuple[str, ...]) -> None:
@@ -258,7 +243,7 @@ def _orbax_keys(item_dir: epath.Path) -> list[tuple[str, ...]]:
     else:
       keys.append(prefix)
 
-  walk(tree, ())
+  walk(t5x.orbax_structure(item_dir), ())
   return keys
 
 

@@ -6,7 +6,6 @@ import os
 import shutil
 import sys
 
-import prompt_tuning
 
 
 def test_gin_and_tasks_install_inside_the_namespace():

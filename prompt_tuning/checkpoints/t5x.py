@@ -207,7 +207,7 @@ def _load_legacy(step_dir: epath.Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- orbax
 
 
-def _orbax_structure(state_dir: epath.Path) -> Any:
+def orbax_structure(state_dir: epath.Path) -> Any:
   """Nested dict of the saved tree's keys, leaves 0; the state's arrays are not opened.
 
   Reads orbax's `_METADATA` JSON (`{"tree_metadata": {"('target', 'a')":
@@ -246,7 +246,7 @@ def _load_orbax(state_dir: epath.Path) -> dict[str, Any]:
   import jax
   import orbax.checkpoint as ocp  # deferred: heavy
 
-  structure = _orbax_structure(state_dir)
+  structure = orbax_structure(state_dir)
   target = _find_target(structure, str(state_dir))
   # Same nesting as on disk, pruned to the params: a partial restore reads only them.
   under_optimizer = isinstance(structure.get("optimizer"), Mapping) and structure["optimizer"].get("target") is target

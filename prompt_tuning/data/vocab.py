@@ -20,28 +20,19 @@ from typing import Iterable, Sequence
 import numpy as np
 import sentencepiece
 
+from prompt_tuning import protowire
+
 PAD_ID = 0
 EOS_ID = 1
 _USER_DEFINED = 4  # sentencepiece.ModelProto.SentencePiece.Type.USER_DEFINED
 
 
-def _varint(n: int) -> bytes:
-  out = bytearray()
-  while True:
-    byte = n & 0x7F
-    n >>= 7
-    if n:
-      out.append(byte | 0x80)
-    else:
-      out.append(byte)
-      return bytes(out)
-
-
 def _piece_record(piece: str) -> bytes:
   """A serialized `ModelProto.pieces` entry: piece (1), score=0.0 (2), type=USER_DEFINED (3)."""
   text = piece.encode("utf-8")
-  body = b"\x0a" + _varint(len(text)) + text + b"\x15" + struct.pack("<f", 0.0) + b"\x18" + _varint(_USER_DEFINED)
-  return b"\x0a" + _varint(len(body)) + body
+  body = (protowire.len_field(1, text) + protowire.key(2, protowire.FIXED32) + struct.pack("<f", 0.0)
+          + protowire.key(3, protowire.VARINT) + protowire.varint(_USER_DEFINED))
+  return protowire.len_field(1, body)
 
 
 def add_extra_ids(model_proto: bytes, extra_ids: int) -> bytes:

@@ -8,7 +8,7 @@ trained subtree from MODEL_DIR/checkpoints (the latest step by default).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np

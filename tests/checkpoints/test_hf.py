@@ -13,7 +13,6 @@ import torch
 import prompt_tuning
 from prompt_tuning.checkpoints import hf
 from prompt_tuning.checkpoints.structure import CheckpointError
-from support import hf_models
 
 
 def _copy(src: str, dst) -> str:
