@@ -35,8 +35,8 @@ class Batch(NamedTuple):
       encoder_input_tokens [b, n], decoder_input_tokens [b, m],
       decoder_target_tokens [b, m], decoder_loss_weights [b, m], mask [b]
       (1 = real example, 0 = padding row).
-    text: {"inputs": list[str], "targets": list[str], "idx": list} of length
-      b; padding rows hold "", "" and None.
+    text: {"inputs": list[str], "targets": list[str], "idx": list, "examples":
+      list[dict]} of length b; padding rows hold "", "", None and None.
   """
 
   arrays: dict[str, np.ndarray]
@@ -144,5 +144,8 @@ class BatchIterator:
         "inputs": [ex["inputs"] for ex in rows] + [""] * pad,
         "targets": [ex["targets"] for ex in rows] + [""] * pad,
         "idx": [ex.get("idx") for ex in rows] + [None] * pad,
+        # The whole example, for task metrics that need more than the target (groups, all answers)
+        # and for per-example rank-classification candidates.
+        "examples": [{k: v for k, v in ex.items() if not k.endswith("_ids")} for ex in rows] + [None] * pad,
     }
     return Batch(arrays, text)

@@ -66,7 +66,12 @@ class Task(Protocol):
     """Label strings for rank classification / class-label prompt init, or None."""
 
   def examples(self, split: str) -> Iterator[Example]:
-    """Text examples of `split`, in a fixed order."""
+    """Text examples of `split`, in a fixed order. Besides inputs/targets/idx an example may
+    carry task-specific fields (e.g. all gold `answers`, a question `group`) and its own
+    rank-classification `candidates` (list[str]), which then replace the task's."""
+
+  def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Task metrics of evaluated records, each {'example': Example, 'prediction': str}."""
 
 
 # ---------------------------------------------------------------- file readers
@@ -205,6 +210,10 @@ class TextTask:
   @property
   def candidates(self) -> list[str] | None:
     return None if self.labels is None else list(self.labels)
+
+  def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    return metrics_lib.compute_metrics(self._metrics, [r["example"]["targets"] for r in records],
+                                       [r["prediction"] for r in records])
 
   def _records(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(location for errors, record) pairs."""

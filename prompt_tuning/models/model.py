@@ -123,15 +123,20 @@ class EncoderDecoderModel:
 
     Args:
       encoder_input_tokens: [batch, enc_length].
-      candidate_targets: [num_candidates, dec_length] token ids, EOS-terminated, 0-padded.
+      candidate_targets: token ids, EOS-terminated, 0-padded: [num_candidates,
+        dec_length] shared by all examples, or [batch, num_candidates, dec_length]
+        per example (an all-zero row scores 0; callers mask such padding).
     The encoder runs once per example; its output is repeated per candidate.
     """
-    batch, num_candidates = encoder_input_tokens.shape[0], candidate_targets.shape[0]
+    batch, num_candidates = encoder_input_tokens.shape[0], candidate_targets.shape[-2]
     encoded, encoder_mask = self.module.apply({"params": params}, encoder_input_tokens, method="encode_tokens",
                                               **_task_kwargs(task_ids))
     encoded = decoding.flat_batch_beam_expand(encoded, num_candidates)
     encoder_mask = decoding.flat_batch_beam_expand(encoder_mask, num_candidates)
-    targets = jnp.tile(candidate_targets, (batch, 1))  # [batch * candidates, dec_length], example-major
+    if candidate_targets.ndim == 2:
+      targets = jnp.tile(candidate_targets, (batch, 1))  # [batch * candidates, dec_length], example-major
+    else:
+      targets = candidate_targets.reshape(batch * num_candidates, -1)
     inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
     logits = self.module.apply({"params": params}, encoded, encoder_mask, inputs,
                                decoder_mask=(targets > 0).astype(jnp.int32), method="decode")

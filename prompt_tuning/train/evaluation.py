@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from prompt_tuning.data import metrics as metrics_lib
 from prompt_tuning.data.features import trim_with_eos
 from prompt_tuning.data.pipeline import BatchIterator
 from prompt_tuning.data.task import Task
@@ -41,17 +40,42 @@ class Evaluator:
     max_length = self.feature_lengths["targets"]
     self._predict = jax.jit(lambda params, tokens: model.predict_batch(
         params, tokens, max_decode_length=max_length, method=decode_method, rng=jax.random.PRNGKey(0), **options))
-    candidates = task.candidates
-    if rank_classification and not candidates:
+    self.rank_classification = rank_classification
+    self.candidates = task.candidates
+    if rank_classification and not self.candidates and not _has_example_candidates(task):
       raise ValueError(f"rank classification needs candidates, and task {task.name} has none")
-    self.candidates = candidates if (rank_classification is None or rank_classification) else None
+    self._max_target_length = max_length
     if self.candidates:
-      rows = [trim_with_eos(self.vocabulary.encode(c) + [1], max_length) for c in self.candidates]
-      table = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
-      for i, row in enumerate(rows):
-        table[i, :len(row)] = row
-      self._candidate_tokens = jnp.asarray(table)
-      self._rank = jax.jit(model.rank_classify)
+      self._candidate_tokens = jnp.asarray(self._candidate_table([self.candidates])[0])
+    self._rank = jax.jit(model.rank_classify)
+
+  def _candidate_table(self, rows_of_candidates: list[list[str]]) -> np.ndarray:
+    """Token ids [rows, max candidates, length] (EOS-terminated, 0-padded; missing candidates all 0)."""
+    encoded = [[trim_with_eos(self.vocabulary.encode(c), self._max_target_length) for c in row]
+               for row in rows_of_candidates]
+    width = max(len(row) for row in encoded)
+    length = max(len(ids) for row in encoded for ids in row)
+    table = np.zeros((len(encoded), width, length), np.int32)
+    for i, row in enumerate(encoded):
+      for j, ids in enumerate(row):
+        table[i, j, :len(ids)] = ids
+    return table
+
+  def _ranks(self, params: Any, tokens: np.ndarray, examples: list) -> tuple[list, np.ndarray] | None:
+    """(candidates per row, scores [batch, candidates]) or None when rank classification is off."""
+    if self.rank_classification is False:
+      return None
+    per_example = [ex.get("candidates") if ex else None for ex in examples]
+    if any(per_example):
+      rows = [list(c) if c else (self.candidates or [""]) for c in per_example]
+      table = self._candidate_table(rows)
+      scores = np.asarray(self._rank(params, tokens, jnp.asarray(table)))
+      scores = np.where(table.any(axis=-1), scores, -np.inf)  # padding candidates never win
+      return rows, scores
+    if not self.candidates:
+      return None
+    scores = np.asarray(self._rank(params, tokens, self._candidate_tokens))
+    return [self.candidates] * len(examples), scores
 
   def _batches(self, split: str) -> Iterator:
     return BatchIterator(self.task, split, self.feature_lengths, self.batch_size, shuffle=False, seed=0,
@@ -59,22 +83,23 @@ class Evaluator:
                          process_count=jax.process_count())
 
   def predictions(self, params: Any, split: str) -> Iterator[dict[str, Any]]:
-    """Yields one record per real example: inputs, targets, prediction, score (+ rank fields)."""
+    """Yields one record per real example: input, target, prediction, score (+ rank fields)
+    and, under "example", the example itself (for the task's metrics)."""
     for batch in self._batches(split):
       tokens = batch.arrays["encoder_input_tokens"]
       decoded = self._predict(params, tokens)
       out_tokens, out_scores = np.asarray(decoded.tokens[:, 0]), np.asarray(decoded.scores[:, 0])
-      if self.candidates:
-        rank_scores = np.asarray(self._rank(params, tokens, self._candidate_tokens))
+      ranked = self._ranks(params, tokens, batch.text["examples"])
       for i, real in enumerate(batch.arrays["mask"]):
         if not real:
           continue
         record = {"input": batch.text["inputs"][i], "target": batch.text["targets"][i],
-                  "prediction": self.vocabulary.decode(out_tokens[i].tolist()), "score": float(out_scores[i])}
-        if self.candidates:
-          best = int(np.argmax(rank_scores[i]))
-          record["rank_prediction"] = self.candidates[best]
-          record["rank_scores"] = {c: float(s) for c, s in zip(self.candidates, rank_scores[i])}
+                  "prediction": self.vocabulary.decode(out_tokens[i].tolist()), "score": float(out_scores[i]),
+                  "example": batch.text["examples"][i]}
+        if ranked is not None:
+          candidates, scores = ranked[0][i], ranked[1][i]
+          record["rank_prediction"] = candidates[int(np.argmax(scores[:len(candidates)]))]
+          record["rank_scores"] = {c: float(s) for c, s in zip(candidates, scores)}
         yield record
 
   def evaluate(self, params: Any, split: str = "validation") -> dict[str, float]:
@@ -82,14 +107,20 @@ class Evaluator:
     records = list(self.predictions(params, split))
     if not records:
       raise ValueError(f"task {self.task.name} split {split} has no examples to evaluate")
-    targets = [r["target"] for r in records]
-    out = {f"decode/{k}": v for k, v in
-           metrics_lib.compute_metrics(self.task.metrics, targets, [r["prediction"] for r in records]).items()}
-    if self.candidates:
-      ranked = metrics_lib.compute_metrics(self.task.metrics, targets, [r["rank_prediction"] for r in records])
-      out.update({f"rank/{k}": v for k, v in ranked.items()})
+    out = {f"decode/{k}": v for k, v in self.task.score(records).items()}
+    if "rank_prediction" in records[0]:
+      ranked = [dict(r, prediction=r["rank_prediction"]) for r in records]
+      out.update({f"rank/{k}": v for k, v in self.task.score(ranked).items()})
     out["examples"] = float(len(records))
     return out
+
+
+def _has_example_candidates(task: Task) -> bool:
+  """Whether the task's examples carry their own candidates (looks at the first one)."""
+  for split in task.splits:
+    for example in task.examples(split):
+      return bool(example.get("candidates"))
+  return False
 
 
 def write_predictions(records: Iterator[dict[str, Any]], path: str) -> int:
@@ -101,6 +132,7 @@ def write_predictions(records: Iterator[dict[str, Any]], path: str) -> int:
   out.parent.mkdir(parents=True, exist_ok=True)
   with out.open("w") as f:
     for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+      record = {k: v for k, v in record.items() if k != "example"}
+      f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
       count += 1
   return count

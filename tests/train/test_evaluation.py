@@ -1,0 +1,69 @@
+"""Evaluator: rank classification with shared and per-example candidates, and task-defined metrics."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from prompt_tuning.data.features import trim_with_eos
+from prompt_tuning.data.task import get_task
+from prompt_tuning.models.model import EncoderDecoderModel
+from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
+from prompt_tuning.models.t5 import get_config
+from prompt_tuning.train.evaluation import Evaluator
+
+LENGTHS = {"inputs": 24, "targets": 6}
+
+
+class ChoiceTask:
+  """Quickstart sentences, each with its own candidate list (of varying size)."""
+
+  name = "choice_task"
+
+  def __init__(self):
+    self.base = get_task("quickstart_sentiment")
+    self.vocabulary = self.base.vocabulary
+    self.splits = ["validation"]
+    self.candidates = None
+    self.seen = []
+
+  def examples(self, split):
+    for i, ex in enumerate(self.base.examples(split)):
+      if i == 5:
+        return
+      options = ["good", "bad", "fine"][: 2 + i % 2]
+      yield dict(ex, targets=options[i % len(options)], candidates=options, group=i // 2)
+
+  def score(self, records):
+    self.seen.append(records)
+    return {"accuracy": 100.0 * np.mean([r["prediction"] == r["example"]["targets"] for r in records])}
+
+
+def test_per_example_candidates_are_scored_by_teacher_forcing():
+  config = get_config("tiny", vocab_size=256)
+  model = EncoderDecoderModel(PromptedTransformer(config, prompt_config=PromptConfig(3)))
+  tokens = np.ones((1, 4), np.int32)
+  params = model.module.init(jax.random.PRNGKey(0), tokens, tokens)["params"]
+  params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
+  task = ChoiceTask()
+  evaluator = Evaluator(model, task, LENGTHS, batch_size=4)
+  records = list(evaluator.predictions(params, "validation"))
+  assert len(records) == 5
+  vocab = task.vocabulary
+  for record in records:
+    candidates = record["example"]["candidates"]
+    assert list(record["rank_scores"]) == candidates  # padding candidates never appear
+    assert record["rank_prediction"] == max(candidates, key=record["rank_scores"].get)
+    enc = np.zeros((1, LENGTHS["inputs"]), np.int32)
+    ids = trim_with_eos(vocab.encode(record["input"]), LENGTHS["inputs"])
+    enc[0, :len(ids)] = ids
+    for candidate, score in record["rank_scores"].items():
+      target = np.array([vocab.encode(candidate) + [1]], np.int32)
+      dec_in = np.concatenate([np.zeros((1, 1), np.int32), target[:, :-1]], axis=1)
+      np.testing.assert_allclose(score, float(model.score(params, enc, dec_in, target)[0]), rtol=1e-4, atol=1e-4)
+  metrics = evaluator.evaluate(params, "validation")
+  assert set(metrics) == {"decode/accuracy", "rank/accuracy", "examples"}
+  # The task saw whole examples (with its extra fields) and the rank predictions.
+  assert task.seen[-1][0]["example"]["group"] == 0
+  assert metrics["rank/accuracy"] == 100.0 * np.mean([r["prediction"] == r["example"]["targets"]
+                                                      for r in task.seen[-1]])
