@@ -247,7 +247,7 @@ class TextTask:
 # ---------------------------------------------------------------- registry
 
 _TASKS: dict[str, Task] = {}
-_BUILTIN_MODULES = ("prompt_tuning.data.quickstart",)
+_BUILTIN_MODULES = ("prompt_tuning.data.quickstart", "prompt_tuning.tasks")
 
 
 def _load_builtins():
@@ -255,6 +255,23 @@ def _load_builtins():
 
   for module in _BUILTIN_MODULES:
     importlib.import_module(module)
+
+
+def resolve_task(name: str, module: str | None = None, vocabulary_path: str | None = None) -> Task:
+  """The entry points' way in: import `module` (registering more tasks, t5x's
+  MIXTURE_OR_TASK_MODULE), set the default vocabulary (VOCABULARY_PATH), then look up `name`."""
+  import importlib
+
+  from prompt_tuning.data.vocab import set_default_vocabulary
+
+  if vocabulary_path:
+    set_default_vocabulary(vocabulary_path)
+  if module:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise DataError(f"MIXTURE_OR_TASK_MODULE {module!r} cannot be imported: {e}") from None
+  return get_task(name)
 
 
 def register_task(task: Task, *, overwrite: bool = False) -> Task:

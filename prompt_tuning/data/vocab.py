@@ -136,3 +136,23 @@ class SentencePieceVocabulary:
   def decode_batch(self, ids) -> list[str]:
     """[batch, length] ids -> one string per row."""
     return [self.decode(row) for row in ids]
+
+
+# The vocabulary of tasks that do not name their own: T5's SentencePiece model by default.
+# Entry points set it from gin (VOCABULARY_PATH); tests point it at a small local model.
+T5_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
+_default_vocabulary: dict[str, object] = {"path": T5_VOCABULARY_PATH, "extra_ids": 100, "loaded": None}
+
+
+def set_default_vocabulary(path: str, extra_ids: int = 100) -> None:
+  """Makes `path` (local or gs://) the vocabulary of tasks registered without one."""
+  if (path, extra_ids) != (_default_vocabulary["path"], _default_vocabulary["extra_ids"]):
+    _default_vocabulary.update(path=path, extra_ids=extra_ids, loaded=None)
+
+
+def default_vocabulary() -> SentencePieceVocabulary:
+  """The default vocabulary, loaded on first use."""
+  if _default_vocabulary["loaded"] is None:
+    _default_vocabulary["loaded"] = SentencePieceVocabulary(_default_vocabulary["path"],
+                                                            _default_vocabulary["extra_ids"])
+  return _default_vocabulary["loaded"]

@@ -17,7 +17,7 @@ from absl import logging
 from prompt_tuning import prompt_init as prompt_init_lib
 from prompt_tuning.checkpoints.structure import check_params, flatten, unflatten
 from prompt_tuning.checkpoints.train_state import TrainCheckpointer
-from prompt_tuning.data.task import get_task
+from prompt_tuning.data.task import resolve_task
 from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.models.model import LossConfig
 from prompt_tuning.models.prompt import PromptConfig
@@ -40,8 +40,8 @@ def restore_trained(model_dir: str, params: dict, trainable_params: str, step: i
 
 
 def _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path, prompt_length, prompt_placement,
-           trainable_params, dtype, checkpoint_step):
-  task = get_task(mixture_or_task_name)
+           trainable_params, dtype, checkpoint_step, mixture_or_task_module, vocabulary_path):
+  task = resolve_task(mixture_or_task_name, mixture_or_task_module, vocabulary_path)
   # The prompt value is replaced by the trained one, so a cheap initializer suffices here.
   model, params, _ = model_setup.load_prompted_model(
       model_config, initial_checkpoint_path, PromptConfig(prompt_length, prompt_placement),
@@ -56,11 +56,12 @@ def evaluate(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths:
              prompt_length: int = 100, prompt_placement: str = "prefix",
              trainable_params: str = optimizer_lib.PROMPT_ONLY, dtype: str | None = None,
              checkpoint_step: int | None = None, split: str = "validation", decode_method: str = "greedy",
-             decode_options: Mapping[str, Any] | None = None, rank_classification: bool | None = None
-             ) -> dict[str, float]:
+             decode_options: Mapping[str, Any] | None = None, rank_classification: bool | None = None,
+             mixture_or_task_module: str | None = None, vocabulary_path: str | None = None) -> dict[str, float]:
   """Scores the trained prompt of MODEL_DIR on `split`; writes eval metrics to MODEL_DIR."""
   task, model, params, step = _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path,
-                                     prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step)
+                                     prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step,
+                                     mixture_or_task_module, vocabulary_path)
   evaluator = Evaluator(model, task, task_feature_lengths, batch_size, decode_method=decode_method,
                         decode_options=decode_options, rank_classification=rank_classification)
   metrics = evaluator.evaluate(params, split)
@@ -75,13 +76,15 @@ def infer(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
           prompt_placement: str = "prefix", trainable_params: str = optimizer_lib.PROMPT_ONLY,
           dtype: str | None = None, checkpoint_step: int | None = None, split: str = "validation",
           decode_method: str = "greedy", decode_options: Mapping[str, Any] | None = None,
-          output_path: str = "") -> str:
+          output_path: str = "", mixture_or_task_module: str | None = None,
+          vocabulary_path: str | None = None) -> str:
   """Writes predictions as JSONL (input, prediction, score, target); returns the file path.
 
   output_path defaults to MODEL_DIR/inference/<task>-<split>-step<N>.jsonl.
   """
   task, model, params, step = _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path,
-                                     prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step)
+                                     prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step,
+                                     mixture_or_task_module, vocabulary_path)
   evaluator = Evaluator(model, task, task_feature_lengths, batch_size, decode_method=decode_method,
                         decode_options=decode_options, rank_classification=False)
   path = output_path or os.path.join(model_dir, "inference", f"{task.name}-{split}-step{step}.jsonl")

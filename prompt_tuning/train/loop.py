@@ -17,7 +17,7 @@ from absl import logging
 from prompt_tuning import partitioning, prompt_init as prompt_init_lib
 from prompt_tuning.checkpoints.train_state import TrainCheckpointer, prompt_file
 from prompt_tuning.data.pipeline import BatchIterator
-from prompt_tuning.data.task import get_task
+from prompt_tuning.data.task import resolve_task
 from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.models.model import LossConfig
 from prompt_tuning.models.prompt import PromptConfig
@@ -55,15 +55,18 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
           keep: int | None = 3, log_period: int = 10, eval_period: int = 0, eval_split: str = "validation",
           eval_batch_size: int | None = None, decode_method: str = "greedy",
           decode_options: Mapping[str, Any] | None = None, rank_classification: bool | None = None,
-          num_partitions: int = 1, progress: bool = True) -> TrainResult:
+          num_partitions: int = 1, progress: bool = True, mixture_or_task_module: str | None = None,
+          vocabulary_path: str | None = None) -> TrainResult:
   """Trains the parameters matching `trainable_params` (default: the prompt only).
 
   Args:
     eval_period: evaluate every this many steps (0: only at the end).
     save_period: checkpoint every this many steps (and always at the end), keeping `keep`.
+    mixture_or_task_module: a module to import first, registering more tasks.
+    vocabulary_path: SentencePiece model of tasks that name none (default: T5's).
   """
   mesh = partitioning.make_mesh(num_partitions)
-  task = get_task(mixture_or_task_name)
+  task = resolve_task(mixture_or_task_name, mixture_or_task_module, vocabulary_path)
   model, params, config = model_setup.load_prompted_model(
       model_config, initial_checkpoint_path, PromptConfig(prompt_length, prompt_placement), prompt_init,
       tokenize=task.vocabulary.encode, vocab_size=task.vocabulary.vocab_size, loss=loss, dtype=dtype, seed=seed)
