@@ -1,1 +1,12 @@
-"""seqio task registrations, installed as `prompt_tuning.tasks`."""
+"""Task registrations, installed as `prompt_tuning.tasks` (no TensorFlow at import time).
+
+  super_glue  SuperGLUE as in T5 (plus taskless variants), leaderboard export
+  glue        GLUE, and the QQP <-> MRPC zero-shot transfer pairs
+  mrqa        SQuAD training and the MRQA out-of-domain evaluation sets
+  mixtures    the SuperGLUE mixture (examples-proportional)
+  byod        bring-your-own JSONL/TSV/CSV data, configured from gin
+
+`prompt-tuning tasks` (or `python -m prompt_tuning.tasks`) lists them all.
+"""
+
+from prompt_tuning.tasks import byod, glue, mixtures, mrqa, super_glue  # noqa: F401  (registration)

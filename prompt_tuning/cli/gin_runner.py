@@ -29,6 +29,9 @@ def register_all() -> dict[str, Callable[..., Any]]:
   gin_utils.register_configurables(optimizer.OPTIMIZERS, module="optimizers")
   gin_utils.register_configurables(optimizer.SCHEDULES, module="schedules")
   gin_utils.register_configurables({"LossConfig": LossConfig, "t5_config": t5_config}, module="models")
+  from prompt_tuning.tasks import byod
+
+  gin_utils.register_configurables(byod.CONFIGURABLES, module=byod.GIN_MODULE)
   return entry
 
 

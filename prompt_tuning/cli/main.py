@@ -11,6 +11,7 @@ COMMANDS = {
     "infer": ("prompt_tuning.cli.infer", "write predictions of the trained prompt as JSONL"),
     "convert": ("prompt_tuning.cli.convert", "convert an HF or t5x checkpoint to the native format"),
     "generate": ("prompt_tuning.cli.generate", "decode inputs with a checkpoint (default: built-in tiny model)"),
+    "tasks": ("prompt_tuning.cli.tasks", "list registered tasks and mixtures (with splits and metrics)"),
 }
 
 

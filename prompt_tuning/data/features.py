@@ -69,15 +69,16 @@ class TruncationCounter:
                    f"(longest {s['longest']})")
     return out
 
-  def report(self, log=logging.info) -> list[str]:
-    """Logs (via `log`) the messages of every split not reported yet; returns them."""
+  def report(self, log=None) -> list[str]:
+    """Logs the messages of every split not reported yet (as warnings when something was cut,
+    unless `log` is given); returns them."""
     out = []
     for split in self.splits:
       if split not in self._reported:
         self._reported.add(split)
         out += self.messages(split)
     for line in out:
-      log(line)
+      (log or (logging.info if " truncated 0 of " in line else logging.warning))(line)
     return out
 
 

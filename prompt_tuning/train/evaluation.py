@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from prompt_tuning.data.features import trim_with_eos
+from prompt_tuning.data.features import TruncationCounter, trim_with_eos
 from prompt_tuning.data.pipeline import BatchIterator
 from prompt_tuning.data.task import Task
 from prompt_tuning.models.model import EncoderDecoderModel
@@ -40,6 +40,7 @@ class Evaluator:
     max_length = self.feature_lengths["targets"]
     self._predict = jax.jit(lambda params, tokens: model.predict_batch(
         params, tokens, max_decode_length=max_length, method=decode_method, rng=jax.random.PRNGKey(0), **options))
+    self.truncation = TruncationCounter()  # shared by every evaluation, reported once per split
     self.rank_classification = rank_classification
     self.candidates = task.candidates
     if rank_classification and not self.candidates and not _has_example_candidates(task):
@@ -67,7 +68,10 @@ class Evaluator:
       return None
     per_example = [ex.get("candidates") if ex else None for ex in examples]
     if any(per_example):
-      rows = [list(c) if c else (self.candidates or [""]) for c in per_example]
+      # Rows without candidates of their own (a mixture's generative tasks) get a placeholder
+      # and no rank prediction: they are scored by decoding alone.
+      rows = [list(c) if c else (self.candidates or []) for c in per_example]
+      rows = [r if r else [""] for r in rows]
       table = self._candidate_table(rows)
       scores = np.asarray(self._rank(params, tokens, jnp.asarray(table)))
       scores = np.where(table.any(axis=-1), scores, -np.inf)  # padding candidates never win
@@ -78,9 +82,12 @@ class Evaluator:
     return [self.candidates] * len(examples), scores
 
   def _batches(self, split: str) -> Iterator:
-    return BatchIterator(self.task, split, self.feature_lengths, self.batch_size, shuffle=False, seed=0,
-                         repeat=False, drop_remainder=False, process_index=jax.process_index(),
-                         process_count=jax.process_count())
+    counter = self.truncation if split not in self.truncation.splits else None  # count each split once
+    batches = BatchIterator(self.task, split, self.feature_lengths, self.batch_size, shuffle=False, seed=0,
+                            repeat=False, drop_remainder=False, process_index=jax.process_index(),
+                            process_count=jax.process_count(), counter=counter)
+    self.truncation.report()
+    return batches
 
   def predictions(self, params: Any, split: str) -> Iterator[dict[str, Any]]:
     """Yields one record per real example: input, target, prediction, score (+ rank fields)
@@ -96,7 +103,8 @@ class Evaluator:
         record = {"input": batch.text["inputs"][i], "target": batch.text["targets"][i],
                   "prediction": self.vocabulary.decode(out_tokens[i].tolist()), "score": float(out_scores[i]),
                   "example": batch.text["examples"][i]}
-        if ranked is not None:
+        example = batch.text["examples"][i]
+        if ranked is not None and (self.candidates or example.get("candidates")):
           candidates, scores = ranked[0][i], ranked[1][i]
           record["rank_prediction"] = candidates[int(np.argmax(scores[:len(candidates)]))]
           record["rank_scores"] = {c: float(s) for c, s in zip(candidates, scores)}
@@ -108,8 +116,9 @@ class Evaluator:
     if not records:
       raise ValueError(f"task {self.task.name} split {split} has no examples to evaluate")
     out = {f"decode/{k}": v for k, v in self.task.score(records).items()}
-    if "rank_prediction" in records[0]:
-      ranked = [dict(r, prediction=r["rank_prediction"]) for r in records]
+    if any("rank_prediction" in r for r in records):
+      # Examples without candidates keep their decoded prediction.
+      ranked = [dict(r, prediction=r.get("rank_prediction", r["prediction"])) for r in records]
       out.update({f"rank/{k}": v for k, v in self.task.score(ranked).items()})
     out["examples"] = float(len(records))
     return out

@@ -77,10 +77,12 @@ def infer(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
           dtype: str | None = None, checkpoint_step: int | None = None, split: str = "validation",
           decode_method: str = "greedy", decode_options: Mapping[str, Any] | None = None,
           output_path: str = "", mixture_or_task_module: str | None = None,
-          vocabulary_path: str | None = None) -> str:
+          vocabulary_path: str | None = None, leaderboard_dir: str = "") -> str:
   """Writes predictions as JSONL (input, prediction, score, target); returns the file path.
 
-  output_path defaults to MODEL_DIR/inference/<task>-<split>-step<N>.jsonl.
+  output_path defaults to MODEL_DIR/inference/<task>-<split>-step<N>.jsonl. With
+  leaderboard_dir, SuperGLUE tasks (alone or in a mixture) also get their
+  submission files there (BoolQ.jsonl, CB.jsonl, ...), from the same predictions.
   """
   task, model, params, step = _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path,
                                      prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step,
@@ -88,6 +90,25 @@ def infer(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
   evaluator = Evaluator(model, task, task_feature_lengths, batch_size, decode_method=decode_method,
                         decode_options=decode_options, rank_classification=False)
   path = output_path or os.path.join(model_dir, "inference", f"{task.name}-{split}-step{step}.jsonl")
-  count = write_predictions(evaluator.predictions(params, split), path)
+  records = list(evaluator.predictions(params, split))
+  count = write_predictions(iter(records), path)
   logging.info("wrote %d predictions to %s", count, path)
+  if leaderboard_dir:
+    for written in write_leaderboards(task, records, leaderboard_dir):
+      logging.info("wrote leaderboard file %s", written)
   return path
+
+
+def write_leaderboards(task: Any, records: list[dict], directory: str) -> list[str]:
+  """SuperGLUE submission files of `task` (or of each SuperGLUE member of a mixture)."""
+  from prompt_tuning.tasks import super_glue
+
+  members = {t.name: t for t in getattr(task, "tasks", [task])}
+  by_task: dict[str, list[dict]] = {}
+  for record in records:
+    by_task.setdefault(record["example"].get("task", task.name), []).append(record)
+  written = [super_glue.write_leaderboard_file(name, by_task[name], directory)
+             for name in members if name in super_glue.LEADERBOARD_FILES and name in by_task]
+  if not written:
+    raise ValueError(f"leaderboard_dir is set but task {task.name} has no SuperGLUE leaderboard format")
+  return written

@@ -88,6 +88,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
   batches = BatchIterator(task, "train", task_feature_lengths, batch_size, shuffle=True, seed=seed, repeat=True,
                           drop_remainder=True, start_position=position, process_index=jax.process_index(),
                           process_count=jax.process_count())
+  batches.truncation.report()  # the whole split is tokenized up front: report its truncation once
   evaluator = Evaluator(model, task, task_feature_lengths, eval_batch_size or batch_size,
                         decode_method=decode_method, decode_options=decode_options,
                         rank_classification=rank_classification)
@@ -115,8 +116,6 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
   if start >= train_steps:  # resumed a finished run: report its evaluation again
     logging.warning("%s is already trained to step %d (TRAIN_STEPS=%d)", model_dir, start, train_steps)
     eval_metrics = evaluator.evaluate(optimizer_lib.merge_params(state.params, frozen), eval_split)
-  for line in batches.truncation.report():
-    logging.info("%s", line)
   writer.close()
   checkpointer.close()
   final = int(state.step)

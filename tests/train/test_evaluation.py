@@ -67,3 +67,17 @@ def test_per_example_candidates_are_scored_by_teacher_forcing():
   assert task.seen[-1][0]["example"]["group"] == 0
   assert metrics["rank/accuracy"] == 100.0 * np.mean([r["prediction"] == r["example"]["targets"]
                                                       for r in task.seen[-1]])
+
+
+def test_truncation_is_reported_once_per_split(caplog):
+  config = get_config("tiny", vocab_size=256)
+  model = EncoderDecoderModel(PromptedTransformer(config, prompt_config=PromptConfig(2)))
+  tokens = np.ones((1, 4), np.int32)
+  params = model.module.init(jax.random.PRNGKey(0), tokens, tokens)["params"]
+  params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
+  evaluator = Evaluator(model, get_task("quickstart_sentiment"), {"inputs": 6, "targets": 4}, batch_size=50)
+  with caplog.at_level("WARNING"):
+    evaluator.evaluate(params)
+    evaluator.evaluate(params)
+  lines = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+  assert len(lines) == 1 and lines[0].startswith("validation: truncated 100 of 100 inputs to 6 tokens"), lines
