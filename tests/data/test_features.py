@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.char_vocab import CharVocab
 
 from prompt_tuning.data import features
-
-
-class CharVocab:
-  """One id per character (3 + ord % 50): lengths are easy to reason about."""
-  vocab_size, eos_id, pad_id = 53, 1, 0
-
-  def encode(self, text):
-    return [3 + ord(c) % 50 for c in text]
-
-  def decode(self, ids):
-    raise NotImplementedError
 
 
 def test_trim_with_eos_keeps_eos_last():

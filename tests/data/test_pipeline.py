@@ -6,20 +6,11 @@ import itertools
 
 import numpy as np
 import pytest
+from support.char_vocab import CharVocab
 
 from prompt_tuning.data import pipeline, task as task_lib
 
 LENGTHS = {"inputs": 8, "targets": 4}
-
-
-class CharVocab:
-  vocab_size, eos_id, pad_id = 53, 1, 0
-
-  def encode(self, text):
-    return [3 + ord(c) % 50 for c in text]
-
-  def decode(self, ids):
-    raise NotImplementedError
 
 
 def make_task(n=10):
