@@ -1,0 +1,70 @@
+"""Sharded training on a mesh of 4 CPU devices (2 data x 2 model) equals one device."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from prompt_tuning import partitioning
+
+SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from prompt_tuning import partitioning
+    from prompt_tuning.models.model import EncoderDecoderModel
+    from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
+    from prompt_tuning.models.t5 import get_config
+    from prompt_tuning.train import model_setup, optimizer, step as step_lib
+    from prompt_tuning.train.loop import to_global_batch
+    from prompt_tuning.train.state import TrainState
+
+    assert len(jax.devices()) == 4, jax.devices()
+    config = get_config("tiny", vocab_size=128, dropout_rate=0.1)
+    module = PromptedTransformer(config, prompt_config=PromptConfig(4))
+    model = EncoderDecoderModel(module)
+    rng = np.random.RandomState(0)
+    enc = rng.randint(2, 128, size=(8, 12)).astype(np.int32); enc[:, 9:] = 0
+    targets = rng.randint(2, 128, size=(8, 4)).astype(np.int32); targets[:, -1] = 1
+    batch = {"encoder_input_tokens": enc, "decoder_target_tokens": targets,
+             "decoder_input_tokens": np.concatenate([np.zeros((8, 1), np.int32), targets[:, :-1]], 1),
+             "decoder_loss_weights": np.ones((8, 4), np.float32)}
+    params = module.init(jax.random.PRNGKey(0), enc, batch["decoder_input_tokens"])["params"]
+    params = jax.tree.map(lambda x: np.asarray(getattr(x, "value", x)), params, is_leaf=lambda x: hasattr(x, "names"))
+    trainable, frozen = optimizer.split_trainable(params, optimizer.PROMPT_ONLY)
+    _, frozen_axes = optimizer.split_trainable(model_setup.prompted_logical_axes(module), optimizer.PROMPT_ONLY)
+    tx, schedule = optimizer.adafactor()
+    results = {}
+    for name, mesh in (("one", partitioning.make_mesh(1, jax.devices()[:1])), ("four", partitioning.make_mesh(2))):
+      shardings = partitioning.logical_to_sharding(frozen_axes, mesh)
+      placed = jax.device_put(frozen, shardings)
+      fn = step_lib.compile_train_step(step_lib.make_train_step(model, tx, schedule), mesh, shardings)
+      state = TrainState.create(jax.tree.map(np.asarray, trainable), tx)
+      losses = []
+      for _ in range(3):
+        state, metrics = fn(state, placed, to_global_batch(batch, mesh), jax.random.PRNGKey(1))
+        losses.append(float(metrics["loss"]))
+      results[name] = (losses, np.asarray(state.params["prompt"]["prompt"]))
+      wi = placed["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+      print(name, "mesh", dict(mesh.shape), "wi_0 spec", wi.sharding.spec, "losses", losses)
+    (l1, p1), (l4, p4) = results["one"], results["four"]
+    np.testing.assert_allclose(l4, l1, rtol=1e-5)
+    np.testing.assert_allclose(p4, p1, rtol=1e-5, atol=1e-5)  # sharded sums reorder float32 adds
+    assert tuple(placed["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].sharding.spec) == (None, "model")
+    print("MATCH")
+""")
+
+
+def test_four_device_mesh_with_data_and_model_axes_matches_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "MATCH" in result.stdout, result.stdout
+
+
+def test_mesh_errors_and_rules():
+  with pytest.raises(ValueError, match="NUM_PARTITIONS=3 must be >= 1 and divide the 1 devices"):
+    partitioning.make_mesh(3)
+  assert {"batch", "embed", "mlp", "heads", "kv", "joined_kv", "vocab", "prompt"} <= partitioning.AXIS_NAMES
