@@ -24,3 +24,15 @@ def test_gin_and_tasks_install_inside_the_namespace():
 def test_console_script_is_installed():
   bin_dir = os.path.dirname(sys.executable)  # the environment's scripts, whether or not it is activated
   assert shutil.which("prompt-tuning", path=bin_dir + os.pathsep + os.environ.get("PATH", "")) is not None
+
+
+def test_a_source_checkout_behaves_like_the_install():
+  """`python -m ...` in the repo root imports the checkout's package: tasks/ and gin/ must still be found."""
+  import subprocess
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = ("import prompt_tuning, prompt_tuning.tasks; from prompt_tuning import gin_utils; "
+            "from prompt_tuning.data.task import get_task; get_task('super_glue_rte_v102'); "
+            "print(prompt_tuning.__file__, gin_utils.bundled_gin_dir())")
+  out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
+  assert out.startswith(os.path.join(root, "prompt_tuning")), out
