@@ -56,7 +56,8 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
           eval_batch_size: int | None = None, decode_method: str = "greedy",
           decode_options: Mapping[str, Any] | None = None, rank_classification: bool | None = None,
           num_partitions: int = 1, progress: bool = True, mixture_or_task_module: str | None = None,
-          vocabulary_path: str | None = None) -> TrainResult:
+          vocabulary_path: str | None = None, attention_impl: str | None = None,
+          remat_policy: str | None = None) -> TrainResult:
   """Trains the parameters matching `trainable_params` (default: the prompt only).
 
   Args:
@@ -64,12 +65,14 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
     save_period: checkpoint every this many steps (and always at the end), keeping `keep`.
     mixture_or_task_module: a module to import first, registering more tasks.
     vocabulary_path: SentencePiece model of tasks that name none (default: T5's).
+    attention_impl, remat_policy: see T5Config; None keeps the config's.
   """
   mesh = partitioning.make_mesh(num_partitions)
   task = resolve_task(mixture_or_task_name, mixture_or_task_module, vocabulary_path)
   model, params, config = model_setup.load_prompted_model(
       model_config, initial_checkpoint_path, PromptConfig(prompt_length, prompt_placement), prompt_init,
-      tokenize=task.vocabulary.encode, vocab_size=task.vocabulary.vocab_size, loss=loss, dtype=dtype, seed=seed)
+      tokenize=task.vocabulary.encode, vocab_size=task.vocabulary.vocab_size, loss=loss, dtype=dtype, seed=seed,
+      runtime=dict(attention_impl=attention_impl, remat_policy=remat_policy))
   trainable, frozen = optimizer_lib.split_trainable(params, trainable_params)
   _, frozen_axes = optimizer_lib.split_trainable(model_setup.prompted_logical_axes(model.module), trainable_params)
   frozen_shardings = partitioning.logical_to_sharding(frozen_axes, mesh)

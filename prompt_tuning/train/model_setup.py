@@ -18,8 +18,8 @@ from prompt_tuning.models.t5.config import T5Config, get_config
 
 def load_prompted_model(model_config: str | T5Config | None, initial_checkpoint_path: str, prompt: PromptConfig,
                         prompt_init: Callable[..., Callable], *, tokenize: Callable[[str], list[int]] | None,
-                        vocab_size: int | None, loss: LossConfig, dtype: str | None, seed: int
-                        ) -> tuple[EncoderDecoderModel, dict, T5Config]:
+                        vocab_size: int | None, loss: LossConfig, dtype: str | None, seed: int,
+                        runtime: dict | None = None) -> tuple[EncoderDecoderModel, dict, T5Config]:
   """Returns (model, params, config); params = T5 weights + {'prompt': {'prompt': [p, d]}}.
 
   Args:
@@ -28,7 +28,12 @@ def load_prompted_model(model_config: str | T5Config | None, initial_checkpoint_
     prompt_init: an initializer factory (prompt_tuning.prompt_init), called with the model's
       embedding table and the task's tokenizer.
     vocab_size: the task vocabulary's size, checked against the model's.
+    dtype: parameter and activation dtype; None keeps the checkpoint's (float32) on the CPU and
+      uses bfloat16 on accelerators.
+    runtime: T5Config fields that change how, not what, it computes (attention_impl, remat_policy).
   """
+  if dtype is None and jax.default_backend() != "cpu":
+    dtype = "bfloat16"
   if initial_checkpoint_path:
     config, t5_params = loader.load_checkpoint(initial_checkpoint_path, model_config, dtype=dtype)
     logging.info("loaded frozen model weights from %s", initial_checkpoint_path)
@@ -39,6 +44,9 @@ def load_prompted_model(model_config: str | T5Config | None, initial_checkpoint_
     if dtype is not None:
       config = config.replace(dtype=dtype, param_dtype=dtype)
     t5_params = network.init_params(config, jax.random.PRNGKey(seed))
+  runtime = {k: v for k, v in (runtime or {}).items() if v is not None}
+  if runtime:
+    config = config.replace(**runtime)
   if vocab_size is not None and vocab_size > config.vocab_size:
     raise ValueError(f"the task vocabulary has {vocab_size} ids but the model only {config.vocab_size}")
   embedding = np.asarray(t5_params["token_embedder"]["embedding"], np.float32)

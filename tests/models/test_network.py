@@ -114,3 +114,33 @@ def test_cached_decoding_steps_equal_teacher_forced_logits(params):
                                            decode=True, method="decode", mutable=["cache"])
     cache = variables["cache"]
     np.testing.assert_allclose(logits[:, 0], full[:, t], atol=2e-5)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_changes_memory_not_results(params, policy):
+  """Rematerialized layers keep the parameter tree and give the same loss and gradients."""
+  enc, dec_in = _batch()
+  targets = np.concatenate([dec_in[:, 1:], np.ones((2, 1), np.int32)], axis=1)
+  batch = {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in, "decoder_target_tokens": targets}
+  cfg = CONFIG.replace(dropout_rate=0.1)
+
+  def loss_and_grad(config):
+    model = EncoderDecoderModel(network.Transformer(config))
+    fn = jax.jit(jax.value_and_grad(lambda p: model.loss(p, batch, jax.random.PRNGKey(3))[0]))
+    return fn(params)
+
+  assert jax.tree.structure(network.abstract_params(cfg.replace(remat_policy=policy))) == jax.tree.structure(params)
+  (plain_loss, plain_grad), (remat_loss, remat_grad) = loss_and_grad(cfg), loss_and_grad(cfg.replace(remat_policy=policy))
+  np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(remat_grad), jax.tree.leaves(plain_grad)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_attention_path_equals_the_reference(params):
+  """jax.nn.dot_product_attention (cuDNN on GPUs; XLA here) with T5's bias and no scaling."""
+  enc, dec_in = _batch()
+  reference = network.Transformer(CONFIG).apply({"params": params}, enc, dec_in)
+  fused = network.Transformer(CONFIG.replace(attention_impl="dot_product")).apply({"params": params}, enc, dec_in)
+  np.testing.assert_allclose(fused, reference, atol=1e-4)
+  with pytest.raises(ValueError, match="attention_impl='flash'"):
+    CONFIG.replace(attention_impl="flash")

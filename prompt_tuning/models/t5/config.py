@@ -15,6 +15,8 @@ import jax.numpy as jnp
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _ACTIVATIONS = ("relu", "gelu", "silu", "linear")
+_ATTENTION_IMPLS = ("xla", "dot_product", "cudnn")
+_REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +44,22 @@ class T5Config:
   dropout_rate: float = 0.0
   dtype: str = "float32"  # activations
   param_dtype: str = "float32"  # stored parameters
+  # How attention runs: 'xla' (einsums, float32 softmax), 'dot_product' (jax.nn.dot_product_attention,
+  # which picks cuDNN's fused kernel on GPUs where it applies), 'cudnn' (require it).
+  attention_impl: str = "xla"
+  # Rematerialization of each layer in training: 'none', 'full', 'dots' (save matmul outputs),
+  # 'dots_no_batch' (save only weight matmuls).
+  remat_policy: str = "none"
 
   def __post_init__(self):
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
     for field in ("dtype", "param_dtype"):
       if getattr(self, field) not in _DTYPES:
         raise ValueError(f"T5Config.{field}={getattr(self, field)!r}: expected one of {_DTYPES}")
+    if self.attention_impl not in _ATTENTION_IMPLS:
+      raise ValueError(f"T5Config.attention_impl={self.attention_impl!r}: expected one of {_ATTENTION_IMPLS}")
+    if self.remat_policy not in _REMAT_POLICIES:
+      raise ValueError(f"T5Config.remat_policy={self.remat_policy!r}: expected one of {_REMAT_POLICIES}")
     for act in self.mlp_activations:
       if act not in _ACTIVATIONS:
         raise ValueError(f"T5Config.mlp_activations has unknown activation {act!r}: expected {_ACTIVATIONS}")

@@ -159,6 +159,17 @@ class RelativePositionBiases(nn.Module):
     return bias[None]
 
 
+def fused_attention(query: Array, key: Array, value: Array, bias: Array, implementation: str | None) -> Array:
+  """jax.nn.dot_product_attention without T5's (absent) 1/sqrt(d) scaling; no dropout.
+
+  `implementation` None lets JAX choose (cuDNN's fused kernel on GPUs where it applies), 'cudnn'
+  requires it. The bias [batch or 1, heads, q_length, kv_length] is cast to the activation dtype.
+  """
+  bias = jnp.broadcast_to(bias, (query.shape[0], bias.shape[1], query.shape[1], key.shape[1]))
+  return jax.nn.dot_product_attention(query, key, value, bias=bias.astype(query.dtype), scale=1.0,
+                                      implementation=implementation)
+
+
 def dot_product_attention(query: Array, key: Array, value: Array, bias: Array, dropout_rate: float,
                           dropout_rng: Array | None, dtype: jnp.dtype) -> Array:
   """Unscaled multi-head attention with an additive bias.
@@ -193,6 +204,7 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  attention_impl: str = "xla"
 
   def _project(self, name: str, x: Array, init: Initializer) -> Array:
     proj = DenseGeneral((self.num_heads, self.head_dim), ("embed", "joined_kv"), dtype=self.dtype,
@@ -226,7 +238,10 @@ class MultiHeadAttention(nn.Module):
       key = self._project("key", inputs_kv, attention_kernel_init)
       value = self._project("value", inputs_kv, attention_kernel_init)
     dropout_rng = None if deterministic or self.dropout_rate == 0.0 else self.make_rng("dropout")
-    out = dot_product_attention(query, key, value, bias, self.dropout_rate, dropout_rng, self.dtype)
+    if self.attention_impl != "xla" and dropout_rng is None:
+      out = fused_attention(query, key, value, bias, None if self.attention_impl == "dot_product" else "cudnn")
+    else:  # the reference path, and the only one with attention dropout
+      out = dot_product_attention(query, key, value, bias, self.dropout_rate, dropout_rng, self.dtype)
     out = DenseGeneral(inputs_q.shape[-1], ("joined_kv", "embed"), axis=(-2, -1), dtype=self.dtype,
                        param_dtype=self.param_dtype, kernel_init=attention_kernel_init, name="out")(out)
     return constrain(out, ("batch", "length", "embed"))

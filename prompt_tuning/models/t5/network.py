@@ -34,18 +34,33 @@ def _dtypes(config: T5Config) -> dict:
   return dict(dtype=config.activation_dtype, param_dtype=config.parameter_dtype)
 
 
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _layer_class(cls: type, config: T5Config, static_argnums: tuple[int, ...]) -> type:
+  """`cls`, or its rematerialized version per config.remat_policy (parameter names unchanged)."""
+  if config.remat_policy == "none":
+    return cls
+  return nn.remat(cls, policy=_REMAT_POLICIES[config.remat_policy], static_argnums=static_argnums)
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, *, deterministic: bool) -> Array:
+  def __call__(self, x: Array, bias: Array, deterministic: bool) -> Array:
     """x [batch, length, embed], bias [batch, heads, length, length] -> [batch, length, embed]."""
     cfg = self.config
     dropout = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic)
     norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, **_dtypes(cfg))
     h = norm(name="pre_attention_layer_norm")(x)
     h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, **_dtypes(cfg),
-                                  name="attention")(h, h, bias, deterministic=deterministic)
+                                  attention_impl=cfg.attention_impl, name="attention")(
+                                      h, h, bias, deterministic=deterministic)
     x = x + dropout(h)
     h = norm(name="pre_mlp_layer_norm")(x)
     h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, **_dtypes(cfg),
@@ -57,14 +72,14 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, y: Array, encoded: Array | None, self_bias: Array, cross_bias: Array, *,
+  def __call__(self, y: Array, encoded: Array | None, self_bias: Array, cross_bias: Array,
                deterministic: bool, decode: bool) -> Array:
     """y [batch, length, embed] attends to itself and to encoded [batch, enc_length, embed]."""
     cfg = self.config
     dropout = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic)
     norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, **_dtypes(cfg))
     attention = functools.partial(layers.MultiHeadAttention, cfg.num_heads, cfg.head_dim, cfg.dropout_rate,
-                                  **_dtypes(cfg))
+                                  **_dtypes(cfg), attention_impl=cfg.attention_impl)
     h = norm(name="pre_self_attention_layer_norm")(y)
     h = attention(name="self_attention")(h, h, self_bias, deterministic=deterministic, decode=decode)
     y = y + dropout(h)
@@ -92,8 +107,9 @@ class Encoder(nn.Module):
     bias = bias + layers.padding_mask_bias(mask, mask)
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     x = dropout(jnp.asarray(embedded, cfg.activation_dtype), deterministic=deterministic)
+    layer = _layer_class(EncoderLayer, cfg, static_argnums=(3,))
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic=deterministic)
+      x = layer(cfg, name=f"layers_{i}")(x, bias, deterministic)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), name="encoder_norm")(x)
     return dropout(x, deterministic=deterministic)
 
@@ -135,9 +151,9 @@ class Decoder(nn.Module):
       cross_bias = layers.padding_mask_bias(query_mask, encoder_mask)
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     y = dropout(jnp.asarray(embedded, cfg.activation_dtype), deterministic=deterministic)
+    layer = _layer_class(DecoderLayer, cfg, static_argnums=(5, 6)) if not decode else DecoderLayer
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic=deterministic,
-                                               decode=decode)
+      y = layer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic, decode)
     y = layers.RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), name="decoder_norm")(y)
     y = dropout(y, deterministic=deterministic)
     if cfg.logits_via_embedding:

@@ -1,0 +1,145 @@
+"""Our side of the benchmark: the trainer's compiled prompt-only step on random weights.
+
+Everything goes through the trainer's own pieces (PromptedTransformer,
+EncoderDecoderModel/LossConfig, split_trainable with PROMPT_ONLY, adafactor(),
+make_train_step + compile_train_step on a ('data', 'model') mesh), so the
+number measured is the one `prompt-tuning train` runs. Only the data differs:
+a fixed synthetic batch instead of a seqio pipeline.
+
+The frozen weights are created directly on the devices, already in the target
+dtype and sharded by the logical-axis rules (one jit with out_shardings), so
+even T5-XXL never exists as a float32 copy in host memory.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from prompt_tuning import partitioning
+from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory
+from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
+from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
+from prompt_tuning.train import optimizer as optimizer_lib, step as step_lib
+from prompt_tuning.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def _init_tokens() -> np.ndarray:
+  return np.ones((1, 2), np.int32)
+
+
+def logical_axes(module: PromptedTransformer) -> Any:
+  """Logical axis names of every parameter (prompt included), as a nested dict of tuples."""
+  boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), _init_tokens(), _init_tokens()))["params"]
+  return jax.tree.map(lambda box: tuple(box.names), boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def init_on_device(module: PromptedTransformer, mesh: Mesh, seed: int) -> tuple[Any, Any, Any]:
+  """Random (trainable, frozen, frozen_shardings), created on the mesh.
+
+  trainable = {'prompt': {'prompt': float32 [p, d]}}, replicated; frozen = the T5
+  weights in the config's param_dtype, sharded by LOGICAL_AXIS_RULES.
+  """
+  _, frozen_axes = optimizer_lib.split_trainable(logical_axes(module), optimizer_lib.PROMPT_ONLY)
+  frozen_shardings = partitioning.logical_to_sharding(frozen_axes, mesh)
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def init(rng: jax.Array) -> tuple[Any, Any]:
+    params = nn.meta.unbox(module.init(rng, _init_tokens(), _init_tokens())["params"])
+    return optimizer_lib.split_trainable(params, optimizer_lib.PROMPT_ONLY)
+
+  trainable, frozen = jax.jit(init, out_shardings=(replicated, frozen_shardings))(jax.random.PRNGKey(seed))
+  return trainable, frozen, frozen_shardings
+
+
+def synthetic_batch(cfg: BenchConfig, vocab_size: int, mesh: Mesh) -> Batch:
+  """A fixed batch, split over the mesh's data axis.
+
+  encoder_input_tokens int32 [batch, input_length - prompt_length] and
+  decoder_target_tokens [batch, target_length], uniform in [2, vocab) (no
+  padding, no EOS); decoder_input_tokens = targets shifted right with 0;
+  decoder_loss_weights float32 ones.
+  """
+  data_size = mesh.shape[partitioning.DATA_AXIS]
+  if cfg.batch % data_size:
+    raise ValueError(f"--batch={cfg.batch} must be divisible by the data axis size {data_size} "
+                     f"(devices / --num_partitions)")
+  rng = np.random.default_rng(cfg.seed)
+  inputs = rng.integers(2, vocab_size, (cfg.batch, cfg.token_length), dtype=np.int32)
+  targets = rng.integers(2, vocab_size, (cfg.batch, cfg.target_length), dtype=np.int32)
+  arrays = {
+      "encoder_input_tokens": inputs,
+      "decoder_input_tokens": np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1),
+      "decoder_target_tokens": targets,
+      "decoder_loss_weights": np.ones(targets.shape, np.float32),
+  }
+  # Each process supplies its own rows (as the trainer's to_global_batch does).
+  rows = cfg.batch // jax.process_count()
+  local = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
+  sharding = partitioning.data_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v[local], v.shape) for k, v in arrays.items()}
+
+
+def peak_bytes(devices: list[jax.Device]) -> int | None:
+  """The largest peak_bytes_in_use among `devices`; None where memory_stats is unavailable (CPU)."""
+  peaks = []
+  for device in devices:
+    try:
+      stats = device.memory_stats()
+    except Exception:  # some backends raise instead of returning None
+      stats = None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(int(stats["peak_bytes_in_use"]))
+  return max(peaks) if peaks else None
+
+
+def run(cfg: BenchConfig) -> RunResult:
+  """Times cfg.steps compiled train steps after cfg.warmup; 'out of memory' instead of a crash."""
+  try:
+    return _run(cfg)
+  except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED
+    if not is_out_of_memory(e):
+      raise
+    return RunResult("ours", error="out of memory", extra={"detail": str(e).splitlines()[0][:300]})
+
+
+def _run(cfg: BenchConfig) -> RunResult:
+  config = cfg.t5_config()
+  mesh = partitioning.make_mesh(cfg.num_partitions)
+  module = PromptedTransformer(config, prompt_config=PromptConfig(cfg.prompt_length))
+  model = EncoderDecoderModel(module, LossConfig())
+  trainable, frozen, frozen_shardings = init_on_device(module, mesh, cfg.seed)
+  tx, schedule = optimizer_lib.adafactor()
+  state = TrainState.create(trainable, tx)
+  train_step = step_lib.compile_train_step(step_lib.make_train_step(model, tx, schedule), mesh, frozen_shardings)
+  batch = synthetic_batch(cfg, config.vocab_size, mesh)
+  rng = jax.random.PRNGKey(cfg.seed)
+
+  start = time.perf_counter()
+  state, metrics = train_step(state, frozen, batch, rng)  # compiles
+  jax.block_until_ready(state)
+  compile_s = time.perf_counter() - start
+  for _ in range(cfg.warmup - 1):
+    state, metrics = train_step(state, frozen, batch, rng)
+  jax.block_until_ready(state)
+
+  start = time.perf_counter()
+  for _ in range(cfg.steps):
+    state, metrics = train_step(state, frozen, batch, rng)
+  jax.block_until_ready(state)
+  seconds = time.perf_counter() - start
+
+  devices = list(mesh.devices.flat)
+  local = [d for d in devices if d.process_index == jax.process_index()]
+  return RunResult.timed(
+      "ours", seconds, cfg.steps, cfg.batch, flops.flops_per_step(config, cfg.batch, cfg.input_length,
+                                                                  cfg.target_length),
+      peak_bytes(local), compile_s, devices=len(devices), mesh=dict(mesh.shape), optimizer="adafactor (optax)",
+      final_loss=float(metrics["loss"]), step=int(state.step))

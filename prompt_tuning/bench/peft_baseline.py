@@ -1,0 +1,197 @@
+"""The baseline: HF transformers T5 + PEFT prompt tuning, one optimizer step, eager or torch.compile.
+
+The HF model has the dimensions of our named config (gated GELU for T5 1.1,
+d_ff, heads, d_kv, layers, vocab), random weights, in the same dtype, built on
+the GPU directly when there is one (no float32 host copy). PEFT's stock
+`PromptTuningConfig(task_type=SEQ_2_SEQ_LM, num_virtual_tokens=p)` prepends p
+trainable vectors to the encoder input embeddings, so with input_ids of
+input_length - p tokens the encoder sees input_length positions, as ours does.
+(PEFT allocates the table for two transformer submodules, [2p, d] float32, but
+a seq2seq forward uses only its first p rows: the optimizer's cost is noise.)
+
+One step = forward with labels (cross-entropy over target_length tokens) +
+backward + optimizer.step() + zero_grad(). The optimizer is transformers'
+Adafactor with the paper's settings (our optax adafactor() defaults), over the
+trainable parameters only.
+
+torch is imported inside the functions, so importing this module is free.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any, Callable
+
+from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory
+from prompt_tuning.models.t5.config import T5Config
+
+MODES = ("eager", "compile")
+
+
+def available() -> bool:
+  """Whether torch, transformers and peft import."""
+  try:
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def hf_config(config: T5Config) -> Any:
+  """A transformers T5Config with our config's dimensions, dropout off, no KV cache in training."""
+  from transformers import T5Config as HFConfig
+
+  if config.mlp_activations == ("gelu", "linear"):
+    feed_forward = "gated-gelu"
+  elif config.mlp_activations == ("relu",):
+    feed_forward = "relu"
+  else:
+    raise ValueError(f"no transformers T5 equivalent of mlp_activations={config.mlp_activations}")
+  # transformers 5 quirk: tie_word_embeddings=False only turns off the decoder-output scaling
+  # (scale_decoder_outputs=False, as T5 1.1 needs); lm_head stays tied to the shared embedding.
+  # For speed it makes no difference: the logits matmul is [d_model, vocab] either way and frozen.
+  return HFConfig(vocab_size=config.vocab_size, d_model=config.emb_dim, d_kv=config.head_dim, d_ff=config.mlp_dim,
+                  num_layers=config.num_encoder_layers, num_decoder_layers=config.num_decoder_layers,
+                  num_heads=config.num_heads, relative_attention_num_buckets=config.relative_attention_num_buckets,
+                  relative_attention_max_distance=config.relative_attention_max_distance,
+                  layer_norm_epsilon=config.layer_norm_epsilon, feed_forward_proj=feed_forward, dropout_rate=0.0,
+                  tie_word_embeddings=config.logits_via_embedding, decoder_start_token_id=0, pad_token_id=0,
+                  eos_token_id=1, use_cache=False)
+
+
+def device_name() -> str:
+  import torch
+
+  return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def _build(cfg: BenchConfig, device: Any) -> tuple[Any, Any, dict[str, Any]]:
+  """(peft model in train mode, optimizer, batch of tensors on `device`)."""
+  import torch
+  from peft import PromptTuningConfig, TaskType, get_peft_model
+  from transformers import T5ForConditionalGeneration
+  from transformers.optimization import Adafactor
+
+  torch.manual_seed(cfg.seed)
+  dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
+  config = cfg.t5_config()
+  with torch.device(device):  # weights are allocated on the device, in `dtype`
+    base = T5ForConditionalGeneration._from_config(hf_config(config), dtype=dtype)
+  model = get_peft_model(base, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM,
+                                                  num_virtual_tokens=cfg.prompt_length))
+  model.to(device).train()
+  trainable = [p for p in model.parameters() if p.requires_grad]
+  optimizer = Adafactor(trainable, lr=0.3, decay_rate=-0.8, clip_threshold=1.0, weight_decay=1e-5, beta1=None,
+                        scale_parameter=False, relative_step=False, warmup_init=False)
+  generator = torch.Generator().manual_seed(cfg.seed)
+  batch = {
+      "input_ids": torch.randint(2, config.vocab_size, (cfg.batch, cfg.token_length), generator=generator),
+      "attention_mask": torch.ones(cfg.batch, cfg.token_length, dtype=torch.long),
+      # HF shifts labels right (decoder_start_token_id=0) to make decoder_input_ids, as our batch does.
+      "labels": torch.randint(2, config.vocab_size, (cfg.batch, cfg.target_length), generator=generator),
+  }
+  return model, optimizer, {k: v.to(device) for k, v in batch.items()}
+
+
+def _make_step(forward: Callable, optimizer: Any, batch: dict[str, Any]) -> Callable[[], Any]:
+  def step():
+    loss = forward(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+  return step
+
+
+def _time(name: str, step: Callable[[], Any], cfg: BenchConfig, device: Any, flops_per_step: int,
+          **extra: Any) -> RunResult:
+  """Same protocol as ours: warmup steps (the first timed as compile_s), then cfg.steps timed steps."""
+  import torch
+
+  cuda = device.type == "cuda"
+  sync = torch.cuda.synchronize if cuda else (lambda: None)
+  if cuda:
+    torch.cuda.reset_peak_memory_stats(device)
+  start = time.perf_counter()
+  loss = step()
+  sync()
+  compile_s = time.perf_counter() - start
+  for _ in range(cfg.warmup - 1):
+    loss = step()
+  sync()
+  start = time.perf_counter()
+  for _ in range(cfg.steps):
+    loss = step()
+  sync()
+  seconds = time.perf_counter() - start
+  peak = torch.cuda.max_memory_allocated(device) if cuda else None
+  return RunResult.timed(name, seconds, cfg.steps, cfg.batch, flops_per_step, peak, compile_s,
+                         final_loss=float(loss.detach().float()), **extra)
+
+
+def _free(device: Any) -> None:
+  import torch
+
+  gc.collect()
+  if device.type == "cuda":
+    torch.cuda.empty_cache()
+
+
+def _failure(name: str, error: Exception) -> RunResult:
+  if is_out_of_memory(error):
+    return RunResult(name, error="out of memory")
+  message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+  return RunResult(name, error=f"{type(error).__name__}: {message}")
+
+
+def run(cfg: BenchConfig, modes: tuple[str, ...] = MODES) -> list[RunResult]:
+  """Runs the PEFT step in each of `modes` ('eager', 'compile'); a failing mode (e.g. out of
+  memory) gives a row with `error` set. All torch memory is released before returning, so
+  JAX can have the device afterwards."""
+  import torch
+
+  unknown = [m for m in modes if m not in MODES]
+  if unknown:
+    raise ValueError(f"unknown PEFT mode(s) {unknown}: expected some of {MODES}")
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  flops_per_step = flops.flops_per_step(cfg.t5_config(), cfg.batch, cfg.input_length, cfg.target_length)
+  results: list[RunResult] = []
+  model = optimizer = batch = None
+  try:
+    model, optimizer, batch = _build(cfg, device)
+  except Exception as e:  # noqa: BLE001 -- e.g. the weights alone do not fit
+    _free(device)
+    return [_failure(f"peft {mode}", e) for mode in modes]
+  info = dict(optimizer="Adafactor (transformers)", device=str(device),
+              trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
+  for mode in modes:
+    name = f"peft {mode}"
+    try:
+      forward = model if mode == "eager" else torch.compile(model)
+      results.append(_time(name, _make_step(forward, optimizer, batch), cfg, device, flops_per_step, **info))
+    except Exception as e:  # noqa: BLE001 -- OOM, or torch.compile unavailable here: report, don't crash
+      optimizer.zero_grad(set_to_none=True)
+      results.append(_failure(name, e))
+    finally:
+      forward = None
+      _free(device)
+  del model, optimizer, batch
+  if "compile" in modes:
+    torch._dynamo.reset()  # drop compiled graphs (and the memory they pin)
+  _free(device)
+  return results
+
+
+def versions() -> dict[str, str | None]:
+  """torch / transformers / peft versions, None where a package is missing."""
+  out: dict[str, str | None] = {}
+  for name in ("torch", "transformers", "peft"):
+    try:
+      out[name] = __import__(name).__version__
+    except ImportError:
+      out[name] = None
+  return out

@@ -1,0 +1,168 @@
+"""`prompt-tuning bench`: one prompt-tuning optimizer step, ours vs HF PEFT, same config, same run.
+
+  prompt-tuning bench                                    # t5_1_1_base, batch 32, 512 = 100 prompt + 412 tokens
+  prompt-tuning bench --model t5_1_1_xxl --batch 8 --peft eager --json xxl.json
+  python -m prompt_tuning.cli.bench --model tiny --dtype float32 --peft none
+
+Ours is the trainer's compiled prompt-only step (Adafactor, random frozen
+weights created on the devices). The baseline is transformers T5 + peft
+PromptTuningConfig with the same dimensions and dtype, eager and/or
+torch.compile. --input_length is the TOTAL encoder length including the
+prompt, so both feed input_length - prompt_length token ids. Batches are
+synthetic: nothing of the data layer (TensorFlow, seqio) or gin is imported.
+
+The PEFT rows run first and release their memory before JAX takes the
+device (JAX's allocator keeps what it has grabbed; torch's can give it back).
+JAX preallocation is turned off unless XLA_PYTHON_CLIENT_PREALLOCATE is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+from prompt_tuning.bench import BenchConfig, RunResult, flops
+from prompt_tuning.models.t5.config import NAMED_CONFIGS
+
+PEFT_CHOICES = {"none": (), "eager": ("eager",), "compile": ("compile",), "both": ("eager", "compile")}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+  defaults = BenchConfig()
+  parser = argparse.ArgumentParser(prog="prompt-tuning bench", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", choices=sorted(NAMED_CONFIGS), default=defaults.model, metavar="NAME",
+                      help=f"named T5 config (default {defaults.model}; e.g. t5_1_1_small/base/large/xl/xxl)")
+  parser.add_argument("--batch", type=int, default=defaults.batch, help="global batch size")
+  parser.add_argument("--input_length", type=int, default=defaults.input_length,
+                      help="total encoder length INCLUDING the prompt")
+  parser.add_argument("--target_length", type=int, default=defaults.target_length)
+  parser.add_argument("--prompt_length", type=int, default=defaults.prompt_length)
+  parser.add_argument("--dtype", choices=("bfloat16", "float32"), default=defaults.dtype,
+                      help="frozen weights and activations (the prompt is float32 in ours)")
+  parser.add_argument("--steps", type=int, default=defaults.steps, help="timed steps")
+  parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps first (>= 1: compiles)")
+  parser.add_argument("--num_partitions", type=int, default=defaults.num_partitions,
+                      help="mesh 'model' axis size for ours; data axis = devices / num_partitions")
+  parser.add_argument("--peft", choices=sorted(PEFT_CHOICES), default=None,
+                      help="PEFT baseline modes (default: both when torch+transformers+peft import, else none)")
+  parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here as JSON")
+  parser.add_argument("--seed", type=int, default=defaults.seed)
+  return parser.parse_args(argv)
+
+
+def _key(name: str) -> str:
+  return name.replace(" ", "_")
+
+
+def _ratio(ours: RunResult, other: RunResult) -> float | None:
+  """Throughput ratio ours/other (= other's step time / ours); > 1 means ours is faster."""
+  if ours.examples_per_s is None or other.examples_per_s is None:
+    return None
+  return ours.examples_per_s / other.examples_per_s
+
+
+def _environment(peft_ran: bool) -> dict[str, Any]:
+  import flax
+  import jax
+  import optax
+
+  from prompt_tuning.bench import peft_baseline
+
+  devices = jax.devices()
+  out = {"jax_device": devices[0].device_kind, "jax_platform": devices[0].platform, "jax_devices": len(devices),
+         "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+                      **peft_baseline.versions()}}
+  out["torch_device"] = peft_baseline.device_name() if peft_ran else None
+  return out
+
+
+def report(cfg: BenchConfig, results: list[RunResult], environment: dict[str, Any]) -> dict[str, Any]:
+  """Everything the table shows, as one JSON-able dict."""
+  config = cfg.t5_config()
+  n = flops.matmul_params(config)
+  by_name = {r.name: r for r in results}
+  ours = by_name["ours"]
+  ratios = {f"ours/{_key(r.name)}": _ratio(ours, r) for r in results if r.name != "ours"}
+  return {
+      "config": dataclasses.asdict(cfg),
+      "environment": environment,
+      "flops": {"per_step": flops.flops_per_step(config, cfg.batch, cfg.input_length, cfg.target_length),
+                "naive_per_step": flops.naive_flops_per_step(config, cfg.batch, cfg.input_length, cfg.target_length),
+                "n_encoder_side": n.encoder_side, "n_decoder_side": n.decoder_side, "convention": flops.CONVENTION},
+      "results": {_key(r.name): r.to_dict() for r in results},
+      "ratios": ratios,
+      "ratio_definition": "ours examples/s / baseline examples/s (> 1: ours faster)",
+  }
+
+
+def _cell(value: float | None, spec: str) -> str:
+  return "-" if value is None else format(value, spec)
+
+
+def format_table(data: dict[str, Any]) -> str:
+  cfg, env, fl = data["config"], data["environment"], data["flops"]
+  versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+  lines = [
+      f"prompt-tuning bench: {cfg['model']} {cfg['dtype']}, batch {cfg['batch']}, input {cfg['input_length']} "
+      f"(prompt {cfg['prompt_length']} + {cfg['input_length'] - cfg['prompt_length']} tokens), "
+      f"target {cfg['target_length']}; {cfg['steps']} timed steps after {cfg['warmup']} warmup",
+      f"jax device: {env['jax_device']} x{env['jax_devices']} ({env['jax_platform']}); "
+      f"torch device: {env['torch_device'] or '-'}",
+      f"versions: {versions}",
+      "",
+      f"{'':14s} {'step ms':>10s} {'examples/s':>11s} {'TFLOP/s':>9s} {'peak GiB':>9s} {'1st step s':>11s}",
+  ]
+  for name, r in data["results"].items():
+    label = name.replace("_", " ")
+    if r["error"]:
+      lines.append(f"{label:14s} {r['error']}")
+      continue
+    lines.append(f"{label:14s} {_cell(r['step_ms'], '10.2f')} {_cell(r['examples_per_s'], '11.2f')} "
+                 f"{_cell(r['tflops'], '9.2f')} {_cell(r['peak_gib'], '9.2f')} {_cell(r['compile_s'], '11.1f')}")
+  if data["ratios"]:
+    lines.append("")
+    for name, ratio in data["ratios"].items():
+      lines.append(f"{name.replace('_', ' ') + ':':24s} {'-' if ratio is None else f'{ratio:.2f}x'}  "
+                   "(examples/s; > 1: ours faster)")
+  lines += ["", f"model FLOPs/step: {fl['per_step']:.4g} (N_enc {fl['n_encoder_side']:,}, "
+                f"N_dec {fl['n_decoder_side']:,}); naive 4*N*all tokens would be {fl['naive_per_step']:.4g}",
+            f"convention: {fl['convention']}"]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse(sys.argv[1:] if argv is None else argv)
+  # Before JAX initializes a backend: take device memory as needed, so torch is not starved.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  from prompt_tuning.bench import ours, peft_baseline  # jax and the model: only once the flags parse
+
+  try:
+    cfg = BenchConfig(model=args.model, batch=args.batch, input_length=args.input_length,
+                      target_length=args.target_length, prompt_length=args.prompt_length, dtype=args.dtype,
+                      steps=args.steps, warmup=args.warmup, num_partitions=args.num_partitions, seed=args.seed)
+  except ValueError as e:
+    print(f"prompt-tuning bench: {e}", file=sys.stderr)
+    return 2
+  peft_mode = args.peft or ("both" if peft_baseline.available() else "none")
+  if peft_mode != "none" and not peft_baseline.available():
+    print(f"prompt-tuning bench: --peft {peft_mode} needs torch, transformers and peft installed", file=sys.stderr)
+    return 2
+  # PEFT first: it hands its memory back when done, JAX would not.
+  baseline = peft_baseline.run(cfg, PEFT_CHOICES[peft_mode]) if peft_mode != "none" else []
+  results = [ours.run(cfg), *baseline]
+  data = report(cfg, results, _environment(peft_ran=bool(baseline)))
+  print(format_table(data))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(data, f, indent=2)
+    print(f"\nwrote {args.json}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
