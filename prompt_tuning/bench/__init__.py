@@ -12,6 +12,8 @@ torch is imported only inside `peft_baseline`'s functions.
 from __future__ import annotations
 
 import dataclasses
+import sys
+import time
 from typing import Any
 
 from prompt_tuning.models.t5.config import T5Config, get_config
@@ -75,7 +77,7 @@ class RunResult:
 
   @classmethod
   def timed(cls, name: str, seconds: float, steps: int, batch: int, flops_per_step: int,
-            peak_bytes: int | None, compile_s: float | None, **extra: Any) -> "RunResult":
+            peak_bytes: int | None, compile_s: float | None, **extra: Any) -> RunResult:
     """From `steps` steps that took `seconds` in all."""
     step_s = seconds / steps
     return cls(name, step_ms=1e3 * step_s, examples_per_s=batch / step_s, tflops=flops_per_step / step_s / 1e12,
@@ -83,6 +85,14 @@ class RunResult:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+_START = time.perf_counter()
+
+
+def log(message: str) -> None:
+  """A progress line on stderr with the seconds since import (large models take minutes to set up)."""
+  print(f"[bench {time.perf_counter() - _START:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -23,7 +23,7 @@ import gc
 import time
 from typing import Any, Callable
 
-from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory
+from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory, log
 from prompt_tuning.models.t5.config import T5Config
 
 MODES = ("eager", "compile")
@@ -162,15 +162,17 @@ def run(cfg: BenchConfig, modes: tuple[str, ...] = MODES) -> list[RunResult]:
   results: list[RunResult] = []
   model = optimizer = batch = None
   try:
+    log(f"peft: building {cfg.model} ({cfg.dtype}) on {device}")
     model, optimizer, batch = _build(cfg, device)
   except Exception as e:  # noqa: BLE001 -- e.g. the weights alone do not fit
     _free(device)
     return [_failure(f"peft {mode}", e) for mode in modes]
-  info = dict(optimizer="Adafactor (transformers)", device=str(device),
+  info = dict(optimizer="Adafactor (transformers)", torch_device=str(device),
               trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
   for mode in modes:
     name = f"peft {mode}"
     try:
+      log(f"peft {mode}: warmup and {cfg.steps} timed steps")
       forward = model if mode == "eager" else torch.compile(model)
       results.append(_time(name, _make_step(forward, optimizer, batch), cfg, device, flops_per_step, **info))
     except Exception as e:  # noqa: BLE001 -- OOM, or torch.compile unavailable here: report, don't crash

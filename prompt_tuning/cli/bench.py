@@ -108,11 +108,11 @@ def format_table(data: dict[str, Any]) -> str:
   cfg, env, fl = data["config"], data["environment"], data["flops"]
   versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
   lines = [
-      f"prompt-tuning bench: {cfg['model']} {cfg['dtype']}, batch {cfg['batch']}, input {cfg['input_length']} "
-      f"(prompt {cfg['prompt_length']} + {cfg['input_length'] - cfg['prompt_length']} tokens), "
-      f"target {cfg['target_length']}; {cfg['steps']} timed steps after {cfg['warmup']} warmup",
-      f"jax device: {env['jax_device']} x{env['jax_devices']} ({env['jax_platform']}); "
-      f"torch device: {env['torch_device'] or '-'}",
+      (f"prompt-tuning bench: {cfg['model']} {cfg['dtype']}, batch {cfg['batch']}, input {cfg['input_length']} "
+       f"(prompt {cfg['prompt_length']} + {cfg['input_length'] - cfg['prompt_length']} tokens), "
+       f"target {cfg['target_length']}; {cfg['steps']} timed steps after {cfg['warmup']} warmup"),
+      (f"jax device: {env['jax_device']} x{env['jax_devices']} ({env['jax_platform']}); "
+       f"torch device: {env['torch_device'] or '-'}"),
       f"versions: {versions}",
       "",
       f"{'':14s} {'step ms':>10s} {'examples/s':>11s} {'TFLOP/s':>9s} {'peak GiB':>9s} {'1st step s':>11s}",
@@ -129,17 +129,30 @@ def format_table(data: dict[str, Any]) -> str:
     for name, ratio in data["ratios"].items():
       lines.append(f"{name.replace('_', ' ') + ':':24s} {'-' if ratio is None else f'{ratio:.2f}x'}  "
                    "(examples/s; > 1: ours faster)")
-  lines += ["", f"model FLOPs/step: {fl['per_step']:.4g} (N_enc {fl['n_encoder_side']:,}, "
-                f"N_dec {fl['n_decoder_side']:,}); naive 4*N*all tokens would be {fl['naive_per_step']:.4g}",
+  lines += ["", (f"model FLOPs/step: {fl['per_step']:.4g} (N_enc {fl['n_encoder_side']:,}, "
+                 f"N_dec {fl['n_decoder_side']:,}); naive 4*N*all tokens would be {fl['naive_per_step']:.4g}"),
             f"convention: {fl['convention']}"]
   return "\n".join(lines)
+
+
+def _check_devices(cfg: BenchConfig) -> str | None:
+  """Why the mesh or batch cannot work on these devices, before anything runs."""
+  import jax
+
+  count = jax.device_count()
+  if count % cfg.num_partitions:
+    return f"--num_partitions={cfg.num_partitions} must divide the {count} devices"
+  if cfg.batch % (count // cfg.num_partitions):
+    return f"--batch={cfg.batch} must be divisible by the data axis size {count // cfg.num_partitions}"
+  return None
 
 
 def main(argv: list[str] | None = None) -> int:
   args = parse(sys.argv[1:] if argv is None else argv)
   # Before JAX initializes a backend: take device memory as needed, so torch is not starved.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  from prompt_tuning.bench import ours, peft_baseline  # jax and the model: only once the flags parse
+  # jax, torch and the model load only once the flags parse.
+  from prompt_tuning.bench import ours, peft_baseline
 
   try:
     cfg = BenchConfig(model=args.model, batch=args.batch, input_length=args.input_length,
@@ -147,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                       steps=args.steps, warmup=args.warmup, num_partitions=args.num_partitions, seed=args.seed)
   except ValueError as e:
     print(f"prompt-tuning bench: {e}", file=sys.stderr)
+    return 2
+  problem = _check_devices(cfg)
+  if problem:
+    print(f"prompt-tuning bench: {problem}", file=sys.stderr)
     return 2
   peft_mode = args.peft or ("both" if peft_baseline.available() else "none")
   if peft_mode != "none" and not peft_baseline.available():

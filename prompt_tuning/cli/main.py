@@ -12,6 +12,7 @@ COMMANDS = {
     "convert": ("prompt_tuning.cli.convert", "convert an HF or t5x checkpoint to the native format"),
     "generate": ("prompt_tuning.cli.generate", "decode inputs with a checkpoint (default: built-in tiny model)"),
     "tasks": ("prompt_tuning.cli.tasks", "list registered tasks and mixtures (with splits and metrics)"),
+    "bench": ("prompt_tuning.cli.bench", "time one prompt-tuning step: ours vs HF PEFT, same config"),
 }
 
 

@@ -1,0 +1,108 @@
+"""`prompt-tuning bench`: the FLOP convention, the JSON report of a tiny run, failures, and imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import jax
+import pytest
+
+from prompt_tuning.bench import BenchConfig, RunResult, flops, ours, peft_baseline
+from prompt_tuning.cli import main as cli
+from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
+from prompt_tuning.models.t5.config import get_config
+
+TINY_ARGS = ["--model", "tiny", "--batch", "2", "--input_length", "24", "--target_length", "4",
+             "--prompt_length", "4", "--steps", "2", "--warmup", "1", "--dtype", "float32"]
+
+
+def _tiny_flops_by_hand() -> int:
+  # tiny: d=32, heads*kv = 4*8 = 32, mlp 64, gated (wi_0, wi_1, wo), 2+2 layers, vocab 32128.
+  attention = 4 * 32 * 32  # q, k, v, o
+  mlp = 3 * 32 * 64
+  encoder_side = 2 * (attention + mlp) + 2 * (2 * 32 * 32)  # + decoder cross-attention k, v
+  decoder_side = 2 * (attention + 2 * 32 * 32 + mlp) + 32 * 32128  # self-attn, cross q/o, mlp; logits
+  assert (encoder_side, decoder_side) == (24_576, 1_052_672)
+  return 4 * (encoder_side * 2 * 24 + decoder_side * 2 * 4)  # batch 2, input 24 (prompt incl.), target 4
+
+
+def test_flops_formula_by_hand():
+  config = get_config("tiny")
+  assert flops.matmul_params(config) == flops.MatmulParams(24_576, 1_052_672)
+  assert flops.flops_per_step(config, 2, 24, 4) == _tiny_flops_by_hand() == 38_404_096
+  assert flops.naive_flops_per_step(config, 2, 24, 4) == 4 * (24_576 + 1_052_672) * 2 * (24 + 4)
+  # Linear in batch; the prompt positions count as encoder tokens.
+  assert flops.flops_per_step(config, 4, 24, 4) == 2 * flops.flops_per_step(config, 2, 24, 4)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"mlp_activations": ("relu",), "logits_via_embedding": True}])
+def test_closed_form_matches_the_parameter_tree(overrides):
+  """The closed form counts exactly the kernels of the real (prompted) network, T5 1.1 and 1.0."""
+  config = get_config("tiny", **overrides)
+  module = PromptedTransformer(config, prompt_config=PromptConfig(3))
+  tokens = jax.numpy.ones((1, 2), jax.numpy.int32)
+  abstract = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tokens, tokens))["params"]
+  abstract = jax.tree.map(lambda x: getattr(x, "value", x), abstract, is_leaf=lambda x: hasattr(x, "names"))
+  assert flops.matmul_params_from_tree(abstract, config.logits_via_embedding) == flops.matmul_params(config)
+
+
+def test_bench_tiny_writes_the_json_report(tmp_path, capsys):
+  path = tmp_path / "out.json"
+  assert cli.main(["bench", *TINY_ARGS, "--peft", "eager", "--json", str(path)]) == 0
+  data = json.loads(path.read_text())
+  results = data["results"]
+  assert set(results) == {"ours", "peft_eager"}
+  assert results["ours"]["error"] is None and results["ours"]["examples_per_s"] > 0
+  assert results["peft_eager"]["error"] is None and results["peft_eager"]["examples_per_s"] > 0
+  assert results["ours"]["extra"]["step"] == 3  # 1 warmup + 2 timed steps of the real optimizer
+  assert data["flops"]["per_step"] == _tiny_flops_by_hand()
+  ours_row = results["ours"]
+  assert ours_row["tflops"] == pytest.approx(data["flops"]["per_step"] / (ours_row["step_ms"] / 1e3) / 1e12)
+  ratio = data["ratios"]["ours/peft_eager"]
+  assert ratio == pytest.approx(ours_row["examples_per_s"] / results["peft_eager"]["examples_per_s"])
+  assert data["config"]["input_length"] == 24 and "4N per token" in data["flops"]["convention"]
+  out = capsys.readouterr().out
+  assert "peft eager" in out and "ours/peft eager" in out and "convention:" in out
+
+
+def test_bench_rejects_a_prompt_longer_than_the_input(capsys):
+  assert cli.main(["bench", "--model", "tiny", "--input_length", "4", "--prompt_length", "4", "--peft", "none"]) == 2
+  assert "includes the prompt" in capsys.readouterr().err
+
+
+def test_out_of_memory_is_reported_not_raised(monkeypatch):
+  def oom(*args, **kwargs):
+    raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123 bytes.")
+
+  cfg = BenchConfig(model="tiny", batch=2, input_length=8, target_length=2, prompt_length=2, dtype="float32",
+                    steps=1, warmup=1)
+  monkeypatch.setattr(ours, "_run", oom)
+  assert ours.run(cfg).error == "out of memory"
+  monkeypatch.setattr(peft_baseline, "_time", oom)
+  rows = peft_baseline.run(cfg, ("eager",))
+  assert [(r.name, r.error) for r in rows] == [("peft eager", "out of memory")]
+
+
+def test_run_result_rates():
+  row = RunResult.timed("x", seconds=2.0, steps=4, batch=8, flops_per_step=10**12, peak_bytes=2**31, compile_s=1.0)
+  assert (row.step_ms, row.examples_per_s, row.tflops, row.peak_gib) == (500.0, 16.0, 2.0, 2.0)
+
+
+def test_imports_without_tensorflow_seqio_or_gin():
+  script = textwrap.dedent("""
+      import sys
+      for name in ("tensorflow", "seqio", "gin", "tensorflow_datasets"):
+        sys.modules[name] = None  # importing any of these now raises ImportError
+      import prompt_tuning.cli.bench
+      from prompt_tuning.bench import ours, peft_baseline, flops
+      assert "torch" not in sys.modules, "torch must be imported lazily"
+      assert not any(m.startswith(("prompt_tuning.data", "prompt_tuning.tasks", "prompt_tuning.gin_utils"))
+                     for m in sys.modules)
+      print("ok")
+  """)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "ok"
