@@ -78,7 +78,9 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
   frozen_shardings = partitioning.logical_to_sharding(frozen_axes, mesh)
   frozen = jax.device_put(frozen, frozen_shardings)
   tx, schedule = optimizer()
-  state = TrainState.create(jax.tree.map(np.asarray, trainable), tx)
+  # Placed as the step returns it (replicated), so the second step does not compile again.
+  state = jax.device_put(TrainState.create(jax.tree.map(np.asarray, trainable), tx),
+                         jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
   checkpointer = TrainCheckpointer(model_dir, save_period=save_period, keep=keep)
   position = 0

@@ -144,3 +144,9 @@ def test_fused_attention_path_equals_the_reference(params):
   np.testing.assert_allclose(fused, reference, atol=1e-4)
   with pytest.raises(ValueError, match="attention_impl='flash'"):
     CONFIG.replace(attention_impl="flash")
+
+
+def test_bfloat16_params_stay_bfloat16():
+  shapes = network.abstract_params(CONFIG.replace(param_dtype="bfloat16", dtype="bfloat16"))
+  dtypes = {str(x.dtype) for x in jax.tree.leaves(shapes)}
+  assert dtypes == {"bfloat16"}, dtypes  # the scaled query initializer included

@@ -228,7 +228,9 @@ class MultiHeadAttention(nn.Module):
     Returns:
       [batch, q_length, embed].
     """
-    query_init = lambda rng, shape, dtype: attention_kernel_init(rng, shape, dtype) / np.sqrt(self.head_dim)
+    # Keep the parameter dtype: a numpy scalar would promote a bfloat16 kernel to float32.
+    query_init = lambda rng, shape, dtype: (attention_kernel_init(rng, shape, dtype)
+                                            / np.sqrt(self.head_dim)).astype(dtype)
     query = self._project("query", inputs_q, query_init)
     if decode and cross:
       key, value = self._cached_cross_kv(inputs_kv)
