@@ -27,22 +27,11 @@ from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory,
 from prompt_tuning.checkpoints.structure import flatten, unflatten
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
-from prompt_tuning.train import optimizer as optimizer_lib
+from prompt_tuning.train import model_setup, optimizer as optimizer_lib
 from prompt_tuning.train import step as step_lib
 from prompt_tuning.train.state import TrainState
 
 Batch = dict[str, jax.Array]
-
-
-def _init_tokens() -> np.ndarray:
-  return np.ones((1, 2), np.int32)
-
-
-def abstract_params(module: PromptedTransformer) -> tuple[dict, dict]:
-  """({path: ShapeDtypeStruct}, {path: logical axis names}) of every parameter, prompt included."""
-  boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), _init_tokens(), _init_tokens()))["params"]
-  flat = flatten(boxed)  # leaves: nn.LogicallyPartitioned(value=ShapeDtypeStruct, names=...)
-  return {k: v.value for k, v in flat.items()}, {k: tuple(v.names) for k, v in flat.items()}
 
 
 @functools.cache
@@ -78,7 +67,8 @@ def init_on_device(module: PromptedTransformer, mesh: Mesh, seed: int) -> tuple[
   are variance-matched uniforms, not the trainer's t5x initializers (speed does
   not depend on them): jitting module.init for T5-XL compiles for minutes.
   """
-  shapes, axes = abstract_params(module)
+  shapes = flatten(model_setup.abstract_prompted_params(module))
+  axes = flatten(model_setup.prompted_logical_axes(module))
   shardings = flatten(partitioning.logical_to_sharding(unflatten(axes), mesh))
   key = jax.random.PRNGKey(seed)
   params = {}
