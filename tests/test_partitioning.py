@@ -17,7 +17,8 @@ SCRIPT = textwrap.dedent("""
     from prompt_tuning.models.model import EncoderDecoderModel
     from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
     from prompt_tuning.models.t5 import get_config
-    from prompt_tuning.train import model_setup, optimizer, step as step_lib
+    from prompt_tuning.models.t5 import network
+    from prompt_tuning.train import optimizer, step as step_lib
     from prompt_tuning.train.loop import to_global_batch
     from prompt_tuning.train.state import TrainState
 
@@ -34,7 +35,7 @@ SCRIPT = textwrap.dedent("""
     params = module.init(jax.random.PRNGKey(0), enc, batch["decoder_input_tokens"])["params"]
     params = jax.tree.map(lambda x: np.asarray(getattr(x, "value", x)), params, is_leaf=lambda x: hasattr(x, "names"))
     trainable, frozen = optimizer.split_trainable(params, optimizer.PROMPT_ONLY)
-    _, frozen_axes = optimizer.split_trainable(model_setup.prompted_logical_axes(module), optimizer.PROMPT_ONLY)
+    _, frozen_axes = optimizer.split_trainable(network.module_logical_axes(module), optimizer.PROMPT_ONLY)
     tx, schedule = optimizer.adafactor()
     results = {}
     for name, mesh in (("one", partitioning.make_mesh(1, jax.devices()[:1])), ("four", partitioning.make_mesh(2))):

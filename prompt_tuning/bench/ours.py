@@ -27,7 +27,8 @@ from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory,
 from prompt_tuning.checkpoints.structure import flatten, unflatten
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
-from prompt_tuning.train import model_setup, optimizer as optimizer_lib
+from prompt_tuning.models.t5 import network
+from prompt_tuning.train import optimizer as optimizer_lib
 from prompt_tuning.train import step as step_lib
 from prompt_tuning.train.state import TrainState
 
@@ -67,8 +68,8 @@ def init_on_device(module: PromptedTransformer, mesh: Mesh, seed: int) -> tuple[
   are variance-matched uniforms, not the trainer's t5x initializers (speed does
   not depend on them): jitting module.init for T5-XL compiles for minutes.
   """
-  shapes = flatten(model_setup.abstract_prompted_params(module))
-  axes = flatten(model_setup.prompted_logical_axes(module))
+  shapes = flatten(network.abstract_module_params(module))
+  axes = flatten(network.module_logical_axes(module))
   shardings = flatten(partitioning.logical_to_sharding(unflatten(axes), mesh))
   key = jax.random.PRNGKey(seed)
   params = {}

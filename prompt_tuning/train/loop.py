@@ -21,6 +21,7 @@ from prompt_tuning.data.task import resolve_task
 from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.models.model import LossConfig
 from prompt_tuning.models.prompt import PromptConfig
+from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import T5Config
 from prompt_tuning.progress import ProgressBar
 from prompt_tuning.train import model_setup, optimizer as optimizer_lib, step as step_lib
@@ -74,7 +75,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
       tokenize=task.vocabulary.encode, vocab_size=task.vocabulary.vocab_size, loss=loss, dtype=dtype, seed=seed,
       runtime=dict(attention_impl=attention_impl, remat_policy=remat_policy))
   trainable, frozen = optimizer_lib.split_trainable(params, trainable_params)
-  _, frozen_axes = optimizer_lib.split_trainable(model_setup.prompted_logical_axes(model.module), trainable_params)
+  _, frozen_axes = optimizer_lib.split_trainable(network.module_logical_axes(model.module), trainable_params)
   frozen_shardings = partitioning.logical_to_sharding(frozen_axes, mesh)
   frozen = jax.device_put(frozen, frozen_shardings)
   tx, schedule = optimizer()

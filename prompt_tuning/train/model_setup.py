@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import numpy as np
@@ -57,18 +57,5 @@ def load_prompted_model(model_config: str | T5Config | None, initial_checkpoint_
   prompt_value = np.asarray(init_fn(jax.random.PRNGKey(seed + 1), shape), np.float32)
   module = PromptedTransformer(config, prompt_config=prompt)
   params = {**t5_params, "prompt": {"prompt": prompt_value}}
-  check_params(params, abstract_prompted_params(module), "prompted model")
+  check_params(params, network.abstract_module_params(module), "prompted model")
   return EncoderDecoderModel(module, loss), params, config
-
-
-def abstract_prompted_params(module: PromptedTransformer) -> Any:
-  tokens = np.ones((1, 2), np.int32)
-  variables = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tokens, tokens))
-  return jax.tree.map(lambda x: getattr(x, "value", x), variables["params"],
-                      is_leaf=lambda x: hasattr(x, "names") and hasattr(x, "value"))
-
-
-def prompted_logical_axes(module: PromptedTransformer) -> Any:
-  tokens = np.ones((1, 2), np.int32)
-  boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tokens, tokens))["params"]
-  return jax.tree.map(lambda box: tuple(box.names), boxed, is_leaf=lambda x: hasattr(x, "names"))

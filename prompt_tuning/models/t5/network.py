@@ -234,12 +234,22 @@ def init_params(config: T5Config, rng: Array) -> dict:
   return nn.meta.unbox(variables["params"])
 
 
+def abstract_module_params(module: nn.Module) -> dict:
+  """The parameter tree of a Transformer (or a subclass, e.g. the prompted one) as
+  jax.ShapeDtypeStructs, computed without allocating memory."""
+  boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *_init_inputs()))["params"]
+  return nn.meta.unbox(boxed)
+
+
+def module_logical_axes(module: nn.Module) -> dict:
+  """The logical axis names of every parameter, e.g. ('embed', 'joined_kv'), as a nested dict."""
+  boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *_init_inputs()))["params"]
+  return jax.tree.map(lambda box: tuple(box.names), boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
 def abstract_params(config: T5Config) -> dict:
-  """The parameter tree as jax.ShapeDtypeStructs, computed without allocating memory."""
-  return jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+  return abstract_module_params(Transformer(config))
 
 
 def param_logical_axes(config: T5Config) -> dict:
-  """The logical axis names of every parameter, e.g. ('embed', 'joined_kv'), as a nested dict."""
-  boxed = jax.eval_shape(lambda: Transformer(config).init(jax.random.PRNGKey(0), *_init_inputs()))["params"]
-  return jax.tree.map(lambda box: tuple(box.names), boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  return module_logical_axes(Transformer(config))
