@@ -27,6 +27,8 @@ class BenchConfig:
     is [batch, input_length - prompt_length].
   dtype: 'bfloat16' or 'float32', for the frozen weights and activations
     (the prompt itself stays float32 in our trainer).
+  attention_impl, remat_policy: our T5Config speed knobs (the PEFT side has
+    no equivalent; HF T5 runs its own attention, no checkpointing).
   """
 
   model: str = "t5_1_1_base"
@@ -39,6 +41,8 @@ class BenchConfig:
   warmup: int = 3
   num_partitions: int = 1
   seed: int = 0
+  attention_impl: str = "auto"
+  remat_policy: str = "none"
 
   def __post_init__(self):
     for field in ("batch", "target_length", "prompt_length", "steps", "num_partitions"):
@@ -59,7 +63,8 @@ class BenchConfig:
 
   def t5_config(self) -> T5Config:
     """The named config with weights and activations in `dtype`."""
-    return get_config(self.model, dtype=self.dtype, param_dtype=self.dtype)
+    return get_config(self.model, dtype=self.dtype, param_dtype=self.dtype, attention_impl=self.attention_impl,
+                      remat_policy=self.remat_policy)
 
 
 @dataclasses.dataclass

@@ -153,6 +153,7 @@ def _run(cfg: BenchConfig) -> RunResult:
   state, metrics = train_step(state, frozen, batch, rng)  # compiles
   jax.block_until_ready(state)
   compile_s = time.perf_counter() - start
+  first_loss = float(metrics["loss"])  # of the initial prompt: comparable across meshes
   for _ in range(cfg.warmup - 1):
     state, metrics = train_step(state, frozen, batch, rng)
   jax.block_until_ready(state)
@@ -170,4 +171,4 @@ def _run(cfg: BenchConfig) -> RunResult:
       "ours", seconds, cfg.steps, cfg.batch, flops.flops_per_step(config, cfg.batch, cfg.input_length,
                                                                   cfg.target_length),
       peak_bytes(local), compile_s, devices=len(devices), mesh=dict(mesh.shape), optimizer="adafactor (optax)",
-      final_loss=float(metrics["loss"]), step=int(state.step))
+      first_loss=first_loss, final_loss=float(metrics["loss"]), step=int(state.step))

@@ -44,6 +44,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--prompt_length", type=int, default=defaults.prompt_length)
   parser.add_argument("--dtype", choices=("bfloat16", "float32"), default=defaults.dtype,
                       help="frozen weights and activations (the prompt is float32 in ours)")
+  parser.add_argument("--attention_impl", choices=("auto", "xla", "cudnn"), default=defaults.attention_impl,
+                      help="ours: 'auto' = cuDNN's fused attention on GPUs in bf16, the einsum reference elsewhere")
+  parser.add_argument("--remat_policy", choices=("none", "full", "dots", "dots_no_batch"),
+                      default=defaults.remat_policy, help="ours: per-layer rematerialization")
   parser.add_argument("--steps", type=int, default=defaults.steps, help="timed steps")
   parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps first (>= 1: compiles)")
   parser.add_argument("--num_partitions", type=int, default=defaults.num_partitions,
@@ -108,7 +112,8 @@ def format_table(data: dict[str, Any]) -> str:
   cfg, env, fl = data["config"], data["environment"], data["flops"]
   versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
   lines = [
-      (f"prompt-tuning bench: {cfg['model']} {cfg['dtype']}, batch {cfg['batch']}, input {cfg['input_length']} "
+      (f"prompt-tuning bench: {cfg['model']} {cfg['dtype']} (ours: attention {cfg['attention_impl']}, "
+       f"remat {cfg['remat_policy']}), batch {cfg['batch']}, input {cfg['input_length']} "
        f"(prompt {cfg['prompt_length']} + {cfg['input_length'] - cfg['prompt_length']} tokens), "
        f"target {cfg['target_length']}; {cfg['steps']} timed steps after {cfg['warmup']} warmup"),
       (f"jax device: {env['jax_device']} x{env['jax_devices']} ({env['jax_platform']}); "
@@ -157,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     cfg = BenchConfig(model=args.model, batch=args.batch, input_length=args.input_length,
                       target_length=args.target_length, prompt_length=args.prompt_length, dtype=args.dtype,
-                      steps=args.steps, warmup=args.warmup, num_partitions=args.num_partitions, seed=args.seed)
+                      steps=args.steps, warmup=args.warmup, num_partitions=args.num_partitions, seed=args.seed,
+                      attention_impl=args.attention_impl, remat_policy=args.remat_policy)
   except ValueError as e:
     print(f"prompt-tuning bench: {e}", file=sys.stderr)
     return 2

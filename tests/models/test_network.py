@@ -10,7 +10,7 @@ import pytest
 from prompt_tuning import partitioning
 from prompt_tuning.checkpoints.structure import flatten
 from prompt_tuning.models.model import EncoderDecoderModel
-from prompt_tuning.models.t5 import get_config, network
+from prompt_tuning.models.t5 import get_config, layers, network
 
 CONFIG = get_config("tiny", vocab_size=128)
 
@@ -136,12 +136,47 @@ def test_remat_changes_memory_not_results(params, policy):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_fused_attention_path_equals_the_reference(params):
-  """jax.nn.dot_product_attention (cuDNN on GPUs; XLA here) with T5's bias and no scaling."""
+def test_fused_attention_call_equals_the_reference():
+  """The fused call (jax.nn.dot_product_attention, run by JAX's XLA version here) gets T5's bias,
+  mask and absent scaling right: same output as the einsum reference."""
+  rng = np.random.default_rng(0)
+  query, key, value = (jnp.asarray(rng.normal(size=(2, n, 4, 8)), jnp.float32) for n in (5, 7, 7))
+  position_bias = jnp.asarray(rng.normal(size=(1, 4, 5, 7)), jnp.float32)
+  key_mask = jnp.asarray([[1] * 7, [1] * 4 + [0] * 3])
+  bias = position_bias + layers.padding_mask_bias(jnp.ones((2, 5)), key_mask)
+  reference = layers.dot_product_attention(query, key, value, bias, 0.0, None, jnp.float32)
+  fused = layers.fused_attention(query, key, value, bias, implementation="xla")
+  np.testing.assert_allclose(fused, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl, platform, dtype, head_dim, dropout, decode, expected", [
+    ("auto", "gpu", "bfloat16", 64, False, False, "cudnn"),
+    ("auto", "cpu", "bfloat16", 64, False, False, "xla"),
+    ("auto", "gpu", "float32", 64, False, False, "xla"),  # float32 keeps the exact reference
+    ("auto", "gpu", "bfloat16", 160, False, False, "xla"),
+    ("auto", "gpu", "bfloat16", 64, True, False, "xla"),  # attention dropout
+    ("auto", "gpu", "bfloat16", 64, False, True, "xla"),  # cached decoding
+    ("xla", "gpu", "bfloat16", 64, False, False, "xla"),
+    ("cudnn", "gpu", "float16", 128, False, False, "cudnn"),
+    ("cudnn", "gpu", "bfloat16", 64, False, True, "xla"),  # decoding falls back even when required
+])
+def test_attention_backend_choice(impl, platform, dtype, head_dim, dropout, decode, expected):
+  assert layers.attention_backend(impl, jnp.dtype(dtype), head_dim, dropout=dropout, decode=decode,
+                                  platform=platform) == expected
+
+
+def test_required_cudnn_names_what_rules_it_out(params):
+  with pytest.raises(ValueError, match=r"attention_impl='cudnn' cannot run here: it needs a GPU \(this is cpu\)"):
+    layers.attention_backend("cudnn", jnp.bfloat16, 64, dropout=False, decode=False, platform="cpu")
+  with pytest.raises(ValueError, match="cannot run here: head_dim 160 is not a multiple of 8 up to 128"):
+    layers.attention_backend("cudnn", jnp.bfloat16, 160, dropout=False, decode=False, platform="gpu")
   enc, dec_in = _batch()
-  reference = network.Transformer(CONFIG).apply({"params": params}, enc, dec_in)
-  fused = network.Transformer(CONFIG.replace(attention_impl="dot_product")).apply({"params": params}, enc, dec_in)
-  np.testing.assert_allclose(fused, reference, atol=1e-4)
+  with pytest.raises(ValueError, match="cannot run here: it needs a GPU"):
+    network.Transformer(CONFIG.replace(attention_impl="cudnn")).apply({"params": params}, enc, dec_in)
+  # 'auto' on this CPU is the reference itself.
+  auto = network.Transformer(CONFIG.replace(attention_impl="auto")).apply({"params": params}, enc, dec_in)
+  reference = network.Transformer(CONFIG.replace(attention_impl="xla")).apply({"params": params}, enc, dec_in)
+  np.testing.assert_array_equal(auto, reference)
   with pytest.raises(ValueError, match="attention_impl='flash'"):
     CONFIG.replace(attention_impl="flash")
 

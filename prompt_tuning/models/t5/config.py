@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _ACTIVATIONS = ("relu", "gelu", "silu", "linear")
-_ATTENTION_IMPLS = ("xla", "dot_product", "cudnn")
+_ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 _REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
@@ -44,9 +44,10 @@ class T5Config:
   dropout_rate: float = 0.0
   dtype: str = "float32"  # activations
   param_dtype: str = "float32"  # stored parameters
-  # How attention runs: 'xla' (einsums, float32 softmax), 'dot_product' (jax.nn.dot_product_attention,
-  # which picks cuDNN's fused kernel on GPUs where it applies), 'cudnn' (require it).
-  attention_impl: str = "xla"
+  # How attention runs: 'auto' (cuDNN's fused kernel on GPUs for bf16/fp16 training and scoring, the
+  # reference elsewhere), 'xla' (the reference: einsums, float32 logits and softmax), 'cudnn' (require
+  # the fused kernel). See layers.attention_backend.
+  attention_impl: str = "auto"
   # Rematerialization of each layer in training: 'none', 'full', 'dots' (save matmul outputs),
   # 'dots_no_batch' (save only weight matmuls).
   remat_policy: str = "none"

@@ -159,11 +159,40 @@ class RelativePositionBiases(nn.Module):
     return bias[None]
 
 
-def fused_attention(query: Array, key: Array, value: Array, bias: Array, implementation: str | None) -> Array:
+FUSED_HEAD_DIMS = range(8, 129, 8)  # cuDNN's fused attention: head_dim a multiple of 8, at most 128
+FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def attention_backend(attention_impl: str, dtype: jnp.dtype, head_dim: int, *, dropout: bool, decode: bool,
+                      platform: str | None = None) -> str:
+  """Which kernel a MultiHeadAttention runs: 'cudnn' (fused) or 'xla' (the einsum reference).
+
+  'auto' picks cuDNN's fused kernel on a GPU for bfloat16/float16 activations
+  with a head_dim it supports, outside attention dropout and cached decoding;
+  everything else runs the reference (float32 logits and softmax). 'cudnn'
+  requires the fused kernel and names what rules it out.
+  """
+  platform = platform or jax.default_backend()
+  reasons = [why for why, bad in (
+      (f"it needs a GPU (this is {platform})", platform not in ("gpu", "cuda")),
+      (f"it needs bfloat16 or float16 activations, not {jnp.dtype(dtype).name}", jnp.dtype(dtype) not in FUSED_DTYPES),
+      (f"head_dim {head_dim} is not a multiple of 8 up to 128", head_dim not in FUSED_HEAD_DIMS),
+      ("attention dropout runs only in the reference path", dropout),
+      ("cached decoding runs the reference path", decode)) if bad]
+  if attention_impl == "xla" or (attention_impl == "auto" and reasons):
+    return "xla"
+  if attention_impl == "cudnn" and reasons and not decode:  # decoding always falls back
+    raise ValueError(f"attention_impl='cudnn' cannot run here: {reasons[0]}")
+  return "xla" if decode else "cudnn"
+
+
+def fused_attention(query: Array, key: Array, value: Array, bias: Array, implementation: str = "cudnn") -> Array:
   """jax.nn.dot_product_attention without T5's (absent) 1/sqrt(d) scaling; no dropout.
 
-  `implementation` None lets JAX choose (cuDNN's fused kernel on GPUs where it applies), 'cudnn'
-  requires it. The bias [batch or 1, heads, q_length, kv_length] is cast to the activation dtype.
+  Shapes as `dot_product_attention`. The bias [batch or 1, heads, q_length,
+  kv_length] (positions + mask) is broadcast over the batch and cast to the
+  activation dtype, as the fused kernel takes it. `implementation` 'xla' runs
+  JAX's own version of the same computation (for tests off GPU).
   """
   bias = jnp.broadcast_to(bias, (query.shape[0], bias.shape[1], query.shape[1], key.shape[1]))
   return jax.nn.dot_product_attention(query, key, value, bias=bias.astype(query.dtype), scale=1.0,
@@ -204,7 +233,7 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"  # T5Config.attention_impl
 
   def _project(self, name: str, x: Array, init: Initializer) -> Array:
     proj = DenseGeneral((self.num_heads, self.head_dim), ("embed", "joined_kv"), dtype=self.dtype,
@@ -240,8 +269,10 @@ class MultiHeadAttention(nn.Module):
       key = self._project("key", inputs_kv, attention_kernel_init)
       value = self._project("value", inputs_kv, attention_kernel_init)
     dropout_rng = None if deterministic or self.dropout_rate == 0.0 else self.make_rng("dropout")
-    if self.attention_impl != "xla" and dropout_rng is None:
-      out = fused_attention(query, key, value, bias, None if self.attention_impl == "dot_product" else "cudnn")
+    backend = attention_backend(self.attention_impl, self.dtype, self.head_dim, dropout=dropout_rng is not None,
+                                decode=decode)
+    if backend == "cudnn":
+      out = fused_attention(query, key, value, bias)
     else:  # the reference path, and the only one with attention dropout
       out = dot_product_attention(query, key, value, bias, self.dropout_rate, dropout_rng, self.dtype)
     out = DenseGeneral(inputs_q.shape[-1], ("joined_kv", "embed"), axis=(-2, -1), dtype=self.dtype,
