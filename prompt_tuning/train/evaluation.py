@@ -4,6 +4,11 @@ Two ways to score a task, both from the same batches:
   * decoding: generate (greedy by default, beam from gin) and compare strings;
   * rank classification: score each candidate target (the task's labels) and
     pick the most likely, when the task supplies candidates.
+
+Multi-host: every process reads the whole global batch (cheap: text), places
+only its own rows on the data-sharded device array, and gets every row's
+output back (replicated); each process then holds all records, and the task
+metrics are the same on every process.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import json
 from typing import Any, Iterator, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from prompt_tuning import partitioning
 from prompt_tuning.data.features import TruncationCounter, trim_with_eos
 from prompt_tuning.data.pipeline import BatchIterator
 from prompt_tuning.data.task import Task
@@ -29,17 +35,24 @@ class Evaluator:
     decode_method / decode_options: passed to EncoderDecoderModel.predict_batch
       ('greedy', or 'beam' with beam_size/alpha, or 'sample').
     rank_classification: None = whenever the task has candidates.
+    mesh: where batches run, split over its 'data' axis (default: every device
+      of every process, partitioning.make_mesh()). A batch whose size the data
+      axis does not divide is padded with empty rows.
   """
 
   def __init__(self, model: EncoderDecoderModel, task: Task, feature_lengths: Mapping[str, int], batch_size: int, *,
                decode_method: str = "greedy", decode_options: Mapping[str, Any] | None = None,
-               rank_classification: bool | None = None):
+               rank_classification: bool | None = None, mesh: Mesh | None = None):
     self.task, self.feature_lengths, self.batch_size = task, dict(feature_lengths), batch_size
     self.vocabulary = task.vocabulary
+    self.mesh = partitioning.make_mesh() if mesh is None else mesh
+    self._rows = partitioning.data_sharding(self.mesh)
+    replicated = NamedSharding(self.mesh, PartitionSpec())  # every process gets every row back
     options = dict(decode_options or {})
     max_length = self.feature_lengths["targets"]
     self._predict = jax.jit(lambda params, tokens: model.predict_batch(
-        params, tokens, max_decode_length=max_length, method=decode_method, rng=jax.random.PRNGKey(0), **options))
+        params, tokens, max_decode_length=max_length, method=decode_method, rng=jax.random.PRNGKey(0), **options),
+        out_shardings=replicated)
     self.truncation = TruncationCounter()  # shared by every evaluation, reported once per split
     self.rank_classification = rank_classification
     self.candidates = task.candidates
@@ -47,8 +60,16 @@ class Evaluator:
       raise ValueError(f"rank classification needs candidates, and task {task.name} has none")
     self._max_target_length = max_length
     if self.candidates:
-      self._candidate_tokens = jnp.asarray(self._candidate_table([self.candidates])[0])
-    self._rank = jax.jit(model.rank_classify)
+      self._candidate_tokens = self._candidate_table([self.candidates])[0]  # [candidates, length], replicated
+    self._rank = jax.jit(model.rank_classify, out_shardings=replicated)
+
+  def _global(self, rows: np.ndarray) -> jax.Array:
+    """Host rows [batch, ...] (the same on every process) -> a global array split over the 'data' axis,
+    zero rows appended up to a multiple of its size; each process places only its own rows."""
+    pad = -len(rows) % self.mesh.shape[partitioning.DATA_AXIS]
+    if pad:
+      rows = np.concatenate([rows, np.zeros((pad, *rows.shape[1:]), rows.dtype)])
+    return jax.make_array_from_callback(rows.shape, self._rows, lambda index: rows[index])
 
   def _candidate_table(self, rows_of_candidates: list[list[str]]) -> np.ndarray:
     """Token ids [rows, max candidates, length] (EOS-terminated, 0-padded; missing candidates all 0)."""
@@ -62,8 +83,10 @@ class Evaluator:
         table[i, j, :len(ids)] = ids
     return table
 
-  def _ranks(self, params: Any, tokens: np.ndarray, examples: list) -> tuple[list, np.ndarray] | None:
-    """(candidates per row, scores [batch, candidates]) or None when rank classification is off."""
+  def _ranks(self, params: Any, tokens: jax.Array, examples: list) -> tuple[list, np.ndarray] | None:
+    """(candidates per row, scores [batch, candidates]) or None when rank classification is off.
+
+    `tokens`: the global [padded batch, n] array; `examples`: the batch's len(examples) real and padding rows."""
     if self.rank_classification is False:
       return None
     per_example = [ex.get("candidates") if ex else None for ex in examples]
@@ -73,19 +96,19 @@ class Evaluator:
       rows = [list(c) if c else (self.candidates or []) for c in per_example]
       rows = [r if r else [""] for r in rows]
       table = self._candidate_table(rows)
-      scores = np.asarray(self._rank(params, tokens, jnp.asarray(table)))
+      scores = np.asarray(self._rank(params, tokens, self._global(table)))[:len(examples)]
       scores = np.where(table.any(axis=-1), scores, -np.inf)  # padding candidates never win
       return rows, scores
     if not self.candidates:
       return None
-    scores = np.asarray(self._rank(params, tokens, self._candidate_tokens))
+    scores = np.asarray(self._rank(params, tokens, self._candidate_tokens))[:len(examples)]
     return [self.candidates] * len(examples), scores
 
   def _batches(self, split: str) -> Iterator:
     counter = self.truncation if split not in self.truncation.splits else None  # count each split once
+    # Every process reads every row (see the module docstring); _global places its own share.
     batches = BatchIterator(self.task, split, self.feature_lengths, self.batch_size, shuffle=False, seed=0,
-                            repeat=False, drop_remainder=False, process_index=jax.process_index(),
-                            process_count=jax.process_count(), counter=counter)
+                            repeat=False, drop_remainder=False, counter=counter)
     self.truncation.report()
     return batches
 
@@ -93,9 +116,10 @@ class Evaluator:
     """Yields one record per real example: input, target, prediction, score (+ rank fields)
     and, under "example", the example itself (for the task's metrics)."""
     for batch in self._batches(split):
-      tokens = batch.arrays["encoder_input_tokens"]
+      size = len(batch.arrays["mask"])
+      tokens = self._global(batch.arrays["encoder_input_tokens"])
       decoded = self._predict(params, tokens)
-      out_tokens, out_scores = np.asarray(decoded.tokens[:, 0]), np.asarray(decoded.scores[:, 0])
+      out_tokens, out_scores = np.asarray(decoded.tokens)[:size, 0], np.asarray(decoded.scores)[:size, 0]
       ranked = self._ranks(params, tokens, batch.text["examples"])
       for i, real in enumerate(batch.arrays["mask"]):
         if not real:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
 import numpy as np
 
@@ -81,3 +86,41 @@ def test_truncation_is_reported_once_per_split(caplog):
     evaluator.evaluate(params)
   lines = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
   assert len(lines) == 1 and lines[0].startswith("validation: truncated 100 of 100 inputs to 6 tokens"), lines
+
+
+SHARDED_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from prompt_tuning import partitioning
+    from prompt_tuning.data.task import get_task
+    from prompt_tuning.models.model import EncoderDecoderModel
+    from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
+    from prompt_tuning.models.t5 import get_config
+    from prompt_tuning.train.evaluation import Evaluator
+
+    assert len(jax.devices()) == 4, jax.devices()
+    model = EncoderDecoderModel(PromptedTransformer(get_config("tiny", vocab_size=256), prompt_config=PromptConfig(3)))
+    tokens = np.ones((1, 4), np.int32)
+    params = model.module.init(jax.random.PRNGKey(0), tokens, tokens)["params"]
+    params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
+    task = get_task("quickstart_sentiment")
+    out = {}
+    for name, mesh in (("one", partitioning.make_mesh(1, jax.devices()[:1])), ("four", partitioning.make_mesh())):
+      # 6 rows over a 4-way data axis: padded to 8; 100 examples: a last batch of 4 real rows.
+      evaluator = Evaluator(model, task, {"inputs": 16, "targets": 4}, batch_size=6, mesh=mesh)
+      out[name] = (list(evaluator.predictions(params, "validation")), evaluator.evaluate(params))
+    (r1, m1), (r4, m4) = out["one"], out["four"]
+    assert len(r4) == 100 and m4 == m1, (m4, m1)
+    assert [r["prediction"] for r in r4] == [r["prediction"] for r in r1]
+    np.testing.assert_allclose([r["score"] for r in r4], [r["score"] for r in r1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([list(r["rank_scores"].values()) for r in r4],
+                               [list(r["rank_scores"].values()) for r in r1], rtol=1e-5, atol=1e-5)
+    print("MATCH")
+""")
+
+
+def test_a_batch_split_over_four_devices_scores_like_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=os.path.dirname(__file__))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "MATCH" in result.stdout, result.stdout
