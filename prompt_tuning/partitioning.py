@@ -39,12 +39,23 @@ def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = No
   """A ('data', 'model') mesh: num_partitions devices per model replica.
 
   Args:
-    num_partitions: size of the 'model' axis; must divide the device count.
-    devices: defaults to all devices (every host's, in multi-host runs).
+    num_partitions: size of the 'model' axis; must divide the device count
+      (and, in multi-host runs, each host's: a model replica stays on one host).
+    devices: defaults to all devices (every host's, in multi-host runs), host
+      by host, so process p's devices hold rows [p*B/P, (p+1)*B/P) of a
+      [B, ...] batch split over 'data' -- the rows its BatchIterator yields.
   """
-  devices = list(jax.devices() if devices is None else devices)
+  if devices is None:
+    devices = sorted(jax.devices(), key=lambda d: d.process_index)  # stable: keeps each host's order
+  devices = list(devices)
   if num_partitions < 1 or len(devices) % num_partitions:
     raise ValueError(f"NUM_PARTITIONS={num_partitions} must be >= 1 and divide the {len(devices)} devices")
+  per_host = {}
+  for d in devices:
+    per_host[d.process_index] = per_host.get(d.process_index, 0) + 1
+  if len(per_host) > 1 and any(n % num_partitions for n in per_host.values()):
+    raise ValueError(f"NUM_PARTITIONS={num_partitions} must divide the devices of each host "
+                     f"({sorted(per_host.values())}): a model replica spanning hosts is not supported")
   grid = np.asarray(devices).reshape(len(devices) // num_partitions, num_partitions)
   return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
@@ -64,3 +75,19 @@ def logical_to_sharding(logical_axes: Any, mesh: Mesh,
 def data_sharding(mesh: Mesh) -> NamedSharding:
   """Batches [batch, ...] split over the 'data' axis."""
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def to_host(tree: Any) -> Any:
+  """Arrays -> host numpy with the whole value, on every process.
+
+  Arrays split across hosts are gathered (a collective: every process must
+  call this with the same tree); others are fetched where they are.
+  """
+  def fetch(x: Any) -> Any:
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      from jax.experimental import multihost_utils
+
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.device_get(x)
+
+  return jax.tree.map(fetch, tree)

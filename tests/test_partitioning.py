@@ -69,3 +69,22 @@ def test_mesh_errors_and_rules():
   with pytest.raises(ValueError, match="NUM_PARTITIONS=3 must be >= 1 and divide the 1 devices"):
     partitioning.make_mesh(3)
   assert {"batch", "embed", "mlp", "heads", "kv", "joined_kv", "vocab", "prompt"} <= partitioning.AXIS_NAMES
+
+
+def test_a_model_replica_may_not_span_hosts():
+  class FakeDevice:
+    def __init__(self, process_index):
+      self.process_index = process_index
+
+  devices = [FakeDevice(p) for p in (0, 0, 0, 1, 1, 1)]  # 2 hosts of 3 devices
+  with pytest.raises(ValueError, match=r"NUM_PARTITIONS=2 must divide the devices of each host \(\[3, 3\]\)"):
+    partitioning.make_mesh(2, devices)
+
+
+def test_to_host_fetches_numpy():
+  import jax
+  import numpy as np
+
+  tree = {"a": jax.numpy.arange(3.0), "b": np.ones(2)}
+  out = partitioning.to_host(tree)
+  assert isinstance(out["a"], np.ndarray) and out["a"].tolist() == [0.0, 1.0, 2.0] and out["b"].tolist() == [1, 1]

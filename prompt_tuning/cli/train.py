@@ -12,10 +12,15 @@ from prompt_tuning.cli import gin_runner
 
 
 def _describe(result) -> None:
+  import jax
+
   from prompt_tuning import gin_utils
 
   model_dir = gin_runner.macro("MODEL_DIR")
-  config_path = gin_utils.save_operative_config(model_dir)
+  if jax.process_index() == 0:  # multi-host: one writer
+    config_path = gin_utils.save_operative_config(model_dir)
+  else:
+    config_path = os.path.join(model_dir, "config.gin")
   cfg = result.config
   if not gin_runner.macro("INITIAL_CHECKPOINT_PATH", ""):
     print(f"NOTE: the frozen model is a tiny T5 ({cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers, "

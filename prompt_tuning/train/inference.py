@@ -93,7 +93,7 @@ def infer(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
   records = list(evaluator.predictions(params, split))
   count = write_predictions(iter(records), path)
   logging.info("wrote %d predictions to %s", count, path)
-  if leaderboard_dir:
+  if leaderboard_dir and jax.process_index() == 0:  # every process holds all records; one writes
     for written in write_leaderboards(task, records, leaderboard_dir):
       logging.info("wrote leaderboard file %s", written)
   return path

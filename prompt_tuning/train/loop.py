@@ -97,10 +97,12 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
   batches.truncation.report()  # the whole split is tokenized up front: report its truncation once
   evaluator = Evaluator(model, task, task_feature_lengths, eval_batch_size or batch_size,
                         decode_method=decode_method, decode_options=decode_options,
-                        rank_classification=rank_classification)
+                        rank_classification=rank_classification, mesh=mesh)
   train_step = step_lib.compile_train_step(step_lib.make_train_step(model, tx, schedule), mesh, frozen_shardings)
   rng = jax.random.PRNGKey(seed)
-  writer, bar = MetricsWriter(model_dir), ProgressBar(train_steps, start, enabled=progress)
+  # Every process runs the same steps; only process 0 writes metrics, the progress bar and the prompt .npy.
+  writer = MetricsWriter(model_dir)
+  bar = ProgressBar(train_steps, start, enabled=progress and jax.process_index() == 0)
   totals, period_start, eval_metrics = None, time.time(), {}
   for step in range(start, train_steps):
     batch = to_global_batch(next(batches).arrays, mesh)
@@ -117,6 +119,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
       eval_metrics = evaluator.evaluate(optimizer_lib.merge_params(state.params, frozen), eval_split)
       writer.write(done, eval_metrics, prefix="eval")
       logging.info("step %d eval: %s", done, eval_metrics)
+    # On every process: orbax coordinates the hosts (and writes each array once).
     checkpointer.save(done, state.to_checkpoint(), batches.position, force=done == train_steps)
   bar.close()
   if start >= train_steps:  # resumed a finished run: report its evaluation again
@@ -126,5 +129,5 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
   checkpointer.close()
   final = int(state.step)
   has_prompt = "prompt" in state.params
-  return TrainResult(step=final, config=config, trainable=jax.device_get(state.params), frozen=jax.device_get(frozen),
-                     eval_metrics=eval_metrics, prompt_path=prompt_file(model_dir, final) if has_prompt else None)
+  return TrainResult(step=final, config=config, trainable=partitioning.to_host(state.params),
+                     frozen=partitioning.to_host(frozen), eval_metrics=eval_metrics, prompt_path=prompt_file(model_dir, final) if has_prompt else None)
