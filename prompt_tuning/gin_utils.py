@@ -113,8 +113,12 @@ def parse_command_line(argv: Sequence[str] | None = None, description: str | Non
   argv = sys.argv[1:] if argv is None else list(argv)
   parser = add_gin_flags(argparse.ArgumentParser(description=description))
   args, rest = parser.parse_known_args(rewrite_gin_args(argv))
-  search_paths = [p.strip() for entry in args.gin_search_paths for p in entry.split(",") if p.strip()]
-  return list(args.gin_file), list(args.gin_bindings), search_paths, rest
+  return list(args.gin_file), list(args.gin_bindings), split_search_paths(args.gin_search_paths), rest
+
+
+def split_search_paths(entries: Sequence[str]) -> list[str]:
+  """The directories of repeated, comma-separated --gin_search_paths values."""
+  return [p.strip() for entry in entries for p in entry.split(",") if p.strip()]
 
 
 # ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ def _describe(metrics) -> None:
 
 
 def main(argv: list[str]) -> int:
-  return gin_runner.run(argv, "evaluate", _describe)
+  return gin_runner.run(argv, "evaluate", _describe, __doc__)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ Gin binds at this entry point only: library functions are registered here
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any, Callable
 
 from absl import logging
 
 from prompt_tuning import gin_utils
+from prompt_tuning.cli import distributed
 
 # Names usable in gin files, e.g. `train.prompt_init = @prompt_init.sampled_vocab`.
 def register_all() -> dict[str, Callable[..., Any]]:
@@ -35,17 +37,57 @@ def register_all() -> dict[str, Callable[..., Any]]:
   return entry
 
 
-def run(argv: list[str], command: str, describe: Callable[[Any], None]) -> int:
-  """Parses gin flags, runs the registered `command` ('train' | 'evaluate' | 'infer'), reports."""
-  gin_files, bindings, search_paths, rest = gin_utils.parse_command_line(argv, description=__doc__)
+# The command's name on the command line (gin_runner runs the configurable of the same meaning).
+_CLI_NAMES = {"train": "train", "evaluate": "eval", "infer": "infer"}
+
+
+class _FlagError(Exception):
+  """A bad flag, reported in one line (argparse would print the usage too)."""
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message: str):
+    raise _FlagError(message)
+
+
+def _parser(cli_name: str, description: str | None) -> argparse.ArgumentParser:
+  parser = _Parser(prog=f"prompt-tuning {cli_name}", description=description,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  return distributed.add_flags(gin_utils.add_gin_flags(parser))
+
+
+def run(argv: list[str], command: str, describe: Callable[[Any], None], description: str | None = None) -> int:
+  """Parses gin and multi-host flags, runs the registered `command` ('train' | 'evaluate' | 'infer'), reports.
+
+  `description` heads --help (the command module's docstring).
+
+  Returns the exit status: 0, 1 (the run failed), 2 (bad flags; nothing was started).
+  """
+  name = _CLI_NAMES.get(command, command)
+
+  def fail(message: str, status: int) -> int:
+    lines = str(message).strip().splitlines()
+    print(f"prompt-tuning {name}: error: {lines[0] if lines else message}", file=sys.stderr)
+    return status
+
+  try:
+    args, rest = _parser(name, description).parse_known_args(gin_utils.rewrite_gin_args(argv))
+  except (_FlagError, gin_utils.GinConfigError) as e:
+    return fail(str(e), 2)
   if rest:
-    print(f"prompt-tuning: unknown flag(s) {' '.join(rest)}; gin flags are --gin_file, --gin.NAME=VALUE, "
-          f"--gin_bindings, --gin_search_paths", file=sys.stderr)
-    return 2
+    return fail(f"unknown flag(s) {' '.join(rest)}; see prompt-tuning {name} --help", 2)
+  gin_files, bindings = list(args.gin_file), list(args.gin_bindings)
   if not gin_files and not bindings:
-    print("prompt-tuning: pass at least one --gin_file (e.g. --gin_file=quickstart.gin)", file=sys.stderr)
-    return 2
+    return fail("pass at least one --gin_file (e.g. --gin_file=quickstart.gin)", 2)
+  options = distributed.options_from_args(args)
+  problem = distributed.validate(options)
+  if problem:
+    return fail(problem, 2)
   logging.set_verbosity(logging.WARNING)
+  try:
+    distributed.initialize(options)  # before anything touches a JAX backend
+  except Exception as e:  # jax raises RuntimeError/ValueError/XlaRuntimeError with long messages
+    return fail(f"jax.distributed.initialize failed: {str(e).strip() or type(e).__name__}", 1)
   from prompt_tuning.checkpoints.structure import CheckpointError
   from prompt_tuning.data.task import DataError
 
@@ -54,13 +96,11 @@ def run(argv: list[str], command: str, describe: Callable[[Any], None]) -> int:
 
     gin.clear_config()  # each command starts from a clean config (matters when called in-process)
     fn = register_all()[command]
-    gin_utils.parse_gin_flags(gin_files, bindings, search_paths)
+    gin_utils.parse_gin_flags(gin_files, bindings, gin_utils.split_search_paths(args.gin_search_paths))
     result = fn()
   except (gin_utils.GinConfigError, CheckpointError, DataError, ValueError, FileNotFoundError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)  # KeyError's str() adds quotes
-    lines = str(message).strip().splitlines()
-    print(f"prompt-tuning {command}: error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
-    return 1
+    return fail(str(message) if str(message).strip() else type(e).__name__, 1)
   describe(result)
   return 0
 

@@ -11,7 +11,7 @@ from prompt_tuning.cli import gin_runner
 
 
 def main(argv: list[str]) -> int:
-  return gin_runner.run(argv, "infer", lambda path: print(f"predictions: {path}"))
+  return gin_runner.run(argv, "infer", lambda path: print(f"predictions: {path}"), __doc__)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def _describe(result) -> None:
 
 
 def main(argv: list[str]) -> int:
-  return gin_runner.run(argv, "train", _describe)
+  return gin_runner.run(argv, "train", _describe, __doc__)
 
 
 if __name__ == "__main__":
