@@ -26,6 +26,7 @@ from prompt_tuning.models.t5.config import T5Config
 from prompt_tuning.progress import ProgressBar
 from prompt_tuning.train import model_setup, optimizer as optimizer_lib, step as step_lib
 from prompt_tuning.train.evaluation import Evaluator
+from prompt_tuning.train.prefetch import DevicePrefetcher
 from prompt_tuning.train.state import TrainState
 
 MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
@@ -58,7 +59,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
           decode_options: Mapping[str, Any] | None = None, rank_classification: bool | None = None,
           num_partitions: int = 1, progress: bool = True, mixture_or_task_module: str | None = None,
           vocabulary_path: str | None = None, attention_impl: str | None = None,
-          remat_policy: str | None = None) -> TrainResult:
+          remat_policy: str | None = None, prefetch_batches: int = 2) -> TrainResult:
   """Trains the parameters matching `trainable_params` (default: the prompt only).
 
   Args:
@@ -67,6 +68,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
     mixture_or_task_module: a module to import first, registering more tasks.
     vocabulary_path: SentencePiece model of tasks that name none (default: T5's).
     attention_impl, remat_policy: see T5Config; None keeps the config's.
+    prefetch_batches: training batches read and copied to the devices ahead of the step.
   """
   mesh = partitioning.make_mesh(num_partitions)
   task = resolve_task(mixture_or_task_name, mixture_or_task_module, vocabulary_path)
@@ -104,23 +106,26 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
   writer = MetricsWriter(model_dir)
   bar = ProgressBar(train_steps, start, enabled=progress and jax.process_index() == 0)
   totals, period_start, eval_metrics = None, time.time(), {}
-  for step in range(start, train_steps):
-    batch = to_global_batch(next(batches).arrays, mesh)
-    state, metrics = train_step(state, frozen, batch, rng)
-    totals = step_lib.accumulate(totals, metrics)  # stays on device: no host sync per step
-    done = step + 1
-    if done % log_period == 0 or done == train_steps:
-      summary = step_lib.summarize(totals)
-      summary["examples_per_s"] = float(jax.device_get(totals["examples"])) / max(time.time() - period_start, 1e-9)
-      writer.write(done, summary, prefix="train")
-      bar.update(done, loss=summary["loss"], examples_per_s=summary["examples_per_s"])
-      totals, period_start = None, time.time()
-    if done == train_steps or (eval_period and done % eval_period == 0):
-      eval_metrics = evaluator.evaluate(optimizer_lib.merge_params(state.params, frozen), eval_split)
-      writer.write(done, eval_metrics, prefix="eval")
-      logging.info("step %d eval: %s", done, eval_metrics)
-    # On every process: orbax coordinates the hosts (and writes each array once).
-    checkpointer.save(done, state.to_checkpoint(), batches.position, force=done == train_steps)
+  with DevicePrefetcher(batches, lambda b: to_global_batch(b.arrays, mesh), lambda it: it.position,
+                        size=prefetch_batches) as prefetcher:
+    for step in range(start, train_steps):
+      position, batch = next(prefetcher)  # position: where the stream resumes after this batch
+      state, metrics = train_step(state, frozen, batch, rng)
+      totals = step_lib.accumulate(totals, metrics)  # stays on device: no host sync per step
+      done = step + 1
+      if done % log_period == 0 or done == train_steps:
+        summary = step_lib.summarize(totals)
+        seconds = max(time.time() - period_start, 1e-9)
+        summary["examples_per_s"] = float(jax.device_get(totals["examples"])) / seconds
+        writer.write(done, summary, prefix="train")
+        bar.update(done, loss=summary["loss"], examples_per_s=summary["examples_per_s"])
+        totals, period_start = None, time.time()
+      if done == train_steps or (eval_period and done % eval_period == 0):
+        eval_metrics = evaluator.evaluate(optimizer_lib.merge_params(state.params, frozen), eval_split)
+        writer.write(done, eval_metrics, prefix="eval")
+        logging.info("step %d eval: %s", done, eval_metrics)
+      # On every process: orbax coordinates the hosts (and writes each array once).
+      checkpointer.save(done, state.to_checkpoint(), position, force=done == train_steps)
   bar.close()
   if start >= train_steps:  # resumed a finished run: report its evaluation again
     logging.warning("%s is already trained to step %d (TRAIN_STEPS=%d)", model_dir, start, train_steps)
@@ -130,4 +135,5 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
   final = int(state.step)
   has_prompt = "prompt" in state.params
   return TrainResult(step=final, config=config, trainable=partitioning.to_host(state.params),
-                     frozen=partitioning.to_host(frozen), eval_metrics=eval_metrics, prompt_path=prompt_file(model_dir, final) if has_prompt else None)
+                     frozen=partitioning.to_host(frozen), eval_metrics=eval_metrics,
+                     prompt_path=prompt_file(model_dir, final) if has_prompt else None)
