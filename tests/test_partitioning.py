@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -88,3 +89,46 @@ def test_to_host_fetches_numpy():
   tree = {"a": jax.numpy.arange(3.0), "b": np.ones(2)}
   out = partitioning.to_host(tree)
   assert isinstance(out["a"], np.ndarray) and out["a"].tolist() == [0.0, 1.0, 2.0] and out["b"].tolist() == [1, 1]
+
+
+CLI_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from prompt_tuning.cli import main as cli
+    out = sys.argv[1]
+    common = ["--gin_file=quickstart.gin", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8", "--gin.EVAL_BATCH_SIZE=20"]
+    prompts, metrics = {}, {}
+    for parts in (1, 2):
+      model_dir = f"{out}/np{parts}"
+      flags = [*common, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.NUM_PARTITIONS={parts}"]
+      assert cli.main(["train", *flags]) == 0
+      prompts[parts] = np.load(f"{model_dir}/prompts/step_2.npy")
+      for split_parts in (1, 2):  # evaluate each run on both meshes
+        assert cli.main(["eval", *flags[:-1], f"--gin.NUM_PARTITIONS={split_parts}", "--gin_file=runs/eval.gin"]) == 0
+      assert cli.main(["infer", *flags, "--gin_file=runs/infer.gin"]) == 0
+      rows = [json.loads(l) for l in open(f"{model_dir}/inference/quickstart_sentiment-validation-step2.jsonl")]
+      metrics[parts] = [json.loads(l) for l in open(f"{model_dir}/metrics.jsonl") if '"eval' in l], rows
+    np.testing.assert_allclose(prompts[2], prompts[1], rtol=1e-5, atol=1e-6)
+    (evals1, rows1), (evals2, rows2) = metrics[1], metrics[2]
+    assert len(rows1) == len(rows2) == 100
+    assert [r["prediction"] for r in rows1] == [r["prediction"] for r in rows2]
+    print("EVALS", json.dumps([evals1, evals2]))
+""")
+
+
+def test_num_partitions_from_gin_shards_train_eval_and_infer(tmp_path):
+  """NUM_PARTITIONS=2 on 4 devices (2 data x 2 model) through the commands: the prompt, the
+  predictions and the eval metrics of NUM_PARTITIONS=1."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", CLI_SCRIPT, str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  evals1, evals2 = json.loads(result.stdout.split("EVALS", 1)[1])
+  def accuracies(records):
+    return [{k: v for k, v in r.items() if "accuracy" in k} for r in records]
+  # Each run was evaluated at the end of training and then on 1 and 2 partitions: all the same.
+  assert len(evals1) == len(evals2) == 3
+  assert all(len(a) >= 2 for a in accuracies(evals1)), evals1  # decode and rank accuracy
+  for records in (evals1, evals2):
+    assert accuracies(records)[1:] == accuracies(records)[:1] * 2
+  assert accuracies(evals1) == accuracies(evals2)

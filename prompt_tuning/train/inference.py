@@ -14,13 +14,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from prompt_tuning import prompt_init as prompt_init_lib
+from prompt_tuning import partitioning, prompt_init as prompt_init_lib
 from prompt_tuning.checkpoints.structure import check_params, flatten, unflatten
 from prompt_tuning.checkpoints.train_state import TrainCheckpointer
 from prompt_tuning.data.task import resolve_task
 from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.models.model import LossConfig
 from prompt_tuning.models.prompt import PromptConfig
+from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import T5Config
 from prompt_tuning.train import model_setup, optimizer as optimizer_lib
 from prompt_tuning.train.evaluation import Evaluator, write_predictions
@@ -40,7 +41,9 @@ def restore_trained(model_dir: str, params: dict, trainable_params: str, step: i
 
 
 def _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path, prompt_length, prompt_placement,
-           trainable_params, dtype, checkpoint_step, mixture_or_task_module, vocabulary_path):
+           trainable_params, dtype, checkpoint_step, mixture_or_task_module, vocabulary_path, num_partitions):
+  """(task, model, params placed on the mesh by the logical-axis rules, step, mesh)."""
+  mesh = partitioning.make_mesh(num_partitions)
   task = resolve_task(mixture_or_task_name, mixture_or_task_module, vocabulary_path)
   # The prompt value is replaced by the trained one, so a cheap initializer suffices here.
   model, params, _ = model_setup.load_prompted_model(
@@ -48,7 +51,8 @@ def _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_pat
       prompt_init_lib.random_uniform, tokenize=task.vocabulary.encode, vocab_size=task.vocabulary.vocab_size,
       loss=LossConfig(), dtype=dtype, seed=0)
   params, step = restore_trained(model_dir, params, trainable_params, checkpoint_step)
-  return task, model, params, step
+  params = jax.device_put(params, partitioning.logical_to_sharding(network.module_logical_axes(model.module), mesh))
+  return task, model, params, step, mesh
 
 
 def evaluate(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
@@ -57,13 +61,17 @@ def evaluate(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths:
              trainable_params: str = optimizer_lib.PROMPT_ONLY, dtype: str | None = None,
              checkpoint_step: int | None = None, split: str = "validation", decode_method: str = "greedy",
              decode_options: Mapping[str, Any] | None = None, rank_classification: bool | None = None,
-             mixture_or_task_module: str | None = None, vocabulary_path: str | None = None) -> dict[str, float]:
-  """Scores the trained prompt of MODEL_DIR on `split`; writes eval metrics to MODEL_DIR."""
-  task, model, params, step = _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path,
-                                     prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step,
-                                     mixture_or_task_module, vocabulary_path)
+             mixture_or_task_module: str | None = None, vocabulary_path: str | None = None,
+             num_partitions: int = 1) -> dict[str, float]:
+  """Scores the trained prompt of MODEL_DIR on `split`; writes eval metrics to MODEL_DIR.
+
+  num_partitions: the mesh's 'model' axis (the frozen weights sharded by the rules), as in train().
+  """
+  task, model, params, step, mesh = _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path,
+                                           prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step,
+                                           mixture_or_task_module, vocabulary_path, num_partitions)
   evaluator = Evaluator(model, task, task_feature_lengths, batch_size, decode_method=decode_method,
-                        decode_options=decode_options, rank_classification=rank_classification)
+                        decode_options=decode_options, rank_classification=rank_classification, mesh=mesh)
   metrics = evaluator.evaluate(params, split)
   with MetricsWriter(model_dir) as writer:
     writer.write(step, metrics, prefix=f"eval_{split}" if split != "validation" else "eval")
@@ -77,18 +85,18 @@ def infer(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
           dtype: str | None = None, checkpoint_step: int | None = None, split: str = "validation",
           decode_method: str = "greedy", decode_options: Mapping[str, Any] | None = None,
           output_path: str = "", mixture_or_task_module: str | None = None,
-          vocabulary_path: str | None = None, leaderboard_dir: str = "") -> str:
+          vocabulary_path: str | None = None, leaderboard_dir: str = "", num_partitions: int = 1) -> str:
   """Writes predictions as JSONL (input, prediction, score, target); returns the file path.
 
   output_path defaults to MODEL_DIR/inference/<task>-<split>-step<N>.jsonl. With
   leaderboard_dir, SuperGLUE tasks (alone or in a mixture) also get their
   submission files there (BoolQ.jsonl, CB.jsonl, ...), from the same predictions.
   """
-  task, model, params, step = _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path,
-                                     prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step,
-                                     mixture_or_task_module, vocabulary_path)
+  task, model, params, step, mesh = _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path,
+                                           prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step,
+                                           mixture_or_task_module, vocabulary_path, num_partitions)
   evaluator = Evaluator(model, task, task_feature_lengths, batch_size, decode_method=decode_method,
-                        decode_options=decode_options, rank_classification=False)
+                        decode_options=decode_options, rank_classification=False, mesh=mesh)
   path = output_path or os.path.join(model_dir, "inference", f"{task.name}-{split}-step{step}.jsonl")
   records = list(evaluator.predictions(params, split))
   count = write_predictions(iter(records), path)
