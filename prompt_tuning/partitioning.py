@@ -35,7 +35,31 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
 AXIS_NAMES = frozenset(name for name, _ in LOGICAL_AXIS_RULES)
 
 
-def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def model_axis_size(num_partitions: int, mesh_shape: Sequence[int] | None, device_count: int) -> int:
+  """The 'model' axis size from NUM_PARTITIONS or an explicit MESH_SHAPE (data, model).
+
+  One MESH_SHAPE entry may be -1 (whatever the device count leaves); the shape
+  must cover every device, and NUM_PARTITIONS, if not 1, must agree with it.
+  """
+  if mesh_shape is None:
+    return num_partitions
+  shape = tuple(mesh_shape)
+  if len(shape) != 2 or any(not isinstance(n, int) or (n < 1 and n != -1) for n in shape) or shape.count(-1) > 1:
+    raise ValueError(f"MESH_SHAPE={shape} must be (data, model): positive ints, at most one -1")
+  known = abs(int(np.prod(shape)))
+  if -1 in shape:
+    if device_count % known:
+      raise ValueError(f"MESH_SHAPE={shape}: {known} does not divide the {device_count} devices")
+    shape = tuple(device_count // known if n == -1 else n for n in shape)
+  if shape[0] * shape[1] != device_count:
+    raise ValueError(f"MESH_SHAPE={tuple(mesh_shape)} needs {shape[0] * shape[1]} devices; there are {device_count}")
+  if num_partitions not in (1, shape[1]):
+    raise ValueError(f"NUM_PARTITIONS={num_partitions} disagrees with MESH_SHAPE={tuple(mesh_shape)}")
+  return shape[1]
+
+
+def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None,
+              mesh_shape: Sequence[int] | None = None) -> Mesh:
   """A ('data', 'model') mesh: num_partitions devices per model replica.
 
   Args:
@@ -44,10 +68,13 @@ def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = No
     devices: defaults to all devices (every host's, in multi-host runs), host
       by host, so process p's devices hold rows [p*B/P, (p+1)*B/P) of a
       [B, ...] batch split over 'data' -- the rows its BatchIterator yields.
+    mesh_shape: (data, model) instead of num_partitions, e.g. (-1, 8); see
+      `model_axis_size`.
   """
   if devices is None:
     devices = sorted(jax.devices(), key=lambda d: d.process_index)  # stable: keeps each host's order
   devices = list(devices)
+  num_partitions = model_axis_size(num_partitions, mesh_shape, len(devices))
   if num_partitions < 1 or len(devices) % num_partitions:
     raise ValueError(f"NUM_PARTITIONS={num_partitions} must be >= 1 and divide the {len(devices)} devices")
   per_host = {}

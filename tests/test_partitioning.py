@@ -72,6 +72,35 @@ def test_mesh_errors_and_rules():
   assert {"batch", "embed", "mlp", "heads", "kv", "joined_kv", "vocab", "prompt"} <= partitioning.AXIS_NAMES
 
 
+@pytest.mark.parametrize("num_partitions, shape, devices, expected", [
+    (2, None, 8, 2), (1, (4, 2), 8, 2), (1, (-1, 4), 8, 4), (1, (2, -1), 8, 4), (4, (2, 4), 8, 4),
+])
+def test_mesh_shape_gives_the_model_axis(num_partitions, shape, devices, expected):
+  assert partitioning.model_axis_size(num_partitions, shape, devices) == expected
+
+
+@pytest.mark.parametrize("num_partitions, shape, message", [
+    (1, (4, 4), r"MESH_SHAPE=\(4, 4\) needs 16 devices; there are 8"),
+    (1, (-1, 3), r"MESH_SHAPE=\(-1, 3\): 3 does not divide the 8 devices"),
+    (1, (-1, -1), r"must be \(data, model\): positive ints, at most one -1"),
+    (1, (8,), r"must be \(data, model\)"),
+    (1, (0, 8), r"must be \(data, model\)"),
+    (2, (2, 4), r"NUM_PARTITIONS=2 disagrees with MESH_SHAPE=\(2, 4\)"),
+])
+def test_bad_mesh_shapes_say_what_is_wrong(num_partitions, shape, message):
+  with pytest.raises(ValueError, match=message):
+    partitioning.model_axis_size(num_partitions, shape, 8)
+
+
+def test_a_bad_mesh_shape_stops_train_with_one_line(capsys, tmp_path):
+  from prompt_tuning.cli import main as cli
+
+  assert cli.main(["train", "--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{tmp_path}'",
+                   "--gin.MESH_SHAPE=(3, 1)"]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "MESH_SHAPE=(3, 1) needs 3 devices; there are 1" in err, err
+
+
 def test_a_model_replica_may_not_span_hosts():
   class FakeDevice:
     def __init__(self, process_index):
@@ -103,8 +132,8 @@ CLI_SCRIPT = textwrap.dedent("""
       flags = [*common, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.NUM_PARTITIONS={parts}"]
       assert cli.main(["train", *flags]) == 0
       prompts[parts] = np.load(f"{model_dir}/prompts/step_2.npy")
-      for split_parts in (1, 2):  # evaluate each run on both meshes
-        assert cli.main(["eval", *flags[:-1], f"--gin.NUM_PARTITIONS={split_parts}", "--gin_file=runs/eval.gin"]) == 0
+      for mesh in ("--gin.NUM_PARTITIONS=1", "--gin.MESH_SHAPE=(-1, 2)"):  # evaluate each run on both meshes
+        assert cli.main(["eval", *flags[:-1], mesh, "--gin_file=runs/eval.gin"]) == 0
       assert cli.main(["infer", *flags, "--gin_file=runs/infer.gin"]) == 0
       rows = [json.loads(l) for l in open(f"{model_dir}/inference/quickstart_sentiment-validation-step2.jsonl")]
       metrics[parts] = [json.loads(l) for l in open(f"{model_dir}/metrics.jsonl") if '"eval' in l], rows

@@ -41,9 +41,10 @@ def restore_trained(model_dir: str, params: dict, trainable_params: str, step: i
 
 
 def _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path, prompt_length, prompt_placement,
-           trainable_params, dtype, checkpoint_step, mixture_or_task_module, vocabulary_path, num_partitions):
+           trainable_params, dtype, checkpoint_step, mixture_or_task_module, vocabulary_path, num_partitions,
+           mesh_shape):
   """(task, model, params placed on the mesh by the logical-axis rules, step, mesh)."""
-  mesh = partitioning.make_mesh(num_partitions)
+  mesh = partitioning.make_mesh(num_partitions, mesh_shape=mesh_shape)
   task = resolve_task(mixture_or_task_name, mixture_or_task_module, vocabulary_path)
   # The prompt value is replaced by the trained one, so a cheap initializer suffices here.
   model, params, _ = model_setup.load_prompted_model(
@@ -62,14 +63,14 @@ def evaluate(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths:
              checkpoint_step: int | None = None, split: str = "validation", decode_method: str = "greedy",
              decode_options: Mapping[str, Any] | None = None, rank_classification: bool | None = None,
              mixture_or_task_module: str | None = None, vocabulary_path: str | None = None,
-             num_partitions: int = 1) -> dict[str, float]:
+             num_partitions: int = 1, mesh_shape: tuple[int, int] | None = None) -> dict[str, float]:
   """Scores the trained prompt of MODEL_DIR on `split`; writes eval metrics to MODEL_DIR.
 
-  num_partitions: the mesh's 'model' axis (the frozen weights sharded by the rules), as in train().
+  num_partitions / mesh_shape: the device mesh (the frozen weights sharded by the rules), as in train().
   """
   task, model, params, step, mesh = _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path,
                                            prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step,
-                                           mixture_or_task_module, vocabulary_path, num_partitions)
+                                           mixture_or_task_module, vocabulary_path, num_partitions, mesh_shape)
   evaluator = Evaluator(model, task, task_feature_lengths, batch_size, decode_method=decode_method,
                         decode_options=decode_options, rank_classification=rank_classification, mesh=mesh)
   metrics = evaluator.evaluate(params, split)
@@ -85,7 +86,8 @@ def infer(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
           dtype: str | None = None, checkpoint_step: int | None = None, split: str = "validation",
           decode_method: str = "greedy", decode_options: Mapping[str, Any] | None = None,
           output_path: str = "", mixture_or_task_module: str | None = None,
-          vocabulary_path: str | None = None, leaderboard_dir: str = "", num_partitions: int = 1) -> str:
+          vocabulary_path: str | None = None, leaderboard_dir: str = "", num_partitions: int = 1,
+          mesh_shape: tuple[int, int] | None = None) -> str:
   """Writes predictions as JSONL (input, prediction, score, target); returns the file path.
 
   output_path defaults to MODEL_DIR/inference/<task>-<split>-step<N>.jsonl. With
@@ -94,7 +96,7 @@ def infer(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
   """
   task, model, params, step, mesh = _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path,
                                            prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step,
-                                           mixture_or_task_module, vocabulary_path, num_partitions)
+                                           mixture_or_task_module, vocabulary_path, num_partitions, mesh_shape)
   evaluator = Evaluator(model, task, task_feature_lengths, batch_size, decode_method=decode_method,
                         decode_options=decode_options, rank_classification=False, mesh=mesh)
   path = output_path or os.path.join(model_dir, "inference", f"{task.name}-{split}-step{step}.jsonl")

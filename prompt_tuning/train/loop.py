@@ -59,7 +59,8 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
           decode_options: Mapping[str, Any] | None = None, rank_classification: bool | None = None,
           num_partitions: int = 1, progress: bool = True, mixture_or_task_module: str | None = None,
           vocabulary_path: str | None = None, attention_impl: str | None = None,
-          remat_policy: str | None = None, prefetch_batches: int = 2) -> TrainResult:
+          remat_policy: str | None = None, prefetch_batches: int = 2,
+          mesh_shape: tuple[int, int] | None = None) -> TrainResult:
   """Trains the parameters matching `trainable_params` (default: the prompt only).
 
   Args:
@@ -69,8 +70,9 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
     vocabulary_path: SentencePiece model of tasks that name none (default: T5's).
     attention_impl, remat_policy: see T5Config; None keeps the config's.
     prefetch_batches: training batches read and copied to the devices ahead of the step.
+    num_partitions / mesh_shape: the device mesh (see partitioning.make_mesh).
   """
-  mesh = partitioning.make_mesh(num_partitions)
+  mesh = partitioning.make_mesh(num_partitions, mesh_shape=mesh_shape)
   task = resolve_task(mixture_or_task_name, mixture_or_task_module, vocabulary_path)
   model, params, config = model_setup.load_prompted_model(
       model_config, initial_checkpoint_path, PromptConfig(prompt_length, prompt_placement), prompt_init,
