@@ -63,8 +63,8 @@ def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = No
   """A ('data', 'model') mesh: num_partitions devices per model replica.
 
   Args:
-    num_partitions: size of the 'model' axis; must divide the device count
-      (and, in multi-host runs, each host's: a model replica stays on one host).
+    num_partitions: size of the 'model' axis; must divide the device count. A
+      model replica may span hosts (see `data_shard`).
     devices: defaults to all devices (every host's, in multi-host runs), host
       by host, so process p's devices hold rows [p*B/P, (p+1)*B/P) of a
       [B, ...] batch split over 'data' -- the rows its BatchIterator yields.
@@ -77,14 +77,31 @@ def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = No
   num_partitions = model_axis_size(num_partitions, mesh_shape, len(devices))
   if num_partitions < 1 or len(devices) % num_partitions:
     raise ValueError(f"NUM_PARTITIONS={num_partitions} must be >= 1 and divide the {len(devices)} devices")
-  per_host = {}
-  for d in devices:
-    per_host[d.process_index] = per_host.get(d.process_index, 0) + 1
-  if len(per_host) > 1 and any(n % num_partitions for n in per_host.values()):
-    raise ValueError(f"NUM_PARTITIONS={num_partitions} must divide the devices of each host "
-                     f"({sorted(per_host.values())}): a model replica spanning hosts is not supported")
   grid = np.asarray(devices).reshape(len(devices) // num_partitions, num_partitions)
   return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+
+
+def data_shard(mesh: Mesh, process_index: int | None = None) -> tuple[int, int]:
+  """(shard index, shard count): which rows of each global batch this process feeds.
+
+  Each process feeds the rows of the 'data' indices its devices sit on:
+  rows [index * B / count, (index + 1) * B / count). Processes whose devices
+  share a model replica (a replica spanning hosts) feed the same rows. One
+  process on one host is (0, 1).
+  """
+  me = jax.process_index() if process_index is None else process_index
+  spans: dict[int, tuple[int, int]] = {}
+  for row, replica in enumerate(mesh.devices.reshape(mesh.shape[DATA_AXIS], -1)):
+    for device in replica:
+      lo, hi = spans.get(device.process_index, (row, row + 1))
+      spans[device.process_index] = (min(lo, row), max(hi, row + 1))
+  distinct = sorted(set(spans.values()))
+  widths = {hi - lo for lo, hi in distinct}
+  overlapping = any(a[1] > b[0] for a, b in zip(distinct, distinct[1:]))
+  if len(widths) > 1 or overlapping:
+    raise ValueError(f"the mesh's model replicas straddle hosts unevenly (data rows per host: {distinct}); "
+                     f"choose NUM_PARTITIONS to divide each host's devices, or a multiple of them")
+  return distinct.index(spans[me]), len(distinct)
 
 
 def logical_to_sharding(logical_axes: Any, mesh: Mesh,

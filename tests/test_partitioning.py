@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 
@@ -101,14 +102,35 @@ def test_a_bad_mesh_shape_stops_train_with_one_line(capsys, tmp_path):
   assert err.count("\n") == 1 and "MESH_SHAPE=(3, 1) needs 3 devices; there are 1" in err, err
 
 
-def test_a_model_replica_may_not_span_hosts():
-  class FakeDevice:
-    def __init__(self, process_index):
-      self.process_index = process_index
+class FakeDevice:
+  def __init__(self, process_index):
+    self.process_index = process_index
 
-  devices = [FakeDevice(p) for p in (0, 0, 0, 1, 1, 1)]  # 2 hosts of 3 devices
-  with pytest.raises(ValueError, match=r"NUM_PARTITIONS=2 must divide the devices of each host \(\[3, 3\]\)"):
-    partitioning.make_mesh(2, devices)
+
+def _hosts_mesh(hosts: int, per_host: int, model: int):
+  """A (data, model) grid of fake devices, host by host, as make_mesh lays them out."""
+  import numpy as np
+
+  devices = np.asarray([FakeDevice(h) for h in range(hosts) for _ in range(per_host)])
+  grid = devices.reshape(-1, model)
+  return types.SimpleNamespace(devices=grid, shape={"data": grid.shape[0], "model": model})
+
+
+@pytest.mark.parametrize("hosts, per_host, model, expected", [
+    (1, 4, 2, [(0, 1)]),
+    (2, 3, 3, [(0, 2), (1, 2)]),  # a replica per host
+    (2, 4, 2, [(0, 2), (1, 2)]),  # two replicas per host, one shard of rows each host
+    (2, 1, 2, [(0, 1), (0, 1)]),  # one replica over both hosts: both feed every row
+    (4, 2, 4, [(0, 2), (0, 2), (1, 2), (1, 2)]),  # replicas of 2 hosts each
+])
+def test_data_shards_follow_the_model_replicas(hosts, per_host, model, expected):
+  mesh = _hosts_mesh(hosts, per_host, model)
+  assert [partitioning.data_shard(mesh, p) for p in range(hosts)] == expected
+
+
+def test_replicas_straddling_hosts_unevenly_are_refused():
+  with pytest.raises(ValueError, match="model replicas straddle hosts unevenly"):
+    partitioning.data_shard(_hosts_mesh(2, 3, 2), 0)  # rows [h0 h0], [h0 h1], [h1 h1]
 
 
 def test_to_host_fetches_numpy():

@@ -102,9 +102,10 @@ def synthetic_batch(cfg: BenchConfig, vocab_size: int, mesh: Mesh) -> Batch:
       "decoder_target_tokens": targets,
       "decoder_loss_weights": np.ones(targets.shape, np.float32),
   }
-  # Each process supplies its own rows (as the trainer's to_global_batch does).
-  rows = cfg.batch // jax.process_count()
-  local = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
+  # Each process supplies the rows of its data shard (as the trainer's to_global_batch does).
+  shard, shards = partitioning.data_shard(mesh)
+  rows = cfg.batch // shards
+  local = slice(shard * rows, (shard + 1) * rows)
   sharding = partitioning.data_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v[local], v.shape) for k, v in arrays.items()}
 

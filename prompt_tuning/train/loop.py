@@ -43,9 +43,12 @@ class TrainResult:
 
 
 def to_global_batch(arrays: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """This process's rows -> one global array per feature, sharded over the data axis."""
+  """This process's rows (its data shard) -> one global array per feature, sharded over the data axis."""
   sharding = partitioning.data_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, arrays[k]) for k in MODEL_INPUTS}
+  _, shards = partitioning.data_shard(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, arrays[k], (shards * len(arrays[k]),
+                                                                         *arrays[k].shape[1:]))
+          for k in MODEL_INPUTS}
 
 
 def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int,
@@ -95,9 +98,10 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
     logging.info("resumed from %s at step %d", model_dir, int(state.step))
   start = int(state.step)
 
+  shard, shards = partitioning.data_shard(mesh)  # processes of one model replica read the same rows
   batches = BatchIterator(task, "train", task_feature_lengths, batch_size, shuffle=True, seed=seed, repeat=True,
-                          drop_remainder=True, start_position=position, process_index=jax.process_index(),
-                          process_count=jax.process_count())
+                          drop_remainder=True, start_position=position, process_index=shard,
+                          process_count=shards)
   batches.truncation.report()  # the whole split is tokenized up front: report its truncation once
   evaluator = Evaluator(model, task, task_feature_lengths, eval_batch_size or batch_size,
                         decode_method=decode_method, decode_options=decode_options,

@@ -107,12 +107,12 @@ def _run_one(cwd, *args) -> str:
   return result.stdout
 
 
-def _run_two(cwd, *args) -> list[str]:
-  """Runs `prompt-tuning ARGS` as processes 0 and 1 of one job (2 CPU devices each); their stdouts."""
+def _run_two(cwd, *args, devices: int = 2) -> list[str]:
+  """Runs `prompt-tuning ARGS` as processes 0 and 1 of one job (`devices` CPU devices each); their stdouts."""
   port = _free_port()
   procs = [subprocess.Popen([sys.executable, "-m", "prompt_tuning.cli.main", *args,
                              f"--coordinator_address=localhost:{port}", "--process_count=2", f"--process_index={i}"],
-                            cwd=cwd, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=cwd, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
   outs = []
   try:
@@ -174,3 +174,14 @@ def test_two_processes_train_resume_and_infer_like_one(tmp_path):
   assert [(p["input"], p["prediction"]) for p in preds[multi]] == [(p["input"], p["prediction"])
                                                                     for p in preds[single]]
   np.testing.assert_allclose([p["score"] for p in preds[multi]], [p["score"] for p in preds[single]], rtol=1e-4)
+
+
+def test_a_model_replica_spanning_two_processes_trains_like_one_device(tmp_path):
+  """NUM_PARTITIONS=2 over two processes of one CPU device each: one model replica across both
+  hosts, so both feed the same (whole) batch. Same prompt and evaluation as one device."""
+  out_single = _run_one(tmp_path, "train", *FLAGS, "--gin.MODEL_DIR='single'", "--gin.TRAIN_STEPS=4")
+  outs = _run_two(tmp_path, "train", *FLAGS, "--gin.MODEL_DIR='spanning'", "--gin.TRAIN_STEPS=4",
+                  "--gin.NUM_PARTITIONS=2", devices=1)
+  prompts = [np.load(tmp_path / d / "prompts" / "step_4.npy") for d in ("single", "spanning")]
+  np.testing.assert_allclose(prompts[1], prompts[0], rtol=1e-4, atol=1e-5)
+  assert _eval_lines(outs[0]) == _eval_lines(outs[1]) == _eval_lines(out_single)
