@@ -66,8 +66,8 @@ def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = No
     num_partitions: size of the 'model' axis; must divide the device count. A
       model replica may span hosts (see `data_shard`).
     devices: defaults to all devices (every host's, in multi-host runs), host
-      by host, so process p's devices hold rows [p*B/P, (p+1)*B/P) of a
-      [B, ...] batch split over 'data' -- the rows its BatchIterator yields.
+      by host, so each process's devices hold one contiguous block of the rows
+      of a [B, ...] batch split over 'data' -- the rows it feeds (`data_shard`).
     mesh_shape: (data, model) instead of num_partitions, e.g. (-1, 8); see
       `model_axis_size`.
   """
