@@ -2,6 +2,7 @@
 
   prompt-tuning bench                                    # t5_1_1_base, batch 32, 512 = 100 prompt + 412 tokens
   prompt-tuning bench --model t5_1_1_xxl --batch 8 --peft eager --json xxl.json
+  prompt-tuning bench --model t5_1_1_xxl --batch 8 --num_partitions 2 --check_rounding
   python -m prompt_tuning.cli.bench --model tiny --dtype float32 --peft none
 
 Ours is the trainer's compiled prompt-only step (Adafactor, random frozen
@@ -14,6 +15,10 @@ synthetic: nothing of the data layer (TensorFlow, seqio) or gin is imported.
 The PEFT rows run first and release their memory before JAX takes the
 device (JAX's allocator keeps what it has grabbed; torch's can give it back).
 JAX preallocation is turned off unless XLA_PYTHON_CLIENT_PREALLOCATE is set.
+
+--check_rounding times nothing: it checks that a 1 x num_partitions mesh
+differs from one device only by rounding, layer by layer, in float32 and bf16
+(prompt_tuning.bench.rounding).
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                       help="mesh 'model' axis size for ours; data axis = devices / num_partitions")
   parser.add_argument("--peft", choices=sorted(PEFT_CHOICES), default=None,
                       help="PEFT baseline modes (default: both when torch+transformers+peft import, else none)")
+  parser.add_argument("--check_rounding", action="store_true",
+                      help="instead of timing: per-layer gaps of a 1 x --num_partitions mesh vs one device, "
+                           "float32 and bf16, against a one-ulp prompt nudge (prompt_tuning.bench.rounding)")
   parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here as JSON")
   parser.add_argument("--seed", type=int, default=defaults.seed)
   return parser.parse_args(argv)
@@ -152,6 +160,26 @@ def _check_devices(cfg: BenchConfig) -> str | None:
   return None
 
 
+def _write_json(data: dict[str, Any], path: str | None) -> None:
+  if path:
+    with open(path, "w") as f:
+      json.dump(data, f, indent=2)
+    print(f"\nwrote {path}")
+
+
+def _check_rounding(cfg: BenchConfig, json_path: str | None) -> int:
+  from prompt_tuning.bench import rounding
+
+  try:
+    data = rounding.compare(cfg)
+  except ValueError as e:
+    print(f"prompt-tuning bench: {e}", file=sys.stderr)
+    return 2
+  print(rounding.format_report(data))
+  _write_json({"config": dataclasses.asdict(cfg), "environment": _environment(peft_ran=False), **data}, json_path)
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   args = parse(sys.argv[1:] if argv is None else argv)
   # Before JAX initializes a backend: take device memory as needed, so torch is not starved.
@@ -167,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as e:
     print(f"prompt-tuning bench: {e}", file=sys.stderr)
     return 2
+  if args.check_rounding:  # a 1 x num_partitions mesh on the first devices: any device count >= it
+    return _check_rounding(cfg, args.json)
   problem = _check_devices(cfg)
   if problem:
     print(f"prompt-tuning bench: {problem}", file=sys.stderr)
@@ -180,10 +210,7 @@ def main(argv: list[str] | None = None) -> int:
   results = [ours.run(cfg), *baseline]
   data = report(cfg, results, _environment(peft_ran=bool(baseline)))
   print(format_table(data))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(data, f, indent=2)
-    print(f"\nwrote {args.json}")
+  _write_json(data, args.json)
   return 0
 
 
