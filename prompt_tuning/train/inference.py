@@ -97,6 +97,8 @@ def infer(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
   task, model, params, step, mesh = _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_path,
                                            prompt_length, prompt_placement, trainable_params, dtype, checkpoint_step,
                                            mixture_or_task_module, vocabulary_path, num_partitions, mesh_shape)
+  if leaderboard_dir:  # before decoding, on every process
+    leaderboard_members(task)
   evaluator = Evaluator(model, task, task_feature_lengths, batch_size, decode_method=decode_method,
                         decode_options=decode_options, rank_classification=False, mesh=mesh)
   path = output_path or os.path.join(model_dir, "inference", f"{task.name}-{split}-step{step}.jsonl")
@@ -109,16 +111,22 @@ def infer(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
   return path
 
 
+def leaderboard_members(task: Any) -> list[str]:
+  """Names of `task` (or of its mixture members) that have a SuperGLUE leaderboard format."""
+  from prompt_tuning.tasks import super_glue
+
+  names = [t.name for t in getattr(task, "tasks", [task]) if t.name in super_glue.LEADERBOARD_FILES]
+  if not names:
+    raise ValueError(f"leaderboard_dir is set but task {task.name} has no SuperGLUE leaderboard format")
+  return names
+
+
 def write_leaderboards(task: Any, records: list[dict], directory: str) -> list[str]:
   """SuperGLUE submission files of `task` (or of each SuperGLUE member of a mixture)."""
   from prompt_tuning.tasks import super_glue
 
-  members = {t.name: t for t in getattr(task, "tasks", [task])}
   by_task: dict[str, list[dict]] = {}
   for record in records:
     by_task.setdefault(record["example"].get("task", task.name), []).append(record)
-  written = [super_glue.write_leaderboard_file(name, by_task[name], directory)
-             for name in members if name in super_glue.LEADERBOARD_FILES and name in by_task]
-  if not written:
-    raise ValueError(f"leaderboard_dir is set but task {task.name} has no SuperGLUE leaderboard format")
-  return written
+  return [super_glue.write_leaderboard_file(name, by_task[name], directory)
+          for name in leaderboard_members(task) if name in by_task]

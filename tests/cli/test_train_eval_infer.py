@@ -70,6 +70,16 @@ def test_eval_and_infer_read_the_trained_prompt(quickstart_dir, capsys):
   assert sum(r["prediction"] == r["target"] for r in records) > 75
 
 
+def test_leaderboard_dir_on_a_task_without_a_format_fails_before_decoding(quickstart_dir, capsys, tmp_path):
+  model_dir, _ = quickstart_dir
+  output = tmp_path / "preds.jsonl"
+  assert cli.main(["infer", "--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{model_dir}'", "--gin_file=runs/infer.gin",
+                   f"--gin.infer.output_path='{output}'", f"--gin.infer.leaderboard_dir='{tmp_path / 'lb'}'"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "quickstart_sentiment has no SuperGLUE leaderboard format" in err
+  assert not output.exists() and not (tmp_path / "lb").exists()  # nothing decoded or written
+
+
 def test_missing_macros_and_typos_are_one_line(capsys, tmp_path):
   assert cli.main(["train", "--gin_file=runs/prompt_finetune.gin"]) == 1
   err = capsys.readouterr().err.strip()
