@@ -10,8 +10,8 @@ the bench's random-weight model (same weights, same synthetic batch) five ways:
   bf16_mp      the same on the 1 x P mesh
 
 and reports, per encoder layer, the relative L2 gap ||a - b|| / ||b|| of the
-layer outputs [batch, length, embed], plus the batch loss and the per-example
-losses. A sharded program that is right differs from one device only in the
+layer outputs [batch, length, embed], plus the cross-entropy of the batch and
+of each example (no z-loss), from the same forward. A sharded program that is right differs from one device only in the
 order of its sums: in float32 its gap tracks the one-ulp nudge at every layer,
 and in bf16 it stays within one device's own bf16-vs-float32 gap. A sharding
 bug gives an O(1) gap from layer 0.
@@ -26,11 +26,11 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import partitioning
 from prompt_tuning.bench import BenchConfig, log, ours
-from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5.config import T5Config
 from prompt_tuning.train import optimizer as optimizer_lib
@@ -45,14 +45,13 @@ PAIRS = (("f32_mp", "f32"), ("f32_nudged", "f32"), ("bf16_mp", "bf16"), ("bf16",
 class Forward:
   layers: list[np.ndarray]  # per encoder layer, its output float32 [batch, prompt + tokens, embed]
   example_losses: np.ndarray  # float32 [batch]: mean target-token cross-entropy of each example
-  loss: float  # the trainer's loss of the batch (EncoderDecoderModel.loss, LossConfig())
+  loss: float  # their mean: the batch's cross-entropy (synthetic targets have no padding)
 
 
 def forward(cfg: BenchConfig, config: T5Config, num_partitions: int, nudge: bool = False) -> Forward:
   """One forward on the first `num_partitions` devices as a 1 x num_partitions mesh."""
   mesh = partitioning.make_mesh(num_partitions, devices=jax.devices()[:num_partitions])
   module = PromptedTransformer(config, prompt_config=PromptConfig(cfg.prompt_length))
-  model = EncoderDecoderModel(module, LossConfig())
   trainable, frozen, _ = ours.init_on_device(module, mesh, cfg.seed)
   if nudge:
     trainable = jax.tree.map(lambda p: p * (1 + NUDGE), trainable)
@@ -64,18 +63,19 @@ def forward(cfg: BenchConfig, config: T5Config, num_partitions: int, nudge: bool
 
   @jax.jit
   def run(params, batch):
-    _, state = module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                            capture_intermediates=is_encoder_layer, mutable=["intermediates"])
+    logits, state = module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                                 capture_intermediates=is_encoder_layer, mutable=["intermediates"])
     encoder = state["intermediates"]["encoder"]
     layers = [encoder[f"layers_{i}"]["__call__"][0].astype("float32") for i in range(config.num_encoder_layers)]
-    scores = model.score(params, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                         batch["decoder_target_tokens"])
-    return layers, -scores / batch["decoder_target_tokens"].shape[1], model.loss(params, batch)[0]
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(log_probs, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
+    return layers, -jnp.mean(picked, axis=-1)  # [batch]
 
   precision = "float32" if config.dtype == "float32" else "default"
   with jax.default_matmul_precision(precision), jax.set_mesh(mesh):
-    layers, example_losses, loss = run(params, batch)
-    return Forward([np.asarray(x) for x in layers], np.asarray(example_losses), float(loss))
+    layers, example_losses = run(params, batch)
+    example_losses = np.asarray(example_losses)
+    return Forward([np.asarray(x) for x in layers], example_losses, float(example_losses.mean()))
 
 
 def relative_gap(a: np.ndarray, b: np.ndarray) -> float:
