@@ -36,7 +36,6 @@ from prompt_tuning.models.t5.config import T5Config
 from prompt_tuning.train import optimizer as optimizer_lib
 
 NUDGE = 2.0**-22
-RUNS = ("f32", "f32_nudged", "f32_mp", "bf16", "bf16_mp")
 # (run, reference) pairs reported; each row of the table is one layer.
 PAIRS = (("f32_mp", "f32"), ("f32_nudged", "f32"), ("bf16_mp", "bf16"), ("bf16", "f32"), ("bf16_mp", "f32"))
 
@@ -96,9 +95,9 @@ def compare(cfg: BenchConfig, config: T5Config | None = None) -> dict[str, Any]:
   specs = {"f32": (f32, 1, False), "f32_nudged": (f32, 1, True), "f32_mp": (f32, cfg.num_partitions, False),
            "bf16": (bf16, 1, False), "bf16_mp": (bf16, cfg.num_partitions, False)}
   runs = {}
-  for name in RUNS:
+  for name, spec in specs.items():
     log(f"check_rounding: {name}")
-    runs[name] = forward(cfg, *specs[name])
+    runs[name] = forward(cfg, *spec)
   pair_names = [f"{a}~{b}" for a, b in PAIRS]
   return {
       "num_partitions": cfg.num_partitions,
