@@ -10,6 +10,7 @@ Gin binds at this entry point only: library functions are registered here
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any, Callable
 
@@ -56,6 +57,50 @@ def _parser(cli_name: str, description: str | None) -> argparse.ArgumentParser:
   return distributed.add_flags(gin_utils.add_gin_flags(parser))
 
 
+@dataclasses.dataclass(frozen=True)
+class CommandLine:
+  """A gin-driven command's flags, parsed and checked (nothing is started)."""
+  gin_files: list[str]
+  bindings: list[str]
+  search_paths: list[str]
+  distributed: distributed.DistributedOptions
+
+
+class CommandLineError(Exception):
+  """A bad flag (exit status 2: nothing was started), in one line."""
+
+
+def parse_command_line(argv: list[str], name: str, description: str | None = None) -> CommandLine:
+  """The flags of `prompt-tuning NAME ARGV` (NAME: train | eval | infer); raises CommandLineError."""
+  try:
+    args, rest = _parser(name, description).parse_known_args(gin_utils.rewrite_gin_args(argv))
+  except (_FlagError, gin_utils.GinConfigError) as e:
+    raise CommandLineError(str(e)) from None
+  if rest:
+    raise CommandLineError(f"unknown flag(s) {' '.join(rest)}; see prompt-tuning {name} --help")
+  if not args.gin_file and not args.gin_bindings:
+    raise CommandLineError("pass at least one --gin_file (e.g. --gin_file=quickstart.gin)")
+  options = distributed.options_from_args(args)
+  problem = distributed.validate(options)
+  if problem:
+    raise CommandLineError(problem)
+  return CommandLine(list(args.gin_file), list(args.gin_bindings),
+                     gin_utils.split_search_paths(args.gin_search_paths), options)
+
+
+def parse_gin(command_line: CommandLine) -> dict[str, Callable[..., Any]]:
+  """Registers the configurables and parses the gin files and bindings from a clean config.
+
+  Returns {'train' | 'evaluate' | 'infer': the configured entry point}; raises GinConfigError.
+  """
+  import gin
+
+  gin.clear_config()  # each command starts from a clean config (matters when called in-process)
+  entry = register_all()
+  gin_utils.parse_gin_flags(command_line.gin_files, command_line.bindings, command_line.search_paths)
+  return entry
+
+
 def run(argv: list[str], command: str, describe: Callable[[Any], None], description: str | None = None) -> int:
   """Parses gin and multi-host flags, runs the registered `command` ('train' | 'evaluate' | 'infer'), reports.
 
@@ -71,32 +116,19 @@ def run(argv: list[str], command: str, describe: Callable[[Any], None], descript
     return status
 
   try:
-    args, rest = _parser(name, description).parse_known_args(gin_utils.rewrite_gin_args(argv))
-  except (_FlagError, gin_utils.GinConfigError) as e:
+    command_line = parse_command_line(argv, name, description)
+  except CommandLineError as e:
     return fail(str(e), 2)
-  if rest:
-    return fail(f"unknown flag(s) {' '.join(rest)}; see prompt-tuning {name} --help", 2)
-  gin_files, bindings = list(args.gin_file), list(args.gin_bindings)
-  if not gin_files and not bindings:
-    return fail("pass at least one --gin_file (e.g. --gin_file=quickstart.gin)", 2)
-  options = distributed.options_from_args(args)
-  problem = distributed.validate(options)
-  if problem:
-    return fail(problem, 2)
   logging.set_verbosity(logging.WARNING)
   try:
-    distributed.initialize(options)  # before anything touches a JAX backend
+    distributed.initialize(command_line.distributed)  # before anything touches a JAX backend
   except Exception as e:  # jax raises RuntimeError/ValueError/XlaRuntimeError with long messages
     return fail(f"jax.distributed.initialize failed: {str(e).strip() or type(e).__name__}", 1)
   from prompt_tuning.checkpoints.structure import CheckpointError
   from prompt_tuning.data.task import DataError
 
   try:
-    import gin
-
-    gin.clear_config()  # each command starts from a clean config (matters when called in-process)
-    fn = register_all()[command]
-    gin_utils.parse_gin_flags(gin_files, bindings, gin_utils.split_search_paths(args.gin_search_paths))
+    fn = parse_gin(command_line)[command]
     result = fn()
   except (gin_utils.GinConfigError, CheckpointError, DataError, ValueError, FileNotFoundError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)  # KeyError's str() adds quotes
