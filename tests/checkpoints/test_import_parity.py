@@ -62,7 +62,8 @@ def test_t5x_bfloat16_checkpoint_loads_in_float32_and_bfloat16(reference, padded
 def test_t5x_needs_a_config_and_checks_it_against_the_arrays(reference, tmp_path):
   config, params, _ = reference
   step_dir = t5x_format.write_t5x_checkpoint(params, str(tmp_path), 1, zarr_min_size=1024)
-  with pytest.raises(CheckpointError, match="carries no model config; pass config="):
+  with pytest.raises(CheckpointError, match=r"carries no model config \(no config.gin beside it\); name it: "
+                                             r"MODEL_CONFIG='t5_1_1_base' \(gin\), --config t5_1_1_base"):
     prompt_tuning.load_pretrained(step_dir)
   with pytest.raises(CheckpointError, match=r"decoder/decoder_norm/scale has shape \(32,\), the config expects \(512,\)"):
     prompt_tuning.load_pretrained(step_dir, config="t5_1_1_small")
