@@ -123,7 +123,9 @@ def read_model_settings(text: str, source: str) -> dict[str, Any]:
     if name.endswith("RelativePositionBiases") and param in RELPOS_FIELDS:
       relpos.setdefault(RELPOS_FIELDS[param], {})[selector] = value
     elif name.split(".")[-1] == "T5Config" and param in ARCH_FIELDS:
-      fields[param] = tuple(value) if param == "mlp_activations" else value
+      if param == "mlp_activations":
+        value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+      fields[param] = value
   for field, by_selector in relpos.items():
     if len(set(by_selector.values())) > 1:
       found = ", ".join(f"{s}={v}" for s, v in sorted(by_selector.items()))
@@ -169,7 +171,10 @@ def config_for_checkpoint(path: str, step_dir: epath.Path, config: T5Config | No
       raise CheckpointError(
           f"{path}: a t5x checkpoint carries no model config ({where}); name it: MODEL_CONFIG='t5_1_1_base' "
           f"(gin), --config t5_1_1_base (generate/convert) or config= (Python), a named size or a t5_config.json")
-    config = T5Config(**arch)
+    try:
+      config = T5Config(**arch)
+    except (TypeError, ValueError) as e:
+      raise CheckpointError(f"{gin_file}: {e}") from None
   for field, value in arch.items():
     if getattr(config, field) != value:
       raise CheckpointError(f"{path}: the config says {field}={getattr(config, field)!r} but the run's "
@@ -181,7 +186,7 @@ def config_for_checkpoint(path: str, step_dir: epath.Path, config: T5Config | No
   if relpos:
     origin = f"relative attention from {gin_file}"
   elif gin_file:
-    origin = f"relative attention: T5's default ({gin_file} binds none)"
+    origin = f"relative attention as configured; {gin_file} binds none"
   else:
-    origin = f"relative attention: T5's default (no {CONFIG_FILE} beside the checkpoint)"
+    origin = f"relative attention as configured; no {CONFIG_FILE} beside the checkpoint to check it by"
   return config, f"t5x checkpoint {step_dir}: {describe(config)} ({origin})"

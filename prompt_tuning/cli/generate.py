@@ -119,7 +119,8 @@ def main(argv: list[str]) -> int:
     return 1
   if not args.checkpoint:
     print(f"NOTE: built-in '{config}' model, tiny and randomly initialized: its output is noise. "
-          "A real model is one flag away: --checkpoint /path/to/hf_or_t5x_checkpoint")
+          "A real model is one flag away: --checkpoint /path/to/hf_t5 (or a cached HF hub id; a t5x "
+          "checkpoint also needs --config)")
   print(f"model: {args.checkpoint or config} ({model.config.num_encoder_layers}+{model.config.num_decoder_layers} "
         f"layers, emb_dim {model.config.emb_dim}, vocab {model.config.vocab_size}); method: {args.method}")
   for row_in, row_out, score in zip(inputs, tokens, scores):

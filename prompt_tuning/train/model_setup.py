@@ -13,18 +13,19 @@ from prompt_tuning.checkpoints.structure import check_params
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import network
-from prompt_tuning.models.t5.config import RandomInitConfig, T5Config
+from prompt_tuning.models.t5.config import T5Config
 
 
-def load_prompted_model(model_config: str | T5Config | RandomInitConfig | None, initial_checkpoint_path: str,
-                        prompt: PromptConfig, prompt_init: Callable[..., Callable], *,
-                        tokenize: Callable[[str], list[int]] | None, vocab_size: int | None, loss: LossConfig,
-                        dtype: str | None, seed: int, runtime: dict | None = None) -> tuple[EncoderDecoderModel, dict, T5Config]:
+def load_prompted_model(model_config: str | T5Config | None, initial_checkpoint_path: str, prompt: PromptConfig,
+                        prompt_init: Callable[..., Callable], *, tokenize: Callable[[str], list[int]] | None,
+                        vocab_size: int | None, loss: LossConfig, dtype: str | None, seed: int,
+                        runtime: dict | None = None) -> tuple[EncoderDecoderModel, dict, T5Config]:
   """Returns (model, params, config); params = T5 weights + {'prompt': {'prompt': [p, d]}}.
 
   Args:
     model_config: named config, T5Config or .json config file; may be None with an HF or native
-      checkpoint (which carry their own). A RandomInitConfig applies only without a checkpoint.
+      checkpoint (which carry their own). A models.t5.config.RandomInitConfig applies only without
+      a checkpoint.
     initial_checkpoint_path: HF, t5x or native checkpoint; '' for random weights (tests, quick start).
     prompt_init: an initializer factory (prompt_tuning.prompt_init), called with the model's
       embedding table and the task's tokenizer.
