@@ -15,8 +15,9 @@ writes it with one decimal ("3.8").
 Scoring follows t5.data.glue_utils: predictions outside the label set count
 as wrong (string_label_to_class_id -> -1); MRPC/QQP report F1 (positive class
 = label 1; an invalid prediction counts as the opposite of its target, as
-f1_score_with_invalid) and accuracy; CoLA Matthews correlation; STS-B parses
-floats (unparseable -> -1.0, as string_to_float) for Pearson and Spearman.
+f1_score_with_invalid) and accuracy; CoLA Matthews correlation (all invalid
+predictions one class, T5's -1); STS-B parses floats (unparseable -> -1.0, as
+string_to_float) for Pearson and Spearman.
 
 Registered names (data: tfds glue/<config>:2.0.0, which differs from T5's
 1.0.0 only in QQP's download source):
@@ -149,7 +150,7 @@ def classification_scores(targets: Sequence[str], predictions: Sequence[str], la
     return {**metrics_lib.f1(targets, predictions, positive=positive, negative=negative),
             **metrics_lib.accuracy(targets, predictions)}
   if kind == "matthews":
-    return metrics_lib.matthews_corrcoef(targets, predictions)
+    return metrics_lib.matthews_corrcoef(targets, predictions, labels=labels)
   raise ValueError(f"unknown GLUE metric kind {kind!r}")
 
 

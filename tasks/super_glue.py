@@ -13,9 +13,11 @@ benchmark token, like the reference prompt-tuning repo's `taskless_*` tasks):
 Inputs are T5's `glue` preprocessor strings: the benchmark name, then
 `key: value` pairs in T5's feature order (sorted feature names unless T5 fixes
 an order: MultiRC question/answer/paragraph, WiC sentence1/sentence2/word;
-AX-b/AX-g read as RTE). Targets are label names ('<unk>' for unlabelled test
-examples). Classification tasks list their labels as rank-classification
-`candidates`; ReCoRD examples carry their own (the passage's entities).
+AX-b/AX-g read as RTE, and AX-b's sentence1/sentence2 are first renamed
+premise/hypothesis, as t5.data.glue_utils rekeys them). Targets are label
+names ('<unk>' for unlabelled test examples). Classification tasks list their
+labels as rank-classification `candidates`; ReCoRD examples carry their own
+(the passage's entities).
 
 Importing this module needs no TensorFlow: only `TfdsTask.examples` loads tfds.
 The leaderboard helpers at the end turn test-split records into the files that
@@ -48,9 +50,13 @@ GLUE_STYLE = {
     "multirc": ("multirc", ("question", "answer", "paragraph"), BOOL_LABELS),
     "rte": ("rte", ("hypothesis", "premise"), NLI2),
     "wic": ("wic", ("sentence1", "sentence2", "word"), BOOL_LABELS),
-    "axb": ("rte", ("sentence1", "sentence2"), NLI2),
+    "axb": ("rte", ("hypothesis", "premise"), NLI2),  # after _REKEY
     "axg": ("rte", ("hypothesis", "premise"), NLI2),
 }
+
+# T5 (glue_utils.register_super_glue) rekeys AX-b before the `glue` preprocessor, so it reads
+# "rte hypothesis: <sentence2> premise: <sentence1>" like RTE: new name -> tfds field.
+_REKEY = {"axb": {"premise": "sentence1", "hypothesis": "sentence2"}}
 
 # ---------------------------------------------------------------- formatting
 
@@ -65,8 +71,10 @@ def label_name(label: Any, names: Sequence[str]) -> str:
 def glue_format(config: str) -> Callable[[Mapping[str, Any]], Example]:
   """The formatter of a classification config (T5 `glue`, MultiRC's HTML stripped)."""
   benchmark, features, labels = GLUE_STYLE[config]
+  rekey = _REKEY.get(config, {})
 
   def format_fn(record: Mapping[str, Any]) -> Example:
+    record = {**record, **{new: record[old] for new, old in rekey.items()}}
     inputs = " ".join([benchmark] + [f"{key}: {record[key]}" for key in features])
     example = {"targets": label_name(record["label"], labels), "idx": record["idx"], "label": record["label"]}
     if config == "multirc":
@@ -193,9 +201,10 @@ def score_cb(records: Records) -> dict[str, float]:
 
 
 def score_axb(records: Records) -> dict[str, float]:
-  """AX-b: Matthews correlation (the leaderboard's metric), then accuracy."""
+  """AX-b: Matthews correlation (the leaderboard's metric; invalid predictions one class), then accuracy."""
   targets, predictions = _strings(records)
-  return {**metrics_lib.matthews_corrcoef(targets, predictions), **metrics_lib.accuracy(targets, predictions)}
+  return {**metrics_lib.matthews_corrcoef(targets, predictions, labels=NLI2),
+          **metrics_lib.accuracy(targets, predictions)}
 
 
 def gender_parity(records: Records) -> float | None:
@@ -251,24 +260,35 @@ def _clean_referent(text: str) -> str:
   return " ".join(w for w in text.strip().lower().split(" ") if w not in _DETERMINERS)
 
 
-def wsc_referent_match(prediction: str, referent: str) -> bool:
-  """T5's `wsc_simple` postprocessor: does the generated text name the referent?
+def wsc_simple_class(prediction: str, referent: str) -> int:
+  """T5's `wsc_simple` postprocessor: 1 if the generated text names the referent, 0 if not, -1 if empty.
 
   Case and determiners are ignored; either word set may contain the other
-  ('fuzzy bunny' ~ 'bunny'), but a possessive must match a possessive.
+  ('fuzzy bunny' ~ 'bunny'), but a possessive must match a possessive. A
+  prediction that is empty once cleaned ('', 'the') is -1, which matches no
+  label: T5 does this so that an empty answer never counts as a correct "not
+  the referent" (label 0).
   """
-  prediction, referent = _clean_referent(prediction), _clean_referent(referent)
+  prediction = _clean_referent(prediction)
+  if not prediction:
+    return -1
+  referent = _clean_referent(referent)
   if ("'" in prediction) != ("'" in referent):
-    return False
+    return 0
   p, r = set(prediction.split(" ")), set(referent.split(" "))
-  return p <= r or r <= p
+  return int(p <= r or r <= p)
+
+
+def wsc_referent_match(prediction: str, referent: str) -> bool:
+  """Does the generated text name the referent (`wsc_simple_class` is 1)?"""
+  return wsc_simple_class(prediction, referent) == 1
 
 
 def score_wsc_simple(records: Records) -> dict[str, float]:
-  """Accuracy of 'named the candidate referent' against whether it is the right one (label)."""
+  """T5's accuracy of the postprocessed class (1/0/-1) against the label (1: the candidate is the referent)."""
   if not records:
     raise ValueError("no examples to score")
-  hits = sum(wsc_referent_match(r["prediction"], r["example"]["targets"]) == bool(r["example"]["label"])
+  hits = sum(wsc_simple_class(r["prediction"], r["example"]["targets"]) == int(r["example"]["label"])
              for r in records)
   return {"accuracy": 100.0 * hits / len(records)}
 

@@ -15,7 +15,7 @@ def test_core_imports_and_runs_with_tensorflow_blocked():
       import numpy as np
       import prompt_tuning
       from prompt_tuning import decoding, partitioning, pretrained
-      from prompt_tuning.checkpoints import hf, loader, native, t5x
+      from prompt_tuning.checkpoints import hf, hub, loader, native, t5x, t5x_gin
       from prompt_tuning.cli import convert, generate, main
       model = prompt_tuning.load_pretrained(None, config="tiny")
       print(model.generate(np.array([[5, 6, 1]]), 3).shape)

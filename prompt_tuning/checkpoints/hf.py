@@ -4,6 +4,17 @@ Reads a directory written by `save_pretrained`: `config.json` plus
 `model.safetensors`, a sharded `model.safetensors.index.json`, or
 `pytorch_model.bin` (only when torch is installed). Torch `nn.Linear` weights
 are [out, in]; our kernels are [in, out], so projections are transposed.
+
+The output head, as transformers 5 reads it: scaled by d_model**-0.5 through
+the shared embedding when `scale_decoder_outputs` (T5 1.0); otherwise unscaled
+through `lm_head.weight`, or through `shared.weight` when the file has no
+lm_head (transformers 5 ties every T5 head, so a model it builds with
+tie_word_embeddings=False saves none). That last kind loads as our untied head
+with a copy of the embedding.
+
+`dropout_rate` is read too: training applies it (T5Config.dropout_rate; the
+train step always runs the network with a dropout rng), as transformers does in
+train mode; evaluation and decoding never drop out.
 """
 
 from __future__ import annotations
@@ -30,13 +41,14 @@ def is_hf_checkpoint(path: str) -> bool:
   return os.path.isfile(os.path.join(path, "config.json"))
 
 
-def config_from_hf(hf: Mapping[str, Any], has_lm_head: bool | None = None) -> T5Config:
+def config_from_hf(hf: Mapping[str, Any]) -> T5Config:
   """Maps a HF T5Config dict (config.json) to our T5Config.
 
   T5 1.0 scales the decoder output by d_model**-0.5 and reads logits through
   the shared embedding. transformers >= 5 records this as
   `scale_decoder_outputs` (and always writes `tie_word_embeddings: true`);
-  older files say `tie_word_embeddings: false` for the untied T5 1.1 family.
+  older files say `tie_word_embeddings: false` for the unscaled T5 1.1 family.
+  A missing `dropout_rate` is transformers' default, 0.1.
   """
   model_type = hf.get("model_type", "t5")
   if model_type not in ("t5", "mt5"):
@@ -51,8 +63,6 @@ def config_from_hf(hf: Mapping[str, Any], has_lm_head: bool | None = None) -> T5
     via_embedding = bool(hf["scale_decoder_outputs"])
   else:
     via_embedding = bool(hf.get("tie_word_embeddings", True))
-  if has_lm_head is False and not via_embedding:
-    raise CheckpointError("config says the output head is untied, but the checkpoint has no lm_head.weight")
   return T5Config(
       vocab_size=hf["vocab_size"], emb_dim=hf["d_model"], num_heads=hf["num_heads"], head_dim=hf["d_kv"],
       mlp_dim=hf["d_ff"], num_encoder_layers=hf["num_layers"],
@@ -60,7 +70,7 @@ def config_from_hf(hf: Mapping[str, Any], has_lm_head: bool | None = None) -> T5
       mlp_activations=(act, "linear") if gated else (act,), logits_via_embedding=via_embedding,
       relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
       relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
-      layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6))
+      layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6), dropout_rate=float(hf.get("dropout_rate", 0.1)))
 
 
 def read_hf_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -127,8 +137,8 @@ def _mlp(prefix: str, hf_prefix: str, config: T5Config) -> dict[str, tuple[str, 
   return out
 
 
-def hf_name_map(config: T5Config) -> dict[str, tuple[str, bool]]:
-  """Our parameter path -> (HF tensor name, transpose?)."""
+def hf_name_map(config: T5Config, head: str = "lm_head.weight") -> dict[str, tuple[str, bool]]:
+  """Our parameter path -> (HF tensor name, transpose?); `head`: the unscaled output head's tensor."""
   m = {"token_embedder/embedding": ("shared.weight", False),
        "encoder/relpos_bias/rel_embedding":
            ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", True),
@@ -151,7 +161,7 @@ def hf_name_map(config: T5Config) -> dict[str, tuple[str, bool]]:
     m[f"{ours}/pre_mlp_layer_norm/scale"] = (f"{theirs}.2.layer_norm.weight", False)
     m.update(_mlp(f"{ours}/mlp", f"{theirs}.2.DenseReluDense", config))
   if not config.logits_via_embedding:
-    m["decoder/logits_dense/kernel"] = ("lm_head.weight", True)
+    m["decoder/logits_dense/kernel"] = (head, True)
   return m
 
 
@@ -161,7 +171,9 @@ def params_from_hf_state_dict(tensors: Mapping[str, np.ndarray], config: T5Confi
   Raises CheckpointError naming the first HF tensor that is missing, or the
   first one left over (e.g. a checkpoint with more layers than the config).
   """
-  name_map = hf_name_map(config)
+  # No lm_head with an unscaled head: tied to the embedding, as transformers 5 builds it (see the module doc).
+  head = "lm_head.weight" if "lm_head.weight" in tensors or config.logits_via_embedding else "shared.weight"
+  name_map = hf_name_map(config, head)
   flat = {}
   for ours, (theirs, transpose) in name_map.items():
     if theirs not in tensors:
@@ -189,7 +201,7 @@ def load_hf(path: str) -> tuple[T5Config, dict]:
     raise CheckpointError(f"{config_file}: not valid JSON ({e})") from None
   tensors = read_hf_state_dict(path)
   try:
-    config = config_from_hf(hf_config, has_lm_head="lm_head.weight" in tensors)
+    config = config_from_hf(hf_config)
   except KeyError as e:
     raise CheckpointError(f"{config_file}: missing field {e.args[0]!r}") from None
   return config, params_from_hf_state_dict(tensors, config, path)

@@ -1,6 +1,10 @@
 """`prompt-tuning convert SRC DST`: an HF or t5x checkpoint -> the native format, once.
 
+SRC may also be an HF hub id already in the local HF cache; --config takes a
+named size or a JSON config file (t5_config.json, HF config.json).
+
   prompt-tuning convert /path/to/hf_dir /path/to/native
+  prompt-tuning convert google/t5-v1_1-small ./t5_1_1_small
   prompt-tuning convert gs://t5-data/pretrained_models/t5x/t5_1_1_lm100k_base/checkpoint_1100000 \
       ./t5_1_1_lm100k_base --config t5_1_1_lm100k_base
 """
@@ -12,16 +16,16 @@ import sys
 
 from prompt_tuning.checkpoints import loader, native
 from prompt_tuning.checkpoints.structure import CheckpointError
-from prompt_tuning.models.t5.config import NAMED_CONFIGS
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="prompt-tuning convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("src", help="HF directory, t5x checkpoint (local or gs://) or native checkpoint")
+  parser.add_argument("src", help="HF directory or cached hub id, t5x checkpoint (local or gs://) or native checkpoint")
   parser.add_argument("dst", help="new directory for the native checkpoint (must not exist)")
-  parser.add_argument("--config", choices=sorted(NAMED_CONFIGS), default=None,
-                      help="model config; required for t5x checkpoints, checked against the arrays otherwise")
+  parser.add_argument("--config", default=None,
+                      help="a named config or a JSON config file; a t5x checkpoint needs one unless its run's "
+                           "config.gin lies beside it; for HF and native it replaces theirs and must fit the arrays")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                       help="store parameters in this dtype (default: float32)")
   return parser.parse_args(argv)

@@ -2,7 +2,9 @@
 
 With no flags it builds the built-in *tiny, randomly initialized* model and
 greedy-decodes a fixed input, which shows the whole path (model, cache,
-decoding) working. Point --checkpoint at a real model for real output:
+decoding) working. Point --checkpoint at a real model for real output (an HF
+directory, or a hub id such as google/t5-v1_1-small already in the local HF
+cache); --config takes a named size or a JSON config file:
 
   prompt-tuning generate --checkpoint /path/to/hf_t5 --input "translate English to German: Hello."
   prompt-tuning generate --checkpoint gs://.../checkpoint_1100000 --config t5_1_1_lm100k_base \
@@ -17,8 +19,8 @@ import sys
 
 import numpy as np
 
+from prompt_tuning.checkpoints import hub
 from prompt_tuning.checkpoints.structure import CheckpointError
-from prompt_tuning.models.t5.config import NAMED_CONFIGS
 
 DEFAULT_INPUT_IDS = "13 8 1566 12 2968 10 8774 5 1"  # "translate English to German: Hello." + EOS
 
@@ -26,9 +28,12 @@ DEFAULT_INPUT_IDS = "13 8 1566 12 2968 10 8774 5 1"  # "translate English to Ger
 def parse(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="prompt-tuning generate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--checkpoint", default="", help="HF, t5x or native checkpoint; empty: random --config")
-  parser.add_argument("--config", choices=sorted(NAMED_CONFIGS), default=None,
-                      help="model config (default 'tiny' without a checkpoint; required for t5x)")
+  parser.add_argument("--checkpoint", default="",
+                      help="HF, t5x or native checkpoint, or an HF hub id in the local cache; empty: random --config")
+  parser.add_argument("--config", default=None,
+                      help="a named config (see `prompt_tuning.models.t5.NAMED_CONFIGS`) or a JSON file "
+                           "(t5_config.json, HF config.json); default 'tiny' without a checkpoint; a t5x "
+                           "checkpoint needs one unless its run's config.gin lies beside it")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--vocab", default=None,
                       help="SentencePiece model for --input text (default: spiece.model in an HF checkpoint)")
@@ -48,8 +53,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def _vocab_path(args: argparse.Namespace) -> str | None:
   if args.vocab:
     return args.vocab
-  candidate = os.path.join(args.checkpoint, "spiece.model") if args.checkpoint else ""
-  return candidate if candidate and os.path.isfile(candidate) else None
+  if not args.checkpoint:
+    return None
+  candidate = os.path.join(hub.resolve(args.checkpoint), "spiece.model")
+  return candidate if os.path.isfile(candidate) else None
 
 
 def detokenize(processor, ids: list[int]) -> str:
@@ -88,10 +95,12 @@ def _encode_inputs(args: argparse.Namespace, processor) -> np.ndarray:
 def main(argv: list[str]) -> int:
   args = parse(argv)
   from prompt_tuning import pretrained  # jax import after flag parsing keeps --help fast
+  from prompt_tuning.checkpoints import loader
 
   try:
     config = args.config or (None if args.checkpoint else "tiny")
-    model = pretrained.load_pretrained(args.checkpoint or None, config=config, dtype=args.dtype, seed=args.seed)
+    resolved = loader.resolve_config(config)  # a name or a JSON file
+    model = pretrained.load_pretrained(args.checkpoint or None, config=resolved, dtype=args.dtype, seed=args.seed)
     processor = None
     vocab = _vocab_path(args)
     if vocab:
@@ -110,7 +119,8 @@ def main(argv: list[str]) -> int:
     return 1
   if not args.checkpoint:
     print(f"NOTE: built-in '{config}' model, tiny and randomly initialized: its output is noise. "
-          "A real model is one flag away: --checkpoint /path/to/hf_or_t5x_checkpoint")
+          "A real model is one flag away: --checkpoint /path/to/hf_t5 (or a cached HF hub id; a t5x "
+          "checkpoint also needs --config)")
   print(f"model: {args.checkpoint or config} ({model.config.num_encoder_layers}+{model.config.num_decoder_layers} "
         f"layers, emb_dim {model.config.emb_dim}, vocab {model.config.vocab_size}); method: {args.method}")
   for row_in, row_out, score in zip(inputs, tokens, scores):

@@ -23,7 +23,7 @@ from prompt_tuning.cli import distributed
 def register_all() -> dict[str, Callable[..., Any]]:
   from prompt_tuning import prompt_init
   from prompt_tuning.models.model import LossConfig
-  from prompt_tuning.models.t5.config import t5_config
+  from prompt_tuning.models.t5.config import random_init_config, t5_config
   from prompt_tuning.train import inference, loop, optimizer
 
   entry = gin_utils.register_configurables(
@@ -31,7 +31,8 @@ def register_all() -> dict[str, Callable[..., Any]]:
   gin_utils.register_configurables(prompt_init.PROMPT_INITIALIZERS, module="prompt_init")
   gin_utils.register_configurables(optimizer.OPTIMIZERS, module="optimizers")
   gin_utils.register_configurables(optimizer.SCHEDULES, module="schedules")
-  gin_utils.register_configurables({"LossConfig": LossConfig, "t5_config": t5_config}, module="models")
+  gin_utils.register_configurables({"LossConfig": LossConfig, "t5_config": t5_config,
+                                    "random_init_config": random_init_config}, module="models")
   from prompt_tuning.tasks import byod
 
   gin_utils.register_configurables(byod.CONFIGURABLES, module=byod.GIN_MODULE)

@@ -25,7 +25,8 @@ def _describe(result) -> None:
   if not gin_runner.macro("INITIAL_CHECKPOINT_PATH", ""):
     print(f"NOTE: the frozen model is a tiny T5 ({cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers, "
           f"emb_dim {cfg.emb_dim}) with RANDOM weights (no checkpoint): the prompt learns to steer noise. "
-          f"A real model is one flag away: --gin.INITIAL_CHECKPOINT_PATH=\"'/path/to/hf_or_t5x_checkpoint'\"")
+          f"A real model is one flag away: --gin.INITIAL_CHECKPOINT_PATH=\"'/path/to/hf_t5'\" (or a cached HF "
+          f"hub id; a t5x checkpoint also needs --gin.MODEL_CONFIG)")
   print(f"trained to step {result.step}")
   for name, value in sorted(result.eval_metrics.items()):
     print(f"  eval {name}: {value:.4f}")

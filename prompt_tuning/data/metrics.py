@@ -93,13 +93,21 @@ def f1(targets: Sequence[str], predictions: Sequence[str], positive: str, negati
   return {"f1": 100.0 * 2 * tp / (2 * tp + fp + fn) if tp else 0.0}
 
 
-def matthews_corrcoef(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
-  """100 * Matthews correlation (multiclass form, as sklearn), classes = all strings seen.
+def matthews_corrcoef(targets: Sequence[str], predictions: Sequence[str], labels: Sequence[str] | None = None
+                      ) -> dict[str, float]:
+  """100 * Matthews correlation (multiclass form, as sklearn) of class ids, as T5 scores CoLA.
 
-  A prediction outside the target labels is a class of its own (never right).
-  0 when undefined (all targets or all predictions one class).
+  T5 first maps each string to its label's index, or to -1 when it is no label
+  (postprocessors.string_label_to_class_id), so every invalid prediction,
+  whatever its text, falls into ONE extra class. `labels` are the label strings
+  (default: the distinct targets). 0 when undefined (all targets or all
+  predictions one class).
   """
   _check(targets, predictions)
+  known = set(targets) if labels is None else set(labels)
+  # None stands for T5's -1; a target outside `labels` ('<unk>' of a test split) maps there too.
+  targets = [t if t in known else None for t in targets]
+  predictions = [p if p in known else None for p in predictions]
   n = len(targets)
   t_counts, p_counts = collections.Counter(targets), collections.Counter(predictions)
   correct = sum(t == p for t, p in zip(targets, predictions))

@@ -13,7 +13,7 @@ from prompt_tuning.checkpoints.structure import check_params
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import network
-from prompt_tuning.models.t5.config import T5Config, get_config
+from prompt_tuning.models.t5.config import T5Config
 
 
 def load_prompted_model(model_config: str | T5Config | None, initial_checkpoint_path: str, prompt: PromptConfig,
@@ -23,7 +23,9 @@ def load_prompted_model(model_config: str | T5Config | None, initial_checkpoint_
   """Returns (model, params, config); params = T5 weights + {'prompt': {'prompt': [p, d]}}.
 
   Args:
-    model_config: named config or T5Config; may be None with an HF or native checkpoint.
+    model_config: named config, T5Config or .json config file; may be None with an HF or native
+      checkpoint (which carry their own). A models.t5.config.RandomInitConfig applies only without
+      a checkpoint.
     initial_checkpoint_path: HF, t5x or native checkpoint; '' for random weights (tests, quick start).
     prompt_init: an initializer factory (prompt_tuning.prompt_init), called with the model's
       embedding table and the task's tokenizer.
@@ -40,7 +42,7 @@ def load_prompted_model(model_config: str | T5Config | None, initial_checkpoint_
   else:
     if model_config is None:
       raise ValueError("no INITIAL_CHECKPOINT_PATH and no model config: set one of them")
-    config = get_config(model_config)
+    config = loader.resolve_config(model_config)
     if dtype is not None:
       config = config.replace(dtype=dtype, param_dtype=dtype)
     t5_params = network.init_params(config, jax.random.PRNGKey(seed))

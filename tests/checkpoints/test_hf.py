@@ -45,6 +45,24 @@ def test_config_mapping_of_both_families(hf_checkpoints):
   assert (uneven.relative_attention_num_buckets, uneven.relative_attention_max_distance) == (8, 12)
 
 
+def test_dropout_rate_is_read_into_the_trained_network(hf_checkpoints, tmp_path):
+  """config.json's dropout_rate becomes T5Config.dropout_rate of the network that training runs (with a
+  dropout rng on every step; tests/models/test_network.py checks the network drops out only then)."""
+  from prompt_tuning import prompt_init
+  from prompt_tuning.models.model import LossConfig
+  from prompt_tuning.models.prompt import PromptConfig
+  from prompt_tuning.train import model_setup
+
+  path = _copy(hf_checkpoints["t5_1_1"][1], tmp_path / "dropout")
+  _edit_config(path, dropout_rate=0.3)  # the tiny models are saved with 0.0
+  model, _, config = model_setup.load_prompted_model(
+      None, path, PromptConfig(2, "prefix"), prompt_init.random_uniform, tokenize=None, vocab_size=None,
+      loss=LossConfig(), dtype=None, seed=0)
+  assert config.dropout_rate == model.module.config.dropout_rate == 0.3
+  _edit_config(path, dropout_rate=None)  # absent: transformers' default
+  assert hf.load_hf(path)[0].dropout_rate == 0.1
+
+
 def test_old_transformers_config_with_tie_word_embeddings_false(hf_checkpoints, padded_batch, tmp_path):
   """Hub checkpoints saved before transformers 5 say tie_word_embeddings=false and have no
   scale_decoder_outputs; they must load as the untied, unscaled T5 1.1 head."""
@@ -77,9 +95,11 @@ def test_sharded_safetensors_and_pytorch_bin_load_the_same(hf_checkpoints, padde
 
 def test_mismatches_name_the_parameter_and_shapes(hf_checkpoints, tmp_path):
   _, src = hf_checkpoints["t5_1_1"]
-  # A config with a different width than the arrays.
+  # A config with a different width than the arrays: the shapes, then the field and the fix.
   with pytest.raises(CheckpointError, match=r"decoder/decoder_norm/scale has shape \(32,\), "
-                                             r"the config expects \(64,\)"):
+                                             r"the config expects \(64,\); the config passed in says emb_dim=64 "
+                                             r"\(the checkpoint's: 32\): leave MODEL_CONFIG / --config / config= "
+                                             r"unset to use the checkpoint's own$"):
     prompt_tuning.load_pretrained(src, config=hf.config_from_hf(
         {**json.load(open(os.path.join(src, "config.json"))), "d_model": 64}))
   # config.json says more layers than the weights hold.
@@ -91,11 +111,6 @@ def test_mismatches_name_the_parameter_and_shapes(hf_checkpoints, tmp_path):
   path = _copy(src, tmp_path / "shallower")
   _edit_config(path, num_decoder_layers=1)
   with pytest.raises(CheckpointError, match=r"unexpected tensor decoder\.block\.1\.\S+"):
-    prompt_tuning.load_pretrained(path)
-  # An untied config without an lm_head.
-  path = _copy(hf_checkpoints["t5_1_0"][1], tmp_path / "nohead")
-  _edit_config(path, scale_decoder_outputs=False)
-  with pytest.raises(CheckpointError, match="no lm_head.weight"):
     prompt_tuning.load_pretrained(path)
 
 

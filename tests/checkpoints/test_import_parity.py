@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import prompt_tuning
-from prompt_tuning.checkpoints import hf, loader
+from prompt_tuning.checkpoints import hf, loader, native, t5x_gin
 from prompt_tuning.checkpoints.structure import CheckpointError, flatten
 from prompt_tuning.cli import main as cli
 from support import t5x_format
@@ -62,7 +62,8 @@ def test_t5x_bfloat16_checkpoint_loads_in_float32_and_bfloat16(reference, padded
 def test_t5x_needs_a_config_and_checks_it_against_the_arrays(reference, tmp_path):
   config, params, _ = reference
   step_dir = t5x_format.write_t5x_checkpoint(params, str(tmp_path), 1, zarr_min_size=1024)
-  with pytest.raises(CheckpointError, match="carries no model config; pass config="):
+  with pytest.raises(CheckpointError, match=r"carries no model config \(no config.gin beside it\); name it: "
+                                             r"MODEL_CONFIG='t5_1_1_base' \(gin\), --config t5_1_1_base"):
     prompt_tuning.load_pretrained(step_dir)
   with pytest.raises(CheckpointError, match=r"decoder/decoder_norm/scale has shape \(32,\), the config expects \(512,\)"):
     prompt_tuning.load_pretrained(step_dir, config="t5_1_1_small")
@@ -116,3 +117,52 @@ def test_native_checkpoint_with_missing_or_damaged_params(reference, tmp_path):
     f.write('{"d_model": 3}')
   with pytest.raises(CheckpointError, match=r"unknown T5Config field\(s\) \['d_model'\]"):
     prompt_tuning.load_pretrained(broken)
+
+
+def test_t5x_relative_attention_comes_from_the_runs_config_gin(hf_checkpoints, tmp_path, capsys):
+  """The arrays do not pin max_distance: a wrong one loads silently unless the run's config.gin sets it.
+  (With the HF model's own config, the loaded model is the one tests/reference checks against transformers.)"""
+  config, params = hf.load_hf(hf_checkpoints["uneven"][1])  # 8 buckets, max distance 12
+  model_dir = tmp_path / "run"
+  step_dir = t5x_format.write_t5x_checkpoint(params, str(model_dir), 10, zarr_min_size=1024)
+  wrong = config.replace(relative_attention_max_distance=128)
+  assert loader.load_checkpoint(step_dir, wrong)[0] == wrong  # the hazard: nothing in the arrays objects
+  assert "max distance 128 (relative attention as configured; no config.gin" in capsys.readouterr().err
+  (model_dir / "config.gin").write_text(
+      "relative_position_biases.RelativePositionBiases.max_distance = 12\n"
+      "relative_position_biases.RelativePositionBiases.num_buckets = 8\n")
+  assert loader.load_checkpoint(step_dir, wrong)[0] == config
+  err = capsys.readouterr().err
+  assert f"t5x checkpoint {step_dir}: 3+1 layers, emb_dim 32" in err
+  assert f"8 buckets max distance 12 (relative attention from {model_dir / 'config.gin'})" in err
+
+
+def test_t5x_sizes_come_from_the_runs_config_gin(reference, tmp_path):
+  """A t5x.examples.t5 run saves network.T5Config: then the checkpoint carries its config."""
+  config, params, _ = reference
+  model_dir = tmp_path / "run"
+  step_dir = t5x_format.write_t5x_checkpoint(params, str(model_dir), 2, zarr_min_size=1024)
+  (model_dir / "config.gin").write_text(
+      "DROPOUT_RATE = 0.1\nnetwork.T5Config:\n" + "".join(
+          f"  {field} = {getattr(config, field)!r}\n" for field in t5x_gin.ARCH_FIELDS) +
+      "  dtype = 'bfloat16'\n  dropout_rate = %DROPOUT_RATE\n")
+  loaded, _ = loader.load_checkpoint(step_dir)
+  assert loaded == config.replace(dropout_rate=0.0)  # dtype and dropout are the run's, not the model's
+  with pytest.raises(CheckpointError, match=r"the config says emb_dim=48 but the run's \S+config.gin says 32$"):
+    loader.load_checkpoint(step_dir, config.replace(emb_dim=48))
+
+
+def test_convert_and_generate_take_a_config_file(reference, tmp_path, capsys):
+  """Non-standard sizes from the command line: --config names a JSON file (HF config.json, t5_config.json)."""
+  config, params, hf_dir = reference
+  step_dir = t5x_format.write_t5x_checkpoint(params, str(tmp_path / "t5x"), 5, zarr_min_size=1024)
+  native_dir = str(tmp_path / "native")
+  assert cli.main(["convert", step_dir, native_dir, "--config", os.path.join(hf_dir, "config.json")]) == 0
+  assert native.read_native_config(native_dir) == config
+  capsys.readouterr()
+  assert cli.main(["generate", "--checkpoint", step_dir, "--config", os.path.join(native_dir, "t5_config.json"),
+                   "--input_ids", "5 9 1", "--max_decode_length", "3"]) == 0
+  assert f"model: {step_dir} (2+2 layers, emb_dim 32, vocab 96)" in capsys.readouterr().out
+  assert cli.main(["generate", "--config", "t5_1_1_bogus"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "unknown model config 't5_1_1_bogus'" in err and "t5_config.json" in err

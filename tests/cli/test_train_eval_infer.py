@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from prompt_tuning.cli import main as cli
@@ -94,3 +95,29 @@ def test_missing_macros_and_typos_are_one_line(capsys, tmp_path):
   assert cli.main(["eval", "--gin_file=quickstart.gin", "--gin_file=runs/eval.gin",
                    f"--gin.MODEL_DIR='{tmp_path / 'empty'}'"]) == 1
   assert "no train checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quickstart_with_a_checkpoint_takes_the_checkpoints_config(tmp_path, capsys):
+  """quickstart.gin's tiny config is for random init only: INITIAL_CHECKPOINT_PATH alone switches models."""
+  from support import hf_models
+
+  from prompt_tuning.data import quickstart
+
+  hf_dir = str(tmp_path / "hf_t5")
+  # A tiny HF T5 (emb_dim 32, unlike the quick start's 128) whose vocabulary covers the task's 256 pieces.
+  hf_models.save_hf_t5("t5_1_1", hf_dir, vocab_size=quickstart.vocabulary().vocab_size)
+  model_dir = tmp_path / "model"
+  assert cli.main(["train", "--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=2",
+                   f"--gin.INITIAL_CHECKPOINT_PATH='{hf_dir}'"]) == 0
+  out = capsys.readouterr().out
+  assert "trained to step 2" in out and "RANDOM weights" not in out
+  assert np.load(model_dir / "prompts" / "step_2.npy").shape == (20, 32)  # the checkpoint's width
+  # A t5x checkpoint carries no config: one line says what to pass.
+  t5x_dir = tmp_path / "t5x" / "checkpoint_1"
+  t5x_dir.mkdir(parents=True)
+  (t5x_dir / "checkpoint").write_bytes(b"")
+  assert cli.main(["train", "--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{tmp_path / 'other'}'",
+                   f"--gin.INITIAL_CHECKPOINT_PATH='{t5x_dir}'"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "carries no model config" in err and "MODEL_CONFIG='t5_1_1_base'" in err

@@ -31,6 +31,11 @@ def test_matthews_corrcoef():
   assert metrics.matthews_corrcoef(list("abca"), list("abbc")) == {"matthews_corrcoef": pytest.approx(30.0)}
   assert metrics.matthews_corrcoef(list("ab"), list("aa")) == {"matthews_corrcoef": 0.0}  # undefined -> 0
   assert metrics.matthews_corrcoef(list("ab"), list("ba")) == {"matthews_corrcoef": pytest.approx(-100.0)}
+  # Predictions that are no label ('x', 'y') are ONE class, T5's -1 (sklearn on class ids [0,0,1,1] vs
+  # [0,-1,1,-1]): 4 / sqrt((16 - 6) * (16 - 8)); by default the labels are the targets' strings.
+  want = {"matthews_corrcoef": pytest.approx(400 / 80 ** 0.5)}
+  assert metrics.matthews_corrcoef(list("aabb"), list("axby")) == want
+  assert metrics.matthews_corrcoef(list("aabb"), list("axby"), labels=["a", "b", "c"]) == want
 
 
 def test_pearson_and_spearman():

@@ -60,3 +60,29 @@ def test_relative_position_buckets_match_hf():
                                                    max_distance).numpy()
       got = layers.relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
       np.testing.assert_array_equal(got, want)
+
+
+def test_transformers5_tied_unscaled_head_matches_hf(padded_batch, tmp_path):
+  """transformers 5 ties every T5 head to `shared`: a model built with tie_word_embeddings=False computes
+  unscaled logits through the embedding and saves no lm_head.weight. It loads with equal logits."""
+  import json
+  import os
+
+  from safetensors import safe_open
+  from transformers import T5Config, T5ForConditionalGeneration
+
+  torch.manual_seed(0)
+  hf_model = T5ForConditionalGeneration(T5Config(
+      vocab_size=hf_models.VOCAB, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2, dropout_rate=0.0,
+      feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0)).eval()
+  hf_model.save_pretrained(str(tmp_path))
+  saved = json.load(open(os.path.join(tmp_path, "config.json")))
+  with safe_open(os.path.join(tmp_path, "model.safetensors"), "np") as f:
+    assert "lm_head.weight" not in f.keys()  # what transformers 5 really writes
+  assert (saved["tie_word_embeddings"], saved["scale_decoder_outputs"]) == (True, False)
+  enc, dec_in, targets = padded_batch
+  ours = prompt_tuning.load_pretrained(str(tmp_path))
+  assert not ours.config.logits_via_embedding
+  got, want = ours.logits(enc, dec_in), _hf_logits(hf_model, enc, dec_in)
+  assert np.abs(got - want)[targets > 0].max() < 1e-4
+  assert np.abs(want).max() > 0.1  # not a vacuous comparison

@@ -175,6 +175,12 @@ def test_cola_matthews():
   scores = glue.TASKS["glue_cola_v002"].score(records(examples, [a, a, u, u, u, a]))
   # tp=2, fn=1, tn=2, fp=1 -> (2*2 - 1*1) / sqrt(3*3*3*3) = 1/3.
   assert scores == pytest.approx({"matthews_corrcoef": 100 / 3})
+  # T5 maps every non-label prediction to one class (-1), whatever its text: with targets (1, 1, 1, 0, 0, 0)
+  # and predictions (1, -1, -1, 0, 0, 1): n=6, correct 3, target counts {1: 3, 0: 3}, prediction counts
+  # {1: 2, 0: 2, -1: 2} -> (3*6 - (3*2 + 3*2)) / sqrt((36 - 12) * (36 - 18)) = 6 / sqrt(432).
+  # Had "junk" and "acceptible" been two classes: 6 / sqrt(468).
+  scores = glue.TASKS["glue_cola_v002"].score(records(examples, [a, "junk", "acceptible", u, u, a]))
+  assert scores == pytest.approx({"matthews_corrcoef": 600 / 432 ** 0.5})
 
 
 def test_stsb_parses_floats():

@@ -74,8 +74,11 @@ def test_boolq_cb_copa_rte_wic_formats():
 
 
 def test_diagnostics_read_as_rte():
-  ex = fmt("super_glue_axb_v102", {"sentence1": "S one.", "sentence2": "S two.", "idx": 0, "label": 1})
-  assert (ex["inputs"], ex["targets"]) == ("rte sentence1: S one. sentence2: S two.", "not_entailment")
+  # T5 rekeys AX-b (premise <- sentence1, hypothesis <- sentence2), then sorts the feature names.
+  ex = fmt("super_glue_axb_v102", {"sentence1": "The cat sat.", "sentence2": "A cat sat.", "idx": 0, "label": 1})
+  assert (ex["inputs"], ex["targets"]) == ("rte hypothesis: A cat sat. premise: The cat sat.", "not_entailment")
+  assert fmt("super_glue_axb_v102_taskless", {"sentence1": "P.", "sentence2": "H.", "idx": 0, "label": 0}
+             )["inputs"] == "hypothesis: H. premise: P."
   ex = fmt("super_glue_axg_v102", {"premise": "The nurse said she was tired.", "hypothesis": "The nurse was tired.",
                                    "idx": 4, "label": 0})
   assert (ex["inputs"], ex["targets"]) == (
@@ -171,6 +174,13 @@ def test_classification_scores():
       ["entailment", "not_entailment", "not_entailment", "not_entailment"])])
   # tp 1, fn 1, fp 0, tn 2: (1*2 - 0*1) / sqrt(1 * 2 * 3 * 2) = 2 / sqrt(12).
   assert axb == {"matthews_corrcoef": pytest.approx(200 / 12 ** 0.5), "accuracy": 75.0}
+  # Two different invalid strings are one class (T5's -1): targets (0, 0, 1, 1), predictions (0, -1, 1, -1).
+  # n=4, correct 2; target counts {0: 2, 1: 2}, prediction counts {0: 1, 1: 1, -1: 2}:
+  # (2*4 - (2*1 + 2*1)) / sqrt((16 - 6) * (16 - 8)) = 4 / sqrt(80). (Two classes of their own: 4 / sqrt(96).)
+  axb = get_task("super_glue_axb_v102").score([rec(ex(t), p) for t, p in zip(
+      ["entailment", "entailment", "not_entailment", "not_entailment"],
+      ["entailment", "junk", "not_entailment", "entail"])])
+  assert axb == {"matthews_corrcoef": pytest.approx(400 / 80 ** 0.5), "accuracy": 50.0}
   axg_records = [rec(ex("entailment", idx=0, hypothesis="h0"), "entailment"),
                  rec(ex("entailment", idx=1, hypothesis="h0"), "entailment"),
                  rec(ex("not_entailment", idx=2, hypothesis="h1"), "entailment"),
@@ -203,6 +213,13 @@ def test_wsc_simple_score_checks_the_referent():
              rec({"targets": "Bob's hat", "label": 1}, "Bob"),  # possessive mismatch: wrong
              rec({"targets": "Tom", "label": 0}, "Mitchell")]  # not the (wrong) candidate: right
   assert task.score(records) == {"accuracy": 75.0}
+  # T5 scores an empty or determiner-only prediction -1: wrong for either label, never a correct "no match".
+  records = [rec({"targets": "Tom", "label": 0}, ""),
+             rec({"targets": "Tom", "label": 0}, "The"),
+             rec({"targets": "the dog", "label": 1}, " this "),
+             rec({"targets": "Tom", "label": 0}, "Mitchell")]  # right, as above
+  assert task.score(records) == {"accuracy": 25.0}
+  assert [super_glue.wsc_simple_class(p, "the dog") for p in ("", "a", "dog", "cat")] == [-1, -1, 1, 0]
 
 
 # ---------------------------------------------------------------- leaderboard rows

@@ -139,6 +139,23 @@ for _name, _size in _T5_1_1_SIZES.items():
   NAMED_CONFIGS[f"flan_t5_{_name}"] = NAMED_CONFIGS[f"t5_1_1_{_name}"]
 
 
+@dataclasses.dataclass(frozen=True)
+class RandomInitConfig:
+  """A model config for a run WITHOUT a checkpoint; a checkpoint brings its own config instead.
+
+  gin/quickstart.gin sets its tiny random T5 this way, so that adding
+  INITIAL_CHECKPOINT_PATH alone switches to the checkpoint's architecture (HF
+  and native checkpoints carry one; a t5x one needs MODEL_CONFIG named).
+  """
+
+  config: T5Config
+
+
+def random_init_config(name: str = "tiny", **overrides: Any) -> RandomInitConfig:
+  """`t5_config` for random initialization only, for gin: `MODEL_CONFIG = @models.random_init_config()`."""
+  return RandomInitConfig(get_config(name, **overrides))
+
+
 def t5_config(name: str = "tiny", **overrides: Any) -> T5Config:
   """A named config with fields replaced, for gin: `MODEL_CONFIG = @models.t5_config()` and
   `models.t5_config.emb_dim = 128`."""
