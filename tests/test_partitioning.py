@@ -159,7 +159,10 @@ CLI_SCRIPT = textwrap.dedent("""
       assert cli.main(["infer", *flags, "--gin_file=runs/infer.gin"]) == 0
       rows = [json.loads(l) for l in open(f"{model_dir}/inference/quickstart_sentiment-validation-step2.jsonl")]
       metrics[parts] = [json.loads(l) for l in open(f"{model_dir}/metrics.jsonl") if '"eval' in l], rows
-    np.testing.assert_allclose(prompts[2], prompts[1], rtol=1e-5, atol=1e-6)
+    # The 2 x 2 mesh sums the gradient in another order. Measured on a 2-core x86 CPU: at most
+    # 2.4e-7 apart after one step and 5.4e-6 after two (Adafactor divides by small second moments),
+    # against updates of 0.25 rms; the bound is 1e-4, still 2500x below the update.
+    np.testing.assert_allclose(prompts[2], prompts[1], rtol=0, atol=1e-4)
     (evals1, rows1), (evals2, rows2) = metrics[1], metrics[2]
     assert len(rows1) == len(rows2) == 100
     assert [r["prediction"] for r in rows1] == [r["prediction"] for r in rows2]
