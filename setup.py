@@ -43,12 +43,16 @@ setuptools.setup(
         "orbax-checkpoint",
         "safetensors",
         "sentencepiece",
+        "tensorboardX",  # TensorBoard event files, without TensorFlow
         "tensorstore",
     ],
     extras_require={
         # The data layer (seqio tasks, tfds) brings TensorFlow; the core never imports it.
         "data": ["seqio", "tensorflow-datasets", "tensorflow"],
-        "test": ["pytest", "torch", "transformers", "peft"],
+        # To view the event files: `tensorboard --logdir MODEL_DIR/tensorboard`.
+        "tensorboard": ["tensorboard"],
+        # tensorboard: the tests read our event files back with TensorBoard's own reader.
+        "test": ["pytest", "torch", "transformers", "peft", "tensorboard"],
     },
     entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.cli.main:main"]},
 )
