@@ -46,6 +46,7 @@ setuptools.setup(
         # itself declares protobuf only in its `protobuf` extra.
         "protobuf>=7.36.1",
         "safetensors",
+        "scipy",  # Pearson/Spearman metrics (prompt_tuning.data.metrics), as T5 computes them
         "sentencepiece[protobuf]",
         "tensorboardX",  # TensorBoard event files, without TensorFlow
         "tensorstore",
