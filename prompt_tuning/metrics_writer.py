@@ -1,14 +1,11 @@
 """Metrics to `MODEL_DIR/metrics.jsonl` and TensorBoard event files, without TensorFlow.
 
-TensorBoard reads TFRecord files of `Event` protobufs. Scalars need only a tiny
-part of that format, so it is written here by hand:
-
-  record = uint64 LE length | uint32 LE masked_crc32c(length) | data | uint32 LE masked_crc32c(data)
-  Event   {1: wall_time double, 2: step int64, 3: file_version string, 5: summary Summary}
-  Summary {1: repeated value Value}
-  Value   {1: tag string, 2: simple_value float}
-
-`read_events` decodes such files again (and checks the CRCs), for tests and tools.
+Event files are written through tensorboardX (TFRecord framing, CRC32C and the
+`Event`/`Summary` protos): one new file per run and session, one `Event` per
+`write` holding every scalar of that step as a `simple_value`, flushed at once.
+Remote log dirs (gs://, s3://, ...) go through etils.epath, as checkpoints and
+`metrics.jsonl` do, rather than tensorboardX's own google-cloud-storage/boto3
+writers: one filesystem layer and one set of credentials for all of MODEL_DIR.
 """
 
 from __future__ import annotations
@@ -16,115 +13,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 import time
-from typing import Any, Iterator, Mapping
-
-from prompt_tuning import protowire
-
-# --- CRC32C (Castagnoli), table-driven -----------------------------------------
-
-_CRC32C_POLY = 0x82F63B78  # reflected 0x1EDC6F41
-
-
-def _make_table() -> list[int]:
-  table = []
-  for i in range(256):
-    crc = i
-    for _ in range(8):
-      crc = (crc >> 1) ^ _CRC32C_POLY if crc & 1 else crc >> 1
-    table.append(crc)
-  return table
-
-
-_CRC_TABLE = _make_table()
-
-
-def crc32c(data: bytes, crc: int = 0) -> int:
-  """CRC32C of `data` (continuing from `crc`); crc32c(b'123456789') == 0xE3069283."""
-  table = _CRC_TABLE
-  crc ^= 0xFFFFFFFF
-  for byte in data:
-    crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-  """The rotated-and-offset CRC that TFRecord stores."""
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord(data: bytes) -> bytes:
-  """`data` framed as one TFRecord."""
-  length = struct.pack("<Q", len(data))
-  return b"".join((length, struct.pack("<I", masked_crc32c(length)), data,
-                   struct.pack("<I", masked_crc32c(data))))
-
-
-def encode_event(wall_time: float, step: int, *, file_version: str | None = None,
-                 scalars: Mapping[str, float] | None = None) -> bytes:
-  """Serialized `Event` proto with a file version or a summary of simple scalar values."""
-  out = [protowire.key(1, protowire.FIXED64), struct.pack("<d", wall_time),
-         protowire.key(2, protowire.VARINT), protowire.varint(int(step))]
-  if file_version is not None:
-    out.append(protowire.len_field(3, file_version.encode()))
-  if scalars:
-    values = b"".join(
-        protowire.len_field(1, protowire.len_field(1, tag.encode()) + protowire.key(2, protowire.FIXED32)
-                            + struct.pack("<f", float(value)))
-        for tag, value in scalars.items())
-    out.append(protowire.len_field(5, values))
-  return b"".join(out)
-
-
-def decode_event(data: bytes) -> dict[str, Any]:
-  """{'wall_time', 'step', 'file_version' (or None), 'scalars': {tag: value}} of an Event."""
-  event = {"wall_time": 0.0, "step": 0, "file_version": None, "scalars": {}}
-  for field, value in protowire.fields(data):
-    if field == 1:
-      event["wall_time"] = struct.unpack("<d", value)[0]
-    elif field == 2:
-      event["step"] = value - (1 << 64) if value >= 1 << 63 else value
-    elif field == 3:
-      event["file_version"] = value.decode()
-    elif field == 5:
-      for f, summary_value in protowire.fields(value):
-        if f != 1:
-          continue
-        parts = dict(protowire.fields(summary_value))
-        if 1 in parts and 2 in parts:
-          event["scalars"][parts[1].decode()] = struct.unpack("<f", parts[2])[0]
-  return event
-
-
-def read_records(path: str) -> Iterator[bytes]:
-  """The payloads of a TFRecord file; raises ValueError on a bad CRC or truncation."""
-  from etils import epath
-
-  buf = epath.Path(path).read_bytes()
-  pos = 0
-  while pos < len(buf):
-    if pos + 12 > len(buf):
-      raise ValueError(f"{path}: truncated record header at byte {pos}")
-    header, (length_crc,) = buf[pos:pos + 8], struct.unpack("<I", buf[pos + 8:pos + 12])
-    if masked_crc32c(header) != length_crc:
-      raise ValueError(f"{path}: bad length CRC at byte {pos}")
-    (length,) = struct.unpack("<Q", header)
-    data = buf[pos + 12:pos + 12 + length]
-    end = pos + 12 + length + 4
-    if end > len(buf):
-      raise ValueError(f"{path}: truncated record at byte {pos}")
-    if masked_crc32c(data) != struct.unpack("<I", buf[end - 4:end])[0]:
-      raise ValueError(f"{path}: bad data CRC at byte {pos}")
-    yield data
-    pos = end
-
-
-def read_events(path: str) -> list[dict[str, Any]]:
-  """All events of a TensorBoard event file, decoded with `decode_event`."""
-  return [decode_event(record) for record in read_records(path)]
-
+from typing import Any, Mapping
 
 # --- writer ----------------------------------------------------------------------
 
@@ -176,30 +66,83 @@ def _process_index() -> int:
     return 0
 
 
+class _RemoteRecordFile:
+  """A tensorboardX record sink for a remote object (gs://, s3://, ...).
+
+  Objects in a bucket can't be appended to, so the file's bytes are kept and the
+  whole object is rewritten on each flush, as tensorboardX's own GCS writer does.
+  Each EventFileWriter has a file of its own, so there is no earlier content to keep.
+  """
+
+  def __init__(self, path: str):
+    self._path = path
+    self._buffer = bytearray()
+    self._uploaded = -1  # bytes in the object; -1: not created yet
+
+  def write(self, data: bytes) -> None:
+    self._buffer += data
+
+  def flush(self) -> None:
+    if self._uploaded == len(self._buffer):  # close() after a flush: nothing new to upload
+      return
+    from etils import epath
+
+    epath.Path(self._path).write_bytes(bytes(self._buffer))
+    self._uploaded = len(self._buffer)
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _RemoteRecordFiles:
+  """tensorboardX writer factory (`record_writer.register_writer_factory`) for a URI scheme."""
+
+  def open(self, path: str) -> _RemoteRecordFile:
+    return _RemoteRecordFile(path)
+
+  def directory_check(self, path: str) -> None:
+    del path  # buckets have no directories to create
+
+
 class EventFileWriter:
   """Writes scalar summaries to one new TensorBoard event file in `log_dir`."""
 
-  def __init__(self, log_dir: str, *, clock=time.time):
-    self._clock = clock
-    if "://" not in log_dir:
-      os.makedirs(log_dir, exist_ok=True)
-    name = f"events.out.tfevents.{int(clock())}.{socket.gethostname()}"
+  def __init__(self, log_dir: str):
+    # Deferred: tensorboardX imports torch when it is installed (~1.5 s); only
+    # the process that writes pays for it.
+    from tensorboardX import RecordWriter, record_writer
+    from tensorboardX.proto import event_pb2, summary_pb2
+
+    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+    now = time.time()
+    name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}"
     path = _join(log_dir, name)
-    if "://" not in log_dir and os.path.exists(path):  # a restart within the same second
-      path = f"{path}.{os.getpid()}"
+    if "://" in log_dir:
+      # RecordWriter picks its sink by the text before the first ':'.
+      record_writer.register_writer_factory(log_dir.split("://", 1)[0], _RemoteRecordFiles())
+    else:
+      os.makedirs(log_dir, exist_ok=True)
+      if os.path.exists(path):  # a restart within the same second
+        path = f"{path}.{os.getpid()}"
     self.path = path
-    self._file = _AppendFile(path)
-    self._file.write(tfrecord(encode_event(clock(), 0, file_version="brain.Event:2")))
-    self._file.flush()
+    self._records = RecordWriter(path)
+    self._write(event_pb2.Event(wall_time=now, step=0, file_version="brain.Event:2"))
+    self.flush()
+
+  def _write(self, event) -> None:
+    self._records.write(event.SerializeToString())
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    self._file.write(tfrecord(encode_event(self._clock(), step, scalars=scalars)))
+    """One Event at `step` with a `simple_value` per tag (tags as given, not cleaned)."""
+    Summary = self._summary_pb2.Summary
+    values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in scalars.items()]
+    self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
 
   def flush(self) -> None:
-    self._file.flush()
+    self._records.flush()
 
   def close(self) -> None:
-    self._file.close()
+    self._records.close()  # a local file, or a remote one's last upload
 
 
 def _to_float(value: Any) -> float:

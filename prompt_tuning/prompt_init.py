@@ -40,7 +40,7 @@ from absl import logging
 from etils import epath
 
 from prompt_tuning.checkpoints import t5x
-from prompt_tuning.checkpoints.structure import CheckpointError
+from prompt_tuning.checkpoints.structure import CheckpointError, flatten
 
 Array = Any  # np.ndarray | jax.Array
 InitFn = Callable[[jax.Array, tuple[int, ...]], Array]
@@ -232,19 +232,11 @@ def read_checkpoint_variable(path: str, variable: str = DEFAULT_VARIABLE, step: 
 
 def _orbax_keys(item_dir: epath.Path) -> list[tuple[str, ...]]:
   """The key paths of an orbax PyTree item, from its metadata (no array is opened)."""
+  from flax import traverse_util
+
   from prompt_tuning.checkpoints import t5x
 
-  keys = []
-
-  def walk(node: Any, prefix: tuple[str, ...]) -> None:
-    if isinstance(node, Mapping):
-      for k, v in node.items():
-        walk(v, prefix + (str(k),))
-    else:
-      keys.append(prefix)
-
-  walk(t5x.orbax_structure(item_dir), ())
-  return keys
+  return [tuple(map(str, path)) for path in traverse_util.flatten_dict(t5x.orbax_structure(item_dir))]
 
 
 def _pick(available: Mapping[str, Any], candidates: Sequence[str], variable: str, source: str) -> Any:
@@ -344,17 +336,8 @@ def _read_t5x(root: epath.Path, step: int | None, candidates: Sequence[str], var
   target = target if target is not None else state.get("target")
   if not isinstance(target, Mapping):
     raise CheckpointError(f"{source}: no 'optimizer/target' or 'target' in the checkpoint")
-  leaves: dict[str, Any] = {}
-
-  def walk(node: Mapping[str, Any], prefix: str) -> None:
-    for key, value in node.items():
-      name = f"{prefix}/{key}" if prefix else str(key)
-      if isinstance(value, Mapping) and not isinstance(value.get("driver"), str):
-        walk(value, name)
-      elif value is not None:
-        leaves[name] = value  # an inline array, or a tensorstore spec of a zarr array
-
-  walk(target, "")
+  # An inline array, or a tensorstore spec of a zarr array; t5x writes None for params it did not save.
+  leaves = {name: value for name, value in flatten(target, is_leaf=t5x.is_ts_spec).items() if value is not None}
   value = _pick(leaves, candidates, variable, source)
   if not isinstance(value, Mapping):
     return np.asarray(value)

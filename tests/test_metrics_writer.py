@@ -1,9 +1,9 @@
-"""metrics_writer: metrics.jsonl, hand-written TensorBoard event files, CRC32C."""
+"""metrics_writer: metrics.jsonl, and TensorBoard event files (tensorboardX) read back by TensorBoard."""
 
 from __future__ import annotations
 
 import glob
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -11,25 +11,9 @@ import sys
 import textwrap
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
-from prompt_tuning import metrics_writer
-from prompt_tuning.metrics_writer import MetricsWriter, crc32c, read_events
-
-
-@pytest.mark.parametrize("data, expected", [
-    (b"", 0x00000000),
-    (b"123456789", 0xE3069283),
-    (b"\x00" * 32, 0x8A9136AA),  # RFC 3720 B.4 test vectors
-    (b"\xff" * 32, 0x62A8AB43),
-    (bytes(range(32)), 0x46DD794E),
-    (bytes(range(31, -1, -1)), 0x113FDB5C),
-])
-def test_crc32c_known_vectors(data, expected):
-  assert crc32c(data) == expected
-
-
-def test_crc32c_can_continue():
-  assert crc32c(b"6789", crc32c(b"12345")) == 0xE3069283
+from prompt_tuning.metrics_writer import MetricsWriter
 
 
 def _write_run(model_dir: str) -> MetricsWriter:
@@ -66,34 +50,93 @@ def _event_files(model_dir, run):
   return files[0]
 
 
-def test_event_files_decode_with_own_reader(tmp_path):
+def _tensorboard_reads(path: str) -> tuple[float, dict[str, list[tuple[int, float]]], list[float]]:
+  """(file version, {tag: [(step, value)]}, wall times) of an event file, as TensorBoard loads it."""
+  events = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.SCALARS: 0})
+  events.Reload()
+  scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+  wall_times = [e.wall_time for tag in scalars for e in events.Scalars(tag)]
+  return events.file_version, scalars, wall_times
+
+
+def test_tensorboard_reads_the_event_files(tmp_path):
   _write_run(str(tmp_path))
-  events = read_events(_event_files(tmp_path, "train"))
-  assert events[0]["file_version"] == "brain.Event:2"
-  assert [(e["step"], e["scalars"]) for e in events[1:]] == [
-      (10, {"loss": 1.25, "learning_rate": pytest.approx(0.3)}),
-      (20, {"loss": 0.5, "learning_rate": pytest.approx(0.3)}),
-  ]
-  assert all(e["wall_time"] > 1e9 for e in events)
-  validation = read_events(_event_files(tmp_path, "validation"))
-  assert [(e["step"], e["scalars"]) for e in validation[1:]] == [(20, {"accuracy": 0.75})]
+  version, scalars, wall_times = _tensorboard_reads(_event_files(tmp_path, "train"))
+  assert version == 2.0  # "brain.Event:2"
+  assert scalars == {"loss": [(10, 1.25), (20, 0.5)], "learning_rate": [(10, pytest.approx(0.3)), (20, pytest.approx(0.3))]}
+  assert all(t > 1e9 for t in wall_times)
+  assert _tensorboard_reads(_event_files(tmp_path, "validation"))[1] == {"accuracy": [(20, 0.75)]}
 
 
-def test_corruption_is_detected(tmp_path):
-  _write_run(str(tmp_path))
-  path = _event_files(tmp_path, "train")
-  data = bytearray(open(path, "rb").read())
-  data[-6] ^= 0xFF  # inside the last record's payload
-  with open(path, "wb") as f:
-    f.write(bytes(data))
-  with pytest.raises(ValueError, match="bad data CRC"):
-    read_events(path)
+def test_tags_are_kept_verbatim(tmp_path):
+  """tensorboardX's add_scalar would rewrite these to 'f1_ _macro_'; TensorBoard shows any tag."""
+  with MetricsWriter(str(tmp_path), process_index=0) as writer:
+    writer.write(3, {"f1 (macro)": 0.5, "squad/em": -2.0})
+  assert _tensorboard_reads(_event_files(tmp_path, "train"))[1] == {"f1 (macro)": [(3, 0.5)], "squad/em": [(3, -2.0)]}
 
 
-def test_event_encoding_round_trip_negative_step():
-  record = metrics_writer.encode_event(123.5, -7, scalars={"a/b": -1.5})
-  assert metrics_writer.decode_event(record) == {
-      "wall_time": 123.5, "step": -7, "file_version": None, "scalars": {"a/b": -1.5}}
+def test_each_session_writes_a_file_of_its_own(tmp_path):
+  """A resumed run (here: within the same second) adds a file; TensorBoard joins the run's files."""
+  with MetricsWriter(str(tmp_path), process_index=0) as writer:
+    writer.write(1, {"loss": 2.0})
+  with MetricsWriter(str(tmp_path), process_index=0) as writer:
+    writer.write(2, {"loss": 1.0})
+  files = sorted(glob.glob(str(tmp_path / "tensorboard" / "train" / "events.out.tfevents.*")))
+  assert len(files) == 2
+  assert sorted(step for f in files for step, _ in _tensorboard_reads(f)[1]["loss"]) == [1, 2]
+  assert _tensorboard_reads(str(tmp_path / "tensorboard" / "train"))[1] == {"loss": [(1, 2.0), (2, 1.0)]}
+
+
+@pytest.fixture
+def fake_gcs(monkeypatch):
+  """gs:// as etils.epath reaches it without TensorFlow (through fsspec), kept in memory.
+
+  google-cloud-storage is not installed, so tensorboardX's own gs:// writer
+  would fail: event files can only get there through our epath sink.
+  """
+  from etils.epath import backend
+  from fsspec.implementations.memory import MemoryFileSystem
+
+  class FakeGCS(MemoryFileSystem):
+    store, pseudo_dirs, protocol = {}, [""], ("gs", "gcs")
+
+    @classmethod
+    def _strip_protocol(cls, path):
+      return super()._strip_protocol(str(path).replace("gs://", "/", 1).replace("gcs://", "/", 1))
+
+  monkeypatch.setenv("EPATH_USE_TF", "false")  # epath would otherwise choose tf.io.gfile for gs://
+  monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "gcs", FakeGCS)
+  backend.fsspec_backend._get_filesystem.cache_clear()  # epath caches the filesystem per protocol
+  yield FakeGCS()
+  backend.fsspec_backend._get_filesystem.cache_clear()
+
+
+def test_event_files_on_a_remote_model_dir(fake_gcs, tmp_path):
+  with MetricsWriter("gs://bucket/run", process_index=0) as writer:
+    writer.write(10, {"loss": 1.25})
+    path = writer.event_file()
+    assert path.startswith("gs://bucket/run/tensorboard/train/events.out.tfevents.")
+    local = tmp_path / "copy.tfevents"
+    local.write_bytes(fake_gcs.cat_file(path))  # flushed after each write: visible before close
+    assert _tensorboard_reads(str(local))[1] == {"loss": [(10, 1.25)]}
+    writer.write(20, {"loss": 0.5})
+  local.write_bytes(fake_gcs.cat_file(path))
+  assert _tensorboard_reads(str(local))[1] == {"loss": [(10, 1.25), (20, 0.5)]}
+
+
+def test_event_files_without_tensorflow_tensorboard_or_torch(tmp_path):
+  """The accelerator-host install: writing needs tensorboardX alone."""
+  script = textwrap.dedent(f"""
+      import sys
+      for name in ("tensorflow", "tensorboard", "torch"):
+        sys.modules[name] = None  # any import of these now raises ImportError
+      from prompt_tuning.metrics_writer import MetricsWriter
+      with MetricsWriter({str(tmp_path)!r}, process_index=0) as writer:
+        writer.write(7, {{"loss": 0.25}})
+  """)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert _tensorboard_reads(_event_files(tmp_path, "train"))[1] == {"loss": [(7, 0.25)]}
 
 
 def test_only_process_zero_writes(tmp_path):
@@ -113,38 +156,10 @@ def test_default_process_index_writes(tmp_path):
 def test_many_scalars_are_fast(tmp_path):
   import time
 
+  # Each write is flushed and fsync'ed (as TensorFlow's writer does): ~2.5 ms on a loaded 2-core VM.
   start = time.perf_counter()
   with MetricsWriter(str(tmp_path), process_index=0) as writer:
-    for step in range(2000):
+    for step in range(500):
       writer.write(step, {"loss": 1.0 / (step + 1), "accuracy": 0.5})
   assert time.perf_counter() - start < 10
-  assert len(read_events(_event_files(tmp_path, "train"))) == 2001
-
-
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow not installed")
-def test_tensorflow_reads_the_event_files(tmp_path):
-  """TF's own reader (which checks both CRCs) sees the same tags, steps and values."""
-  _write_run(str(tmp_path))
-  script = textwrap.dedent(f"""
-      import json, sys
-      import tensorflow as tf
-      out = []
-      for run in ("train", "validation"):
-        path = tf.io.gfile.glob({str(tmp_path)!r} + "/tensorboard/" + run + "/events.out.tfevents.*")[0]
-        for event in tf.compat.v1.train.summary_iterator(path):
-          out.append([run, event.step, event.file_version,
-                      {{v.tag: v.simple_value for v in event.summary.value}}])
-      print(json.dumps(out))
-  """)
-  # A subprocess keeps TensorFlow out of this process (the core must not need it).
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""})
-  assert result.returncode == 0, result.stderr[-2000:]
-  events = json.loads(result.stdout.strip().splitlines()[-1])
-  assert events == [
-      ["train", 0, "brain.Event:2", {}],
-      ["train", 10, "", {"loss": 1.25, "learning_rate": pytest.approx(0.3)}],
-      ["train", 20, "", {"loss": 0.5, "learning_rate": pytest.approx(0.3)}],
-      ["validation", 0, "brain.Event:2", {}],
-      ["validation", 20, "", {"accuracy": 0.75}],
-  ]
+  assert len(_tensorboard_reads(_event_files(tmp_path, "train"))[1]["loss"]) == 500

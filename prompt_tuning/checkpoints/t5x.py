@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 from etils import epath
+from flax import traverse_util
 
 from prompt_tuning.checkpoints.structure import CheckpointError, flatten, unflatten
 
@@ -96,7 +97,7 @@ def _find_target(tree: Any, source: str) -> Mapping[str, Any]:
 # ----------------------------------------------------------------------------- legacy msgpack + zarr
 
 
-def _is_ts_spec(node: Any) -> bool:
+def is_ts_spec(node: Any) -> bool:
   """A tensorstore spec leaf, e.g. {'driver': 'zarr', 'kvstore': ...}; params never have a 'driver' key."""
   return isinstance(node, Mapping) and isinstance(node.get("driver"), str)
 
@@ -186,18 +187,11 @@ def _load_legacy(step_dir: epath.Path) -> dict[str, Any]:
   target = _find_target(state, str(msgpack_path))
 
   inline, specs = {}, {}
-
-  def walk(node: Mapping[str, Any], prefix: str) -> None:
-    for key, value in node.items():
-      path = f"{prefix}/{key}" if prefix else str(key)
-      if _is_ts_spec(value):
-        specs[path] = resolve_ts_spec(value, str(step_dir))
-      elif isinstance(value, Mapping):
-        walk(value, path)
-      elif value is not None:  # t5x writes None for params it did not save
-        inline[path] = np.asarray(value)
-
-  walk(target, "")
+  for path, value in flatten(target, is_leaf=is_ts_spec).items():
+    if is_ts_spec(value):
+      specs[path] = resolve_ts_spec(value, str(step_dir))
+    elif value is not None:  # t5x writes None for params it did not save
+      inline[path] = np.asarray(value)
   inline.update(_read_zarr_arrays(specs, str(step_dir)))
   if not inline:
     raise CheckpointError(f"{msgpack_path}: the checkpoint's target holds no parameters")
@@ -221,14 +215,8 @@ def orbax_structure(state_dir: epath.Path) -> Any:
 
   try:
     entries = json.loads((state_dir / "_METADATA").read_text())["tree_metadata"]
-    tree: dict[str, Any] = {}
-    for entry in entries.values():
-      *parents, leaf = [str(k["key"]) for k in entry["key_metadata"]]
-      node = tree
-      for key in parents:
-        node = node.setdefault(key, {})
-      node[leaf] = 0
-    return tree
+    return traverse_util.unflatten_dict({tuple(str(k["key"]) for k in entry["key_metadata"]): 0
+                                         for entry in entries.values()})
   except Exception:  # absent or another format: ask orbax
     pass
   handler = ocp.PyTreeCheckpointHandler()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -34,7 +35,9 @@ def _describe(result) -> None:
     print(f"prompt:       {result.prompt_path}")
   print(f"checkpoints:  {os.path.join(model_dir, 'checkpoints')}")
   print(f"metrics:      {os.path.join(model_dir, 'metrics.jsonl')}")
-  print(f"tensorboard:  tensorboard --logdir {os.path.join(model_dir, 'tensorboard')}")
+  # The event files need no TensorBoard to be written, only to be viewed.
+  missing = "" if importlib.util.find_spec("tensorboard") else "   (not installed: pip install tensorboard)"
+  print(f"tensorboard:  tensorboard --logdir {os.path.join(model_dir, 'tensorboard')}{missing}")
   print(f"gin config:   {config_path}")
 
 

@@ -136,41 +136,34 @@ def _float_pairs(targets: Sequence[str], predictions: Sequence[str]) -> tuple[np
   return t, np.array([to_float(p) for p in predictions], np.float64)
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-  x, y = x - x.mean(), y - y.mean()
-  denom = math.sqrt(float(x @ x) * float(y @ y))
-  return float(x @ y) / denom if denom else 0.0
+def _correlation(name: str, targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+  """{name: 100 * scipy.stats.<pearsonr|spearmanr>(targets, predictions)[0]}, as T5 computes it.
 
+  A constant series (correlation undefined: scipy warns and gives NaN) scores
+  0.0 instead, so a degenerate eval never logs NaN.
+  """
+  from scipy import stats  # deferred: ~1 s to import, and only correlation tasks need it
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-  """1-based ranks, ties sharing their mean rank (scipy.stats.rankdata 'average')."""
-  order = np.argsort(x, kind="mergesort")
-  ranks = np.empty(len(x), np.float64)
-  sorted_x = x[order]
-  start = 0
-  for end in range(1, len(x) + 1):
-    if end == len(x) or sorted_x[end] != sorted_x[start]:
-      ranks[order[start:end]] = (start + end + 1) / 2.0
-      start = end
-  return ranks
+  t, p = _float_pairs(targets, predictions)
+  if np.all(t == t[0]) or np.all(p == p[0]):
+    return {name: 0.0}
+  fn = stats.pearsonr if name == "pearson_corrcoef" else stats.spearmanr
+  return {name: 100.0 * float(fn(t, p)[0])}
 
 
 def pearson_corrcoef(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
   """100 * Pearson correlation of float targets and predictions (STS-B style).
 
   Unparsable (or non-finite) predictions count as -1.0, as T5's
-  `string_to_float` postprocessor makes them. A constant series (correlation
-  undefined; scipy gives NaN) scores 0.0, so a degenerate eval never logs NaN.
+  `string_to_float` postprocessor makes them; a constant series scores 0.0.
   """
-  t, p = _float_pairs(targets, predictions)
-  return {"pearson_corrcoef": 100.0 * _pearson(t, p)}
+  return _correlation("pearson_corrcoef", targets, predictions)
 
 
 def spearman_corrcoef(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
-  """100 * Spearman rank correlation (Pearson of average ranks); parsing and
+  """100 * Spearman rank correlation (ties share their average rank); parsing and
   degenerate cases as `pearson_corrcoef`."""
-  t, p = _float_pairs(targets, predictions)
-  return {"spearman_corrcoef": 100.0 * _pearson(_average_ranks(t), _average_ranks(p))}
+  return _correlation("spearman_corrcoef", targets, predictions)
 
 
 METRICS: dict[str, MetricFn] = {

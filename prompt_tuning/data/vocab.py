@@ -3,10 +3,9 @@
 Pure sentencepiece (no TensorFlow, no seqio). seqio appends `extra_ids`
 user-defined pieces "▁<extra_id_k>" to the model proto in reverse order, so
 `<extra_id_0>` gets the highest id (piece_size + extra_ids - 1) and
-`<extra_id_k>` gets piece_size + extra_ids - 1 - k. We do the same by appending
-hand-encoded `SentencePiece` records to the serialized `ModelProto` (a repeated
-field may be continued anywhere in the wire format), which avoids a protobuf
-dependency. Encoding and decoding then behave exactly as seqio's: sentinels in
+`<extra_id_k>` gets piece_size + extra_ids - 1 - k. We do the same, through the
+`ModelProto` message that sentencepiece ships (`sentencepiece_model_pb2`, as
+seqio does). Encoding and decoding then behave exactly as seqio's: sentinels in
 text encode to their ids, and decode renders them back as `<extra_id_k>`.
 
 Conventions (T5): pad = 0, eos = 1, unk = 2; `encode` adds no EOS.
@@ -14,30 +13,23 @@ Conventions (T5): pad = 0, eos = 1, unk = 2; `encode` adds no EOS.
 
 from __future__ import annotations
 
-import struct
 from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece
-
-from prompt_tuning import protowire
+from sentencepiece import sentencepiece_model_pb2
 
 PAD_ID = 0
 EOS_ID = 1
-_USER_DEFINED = 4  # sentencepiece.ModelProto.SentencePiece.Type.USER_DEFINED
-
-
-def _piece_record(piece: str) -> bytes:
-  """A serialized `ModelProto.pieces` entry: piece (1), score=0.0 (2), type=USER_DEFINED (3)."""
-  text = piece.encode("utf-8")
-  body = (protowire.len_field(1, text) + protowire.key(2, protowire.FIXED32) + struct.pack("<f", 0.0)
-          + protowire.key(3, protowire.VARINT) + protowire.varint(_USER_DEFINED))
-  return protowire.len_field(1, body)
 
 
 def add_extra_ids(model_proto: bytes, extra_ids: int) -> bytes:
   """Appends seqio-style sentinel pieces (`<extra_id_{n-1}>` first) to a serialized model."""
-  return model_proto + b"".join(_piece_record(f"\u2581<extra_id_{i}>") for i in reversed(range(extra_ids)))
+  model = sentencepiece_model_pb2.ModelProto.FromString(model_proto)
+  for i in reversed(range(extra_ids)):
+    model.pieces.add(piece=f"\u2581<extra_id_{i}>", score=0.0,
+                     type=sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED)
+  return model.SerializeToString()
 
 
 def read_bytes(path: str) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -56,15 +58,21 @@ def test_pearson_and_spearman():
     metrics.pearson_corrcoef(["one"], ["1"])
 
 
-def test_correlations_match_scipy():
-  scipy_stats = pytest.importorskip("scipy.stats")
-  rng = np.random.RandomState(0)
-  t = rng.randint(0, 6, size=40).astype(float)
-  p = t + rng.randint(-2, 3, size=40)
-  ts, ps = [str(x) for x in t], [str(x) for x in p]
-  assert metrics.pearson_corrcoef(ts, ps)["pearson_corrcoef"] == pytest.approx(100 * scipy_stats.pearsonr(t, p)[0])
-  assert metrics.spearman_corrcoef(ts, ps)["spearman_corrcoef"] == pytest.approx(
-      100 * scipy_stats.spearmanr(t, p)[0])
+def test_correlations_with_ties_in_both_series():
+  """T5 computes 100 * scipy.stats.pearsonr / spearmanr; these are worked by hand."""
+  targets, predictions = ["1", "1", "2", "3", "3"], ["3", "2", "2", "1", "1"]
+  # t dev [-1, -1, 0, 1, 1], p mean 1.8, dev [1.2, .2, .2, -.8, -.8]: r = -3 / sqrt(4 * 2.8).
+  assert metrics.pearson_corrcoef(targets, predictions) == {"pearson_corrcoef": pytest.approx(-300 / np.sqrt(11.2))}
+  # Ranks t [1.5, 1.5, 3, 4.5, 4.5], p [5, 3.5, 3.5, 1.5, 1.5]: cov -8.25, both variances 9.
+  assert metrics.spearman_corrcoef(targets, predictions) == {"spearman_corrcoef": pytest.approx(-8.25 / 9 * 100)}
+
+
+def test_constant_series_scores_zero_without_scipy_warning():
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # scipy would warn (ConstantInputWarning) and return NaN
+    assert metrics.pearson_corrcoef(["1", "2", "3"], ["2", "2", "2"]) == {"pearson_corrcoef": 0.0}
+    assert metrics.spearman_corrcoef(["4", "4"], ["1", "2"]) == {"spearman_corrcoef": 0.0}
+    assert metrics.pearson_corrcoef(["1"], ["1"]) == {"pearson_corrcoef": 0.0}  # scipy raises on n < 2
 
 
 def test_cb_macro_f1_over_all_labels():
