@@ -104,11 +104,17 @@ def fake_gcs(monkeypatch):
     def _strip_protocol(cls, path):
       return super()._strip_protocol(str(path).replace("gs://", "/", 1).replace("gcs://", "/", 1))
 
+  from etils.epath import gpath
+
   monkeypatch.setenv("EPATH_USE_TF", "false")  # epath would otherwise choose tf.io.gfile for gs://
   monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "gcs", FakeGCS)
-  backend.fsspec_backend._get_filesystem.cache_clear()  # epath caches the filesystem per protocol
+  # epath caches both its TensorFlow check and the filesystem per protocol.
+  caches = (gpath._is_tf_installed, backend.fsspec_backend._get_filesystem)
+  for cache in caches:
+    cache.cache_clear()
   yield FakeGCS()
-  backend.fsspec_backend._get_filesystem.cache_clear()
+  for cache in caches:
+    cache.cache_clear()
 
 
 def test_event_files_on_a_remote_model_dir(fake_gcs, tmp_path):
