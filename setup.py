@@ -53,7 +53,8 @@ setuptools.setup(
     ],
     extras_require={
         # The data layer (seqio tasks, tfds) brings TensorFlow; the core never imports it.
-        "data": ["seqio", "tensorflow-datasets", "tensorflow"],
+        # tfds imports importlib_resources when it prepares a dataset but does not declare it.
+        "data": ["importlib_resources", "seqio", "tensorflow-datasets", "tensorflow"],
         # To view the event files: `tensorboard --logdir MODEL_DIR/tensorboard`.
         "tensorboard": ["tensorboard"],
         # tensorboard: the tests read our event files back with TensorBoard's own reader.
