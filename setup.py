@@ -35,6 +35,9 @@ setuptools.setup(
         "absl-py",
         "etils[epath]",
         "flax",
+        # gs:// checkpoints, vocabularies and MODEL_DIRs without TensorFlow: etils then
+        # opens them through fsspec, which needs gcsfs for Google Cloud Storage.
+        "gcsfs",
         "gin-config",
         "jax",
         "msgpack",
