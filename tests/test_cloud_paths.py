@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -118,3 +119,13 @@ def test_gs_checkpoint_vocabulary_and_model_dir_without_tensorflow(gcs_emulator,
   assert seen["prompt"] == ["gs://bucket/run/prompts/step_4.npy", True]
   assert [json.loads(line) for line in seen["writer_lines"]] == [
       {"step": i, "train/loss": float(i)} for i in range(3)]
+
+
+def test_commands_show_each_gcsfs_warning_once(caplog):
+  assert cli.main(["--help"]) == 0  # any command installs the filter
+  gcsfs_logger = logging.getLogger("gcsfs")
+  for _ in range(3):
+    gcsfs_logger.warning("Could not determine bucket type for bucket name b: no credentials")
+  gcsfs_logger.warning("another message")
+  assert [r.getMessage() for r in caplog.records if r.name == "gcsfs"] == [
+      "Could not determine bucket type for bucket name b: no credentials", "another message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 COMMANDS = {
@@ -40,8 +41,35 @@ def missing_filesystem(error: ImportError) -> str | None:
   return f"{schemes} paths without TensorFlow need the {package} package, which is not installed: pip install {package}"
 
 
+class _OncePerMessage(logging.Filter):
+  """Lets each distinct message through once.
+
+  gcsfs asks for a bucket's storage layout before each call and, when it cannot
+  get it (no credentials, no permission for that API, an emulator), warns and
+  falls back to the plain GCS API, which works: hundreds of identical lines a run.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self._seen: set[str] = set()
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    if message in self._seen:
+      return False
+    self._seen.add(message)
+    return True
+
+
+def _quiet_repeated_gcsfs_warnings() -> None:
+  gcsfs_logger = logging.getLogger("gcsfs")
+  if not any(isinstance(f, _OncePerMessage) for f in gcsfs_logger.filters):
+    gcsfs_logger.addFilter(_OncePerMessage())
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  _quiet_repeated_gcsfs_warnings()
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(_usage())
     return 0
