@@ -92,10 +92,9 @@ def gcs_emulator(tmp_path):
 
 @pytest.mark.slow
 def test_gs_checkpoint_vocabulary_and_model_dir_without_tensorflow(gcs_emulator, tmp_path):
-  env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs_emulator, "TENSORSTORE_GCS_HTTP_URL": gcs_emulator,
-         # The three sessions compile the same programs: the persistent cache compiles them once.
-         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  # os.environ carries the session's JAX compilation cache (conftest.py): the three
+  # sessions compile the same programs once.
+  env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs_emulator, "TENSORSTORE_GCS_HTTP_URL": gcs_emulator}
   result = subprocess.run([sys.executable, os.path.join(SUPPORT, "cloud_session.py"), SENTENCEPIECE_MODEL,
                            str(tmp_path)], capture_output=True, text=True, env=env, timeout=400)
   # gcsfs warns on every call that the emulator cannot tell it the bucket's storage layout (a gRPC API).
