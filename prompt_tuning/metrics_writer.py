@@ -20,13 +20,14 @@ from typing import Any, Mapping
 
 
 class _AppendFile:
-  """Append-only binary file: a real append locally; remote objects (gs://) can't
-  be appended to, so their content is kept and rewritten on each flush."""
+  """Append-only binary file: a real append locally. Remote objects (gs://) can't be
+  appended to, so each flush reads the object as it is now, adds the pending bytes
+  and writes it back: what earlier sessions wrote (a resumed run, an eval) is kept."""
 
   def __init__(self, path: str):
     self._path = path
     self._remote = "://" in path
-    self._buffer = bytearray()
+    self._pending = bytearray()
     self._file = None
     if not self._remote:
       os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -36,15 +37,19 @@ class _AppendFile:
     if self._file is not None:
       self._file.write(data)
     else:
-      self._buffer += data
+      self._pending += data
 
   def flush(self) -> None:
     if self._file is not None:
       self._file.flush()
-    else:
+    elif self._pending:
       from etils import epath
 
-      epath.Path(self._path).write_bytes(bytes(self._buffer))
+      remote = epath.Path(self._path)
+      # Read at every flush, not once: another session may have appended meanwhile.
+      earlier = remote.read_bytes() if remote.exists() else b""
+      remote.write_bytes(earlier + bytes(self._pending))
+      self._pending.clear()
 
   def close(self) -> None:
     self.flush()

@@ -91,8 +91,8 @@ def test_each_session_writes_a_file_of_its_own(tmp_path):
 def fake_gcs(monkeypatch):
   """gs:// as etils.epath reaches it without TensorFlow (through fsspec), kept in memory.
 
-  google-cloud-storage is not installed, so tensorboardX's own gs:// writer
-  would fail: event files can only get there through our epath sink.
+  tensorboardX's own gs:// writer (google-cloud-storage) would go to the real
+  GCS: event files can only get here through our epath sink.
   """
   from etils.epath import backend
   from fsspec.implementations.memory import MemoryFileSystem
@@ -128,6 +128,18 @@ def test_event_files_on_a_remote_model_dir(fake_gcs, tmp_path):
     writer.write(20, {"loss": 0.5})
   local.write_bytes(fake_gcs.cat_file(path))
   assert _tensorboard_reads(str(local))[1] == {"loss": [(10, 1.25), (20, 0.5)]}
+
+
+def test_remote_metrics_jsonl_keeps_every_session(fake_gcs):
+  # A bucket object can't be appended to: each session (train, resume, eval) must
+  # add to what is there, not replace it.
+  for session in range(3):
+    with MetricsWriter("gs://bucket/run", process_index=0) as writer:
+      writer.write(session, {"loss": float(session)})
+      writer.write(session, {"accuracy": 0.5}, prefix="eval")
+  lines = [json.loads(line) for line in fake_gcs.cat_file("gs://bucket/run/metrics.jsonl").splitlines()]
+  assert lines == [record for step in range(3)
+                   for record in ({"step": step, "train/loss": float(step)}, {"step": step, "eval/accuracy": 0.5})]
 
 
 def test_event_files_without_tensorflow_tensorboard_or_torch(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 COMMANDS = {
@@ -22,8 +23,53 @@ def _usage() -> str:
   return "\n".join(lines)
 
 
+def missing_filesystem(error: ImportError) -> str | None:
+  """One line naming what to install when `error` is fsspec's "install X to access Y".
+
+  Without TensorFlow, etils opens gs:// (and s3://, az://) paths through fsspec,
+  whose implementations are separate packages; fsspec's error surfaces from deep
+  inside orbax or etils, so every command turns it into one line here.
+  """
+  from fsspec.registry import known_implementations
+
+  first_line = (str(error).strip().splitlines() or [""])[0]  # gin appends "In call to configurable ..."
+  protocols = sorted(p for p, impl in known_implementations.items() if impl.get("err") == first_line)
+  if not protocols:
+    return None
+  package = known_implementations[protocols[0]]["class"].split(".")[0]
+  schemes = ", ".join(f"{p}://" for p in protocols)
+  return f"{schemes} paths without TensorFlow need the {package} package, which is not installed: pip install {package}"
+
+
+class _OncePerMessage(logging.Filter):
+  """Lets each distinct message through once.
+
+  gcsfs asks for a bucket's storage layout before each call and, when it cannot
+  get it (no credentials, no permission for that API, an emulator), warns and
+  falls back to the plain GCS API, which works: hundreds of identical lines a run.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self._seen: set[str] = set()
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    if message in self._seen:
+      return False
+    self._seen.add(message)
+    return True
+
+
+def _quiet_repeated_gcsfs_warnings() -> None:
+  gcsfs_logger = logging.getLogger("gcsfs")
+  if not any(isinstance(f, _OncePerMessage) for f in gcsfs_logger.filters):
+    gcsfs_logger.addFilter(_OncePerMessage())
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  _quiet_repeated_gcsfs_warnings()
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(_usage())
     return 0
@@ -32,7 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prompt-tuning: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2
   module = importlib.import_module(COMMANDS[command][0])
-  return module.main(rest)
+  try:
+    return module.main(rest)
+  except ImportError as e:
+    line = missing_filesystem(e)
+    if line is None:
+      raise
+    print(f"prompt-tuning {command}: error: {line}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
