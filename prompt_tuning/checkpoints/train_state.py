@@ -107,3 +107,7 @@ class TrainCheckpointer:
 
 def prompt_file(model_dir: str, step: int) -> str:
   return os.path.join(model_dir, PROMPTS_DIR, f"step_{step}.npy")
+
+
+def checkpoint_dir(model_dir: str, step: int) -> str:
+  return os.path.join(model_dir, CHECKPOINTS_DIR, str(step))

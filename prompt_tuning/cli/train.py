@@ -27,8 +27,9 @@ def _describe(result) -> None:
           f"emb_dim {cfg.emb_dim}) with RANDOM weights (no checkpoint): the prompt learns to steer noise. "
           f"A real model is one flag away: --gin.INITIAL_CHECKPOINT_PATH=\"'/path/to/hf_or_t5x_checkpoint'\"")
   print(f"trained to step {result.step}")
-  for name, value in sorted(result.eval_metrics.items()):
-    print(f"  eval {name}: {value:.4f}")
+  if result.eval_metrics:
+    print(f"evaluated {gin_runner.describe_evaluation('train', 'eval_split', result.eval_metrics)}")
+    print("\n".join(gin_runner.metric_lines(result.eval_metrics, prefix="eval ")))
   if result.prompt_path:
     print(f"prompt:       {result.prompt_path}")
   print(f"checkpoints:  {os.path.join(model_dir, 'checkpoints')}")

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from prompt_tuning import partitioning, prompt_init as prompt_init_lib
-from prompt_tuning.checkpoints.train_state import TrainCheckpointer, prompt_file
+from prompt_tuning.checkpoints.train_state import TrainCheckpointer, checkpoint_dir, prompt_file
 from prompt_tuning.data.pipeline import BatchIterator
 from prompt_tuning.data.task import resolve_task
 from prompt_tuning.metrics_writer import MetricsWriter
@@ -68,6 +68,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
 
   Args:
     eval_period: evaluate every this many steps (0: only at the end).
+    progress: the progress bar and a line before each quiet phase, on stderr (process 0).
     save_period: checkpoint every this many steps (and always at the end), keeping `keep`.
     mixture_or_task_module: a module to import first, registering more tasks.
     vocabulary_path: SentencePiece model of tasks that name none (default: T5's).
@@ -75,8 +76,12 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
     prefetch_batches: training batches read and copied to the devices ahead of the step.
     num_partitions / mesh_shape: the device mesh (see partitioning.make_mesh).
   """
+  # Process 0 alone prints: the phase lines, the progress bar, and (below) writes metrics and prompts.
+  bar = ProgressBar(train_steps, enabled=progress and jax.process_index() == 0)
   mesh = partitioning.make_mesh(num_partitions, mesh_shape=mesh_shape)
   task = resolve_task(mixture_or_task_name, mixture_or_task_module, vocabulary_path)
+  bar.note(f"loading the frozen model from {initial_checkpoint_path}" if initial_checkpoint_path else
+           f"initializing the frozen model at random (no initial checkpoint), seed {seed}")
   model, params, config = model_setup.load_prompted_model(
       model_config, initial_checkpoint_path, PromptConfig(prompt_length, prompt_placement), prompt_init,
       tokenize=task.vocabulary.encode, vocab_size=task.vocabulary.vocab_size, loss=loss, dtype=dtype, seed=seed,
@@ -92,40 +97,53 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
 
   checkpointer = TrainCheckpointer(model_dir, save_period=save_period, keep=keep)
   position = 0
-  if checkpointer.latest_step() is not None:
+  latest = checkpointer.latest_step()
+  if latest is not None:
     restored, position = checkpointer.restore(jax.tree.map(np.asarray, state.to_checkpoint()))
     state = TrainState.from_checkpoint(restored)
-    logging.info("resumed from %s at step %d", model_dir, int(state.step))
+    bar.note(f"resuming at step {int(state.step)} from checkpoint {checkpoint_dir(model_dir, latest)}")
   start = int(state.step)
+  bar.restart_clock(start)
+  if start >= train_steps:  # resumed a finished run: it reports its evaluation again
+    bar.note(f"{model_dir} is already trained to step {start} (train_steps={train_steps}): nothing to train")
 
   shard, shards = partitioning.data_shard(mesh)  # processes of one model replica read the same rows
+  bar.note(f"reading the train split of {task.name}")
   batches = BatchIterator(task, "train", task_feature_lengths, batch_size, shuffle=True, seed=seed, repeat=True,
                           drop_remainder=True, start_position=position, process_index=shard,
                           process_count=shards)
   batches.truncation.report()  # the whole split is tokenized up front: report its truncation once
   evaluator = Evaluator(model, task, task_feature_lengths, eval_batch_size or batch_size,
                         decode_method=decode_method, decode_options=decode_options,
-                        rank_classification=rank_classification, mesh=mesh)
+                        rank_classification=rank_classification, mesh=mesh, note=bar.note)
   train_step = step_lib.compile_train_step(step_lib.make_train_step(model, tx, schedule), mesh, frozen_shardings)
   rng = jax.random.PRNGKey(seed)
   # Every process runs the same steps; only process 0 writes metrics, the progress bar and the prompt .npy.
   writer = MetricsWriter(model_dir)
-  bar = ProgressBar(train_steps, start, enabled=progress and jax.process_index() == 0)
   totals, period_start, eval_metrics = None, time.time(), {}
+  uncounted = 0.0  # examples of the compiling first step, left out of the first period's rate
   with DevicePrefetcher(batches, lambda b: to_global_batch(b.arrays, mesh), lambda it: it.position,
                         size=prefetch_batches) as prefetcher:
     for step in range(start, train_steps):
       position, batch = next(prefetcher)  # position: where the stream resumes after this batch
+      if step == start:
+        bar.note("compiling the train step")
       state, metrics = train_step(state, frozen, batch, rng)
       totals = step_lib.accumulate(totals, metrics)  # stays on device: no host sync per step
       done = step + 1
+      first = step == start and done < train_steps
+      if first:  # it compiled (seconds to minutes): measure the ETA from its end
+        jax.block_until_ready(state.step)
+        bar.restart_clock(done)
       if done % log_period == 0 or done == train_steps:
         summary = step_lib.summarize(totals)
         seconds = max(time.time() - period_start, 1e-9)
-        summary["examples_per_s"] = float(jax.device_get(totals["examples"])) / seconds
+        summary["examples_per_s"] = (float(jax.device_get(totals["examples"])) - uncounted) / seconds
         writer.write(done, summary, prefix="train")
         bar.update(done, loss=summary["loss"], examples_per_s=summary["examples_per_s"])
-        totals, period_start = None, time.time()
+        totals, period_start, uncounted = None, time.time(), 0.0
+      elif first:  # and out of the throughput: this period's rate counts from the second step
+        period_start, uncounted = time.time(), float(jax.device_get(metrics["examples"]))
       if done == train_steps or (eval_period and done % eval_period == 0):
         eval_metrics = evaluator.evaluate(optimizer_lib.merge_params(state.params, frozen), eval_split)
         writer.write(done, eval_metrics, prefix="eval")
@@ -133,8 +151,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
       # On every process: orbax coordinates the hosts (and writes each array once).
       checkpointer.save(done, state.to_checkpoint(), position, force=done == train_steps)
   bar.close()
-  if start >= train_steps:  # resumed a finished run: report its evaluation again
-    logging.warning("%s is already trained to step %d (TRAIN_STEPS=%d)", model_dir, start, train_steps)
+  if start >= train_steps:
     eval_metrics = evaluator.evaluate(optimizer_lib.merge_params(state.params, frozen), eval_split)
   writer.close()
   checkpointer.close()
