@@ -36,3 +36,16 @@ def test_a_source_checkout_behaves_like_the_install():
             "print(prompt_tuning.__file__, gin_utils.bundled_gin_dir())")
   out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
   assert out.startswith(os.path.join(root, "prompt_tuning")), out
+
+
+def test_version_from_the_command_line_matches_the_installed_metadata(capsys):
+  from importlib import metadata
+
+  import prompt_tuning
+  from prompt_tuning.cli import main as cli
+
+  assert metadata.version("prompt-tuning") == prompt_tuning.__version__  # setup.py reads __init__.py
+  assert cli.main(["--version"]) == 0
+  assert capsys.readouterr().out == (f"prompt-tuning {prompt_tuning.__version__} (jax {metadata.version('jax')}, "
+                                     f"flax {metadata.version('flax')})\n")
+
