@@ -88,7 +88,9 @@ def _encode_inputs(args: argparse.Namespace, processor) -> np.ndarray:
 def main(argv: list[str]) -> int:
   args = parse(argv)
   from prompt_tuning import pretrained  # jax import after flag parsing keeps --help fast
+  from prompt_tuning.cli import compilation_cache
 
+  compilation_cache.enable()  # before anything compiles
   try:
     config = args.config or (None if args.checkpoint else "tiny")
     model = pretrained.load_pretrained(args.checkpoint or None, config=config, dtype=args.dtype, seed=args.seed)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from absl import logging
 
 from prompt_tuning import gin_utils
-from prompt_tuning.cli import distributed
+from prompt_tuning.cli import compilation_cache, distributed
 
 # Names usable in gin files, e.g. `train.prompt_init = @prompt_init.sampled_vocab`.
 def register_all() -> dict[str, Callable[..., Any]]:
@@ -84,6 +84,7 @@ def run(argv: list[str], command: str, describe: Callable[[Any], None], descript
   if problem:
     return fail(problem, 2)
   logging.set_verbosity(logging.WARNING)
+  compilation_cache.enable()  # before anything compiles
   try:
     distributed.initialize(options)  # before anything touches a JAX backend
   except Exception as e:  # jax raises RuntimeError/ValueError/XlaRuntimeError with long messages
