@@ -49,3 +49,13 @@ def test_version_from_the_command_line_matches_the_installed_metadata(capsys):
   assert capsys.readouterr().out == (f"prompt-tuning {prompt_tuning.__version__} (jax {metadata.version('jax')}, "
                                      f"flax {metadata.version('flax')})\n")
 
+
+def test_import_is_cheap_and_the_python_api_loads_on_first_use():
+  import subprocess
+
+  script = ("import sys, prompt_tuning; heavy = [m for m in ('jax', 'flax', 'gin', 'orbax') if m in sys.modules]; "
+            "assert not heavy, heavy; from prompt_tuning import train_prompt; "
+            "from prompt_tuning.train import loop; assert train_prompt is loop.train; "
+            "assert callable(prompt_tuning.load_pretrained) and 'train_prompt' in dir(prompt_tuning)")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]

@@ -14,7 +14,7 @@ metrics are the same on every process.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -77,16 +77,7 @@ class Evaluator:
     return jax.make_array_from_callback(rows.shape, self._rows, lambda index: rows[index])
 
   def _candidate_table(self, rows_of_candidates: list[list[str]]) -> np.ndarray:
-    """Token ids [rows, max candidates, length] (EOS-terminated, 0-padded; missing candidates all 0)."""
-    encoded = [[trim_with_eos(self.vocabulary.encode(c), self._max_target_length) for c in row]
-               for row in rows_of_candidates]
-    width = max(len(row) for row in encoded)
-    length = max(len(ids) for row in encoded for ids in row)
-    table = np.zeros((len(encoded), width, length), np.int32)
-    for i, row in enumerate(encoded):
-      for j, ids in enumerate(row):
-        table[i, j, :len(ids)] = ids
-    return table
+    return candidate_table(self.vocabulary, rows_of_candidates, self._max_target_length)
 
   def _ranks(self, params: Any, tokens: jax.Array, examples: list) -> tuple[list, np.ndarray] | None:
     """(candidates per row, scores [batch, candidates]) or None when rank classification is off.
@@ -160,6 +151,20 @@ def describe_decoding(method: str, options: Mapping[str, Any] | None = None) -> 
   """How predictions are decoded, for people: 'greedy decoding', 'beam decoding with alpha=0.6, beam_size=4'."""
   details = ", ".join(f"{k}={v}" for k, v in sorted(dict(options or {}).items()))
   return f"{method} decoding" + (f" with {details}" if details else "")
+
+
+def candidate_table(vocabulary: Any, rows_of_candidates: Sequence[Sequence[str]], max_length: int) -> np.ndarray:
+  """Candidate targets as token ids [rows, max candidates, length]: each EOS-terminated and cut to
+  `max_length` as targets are in training (seqio's append_eos_after_trim), 0-padded; missing candidates all 0."""
+  encoded = [[trim_with_eos(vocabulary.encode(c), max_length, vocabulary.eos_id) for c in row]
+             for row in rows_of_candidates]
+  width = max(len(row) for row in encoded)
+  length = max(len(ids) for row in encoded for ids in row)
+  table = np.zeros((len(encoded), width, length), np.int32)
+  for i, row in enumerate(encoded):
+    for j, ids in enumerate(row):
+      table[i, j, :len(ids)] = ids
+  return table
 
 
 def _has_example_candidates(task: Task) -> bool:

@@ -65,7 +65,7 @@ def _setup(model_dir, mixture_or_task_name, model_config, initial_checkpoint_pat
 
 
 def evaluate(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-             batch_size: int, model_config: str | T5Config | None = "tiny", initial_checkpoint_path: str = "",
+             batch_size: int, model_config: str | T5Config | None = None, initial_checkpoint_path: str = "",
              prompt_length: int = 100, prompt_placement: str = "prefix",
              trainable_params: str = optimizer_lib.PROMPT_ONLY, dtype: str | None = None,
              checkpoint_step: int | None = None, split: str = "validation", decode_method: str = "greedy",
@@ -93,7 +93,7 @@ def evaluate(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths:
 
 
 def infer(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int,
-          model_config: str | T5Config | None = "tiny", initial_checkpoint_path: str = "", prompt_length: int = 100,
+          model_config: str | T5Config | None = None, initial_checkpoint_path: str = "", prompt_length: int = 100,
           prompt_placement: str = "prefix", trainable_params: str = optimizer_lib.PROMPT_ONLY,
           dtype: str | None = None, checkpoint_step: int | None = None, split: str = "validation",
           decode_method: str = "greedy", decode_options: Mapping[str, Any] | None = None,
