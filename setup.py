@@ -1,6 +1,7 @@
 """prompt-tuning: soft prompt tuning of frozen T5-family models in JAX/Flax."""
 
 import os
+import re
 
 import setuptools
 
@@ -16,9 +17,15 @@ def _data_files(package_dir: str, suffixes: tuple) -> list:
   return sorted(found)
 
 
+def _version() -> str:
+  """`__version__` of prompt_tuning/__init__.py: one place to bump (read as text: nothing is installed yet)."""
+  with open(os.path.join(HERE, "prompt_tuning", "__init__.py")) as f:
+    return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
 setuptools.setup(
     name="prompt-tuning",
-    version="0.1.0",
+    version=_version(),
     description="Soft prompt tuning (Lester et al. 2021) of frozen T5 models in JAX/Flax, t5x-compatible.",
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",

@@ -1,4 +1,10 @@
-"""Soft prompt tuning of frozen T5-family models in JAX/Flax."""
+"""Soft prompt tuning of frozen T5-family models in JAX/Flax.
+
+  prompt_tuning.train_prompt(...)    train a prompt from Python, no gin (prompt_tuning.train.loop.train)
+  prompt_tuning.load_pretrained(...) a T5 checkpoint, optionally with a trained prompt taking text
+
+Both are imported on first use: `import prompt_tuning` itself loads neither JAX nor anything else.
+"""
 
 import os as _os
 
@@ -12,12 +18,25 @@ if (not _os.path.isdir(_os.path.join(__path__[0], "tasks"))
     and _os.path.isfile(_os.path.join(_checkout, "setup.py"))):
   __path__.append(_checkout)
 
+# name -> (module, attribute). Not `train`: that name is the prompt_tuning.train package
+# (`python -m prompt_tuning.train`), which importing any of its modules sets as this attribute.
+_LAZY = {
+    "load_pretrained": ("prompt_tuning.pretrained", "load_pretrained"),
+    "train_prompt": ("prompt_tuning.train.loop", "train"),
+}
+__all__ = ["__version__", *_LAZY]
 
-def load_pretrained(path, config=None, dtype="float32", seed=0):
-  """Loads an HF, t5x or native T5 checkpoint, or (path=None) a random `config`.
 
-  See `prompt_tuning.pretrained.load_pretrained`.
-  """
-  from prompt_tuning import pretrained  # deferred: keep `import prompt_tuning` light
+def __getattr__(name):  # PEP 562: the heavy modules load on first use
+  if name not in _LAZY:
+    raise AttributeError(f"module 'prompt_tuning' has no attribute {name!r}")
+  import importlib
 
-  return pretrained.load_pretrained(path, config=config, dtype=dtype, seed=seed)
+  module, attribute = _LAZY[name]
+  value = getattr(importlib.import_module(module), attribute)
+  globals()[name] = value  # once
+  return value
+
+
+def __dir__():
+  return sorted({*globals(), *_LAZY})

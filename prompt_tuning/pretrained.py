@@ -1,4 +1,8 @@
-"""`load_pretrained`: a small handle on a T5 checkpoint for users and tests."""
+"""`load_pretrained`: a small handle on a T5 checkpoint for users and tests.
+
+With `prompt=` (or `PretrainedT5.with_prompt`), the handle carries a trained
+prompt and takes text: see `prompt_tuning.prompted`.
+"""
 
 from __future__ import annotations
 
@@ -30,11 +34,30 @@ class PretrainedT5:
     params: nested dict of parameter arrays (t5x names).
   """
 
-  def __init__(self, config: T5Config, params: Any):
+  def __init__(self, config: T5Config, params: Any, module: Any = None):
+    """`module`: the Flax network of `params` (default: the plain T5 `Transformer` of `config`)."""
     self.config = config
     self.params = jax.tree.map(jnp.asarray, params)
-    self.model = EncoderDecoderModel(network.Transformer(config))
+    self.model = EncoderDecoderModel(network.Transformer(config) if module is None else module)
     self._logits = jax.jit(self.model.logits)
+
+  def with_prompt(self, prompt: Any, *, step: int | None = None, vocabulary: Any = None, task: str | None = None,
+                  placement: str | None = None):
+    """This model with a trained prompt in front of its inputs, taking text: a `PromptedT5`.
+
+    Args:
+      prompt: a MODEL_DIR of train() (its latest checkpoint, or `step`), a .npy file of a
+        prompt [p, d] (e.g. MODEL_DIR/prompts/step_300.npy), or such an array.
+      step: the checkpoint step of a MODEL_DIR (default: the latest).
+      vocabulary: a SentencePiece model path (read with T5's 100 extra ids) or a vocabulary
+        object (e.g. a task's `.vocabulary`); default: the task's.
+      task: a registered task name whose vocabulary and labels to use; default: MODEL_DIR's.
+      placement: 'prefix', 'after_first' or 'suffix'; default: as trained ('prefix' for a bare array).
+    See `prompt_tuning.prompted.attach_prompt`.
+    """
+    from prompt_tuning import prompted  # deferred: it imports this module
+
+    return prompted.attach_prompt(self, prompt, step=step, vocabulary=vocabulary, task=task, placement=placement)
 
   def logits(self, encoder_input_tokens: Any, decoder_input_tokens: Any) -> np.ndarray:
     """Teacher-forced logits.
@@ -97,18 +120,35 @@ def _jitted_predict(model: EncoderDecoderModel, max_decode_length: int, method: 
   return jax.jit(predict)
 
 
-def load_pretrained(path: str | None, config: str | T5Config | None = None, dtype: str = "float32",
-                    seed: int = 0) -> PretrainedT5:
-  """Loads a T5 checkpoint, or builds a randomly initialized model.
+def load_pretrained(path: str | None = None, config: str | T5Config | None = None, dtype: str = "float32",
+                    seed: int = 0, *, prompt: Any = None, step: int | None = None, vocabulary: Any = None,
+                    task: str | None = None, placement: str | None = None) -> PretrainedT5:
+  """Loads a T5 checkpoint, or builds a randomly initialized model; with `prompt`, adds a trained prompt.
 
   Args:
     path: an HF directory, a t5x checkpoint (local or gs://), or a native
-      checkpoint; None or '' for random initialization of `config`.
+      checkpoint; None or '' for random initialization of `config`. With a
+      MODEL_DIR as `prompt` and neither path nor config: the frozen model that
+      MODEL_DIR was trained on (its run_config.json: checkpoint, or config and seed).
     config: a named config (see `prompt_tuning.models.t5.NAMED_CONFIGS`) or a
       T5Config. Needed for t5x checkpoints and random initialization.
     dtype: parameter and activation dtype, 'float32' or 'bfloat16'.
     seed: initialization seed when `path` is empty.
+    prompt, step, vocabulary, task, placement: see `PretrainedT5.with_prompt`;
+      the result is then a `prompt_tuning.prompted.PromptedT5` (predict, score, rank on text).
   """
+  if prompt is not None and not path and config is None:
+    from prompt_tuning import prompted
+
+    model = prompted.frozen_model_of(prompt, dtype)
+  else:
+    model = _load(path, config, dtype, seed)
+  if prompt is None:
+    return model
+  return model.with_prompt(prompt, step=step, vocabulary=vocabulary, task=task, placement=placement)
+
+
+def _load(path: str | None, config: str | T5Config | None, dtype: str, seed: int) -> PretrainedT5:
   if not path:
     if config is None:
       raise ValueError("load_pretrained(path=None) builds a random model and needs config= (e.g. 'tiny')")

@@ -8,6 +8,10 @@ On a terminal the line is redrawn in place (carriage return), at most every
 When the stream is not a TTY (a log file, CI), plain lines are printed instead:
 one per ~10% of progress, and one at log steps (when `loss` or `examples_per_s`
 is given), the latter at most every `min_interval_s`.
+
+`say` (and `ProgressBar.note`) print one line before a phase that is otherwise
+silent for a while (loading a model, compiling, evaluating), so a user never
+stares at a quiet terminal wondering whether anything happens.
 """
 
 from __future__ import annotations
@@ -18,6 +22,13 @@ import time
 from typing import Callable, TextIO
 
 _BAR_WIDTH = 10
+
+
+def say(message: str, stream: TextIO | None = None) -> None:
+  """Prints `message` as one line on `stream` (default stderr, where the bar goes), flushed at once."""
+  stream = sys.stderr if stream is None else stream
+  stream.write(message + "\n")
+  stream.flush()
 
 
 def format_duration(seconds: float) -> str:
@@ -67,7 +78,7 @@ class ProgressBar:
     return int(self._fraction(step) * 10)
 
   def eta_seconds(self, now: float | None = None) -> float | None:
-    """Seconds left at the rate measured since start, or None before any progress."""
+    """Seconds left at the rate measured since start (or `restart_clock`), or None before any progress."""
     now = self._clock() if now is None else now
     done, elapsed = self._step - self.start_step, now - self._start_time
     remaining = max(self.total_steps - self._step, 0)
@@ -105,6 +116,24 @@ class ProgressBar:
 
   # --- API -----------------------------------------------------------------------
 
+  def restart_clock(self, step: int) -> None:
+    """Measures the rate from now and `step` on.
+
+    The trainer calls it once the first step has run: that step includes XLA's
+    compilation, which would otherwise inflate the first ETAs many times over.
+    """
+    self._step = self.start_step = int(step)
+    self._start_time = self._clock()
+
+  def note(self, message: str) -> None:
+    """Prints a line of its own (e.g. before evaluating), first ending a bar line drawn in place."""
+    if not self.enabled:
+      return
+    if self._tty and self._line_len:
+      self.stream.write("\n")
+      self._line_len = 0
+    say(message, self.stream)
+
   def update(self, step: int, loss: float | None = None, examples_per_s: float | None = None) -> None:
     """Records `step` (and any values given) and redraws if due."""
     if not self.enabled or self._closed:
@@ -138,6 +167,7 @@ class ProgressBar:
     if self._tty and self._line_len:
       self.stream.write("\n")
       self.stream.flush()
+      self._line_len = 0
 
   def __enter__(self) -> ProgressBar:
     return self

@@ -36,3 +36,26 @@ def test_a_source_checkout_behaves_like_the_install():
             "print(prompt_tuning.__file__, gin_utils.bundled_gin_dir())")
   out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
   assert out.startswith(os.path.join(root, "prompt_tuning")), out
+
+
+def test_version_from_the_command_line_matches_the_installed_metadata(capsys):
+  from importlib import metadata
+
+  import prompt_tuning
+  from prompt_tuning.cli import main as cli
+
+  assert metadata.version("prompt-tuning") == prompt_tuning.__version__  # setup.py reads __init__.py
+  assert cli.main(["--version"]) == 0
+  assert capsys.readouterr().out == (f"prompt-tuning {prompt_tuning.__version__} (jax {metadata.version('jax')}, "
+                                     f"flax {metadata.version('flax')})\n")
+
+
+def test_import_is_cheap_and_the_python_api_loads_on_first_use():
+  import subprocess
+
+  script = ("import sys, prompt_tuning; heavy = [m for m in ('jax', 'flax', 'gin', 'orbax') if m in sys.modules]; "
+            "assert not heavy, heavy; from prompt_tuning import train_prompt; "
+            "from prompt_tuning.train import loop; assert train_prompt is loop.train; "
+            "assert callable(prompt_tuning.load_pretrained) and 'train_prompt' in dir(prompt_tuning)")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]

@@ -110,3 +110,35 @@ def test_disabled_is_silent():
   with ProgressBar(10, stream=stream, enabled=False) as bar:
     bar.update(5, loss=1.0)
   assert stream.getvalue() == ""
+
+
+def test_restart_clock_leaves_the_compiling_first_step_out_of_the_eta():
+  stream, clock = io.StringIO(), FakeClock()
+  bar = ProgressBar(101, stream=stream, clock=clock, min_interval_s=0.0)
+  clock.now += 60.0  # step 1 compiles for a minute
+  bar.restart_clock(1)
+  bar.update(1, loss=1.0)
+  assert bar.render().endswith("ETA ?")  # no rate yet, rather than a minute per step
+  clock.now += 10.0  # then 10 steps in 10 s
+  bar.update(11, loss=1.0)
+  assert bar.eta_seconds() == 90.0
+  assert stream.getvalue().splitlines()[-1].endswith("ETA 0:01:30")
+
+
+def test_note_prints_its_own_line_and_ends_a_bar_drawn_in_place():
+  stream, clock = FakeTTY(), FakeClock()
+  bar = ProgressBar(4, stream=stream, clock=clock, min_interval_s=0.0)
+  bar.note("loading")
+  clock.now += 1.0
+  bar.update(2, loss=1.0)
+  bar.note("evaluating")
+  clock.now += 1.0
+  bar.update(4)
+  bar.close()
+  bar.note("done")  # after close too (e.g. the final evaluation)
+  lines = stream.getvalue().split("\n")
+  assert lines[0] == "loading" and lines[1].startswith("\rstep 2/4") and lines[2] == "evaluating"
+  assert lines[3].startswith("\rstep 4/4") and lines[4] == "done" and lines[5] == ""
+  silent = FakeTTY()
+  ProgressBar(4, stream=silent, enabled=False).note("x")
+  assert silent.getvalue() == ""

@@ -4,23 +4,87 @@ Layout under MODEL_DIR:
   checkpoints/<step>/state/   orbax StandardSave of {'step', 'params' (trainable subtree), 'opt_state'}
   checkpoints/<step>/data/    JSON {'position': examples consumed by the train iterator}
   prompts/step_<step>.npy     the prompt [p, d] (or table [k, p, d]) of that step, for other tools
+  run_config.json             `RunConfig`: what was trained, to rebuild it without gin (load_pretrained)
 
 The frozen model is never saved here: it is restored from its own checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
 from etils import epath
 
 from prompt_tuning.checkpoints.structure import CheckpointError, flatten
+from prompt_tuning.models.t5.config import T5Config
 
 CHECKPOINTS_DIR = "checkpoints"
 PROMPTS_DIR = "prompts"
+RUN_CONFIG_FILE = "run_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """What a MODEL_DIR holds a training of, written by train() (CLI or Python alike).
+
+  config.gin says the same for gin users, but only the CLI writes it and reading it back
+  needs gin's global state; this record lets `load_pretrained(prompt=MODEL_DIR)` rebuild
+  the frozen model, the prompt layer and the task's text handling from MODEL_DIR alone.
+
+  Attributes:
+    prompt_length, prompt_placement: the prompt layer (PromptConfig).
+    trainable_params: the regex of trained parameters (restored from the checkpoints).
+    task, mixture_or_task_module, vocabulary_path: the task and how to find it and its vocabulary.
+    task_feature_lengths: {'inputs': n, 'targets': m} of training.
+    initial_checkpoint_path: the frozen model's checkpoint, as given ('': random init from `seed`).
+    model_config: the frozen model's T5Config as used.
+    seed: the run's seed (random frozen weights are initialized from it).
+  """
+
+  prompt_length: int
+  prompt_placement: str
+  trainable_params: str
+  task: str
+  mixture_or_task_module: str | None
+  vocabulary_path: str | None
+  task_feature_lengths: Mapping[str, int]
+  initial_checkpoint_path: str
+  model_config: T5Config
+  seed: int
+
+  def to_json(self) -> str:
+    values = dataclasses.asdict(self)
+    values.update(model_config=self.model_config.to_dict(), task_feature_lengths=dict(self.task_feature_lengths))
+    return json.dumps(values, indent=1)
+
+  @classmethod
+  def from_json(cls, text: str, source: str = RUN_CONFIG_FILE) -> "RunConfig":
+    try:
+      values = json.loads(text)
+      values["model_config"] = T5Config.from_dict(values["model_config"])
+      return cls(**values)
+    except (ValueError, KeyError, TypeError) as e:  # json errors are ValueErrors
+      raise CheckpointError(f"{source}: not a run config written by train() ({type(e).__name__}: {e})") from None
+
+
+def write_run_config(model_dir: str, run: RunConfig) -> None:
+  """Writes MODEL_DIR/run_config.json (call on process 0 only)."""
+  directory = epath.Path(model_dir)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / RUN_CONFIG_FILE).write_text(run.to_json())
+
+
+def read_run_config(model_dir: str) -> RunConfig | None:
+  """MODEL_DIR's RunConfig, or None when it has none (e.g. a directory of another tool)."""
+  path = epath.Path(model_dir) / RUN_CONFIG_FILE
+  if not path.exists():
+    return None
+  return RunConfig.from_json(path.read_text(), str(path))
 
 
 class TrainCheckpointer:
@@ -107,3 +171,7 @@ class TrainCheckpointer:
 
 def prompt_file(model_dir: str, step: int) -> str:
   return os.path.join(model_dir, PROMPTS_DIR, f"step_{step}.npy")
+
+
+def checkpoint_dir(model_dir: str, step: int) -> str:
+  return os.path.join(model_dir, CHECKPOINTS_DIR, str(step))

@@ -11,10 +11,8 @@ from prompt_tuning.cli import gin_runner
 
 
 def _describe(metrics) -> None:
-  print(f"evaluated step {int(metrics['step'])}")
-  for name, value in sorted(metrics.items()):
-    if name != "step":
-      print(f"  {name}: {value:.4f}")
+  print(f"evaluated step {metrics['step']} {gin_runner.describe_evaluation('evaluate', 'split', metrics)}")
+  print("\n".join(gin_runner.metric_lines({k: v for k, v in metrics.items() if k != "step"})))
 
 
 def main(argv: list[str]) -> int:

@@ -96,7 +96,9 @@ def main(argv: list[str]) -> int:
   args = parse(argv)
   from prompt_tuning import pretrained  # jax import after flag parsing keeps --help fast
   from prompt_tuning.checkpoints import loader
+  from prompt_tuning.cli import compilation_cache
 
+  compilation_cache.enable()  # before anything compiles
   try:
     config = args.config or (None if args.checkpoint else "tiny")
     resolved = loader.resolve_config(config)  # a name or a JSON file

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from absl import logging
 
 from prompt_tuning import gin_utils
-from prompt_tuning.cli import distributed
+from prompt_tuning.cli import compilation_cache, distributed
 
 # Names usable in gin files, e.g. `train.prompt_init = @prompt_init.sampled_vocab`.
 def register_all() -> dict[str, Callable[..., Any]]:
@@ -121,6 +121,7 @@ def run(argv: list[str], command: str, describe: Callable[[Any], None], descript
   except CommandLineError as e:
     return fail(str(e), 2)
   logging.set_verbosity(logging.WARNING)
+  compilation_cache.enable()  # before anything compiles
   try:
     distributed.initialize(command_line.distributed)  # before anything touches a JAX backend
   except Exception as e:  # jax raises RuntimeError/ValueError/XlaRuntimeError with long messages
@@ -136,6 +137,39 @@ def run(argv: list[str], command: str, describe: Callable[[Any], None], descript
     return fail(str(message) if str(message).strip() else type(e).__name__, 1)
   describe(result)
   return 0
+
+
+def binding(name: str, default: Any = None) -> Any:
+  """The value bound to `name` ('train.decode_method'), through macros; `default` when unbound."""
+  import gin
+
+  try:
+    value = gin.query_parameter(name)
+  except ValueError:
+    return default
+  while isinstance(value, gin.config.ConfigurableReference) and str(value).startswith("%"):
+    value = gin.query_parameter(str(value))  # a macro: its value
+  return value
+
+
+def describe_evaluation(command: str, split_param: str, metrics: dict[str, Any]) -> str:
+  """'on validation: decode/ by greedy decoding; rank/ by rank classification', from the bindings of
+  `command` ('train' | 'evaluate') and the metrics it returned, to head the metric lines."""
+  from prompt_tuning.train.evaluation import describe_decoding
+
+  decoding = describe_decoding(binding(f"{command}.decode_method", "greedy"),
+                               binding(f"{command}.decode_options", None))
+  ranked = "; rank/ by rank classification" if any(name.startswith("rank/") for name in metrics) else ""
+  return f"on {binding(f'{command}.{split_param}', 'validation')}: decode/ by {decoding}{ranked}"
+
+
+def metric_lines(metrics: dict[str, Any], prefix: str = "") -> list[str]:
+  """'  <prefix>name: value' per metric, sorted: counts (ints) as integers, scores to 4 decimals."""
+  lines = []
+  for name, value in sorted(metrics.items()):
+    shown = str(value) if isinstance(value, int) else f"{value:.4f}"
+    lines.append(f"  {prefix}{name}: {shown}")
+  return lines
 
 
 def macro(name: str, default: Any = None) -> Any:

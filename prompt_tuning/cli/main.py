@@ -18,7 +18,8 @@ COMMANDS = {
 
 
 def _usage() -> str:
-  lines = ["usage: prompt-tuning COMMAND [flags]   (prompt-tuning COMMAND --help for its flags)", "", "commands:"]
+  lines = ["usage: prompt-tuning COMMAND [flags]   (prompt-tuning COMMAND --help for its flags)",
+           "       prompt-tuning --version", "", "commands:"]
   lines += [f"  {name:10s} {help_text}" for name, (_, help_text) in COMMANDS.items()]
   return "\n".join(lines)
 
@@ -67,11 +68,32 @@ def _quiet_repeated_gcsfs_warnings() -> None:
     gcsfs_logger.addFilter(_OncePerMessage())
 
 
+def version_line() -> str:
+  """'prompt-tuning 0.1.0 (jax 0.10.2, flax 0.12.1)': ours, and the versions a bug report needs.
+
+  Read from the package metadata, without importing jax (which takes a second or two).
+  """
+  from importlib import metadata
+
+  import prompt_tuning
+
+  def installed(name: str) -> str:
+    try:
+      return metadata.version(name)
+    except metadata.PackageNotFoundError:
+      return "not installed"
+
+  return f"prompt-tuning {prompt_tuning.__version__} (jax {installed('jax')}, flax {installed('flax')})"
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   _quiet_repeated_gcsfs_warnings()
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(_usage())
+    return 0
+  if argv[0] in ("--version", "-V", "version"):
+    print(version_line())
     return 0
   command, rest = argv[0], argv[1:]
   if command not in COMMANDS:

@@ -29,8 +29,9 @@ def _describe(result) -> None:
           f"A real model is one flag away: --gin.INITIAL_CHECKPOINT_PATH=\"'/path/to/hf_t5'\" (or a cached HF "
           f"hub id; a t5x checkpoint also needs --gin.MODEL_CONFIG)")
   print(f"trained to step {result.step}")
-  for name, value in sorted(result.eval_metrics.items()):
-    print(f"  eval {name}: {value:.4f}")
+  if result.eval_metrics:
+    print(f"evaluated {gin_runner.describe_evaluation('train', 'eval_split', result.eval_metrics)}")
+    print("\n".join(gin_runner.metric_lines(result.eval_metrics, prefix="eval ")))
   if result.prompt_path:
     print(f"prompt:       {result.prompt_path}")
   print(f"checkpoints:  {os.path.join(model_dir, 'checkpoints')}")

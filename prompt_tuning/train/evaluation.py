@@ -14,7 +14,7 @@ metrics are the same on every process.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -35,6 +35,8 @@ class Evaluator:
     decode_method / decode_options: passed to EncoderDecoderModel.predict_batch
       ('greedy', or 'beam' with beam_size/alpha, or 'sample').
     rank_classification: None = whenever the task has candidates.
+    note: prints a line before each evaluation (which compiles, then runs
+      quietly for a while); None prints nothing.
     mesh: where batches run, split over its 'data' axis (default: every device
       of every process, partitioning.make_mesh()). A batch whose size the data
       axis does not divide is padded with empty rows.
@@ -42,8 +44,11 @@ class Evaluator:
 
   def __init__(self, model: EncoderDecoderModel, task: Task, feature_lengths: Mapping[str, int], batch_size: int, *,
                decode_method: str = "greedy", decode_options: Mapping[str, Any] | None = None,
-               rank_classification: bool | None = None, mesh: Mesh | None = None):
+               rank_classification: bool | None = None, mesh: Mesh | None = None,
+               note: Callable[[str], None] | None = None):
     self.task, self.feature_lengths, self.batch_size = task, dict(feature_lengths), batch_size
+    self.decoding = describe_decoding(decode_method, decode_options)
+    self._note = note or (lambda message: None)
     self.vocabulary = task.vocabulary
     self.mesh = partitioning.make_mesh() if mesh is None else mesh
     self._rows = partitioning.data_sharding(self.mesh)
@@ -72,16 +77,7 @@ class Evaluator:
     return jax.make_array_from_callback(rows.shape, self._rows, lambda index: rows[index])
 
   def _candidate_table(self, rows_of_candidates: list[list[str]]) -> np.ndarray:
-    """Token ids [rows, max candidates, length] (EOS-terminated, 0-padded; missing candidates all 0)."""
-    encoded = [[trim_with_eos(self.vocabulary.encode(c), self._max_target_length) for c in row]
-               for row in rows_of_candidates]
-    width = max(len(row) for row in encoded)
-    length = max(len(ids) for row in encoded for ids in row)
-    table = np.zeros((len(encoded), width, length), np.int32)
-    for i, row in enumerate(encoded):
-      for j, ids in enumerate(row):
-        table[i, j, :len(ids)] = ids
-    return table
+    return candidate_table(self.vocabulary, rows_of_candidates, self._max_target_length)
 
   def _ranks(self, params: Any, tokens: jax.Array, examples: list) -> tuple[list, np.ndarray] | None:
     """(candidates per row, scores [batch, candidates]) or None when rank classification is off.
@@ -135,7 +131,10 @@ class Evaluator:
         yield record
 
   def evaluate(self, params: Any, split: str = "validation") -> dict[str, float]:
-    """Task metrics by decoding ('decode/<metric>') and by rank classification ('rank/<metric>')."""
+    """Task metrics by decoding ('decode/<metric>') and by rank classification ('rank/<metric>'),
+    and the number of examples ('examples', an int)."""
+    ranking = self.rank_classification or (self.rank_classification is None and self.candidates)
+    self._note(f"evaluating {self.task.name} on {split}: {self.decoding}{'; rank classification' if ranking else ''}")
     records = list(self.predictions(params, split))
     if not records:
       raise ValueError(f"task {self.task.name} split {split} has no examples to evaluate")
@@ -144,8 +143,28 @@ class Evaluator:
       # Examples without candidates keep their decoded prediction.
       ranked = [dict(r, prediction=r.get("rank_prediction", r["prediction"])) for r in records]
       out.update({f"rank/{k}": v for k, v in self.task.score(ranked).items()})
-    out["examples"] = float(len(records))
+    out["examples"] = len(records)
     return out
+
+
+def describe_decoding(method: str, options: Mapping[str, Any] | None = None) -> str:
+  """How predictions are decoded, for people: 'greedy decoding', 'beam decoding with alpha=0.6, beam_size=4'."""
+  details = ", ".join(f"{k}={v}" for k, v in sorted(dict(options or {}).items()))
+  return f"{method} decoding" + (f" with {details}" if details else "")
+
+
+def candidate_table(vocabulary: Any, rows_of_candidates: Sequence[Sequence[str]], max_length: int) -> np.ndarray:
+  """Candidate targets as token ids [rows, max candidates, length]: each EOS-terminated and cut to
+  `max_length` as targets are in training (seqio's append_eos_after_trim), 0-padded; missing candidates all 0."""
+  encoded = [[trim_with_eos(vocabulary.encode(c), max_length, vocabulary.eos_id) for c in row]
+             for row in rows_of_candidates]
+  width = max(len(row) for row in encoded)
+  length = max(len(ids) for row in encoded for ids in row)
+  table = np.zeros((len(encoded), width, length), np.int32)
+  for i, row in enumerate(encoded):
+    for j, ids in enumerate(row):
+      table[i, j, :len(ids)] = ids
+  return table
 
 
 def _has_example_candidates(task: Task) -> bool:

@@ -148,7 +148,7 @@ def test_two_processes_train_resume_and_infer_like_one(tmp_path):
 
   # Both processes report the single run's evaluation, over all 100 examples.
   assert _eval_lines(outs[0]) == _eval_lines(outs[1]) == _eval_lines(out_single)
-  assert "  eval examples: 100.0000" in _eval_lines(out_single)
+  assert "  eval examples: 100" in _eval_lines(out_single)
 
   # One writer: each record once (two appending writers would double them).
   def records(d):

@@ -37,14 +37,23 @@ def quickstart_dir(tmp_path_factory):
                           text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   model_dir = re.search(r"MODEL_DIR=\"?'([^']+)'", _readme_quickstart_train_command()).group(1)
-  return os.path.join(cwd, model_dir), result.stdout
+  return os.path.join(cwd, model_dir), result.stdout, result.stderr
 
 
 def test_quickstart_trains_evaluates_and_says_where_things_went(quickstart_dir):
-  model_dir, out = quickstart_dir
+  model_dir, out, err = quickstart_dir
   assert "RANDOM weights" in out and "INITIAL_CHECKPOINT_PATH" in out  # says plainly it is a toy
   for what in ("prompt:", "metrics:", "tensorboard:", "gin config:"):
     assert what in out
+  # The evaluation names its decoding; counts are integers.
+  assert "evaluated on validation: decode/ by greedy decoding; rank/ by rank classification\n" in out
+  assert "  eval examples: 100\n" in out
+  # A line before each quiet phase, on stderr with the progress bar.
+  phases = ["initializing the frozen model at random (no initial checkpoint), seed 0",
+            "reading the train split of quickstart_sentiment", "compiling the train step",
+            "evaluating quickstart_sentiment on validation: greedy decoding; rank classification"]
+  lines = err.splitlines()
+  assert [line for line in lines if line in phases] == phases
   rows = [json.loads(line) for line in open(os.path.join(model_dir, "metrics.jsonl"))]
   losses = [r["train/loss"] for r in rows if "train/loss" in r]
   assert losses[-1] < 0.25 * losses[0], losses  # the loss falls well below its start
@@ -58,12 +67,17 @@ def test_quickstart_trains_evaluates_and_says_where_things_went(quickstart_dir):
 
 
 def test_eval_and_infer_read_the_trained_prompt(quickstart_dir, capsys):
-  model_dir, _ = quickstart_dir
+  model_dir, _, _ = quickstart_dir
   flags = ["--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{model_dir}'"]
-  assert cli.main(["eval", *flags, "--gin_file=runs/eval.gin"]) == 0
-  out = capsys.readouterr().out
+  assert cli.main(["eval", *flags, "--gin_file=runs/eval.gin", "--gin_file=decoding/beam.gin"]) == 0
+  out, err = capsys.readouterr()
   accuracy = float(re.search(r"rank/accuracy: ([\d.]+)", out).group(1))
-  assert "evaluated step 300" in out and accuracy > 75.0
+  assert accuracy > 75.0
+  assert out.startswith("evaluated step 300 on validation: decode/ by beam decoding with alpha=0.6, beam_size=4; "
+                        "rank/ by rank classification\n") and "\n  examples: 100\n" in out
+  assert f"restored the trained parameters of step 300 from {model_dir}/checkpoints/300" in err.splitlines()
+  assert "evaluating quickstart_sentiment on validation: beam decoding with alpha=0.6, beam_size=4; " \
+         "rank classification" in err.splitlines()
   assert cli.main(["infer", *flags, "--gin_file=runs/infer.gin", "--gin.infer.output_path='%s'"
                    % os.path.join(model_dir, "preds.jsonl")]) == 0
   records = [json.loads(line) for line in open(os.path.join(model_dir, "preds.jsonl"))]
@@ -72,7 +86,7 @@ def test_eval_and_infer_read_the_trained_prompt(quickstart_dir, capsys):
 
 
 def test_leaderboard_dir_on_a_task_without_a_format_fails_before_decoding(quickstart_dir, capsys, tmp_path):
-  model_dir, _ = quickstart_dir
+  model_dir, _, _ = quickstart_dir
   output = tmp_path / "preds.jsonl"
   assert cli.main(["infer", "--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{model_dir}'", "--gin_file=runs/infer.gin",
                    f"--gin.infer.output_path='{output}'", f"--gin.infer.leaderboard_dir='{tmp_path / 'lb'}'"]) == 1

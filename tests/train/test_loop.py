@@ -24,7 +24,7 @@ LENGTHS = {"inputs": 24, "targets": 4}
 
 def _train(model_dir, steps, **kwargs):
   args = dict(model_dir=str(model_dir), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS, batch_size=8,
-              train_steps=steps, prompt_length=5, save_period=3, log_period=1, progress=False,
+              train_steps=steps, model_config="tiny", prompt_length=5, save_period=3, log_period=1, progress=False,
               rank_classification=True)
   args.update(kwargs)
   return loop.train(**args)
@@ -59,11 +59,14 @@ def test_prompt_training_keeps_the_loaded_model_bit_identical(hf_checkpoint, tmp
   assert {"decode/accuracy", "rank/accuracy"} <= set(result.eval_metrics)
 
 
-def test_resuming_gives_the_same_prompt_as_one_uninterrupted_run(tmp_path):
+def test_resuming_gives_the_same_prompt_as_one_uninterrupted_run(tmp_path, capsys):
   config = get_config("tiny", vocab_size=256, dropout_rate=0.1)  # dropout: the rng stream must resume too
   whole = _train(tmp_path / "whole", 6, model_config=config)
   _train(tmp_path / "split", 3, model_config=config)
-  resumed = _train(tmp_path / "split", 6, model_config=config)
+  capsys.readouterr()
+  resumed = _train(tmp_path / "split", 6, model_config=config, progress=True)
+  said = capsys.readouterr().err.splitlines()
+  assert f"resuming at step 3 from checkpoint {tmp_path / 'split' / 'checkpoints' / '3'}" in said  # announced
   assert resumed.step == whole.step == 6
   np.testing.assert_array_equal(resumed.trainable["prompt"]["prompt"], whole.trainable["prompt"]["prompt"])
   assert sorted(os.listdir(tmp_path / "split" / "prompts")) == ["step_3.npy", "step_6.npy"]
