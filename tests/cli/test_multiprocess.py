@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning.cli import main as cli
+from support import processes
 
 FLAGS = ["--gin_file=quickstart.gin", "--gin.BATCH_SIZE=8", "--gin.train.save_period=3",
          "--gin.train.log_period=2",
@@ -90,42 +90,16 @@ def test_help_lists_the_multihost_flags():
 # --- two processes -------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-def _env(devices: int) -> dict:
-  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-
-
 def _run_one(cwd, *args) -> str:
-  result = subprocess.run([sys.executable, "-m", "prompt_tuning.cli.main", *args], cwd=cwd, env=_env(1),
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run([sys.executable, "-m", "prompt_tuning.cli.main", *args], cwd=cwd,
+                          env=processes.cpu_env(1), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
 
 
 def _run_two(cwd, *args, devices: int = 2) -> list[str]:
   """Runs `prompt-tuning ARGS` as processes 0 and 1 of one job (`devices` CPU devices each); their stdouts."""
-  port = _free_port()
-  procs = [subprocess.Popen([sys.executable, "-m", "prompt_tuning.cli.main", *args,
-                             f"--coordinator_address=localhost:{port}", "--process_count=2", f"--process_index={i}"],
-                            cwd=cwd, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outs = []
-  try:
-    for i, proc in enumerate(procs):
-      out, err = proc.communicate(timeout=300)
-      assert proc.returncode == 0, f"process {i}: {err[-3000:]}"
-      outs.append(out)
-  finally:
-    for proc in procs:  # one failed: the other would wait for it until jax's timeout
-      if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
-  return outs
+  return processes.run_processes(cwd, args, processes=2, devices=devices)
 
 
 def _eval_lines(stdout: str) -> list[str]:

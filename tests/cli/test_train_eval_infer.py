@@ -133,5 +133,8 @@ def test_quickstart_with_a_checkpoint_takes_the_checkpoints_config(tmp_path, cap
   (t5x_dir / "checkpoint").write_bytes(b"")
   assert cli.main(["train", "--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{tmp_path / 'other'}'",
                    f"--gin.INITIAL_CHECKPOINT_PATH='{t5x_dir}'"]) == 1
-  err = capsys.readouterr().err.strip()
-  assert err.count("\n") == 0 and "carries no model config" in err and "MODEL_CONFIG='t5_1_1_base'" in err
+  # Phase lines ("loading the frozen model from ...") may come first; the error is the one last line.
+  err = capsys.readouterr().err.strip().splitlines()
+  assert [line for line in err if "error" in line] == err[-1:], err
+  assert err[-1].startswith("prompt-tuning train: error: ") and "carries no model config" in err[-1]
+  assert "MODEL_CONFIG='t5_1_1_base'" in err[-1]
