@@ -117,6 +117,7 @@ def test_cached_decoding_steps_equal_teacher_forced_logits(params):
 
 
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+@pytest.mark.slow
 def test_remat_changes_memory_not_results(params, policy):
   """Rematerialized layers keep the parameter tree and give the same loss and gradients."""
   enc, dec_in = _batch()
@@ -165,15 +166,29 @@ def test_attention_backend_choice(impl, platform, dtype, head_dim, dropout, deco
                                   platform=platform) == expected
 
 
+def test_odd_sequence_lengths_keep_the_reference_path():
+  """cuDNN's backward pass with a bias refuses odd lengths (seen on an H200: 24 inputs + 5 prompt tokens)."""
+  for lengths in ((29, 29), (4, 29), (29, 4)):
+    assert layers.attention_backend("auto", jnp.bfloat16, 64, dropout=False, decode=False, lengths=lengths,
+                                    platform="gpu") == "xla"
+    with pytest.raises(ValueError, match=rf"needs even sequence lengths \(query {lengths[0]}, key {lengths[1]}\)"):
+      layers.attention_backend("cudnn", jnp.bfloat16, 64, dropout=False, decode=False, lengths=lengths,
+                               platform="gpu")
+  assert layers.attention_backend("auto", jnp.bfloat16, 64, dropout=False, decode=False, lengths=(4, 30),
+                                  platform="gpu") == "cudnn"
+
+
 def test_required_cudnn_names_what_rules_it_out(params):
   with pytest.raises(ValueError, match=r"attention_impl='cudnn' cannot run here: it needs a GPU \(this is cpu\)"):
     layers.attention_backend("cudnn", jnp.bfloat16, 64, dropout=False, decode=False, platform="cpu")
   with pytest.raises(ValueError, match="cannot run here: head_dim 160 is not a multiple of 8 up to 128"):
     layers.attention_backend("cudnn", jnp.bfloat16, 160, dropout=False, decode=False, platform="gpu")
   enc, dec_in = _batch()
-  with pytest.raises(ValueError, match="cannot run here: it needs a GPU"):
+  # CONFIG's float32 rules the kernel out everywhere; off a GPU, the platform comes first.
+  first_reason = "it needs a GPU" if jax.default_backend() == "cpu" else "it needs bfloat16 or float16"
+  with pytest.raises(ValueError, match=f"cannot run here: {first_reason}"):
     network.Transformer(CONFIG.replace(attention_impl="cudnn")).apply({"params": params}, enc, dec_in)
-  # 'auto' on this CPU is the reference itself.
+  # 'auto' where the kernel is ruled out is the reference itself.
   auto = network.Transformer(CONFIG.replace(attention_impl="auto")).apply({"params": params}, enc, dec_in)
   reference = network.Transformer(CONFIG.replace(attention_impl="xla")).apply({"params": params}, enc, dec_in)
   np.testing.assert_array_equal(auto, reference)

@@ -164,19 +164,24 @@ FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
 def attention_backend(attention_impl: str, dtype: jnp.dtype, head_dim: int, *, dropout: bool, decode: bool,
-                      platform: str | None = None) -> str:
+                      lengths: tuple[int, int] = (2, 2), platform: str | None = None) -> str:
   """Which kernel a MultiHeadAttention runs: 'cudnn' (fused) or 'xla' (the einsum reference).
 
   'auto' picks cuDNN's fused kernel on a GPU for bfloat16/float16 activations
-  with a head_dim it supports, outside attention dropout and cached decoding;
-  everything else runs the reference (float32 logits and softmax). 'cudnn'
-  requires the fused kernel and names what rules it out.
+  with a head_dim it supports and even (query, key) `lengths`, outside attention
+  dropout and cached decoding; everything else runs the reference (float32
+  logits and softmax). 'cudnn' requires the fused kernel and names what rules it out.
   """
   platform = platform or jax.default_backend()
+  query_length, key_length = lengths
   reasons = [why for why, bad in (
       (f"it needs a GPU (this is {platform})", platform not in ("gpu", "cuda")),
       (f"it needs bfloat16 or float16 activations, not {jnp.dtype(dtype).name}", jnp.dtype(dtype) not in FUSED_DTYPES),
       (f"head_dim {head_dim} is not a multiple of 8 up to 128", head_dim not in FUSED_HEAD_DIMS),
+      # cuDNN's backward pass with a bias (ours always has one) takes even lengths only; a prompt
+      # makes odd encoder lengths easy to reach (24 inputs + 5 prompt tokens).
+      (f"its gradient with a bias needs even sequence lengths (query {query_length}, key {key_length})",
+       query_length % 2 or key_length % 2),
       ("attention dropout runs only in the reference path", dropout),
       ("cached decoding runs the reference path", decode)) if bad]
   if attention_impl == "xla" or (attention_impl == "auto" and reasons):
@@ -270,7 +275,7 @@ class MultiHeadAttention(nn.Module):
       value = self._project("value", inputs_kv, attention_kernel_init)
     dropout_rng = None if deterministic or self.dropout_rate == 0.0 else self.make_rng("dropout")
     backend = attention_backend(self.attention_impl, self.dtype, self.head_dim, dropout=dropout_rng is not None,
-                                decode=decode)
+                                decode=decode, lengths=(query.shape[1], key.shape[1]))
     if backend == "cudnn":
       out = fused_attention(query, key, value, bias)
     else:  # the reference path, and the only one with attention dropout
