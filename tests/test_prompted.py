@@ -22,6 +22,8 @@ from prompt_tuning.models.prompt import PromptConfig
 from prompt_tuning.models.t5 import get_config
 from prompt_tuning.train.evaluation import Evaluator
 
+pytestmark = pytest.mark.slow  # every test here shares one training run
+
 TASK = "quickstart_sentiment"
 LENGTHS = {"inputs": 24, "targets": 4}
 BATCH = 16  # every batch here: one shape, compiled once per function
@@ -83,7 +85,9 @@ def test_model_dir_gives_the_trained_model_prompt_and_text_handling(run):
 def test_a_step_a_npy_file_and_an_array_give_the_same_prompt(run):
   model_dir, _, _ = run
   step2 = np.load(os.path.join(model_dir, "prompts", "step_2.npy"))
-  frozen = prompt_tuning.load_pretrained(None, config=get_config("tiny", vocab_size=256))  # seed 0, as trained
+  # The frozen model as trained, rebuilt from the MODEL_DIR: its seed and the run's dtype (on accelerators
+  # bfloat16, whose random draws differ from float32's).
+  frozen = prompt_tuning.load_pretrained(prompt=model_dir)
   by_step = frozen.with_prompt(model_dir, step=2)
   by_file = prompt_tuning.load_pretrained(prompt=os.path.join(model_dir, "prompts", "step_2.npy"))
   by_array = frozen.with_prompt(step2, vocabulary=get_task(TASK).vocabulary, placement="suffix")
