@@ -60,6 +60,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_four_device_mesh_with_data_and_model_axes_matches_one_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
@@ -170,6 +171,7 @@ CLI_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_num_partitions_from_gin_shards_train_eval_and_infer(tmp_path):
   """NUM_PARTITIONS=2 on 4 devices (2 data x 2 model) through the commands: the prompt, the
   predictions and the eval metrics of NUM_PARTITIONS=1."""

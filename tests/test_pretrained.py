@@ -25,6 +25,7 @@ def _sequence_log_prob(model, enc, tokens):
   return (picked * produced).sum(-1)
 
 
+@pytest.mark.slow
 def test_scores_of_every_method_equal_teacher_forced_log_probs(model, padded_batch):
   """The cached decode path and the teacher-forced path agree on the produced sequences."""
   enc = padded_batch[0]

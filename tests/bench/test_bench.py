@@ -110,6 +110,7 @@ def test_imports_without_tensorflow_seqio_or_gin():
   assert result.stdout.strip() == "ok"
 
 
+@pytest.mark.slow
 def test_random_weights_and_first_loss_do_not_depend_on_the_mesh():
   """The bench's model-parallel check compares first-step losses across meshes: the weights made on
   the devices must be the same numbers whatever the sharding (float32: equal to rounding)."""

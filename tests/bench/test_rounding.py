@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from prompt_tuning.cli import main as cli
 
 # A T5 1.1 of 6 encoder layers with the bench's random weights, on a 1x2 mesh vs one CPU device.
@@ -28,6 +30,7 @@ def _two_cpu_devices() -> dict[str, str]:
   return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
 
 
+@pytest.mark.slow
 def test_model_parallel_gap_is_rounding_at_every_layer():
   """float32: the 1x2 mesh's gap tracks a one-ulp prompt nudge (a sharding bug would be O(1) from
   layer 0). bf16: its gap from one device stays within one device's own bf16-vs-float32 gap, at every
@@ -51,6 +54,7 @@ def test_model_parallel_gap_is_rounding_at_every_layer():
   assert all(loss > 5.0 for loss in report["loss"].values())  # ~ln(vocab): real losses
 
 
+@pytest.mark.slow
 def test_check_rounding_command_writes_its_report(tmp_path):
   path = tmp_path / "rounding.json"
   args = ["-m", "prompt_tuning.cli.bench", "--model", "tiny", "--batch", "2", "--input_length", "24",

@@ -106,6 +106,7 @@ def _eval_lines(stdout: str) -> list[str]:
   return [line for line in stdout.splitlines() if line.strip().startswith("eval ")]
 
 
+@pytest.mark.slow
 def test_two_processes_train_resume_and_infer_like_one(tmp_path):
   single, multi = "single", "multi"
   out_single = _run_one(tmp_path, "train", *FLAGS, f"--gin.MODEL_DIR='{single}'", "--gin.TRAIN_STEPS=6")
@@ -150,6 +151,7 @@ def test_two_processes_train_resume_and_infer_like_one(tmp_path):
   np.testing.assert_allclose([p["score"] for p in preds[multi]], [p["score"] for p in preds[single]], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_model_replica_spanning_two_processes_trains_like_one_device(tmp_path):
   """NUM_PARTITIONS=2 over two processes of one CPU device each: one model replica across both
   hosts, so both feed the same (whole) batch. Same prompt and evaluation as one device."""

@@ -40,6 +40,7 @@ def quickstart_dir(tmp_path_factory):
   return os.path.join(cwd, model_dir), result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_quickstart_trains_evaluates_and_says_where_things_went(quickstart_dir):
   model_dir, out, err = quickstart_dir
   assert "RANDOM weights" in out and "INITIAL_CHECKPOINT_PATH" in out  # says plainly it is a toy
@@ -66,6 +67,7 @@ def test_quickstart_trains_evaluates_and_says_where_things_went(quickstart_dir):
   assert "train.prompt_length = %PROMPT_LENGTH" in open(os.path.join(model_dir, "config.gin")).read()
 
 
+@pytest.mark.slow
 def test_eval_and_infer_read_the_trained_prompt(quickstart_dir, capsys):
   model_dir, _, _ = quickstart_dir
   flags = ["--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{model_dir}'"]

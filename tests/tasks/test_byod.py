@@ -106,6 +106,7 @@ def test_text_task_errors_are_one_line(data, overrides, message):
     assert isinstance(info.value, DataError)
 
 
+@pytest.mark.slow
 def test_trains_end_to_end_through_the_trainer(data, tmp_path):
   from prompt_tuning.models import t5
   from prompt_tuning.train.loop import train
@@ -123,6 +124,7 @@ def test_trains_end_to_end_through_the_trainer(data, tmp_path):
   assert sum("train/loss" in r for r in rows) == 4
 
 
+@pytest.mark.slow
 def test_trains_through_the_cli_with_byod_gin(data, tmp_path, capsys):
   from prompt_tuning.cli import main as cli
 

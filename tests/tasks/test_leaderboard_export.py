@@ -23,6 +23,7 @@ def small_vocabulary():
   vocab_lib.set_default_vocabulary(vocab_lib.T5_VOCABULARY_PATH)
 
 
+@pytest.mark.slow
 def test_infer_writes_rte_submission_file(tmp_path, small_vocabulary):
   vocab_size = vocab_lib.SentencePieceVocabulary(SPM).vocab_size
   common = dict(model_dir=str(tmp_path / "model"), mixture_or_task_name="super_glue_rte_v102",

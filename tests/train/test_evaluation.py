@@ -9,6 +9,7 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 
 from prompt_tuning.data.features import trim_with_eos
 from prompt_tuning.data.task import get_task
@@ -44,6 +45,7 @@ class ChoiceTask:
     return {"accuracy": 100.0 * np.mean([r["prediction"] == r["example"]["targets"] for r in records])}
 
 
+@pytest.mark.slow
 def test_per_example_candidates_are_scored_by_teacher_forcing():
   config = get_config("tiny", vocab_size=256)
   model = EncoderDecoderModel(PromptedTransformer(config, prompt_config=PromptConfig(3)))
@@ -118,6 +120,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_batch_split_over_four_devices_scores_like_one_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True,

@@ -45,6 +45,7 @@ def _run(pattern: str, steps: int = 3):
   return network.init_params(CONFIG, jax.random.PRNGKey(0)), trainable, frozen, state, metrics
 
 
+@pytest.mark.slow
 def test_only_matching_parameters_change_and_state_is_small():
   pattern = r"decoder/decoder_norm/scale|encoder/relpos_bias/rel_embedding"
   params, trainable, frozen, state, metrics = _run(pattern)
@@ -57,6 +58,7 @@ def test_only_matching_parameters_change_and_state_is_small():
   assert int(state.step) == 3 and np.isfinite(float(metrics["loss"]))
 
 
+@pytest.mark.slow
 def test_frozen_parameters_are_bit_identical_after_training():
   params, trainable, frozen, state, _ = _run(r"decoder/decoder_norm/scale")
   before = network.init_params(CONFIG, jax.random.PRNGKey(0))
@@ -64,6 +66,7 @@ def test_frozen_parameters_are_bit_identical_after_training():
     np.testing.assert_array_equal(np.asarray(value), np.asarray(flatten(before)[name]), err_msg=name)
 
 
+@pytest.mark.slow
 def test_everything_trainable_updates_every_weight():
   params, _, frozen, state, _ = _run(optimizer.EVERYTHING, steps=2)
   assert not frozen
