@@ -17,8 +17,6 @@ import json
 import sys
 from typing import Any, Iterable
 
-_MIXTURE_MODULE = "prompt_tuning.data.mixture"
-
 
 def _safe(fn, default=None):
   """fn() or `default` when reading the attribute fails (a listing shows what it can)."""
@@ -58,19 +56,6 @@ def describe(name: str, obj: Any) -> dict[str, Any]:
   return entry
 
 
-def _mixture_registry() -> dict[str, Any]:
-  """Mixtures kept in a registry of their own (prompt_tuning.data.mixture), if that module has one."""
-  try:
-    module = importlib.import_module(_MIXTURE_MODULE)
-  except ImportError:
-    return {}
-  list_fn = getattr(module, "list_mixtures", None)
-  get_fn = getattr(module, "get_mixture", None)
-  if list_fn is None or get_fn is None:
-    return {}
-  return {name: get_fn(name) for name in list_fn()}
-
-
 def collect(pattern: str | None = None, module: str | None = None) -> list[dict[str, Any]]:
   """Descriptions of every registered task and mixture whose name contains `pattern`, sorted by name."""
   from prompt_tuning.data import task as task_lib
@@ -78,8 +63,6 @@ def collect(pattern: str | None = None, module: str | None = None) -> list[dict[
   if module:
     importlib.import_module(module)
   found = {name: task_lib.get_task(name) for name in task_lib.list_tasks()}
-  for name, mixture in _mixture_registry().items():
-    found.setdefault(name, mixture)
   needle = (pattern or "").lower()
   return [describe(name, found[name]) for name in sorted(found) if needle in name.lower()]
 

@@ -18,6 +18,7 @@ from absl import logging
 from prompt_tuning import partitioning, prompt_init as prompt_init_lib
 from prompt_tuning.checkpoints.train_state import (RunConfig, TrainCheckpointer, checkpoint_dir, prompt_file,
                                                    write_run_config)
+from prompt_tuning.data.features import BATCH_KEYS
 from prompt_tuning.data.pipeline import BatchIterator
 from prompt_tuning.data.task import resolve_task
 from prompt_tuning.metrics_writer import MetricsWriter
@@ -31,7 +32,6 @@ from prompt_tuning.train.evaluation import Evaluator
 from prompt_tuning.train.prefetch import DevicePrefetcher
 from prompt_tuning.train.state import TrainState
 
-MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 
 
 @dataclasses.dataclass
@@ -50,7 +50,7 @@ def to_global_batch(arrays: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -
   _, shards = partitioning.data_shard(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, arrays[k], (shards * len(arrays[k]),
                                                                          *arrays[k].shape[1:]))
-          for k in MODEL_INPUTS}
+          for k in BATCH_KEYS}
 
 
 def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],

@@ -32,8 +32,3 @@ class TrainState:
   @classmethod
   def from_checkpoint(cls, tree: dict) -> "TrainState":
     return cls(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"])
-
-
-def tree_size(tree: Any) -> int:
-  """Number of array elements in a pytree (e.g. to show optimizer state ∝ prompt size)."""
-  return sum(int(x.size) for x in jax.tree.leaves(tree))

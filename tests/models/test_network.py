@@ -42,7 +42,7 @@ def test_parameter_tree_uses_t5x_names(params):
 
 
 def test_every_parameter_has_logical_axes_from_the_rules_table(params):
-  axes = flatten(network.param_logical_axes(CONFIG))
+  axes = flatten(network.module_logical_axes(network.Transformer(CONFIG)))
   assert set(axes) == set(flatten(params))
   for name, names in axes.items():
     assert len(names) == np.ndim(flatten(params)[name]), name

@@ -12,7 +12,13 @@ from prompt_tuning.checkpoints.structure import flatten
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig, cross_entropy_with_z_loss
 from prompt_tuning.models.t5 import get_config, network
 from prompt_tuning.train import optimizer, step as step_lib
-from prompt_tuning.train.state import TrainState, tree_size
+from prompt_tuning.train.state import TrainState
+
+
+def tree_size(tree) -> int:
+  """Number of array elements in a pytree (optimizer state against prompt size)."""
+  return sum(int(x.size) for x in jax.tree.leaves(tree))
+
 
 CONFIG = get_config("tiny", vocab_size=64, dropout_rate=0.1)
 
@@ -37,7 +43,7 @@ def _run(pattern: str, steps: int = 3):
   state = TrainState.create(trainable, tx)
   mesh = partitioning.make_mesh(1)
   frozen_shardings = partitioning.logical_to_sharding(
-      optimizer.split_trainable(network.param_logical_axes(CONFIG), pattern)[1], mesh)
+      optimizer.split_trainable(network.module_logical_axes(network.Transformer(CONFIG)), pattern)[1], mesh)
   train_step = step_lib.compile_train_step(step_lib.make_train_step(model, tx, schedule), mesh, frozen_shardings)
   for i in range(steps):
     state, metrics = train_step(state, frozen, _batch(i), jax.random.PRNGKey(1))

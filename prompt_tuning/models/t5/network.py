@@ -249,7 +249,3 @@ def module_logical_axes(module: nn.Module) -> dict:
 
 def abstract_params(config: T5Config) -> dict:
   return abstract_module_params(Transformer(config))
-
-
-def param_logical_axes(config: T5Config) -> dict:
-  return module_logical_axes(Transformer(config))
