@@ -1,6 +1,7 @@
 """Soft prompt tuning of frozen T5-family models in JAX/Flax.
 
-  prompt_tuning.train_prompt(...)    train a prompt from Python, no gin (prompt_tuning.train.loop.train)
+  prompt_tuning.train_prompt(...)    train a prompt from Python, no gin (prompt_tuning.runs.train.train),
+                                     given ModelSpec, TaskSpec, ... (prompt_tuning.runs.specs, also here)
   prompt_tuning.load_pretrained(...) a T5 checkpoint, optionally with a trained prompt taking text
 
 Both are imported on first use: `import prompt_tuning` itself loads neither JAX nor anything else.
@@ -8,7 +9,7 @@ Both are imported on first use: `import prompt_tuning` itself loads neither JAX 
 
 import os as _os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Installs map the top-level tasks/ folder to `prompt_tuning.tasks` (setup.py). Run from a source
 # checkout (python -m ... in the repo root), this package is the checkout's, so look beside it too.
@@ -22,7 +23,9 @@ if (not _os.path.isdir(_os.path.join(__path__[0], "tasks"))
 # (`python -m prompt_tuning.train`), which importing any of its modules sets as this attribute.
 _LAZY = {
     "load_pretrained": ("prompt_tuning.pretrained", "load_pretrained"),
-    "train_prompt": ("prompt_tuning.train.loop", "train"),
+    "train_prompt": ("prompt_tuning.runs.train", "train"),
+    **{name: ("prompt_tuning.runs.specs", name)
+       for name in ("ModelSpec", "PromptSpec", "TaskSpec", "TrainSpec", "EvaluationSpec", "MeshSpec")},
 }
 __all__ = ["__version__", *_LAZY]
 

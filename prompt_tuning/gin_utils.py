@@ -156,6 +156,29 @@ def _add_search_paths(dirs: Sequence[str]) -> None:
     for d in dirs:
       gin.add_config_file_search_path(d)
   _gin_config.register_file_reader(_remote_open, _remote_exists)  # deduplicated by gin
+  _guard_existence_checks()
+
+
+def _guard_existence_checks() -> None:
+  """Makes every gin file reader's existence check answer False instead of raising.
+
+  gin's package-resource reader looks `include 'runs/common.gin'` up as package `runs` too, and
+  raises TypeError when a namespace package of that name is importable (a `runs/` folder on
+  sys.path); the include then fails although the next search path has the file.
+  """
+  readers = getattr(_gin_config, "_FILE_READERS", None)
+  if not isinstance(readers, list):  # pragma: no cover - other gin versions
+    return
+  for i, (reader, exists) in enumerate(readers):
+    if not getattr(exists, "_guarded", False):
+      def guarded(path, exists=exists):
+        try:
+          return exists(path)
+        except Exception:  # a path this reader cannot even look up is not one it has
+          return False
+
+      guarded._guarded = True
+      readers[i] = (reader, guarded)
 
 
 def resolve_gin_file(name: str, search_paths: Sequence[str] = ()) -> str:
@@ -339,29 +362,43 @@ def _closest(word: str, candidates: Iterable[str]) -> str | None:
 
 
 def _suggest_configurable(selector: str) -> str | None:
-  """The registered configurable whose name is closest to `selector`."""
+  """The registered configurable name closest to `selector`, in the same form: configurables are
+  registered under their module path, so 'optimizers.adafactor' gets 'optimizer.adafactor'."""
   registry = _gin_config._REGISTRY
-  names = {}
+  forms = set()
   for complete, _ in registry.items():
     if complete.startswith("gin."):
       continue
-    minimal = registry.minimal_selector(complete)
-    names[minimal] = minimal
-    names.setdefault(complete.rsplit(".", 1)[-1], minimal)
-    names.setdefault(complete, minimal)
-  best = _closest(selector, names) or _closest(selector.rsplit(".", 1)[-1], names)
-  return names[best] if best else None
+    parts = complete.split(".")
+    forms.update(".".join(parts[i:]) for i in range(len(parts)))  # every tail gin accepts
+  return _closest(selector, forms) or _closest(selector.rsplit(".", 1)[-1], forms)
+
+
+def _parameters(configurable: Any) -> list[str]:
+  fn = configurable.wrapped
+  fn = fn.__init__ if inspect.isclass(fn) else fn
+  return [p.name for p in inspect.signature(fn).parameters.values()
+          if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"]
 
 
 def _suggest_parameter(selector: str, arg: str) -> str | None:
+  """A close parameter name of `selector`, else 'Other.arg' for the (at most three) configurables
+  that have `arg` (e.g. 'train.eval_period' -> 'TrainSpec.eval_period': train takes specs)."""
   try:
-    fn = _gin_config._REGISTRY.get_match(selector).wrapped
-    fn = fn.__init__ if inspect.isclass(fn) else fn
-    params = [p.name for p in inspect.signature(fn).parameters.values()
-              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"]
+    close = _closest(arg, _parameters(_gin_config._REGISTRY.get_match(selector)))
   except Exception:
     return None
-  return _closest(arg, params)
+  if close:
+    return close
+  registry = _gin_config._REGISTRY
+  owners = []
+  for complete, configurable in registry.items():
+    try:
+      if not complete.startswith("gin.") and arg in _parameters(configurable):
+        owners.append(registry.minimal_selector(complete))
+    except (TypeError, ValueError):  # no inspectable signature
+      continue
+  return "' or '".join(f"{owner}.{arg}" for owner in sorted(owners)) if 0 < len(owners) <= 3 else None
 
 
 def _unquoted_hint(statement: str | None, command_line: bool) -> str:

@@ -8,7 +8,7 @@ defaults. A single device is a 1x1 mesh and runs the same code.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -119,6 +119,18 @@ def logical_to_sharding(logical_axes: Any, mesh: Mesh,
 def data_sharding(mesh: Mesh) -> NamedSharding:
   """Batches [batch, ...] split over the 'data' axis."""
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def to_global_batch(local_rows: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's rows of each feature (its data shard, [rows, ...]) -> one global array per
+  feature, [rows * data shards, ...], split over the mesh's 'data' axis.
+
+  Processes of one model replica hold the same shard (data_shard); each places only its own rows.
+  """
+  sharding = data_sharding(mesh)
+  _, shards = data_shard(mesh)
+  return {name: jax.make_array_from_process_local_data(sharding, rows, (shards * len(rows), *rows.shape[1:]))
+          for name, rows in local_rows.items()}
 
 
 def to_host(tree: Any) -> Any:

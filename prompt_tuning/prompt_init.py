@@ -40,7 +40,8 @@ from absl import logging
 from etils import epath
 
 from prompt_tuning.checkpoints import t5x
-from prompt_tuning.checkpoints.structure import CheckpointError, flatten
+from prompt_tuning.checkpoints.structure import CheckpointError
+from prompt_tuning.param_tree import flatten
 
 Array = Any  # np.ndarray | jax.Array
 InitFn = Callable[[jax.Array, tuple[int, ...]], Array]

@@ -36,7 +36,7 @@ from prompt_tuning.checkpoints.structure import CheckpointError
 from prompt_tuning.checkpoints.train_state import PROMPTS_DIR, RunConfig, read_run_config
 from prompt_tuning.data.features import shift_right, trim_with_eos
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
-from prompt_tuning.train.optimizer import PROMPT_ONLY
+from prompt_tuning.param_tree import PROMPT_ONLY
 
 _STEP_FILE = re.compile(r"^step_(\d+)\.npy$")
 
@@ -170,7 +170,7 @@ class PromptedT5(pretrained.PretrainedT5):
     Returns:
       A Ranking per text (a single one for a single string).
     """
-    from prompt_tuning.train.evaluation import candidate_table
+    from prompt_tuning.evaluation import candidate_table
 
     single, texts = isinstance(texts, str), _as_texts(texts)
     candidates = list(candidates or self.candidates or [])
@@ -263,7 +263,7 @@ def attach_prompt(model: pretrained.PretrainedT5, prompt: Any, *, step: int | No
   params = {k: v for k, v in model.params.items() if k != "prompt"}
   d = model.config.emb_dim
   if source.value is None:  # a MODEL_DIR: restore what was trained (the prompt, or more for model tuning)
-    from prompt_tuning.train.inference import restore_trained
+    from prompt_tuning.checkpoints.train_state import restore_trained
 
     template = {**params, "prompt": {"prompt": np.zeros((run.prompt_length, d), np.float32)}}
     params, restored_step = restore_trained(source.model_dir, template, run.trainable_params, step)

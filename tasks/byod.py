@@ -31,9 +31,6 @@ from prompt_tuning.data import task as task_lib
 from prompt_tuning.data.task import DataError, TextTask
 from prompt_tuning.data.vocab import default_vocabulary
 
-GIN_MODULE = "byod"
-
-
 class ByodTask(TextTask):
   """A `TextTask` built by `text_task`; remembers its arguments (`spec`).
 
@@ -199,5 +196,5 @@ def text_task(name: str, train_path: str, validation_path: str, input_template: 
   return name
 
 
-# What the entry point registers: gin_utils.register_configurables(byod.CONFIGURABLES, module=byod.GIN_MODULE).
+# What the entry point registers with gin (as prompt_tuning.tasks.byod.text_task: `byod.text_task` in gin).
 CONFIGURABLES = {"text_task": text_task}

@@ -55,7 +55,7 @@ def test_import_is_cheap_and_the_python_api_loads_on_first_use():
 
   script = ("import sys, prompt_tuning; heavy = [m for m in ('jax', 'flax', 'gin', 'orbax') if m in sys.modules]; "
             "assert not heavy, heavy; from prompt_tuning import train_prompt; "
-            "from prompt_tuning.train import loop; assert train_prompt is loop.train; "
+            "from prompt_tuning.runs import train; assert train_prompt is train.train; "
             "assert callable(prompt_tuning.load_pretrained) and 'train_prompt' in dir(prompt_tuning)")
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-2000:]

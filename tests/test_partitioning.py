@@ -20,8 +20,8 @@ SCRIPT = textwrap.dedent("""
     from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
     from prompt_tuning.models.t5 import get_config
     from prompt_tuning.models.t5 import network
+    from prompt_tuning import param_tree
     from prompt_tuning.train import optimizer, step as step_lib
-    from prompt_tuning.train.loop import to_global_batch
     from prompt_tuning.train.state import TrainState
 
     assert len(jax.devices()) == 4, jax.devices()
@@ -36,8 +36,8 @@ SCRIPT = textwrap.dedent("""
              "decoder_loss_weights": np.ones((8, 4), np.float32)}
     params = module.init(jax.random.PRNGKey(0), enc, batch["decoder_input_tokens"])["params"]
     params = jax.tree.map(lambda x: np.asarray(getattr(x, "value", x)), params, is_leaf=lambda x: hasattr(x, "names"))
-    trainable, frozen = optimizer.split_trainable(params, optimizer.PROMPT_ONLY)
-    _, frozen_axes = optimizer.split_trainable(network.module_logical_axes(module), optimizer.PROMPT_ONLY)
+    trainable, frozen = param_tree.split_trainable(params, param_tree.PROMPT_ONLY)
+    _, frozen_axes = param_tree.split_trainable(network.module_logical_axes(module), param_tree.PROMPT_ONLY)
     tx, schedule = optimizer.adafactor()
     results = {}
     for name, mesh in (("one", partitioning.make_mesh(1, jax.devices()[:1])), ("four", partitioning.make_mesh(2))):
@@ -47,7 +47,7 @@ SCRIPT = textwrap.dedent("""
       state = TrainState.create(jax.tree.map(np.asarray, trainable), tx)
       losses = []
       for _ in range(3):
-        state, metrics = fn(state, placed, to_global_batch(batch, mesh), jax.random.PRNGKey(1))
+        state, metrics = fn(state, placed, partitioning.to_global_batch(batch, mesh), jax.random.PRNGKey(1))
         losses.append(float(metrics["loss"]))
       results[name] = (losses, np.asarray(state.params["prompt"]["prompt"]))
       wi = placed["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
@@ -156,7 +156,7 @@ CLI_SCRIPT = textwrap.dedent("""
       assert cli.main(["train", *flags]) == 0
       prompts[parts] = np.load(f"{model_dir}/prompts/step_2.npy")
       for mesh in ("--gin.NUM_PARTITIONS=1", "--gin.MESH_SHAPE=(-1, 2)"):  # evaluate each run on both meshes
-        assert cli.main(["eval", *flags[:-1], mesh, "--gin_file=runs/eval.gin"]) == 0
+        assert cli.main(["evaluate", *flags[:-1], mesh, "--gin_file=runs/evaluate.gin"]) == 0
       assert cli.main(["infer", *flags, "--gin_file=runs/infer.gin"]) == 0
       rows = [json.loads(l) for l in open(f"{model_dir}/inference/quickstart_sentiment-validation-step2.jsonl")]
       metrics[parts] = [json.loads(l) for l in open(f"{model_dir}/metrics.jsonl") if '"eval' in l], rows

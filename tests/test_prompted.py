@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 import prompt_tuning
-from prompt_tuning.checkpoints.structure import CheckpointError, flatten
+from prompt_tuning.checkpoints.structure import CheckpointError
+from prompt_tuning.param_tree import flatten
 from prompt_tuning.data.task import get_task
 from prompt_tuning.models.prompt import PromptConfig
 from prompt_tuning.models.t5 import get_config
-from prompt_tuning.train.evaluation import Evaluator
+from prompt_tuning.evaluation import Evaluator
 
 pytestmark = pytest.mark.slow  # every test here shares one training run
 
@@ -36,9 +37,10 @@ def run(tmp_path_factory):
   err = io.StringIO()
   with contextlib.redirect_stderr(err):
     result = prompt_tuning.train_prompt(
-        model_dir=model_dir, mixture_or_task_name=TASK, task_feature_lengths=LENGTHS, batch_size=8, train_steps=3,
-        model_config=get_config("tiny", vocab_size=256), prompt_length=4, prompt_placement="suffix", save_period=2,
-        log_period=1, eval_batch_size=BATCH)
+        prompt_tuning.ModelSpec(get_config("tiny", vocab_size=256), prompt=prompt_tuning.PromptSpec(4, "suffix")),
+        prompt_tuning.TaskSpec(TASK, LENGTHS), model_dir,
+        prompt_tuning.TrainSpec(steps=3, batch_size=8, save_period=2, log_period=1),
+        prompt_tuning.EvaluationSpec(batch_size=BATCH))
   return model_dir, result, err.getvalue()
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from prompt_tuning.checkpoints.structure import flatten
+from prompt_tuning.param_tree import flatten
 from prompt_tuning.models.t5.config import T5Config
 
 _CROSS_KV = ("encoder_decoder_attention/key/", "encoder_decoder_attention/value/")

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prompt_tuning import partitioning
+from prompt_tuning import param_tree, partitioning
 from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory, log
-from prompt_tuning.checkpoints.structure import flatten, unflatten
+from prompt_tuning.param_tree import flatten, unflatten
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import network
@@ -76,8 +76,8 @@ def init_on_device(module: PromptedTransformer, mesh: Mesh, seed: int) -> tuple[
   for i, (path, shape) in enumerate(sorted(shapes.items())):
     make = _leaf_maker(tuple(shape.shape), np.dtype(shape.dtype), _kind(path), shardings[path])
     params[path] = make(jax.random.fold_in(key, i))
-  trainable, frozen = optimizer_lib.split_trainable(unflatten(params), optimizer_lib.PROMPT_ONLY)
-  _, frozen_shardings = optimizer_lib.split_trainable(unflatten(shardings), optimizer_lib.PROMPT_ONLY)
+  trainable, frozen = param_tree.split_trainable(unflatten(params), param_tree.PROMPT_ONLY)
+  _, frozen_shardings = param_tree.split_trainable(unflatten(shardings), param_tree.PROMPT_ONLY)
   return trainable, frozen, frozen_shardings
 
 
@@ -102,12 +102,11 @@ def synthetic_batch(cfg: BenchConfig, vocab_size: int, mesh: Mesh) -> Batch:
       "decoder_target_tokens": targets,
       "decoder_loss_weights": np.ones(targets.shape, np.float32),
   }
-  # Each process supplies the rows of its data shard (as the trainer's to_global_batch does).
+  # Each process supplies the rows of its data shard, as the trainer does.
   shard, shards = partitioning.data_shard(mesh)
   rows = cfg.batch // shards
   local = slice(shard * rows, (shard + 1) * rows)
-  sharding = partitioning.data_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v[local], v.shape) for k, v in arrays.items()}
+  return partitioning.to_global_batch({k: v[local] for k, v in arrays.items()}, mesh)
 
 
 def peak_bytes(devices: list[jax.Device]) -> int | None:

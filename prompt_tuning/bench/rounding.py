@@ -29,11 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning import partitioning
+from prompt_tuning import param_tree, partitioning
 from prompt_tuning.bench import BenchConfig, log, ours
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5.config import T5Config
-from prompt_tuning.train import optimizer as optimizer_lib
 
 NUDGE = 2.0**-22
 # (run, reference) pairs reported; each row of the table is one layer.
@@ -54,7 +53,7 @@ def forward(cfg: BenchConfig, config: T5Config, num_partitions: int, nudge: bool
   trainable, frozen, _ = ours.init_on_device(module, mesh, cfg.seed)
   if nudge:
     trainable = jax.tree.map(lambda p: p * (1 + NUDGE), trainable)
-  params = optimizer_lib.merge_params(trainable, frozen)
+  params = param_tree.merge_params(trainable, frozen)
   batch = ours.synthetic_batch(cfg, config.vocab_size, mesh)
 
   def is_encoder_layer(module: Any, method: str) -> bool:

@@ -26,7 +26,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from prompt_tuning.checkpoints.structure import CheckpointError, unflatten
+from prompt_tuning.checkpoints.structure import CheckpointError
+from prompt_tuning.param_tree import unflatten
 from prompt_tuning.models.t5.config import T5Config
 
 _ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu", "relu": "relu", "silu": "silu"}

@@ -27,7 +27,8 @@ import numpy as np
 from absl import logging
 
 from prompt_tuning.checkpoints import hf, hub, native
-from prompt_tuning.checkpoints.structure import CheckpointError, check_params, flatten
+from prompt_tuning.checkpoints.structure import CheckpointError, check_params
+from prompt_tuning.param_tree import flatten
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import NAMED_CONFIGS, RandomInitConfig, T5Config, get_config
 
@@ -118,7 +119,8 @@ def _own_config_hint(given: T5Config | None, own: T5Config | None) -> str:
           f"the checkpoint's own") if diff else ""
 
 
-def load_checkpoint(path: str, config: ConfigSpec = None, *, dtype: str | None = None) -> tuple[T5Config, Any]:
+def load_checkpoint(path: str, config: ConfigSpec = None, *, dtype: str | None = None,
+                    param_dtype: str | None = None) -> tuple[T5Config, Any]:
   """Reads any supported checkpoint into (config, params).
 
   Args:
@@ -129,7 +131,9 @@ def load_checkpoint(path: str, config: ConfigSpec = None, *, dtype: str | None =
       arrays must fit it; a RandomInitConfig is ignored). t5x checkpoints need
       one unless their run's config.gin names the sizes; its relative-attention
       settings always win.
-    dtype: if given, the parameter and activation dtype ('float32', 'bfloat16').
+    dtype: if given, the activation dtype ('float32', 'bfloat16'), and the parameters' unless
+      param_dtype is given.
+    param_dtype: if given, the dtype the weights are stored in.
   Returns:
     (config, params) with params a nested dict of arrays in config.param_dtype.
   """
@@ -149,8 +153,8 @@ def load_checkpoint(path: str, config: ConfigSpec = None, *, dtype: str | None =
     params = t5x.load_t5x_params(path)
   given = config if own is not None else None  # a config passed in that replaces the checkpoint's own
   config = config or own
-  if dtype is not None:
-    config = config.replace(dtype=dtype, param_dtype=dtype)
+  param_dtype = param_dtype or dtype
+  config = config.replace(**{k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None})
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, config.parameter_dtype),
                         network.abstract_params(config))
   try:

@@ -6,29 +6,15 @@ the first offending parameter path and both shapes.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
-from flax import traverse_util
+
+from prompt_tuning.param_tree import flatten
 
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be read, or does not fit the model. One line, naming the culprit."""
-
-
-def flatten(tree: Mapping[str, Any], is_leaf: Callable[[Any], bool] | None = None) -> dict[str, Any]:
-  """Nested dicts -> {'encoder/layers_0/attention/query/kernel': leaf} (flax.traverse_util).
-
-  `is_leaf(node)` stops the descent at dicts that are values themselves (e.g. a
-  tensorstore spec). Empty dicts leave no entry.
-  """
-  stop = None if is_leaf is None else (lambda _, node: is_leaf(node))
-  return traverse_util.flatten_dict(dict(tree), is_leaf=stop, sep="/")
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-  """Inverse of `flatten`."""
-  return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
 def check_params(loaded: Mapping[str, Any], expected: Mapping[str, Any], source: str) -> None:

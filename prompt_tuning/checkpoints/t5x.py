@@ -29,7 +29,8 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
-from prompt_tuning.checkpoints.structure import CheckpointError, flatten, unflatten
+from prompt_tuning.checkpoints.structure import CheckpointError
+from prompt_tuning.param_tree import flatten, unflatten
 
 _STEP_DIR = re.compile(r"checkpoint_(\d+)")
 _MSGPACK_FILE = "checkpoint"

@@ -20,8 +20,10 @@ import jax
 import numpy as np
 from etils import epath
 
-from prompt_tuning.checkpoints.structure import CheckpointError, flatten
+from prompt_tuning import param_tree
+from prompt_tuning.checkpoints.structure import CheckpointError, check_params
 from prompt_tuning.models.t5.config import T5Config
+from prompt_tuning.param_tree import flatten
 
 CHECKPOINTS_DIR = "checkpoints"
 PROMPTS_DIR = "prompts"
@@ -167,6 +169,24 @@ class TrainCheckpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def restore_trained(model_dir: str, params: dict, trainable_params: str, step: int | None = None
+                    ) -> tuple[dict, int]:
+  """`params` with the trained subtree of MODEL_DIR's checkpoint `step` (default: the latest) in place.
+
+  The trainable subtree is the one `trainable_params` selects (as in the run that wrote it);
+  returns (params, the restored step).
+  """
+  trainable, frozen = param_tree.split_trainable(params, trainable_params)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), trainable)
+  checkpointer = TrainCheckpointer(model_dir, save_period=0, keep=None)
+  try:
+    restored, step = checkpointer.restore_params(abstract, step)
+  finally:
+    checkpointer.close()
+  check_params(restored, abstract, f"{model_dir} step {step}")
+  return param_tree.merge_params(restored, frozen), int(step)
 
 
 def prompt_file(model_dir: str, step: int) -> str:

@@ -1,4 +1,4 @@
-"""The shared main of the gin-driven commands (train, eval, infer), t5x style.
+"""The shared main of the gin-driven commands (train, evaluate, infer), t5x style.
 
   prompt-tuning train --gin_file=runs/prompt_finetune.gin --gin_file=models/t5_1_1/base.gin \
       --gin.MODEL_DIR="'/tmp/model'" --gin.MIXTURE_OR_TASK_NAME="'quickstart_sentiment'" ...
@@ -19,28 +19,31 @@ from absl import logging
 from prompt_tuning import gin_utils
 from prompt_tuning.cli import compilation_cache, distributed
 
-# Names usable in gin files, e.g. `train.prompt_init = @prompt_init.sampled_vocab`.
-def register_all() -> dict[str, Callable[..., Any]]:
+def configurables() -> list[Callable[..., Any]]:
+  """What gin files may name, each registered under its own module path: `prompt_tuning.train.optimizer.adafactor`
+  is `@optimizer.adafactor` (or `@adafactor`: gin takes any unambiguous tail), so a name says where its code is."""
   from prompt_tuning import prompt_init
   from prompt_tuning.models.model import LossConfig
   from prompt_tuning.models.t5.config import random_init_config, t5_config
-  from prompt_tuning.train import inference, loop, optimizer
-
-  entry = gin_utils.register_configurables(
-      {"train": loop.train, "evaluate": inference.evaluate, "infer": inference.infer}, module="prompt_tuning")
-  gin_utils.register_configurables(prompt_init.PROMPT_INITIALIZERS, module="prompt_init")
-  gin_utils.register_configurables(optimizer.OPTIMIZERS, module="optimizers")
-  gin_utils.register_configurables(optimizer.SCHEDULES, module="schedules")
-  gin_utils.register_configurables({"LossConfig": LossConfig, "t5_config": t5_config,
-                                    "random_init_config": random_init_config}, module="models")
+  from prompt_tuning.runs import evaluate, infer, specs, train
   from prompt_tuning.tasks import byod
+  from prompt_tuning.train import optimizer
 
-  gin_utils.register_configurables(byod.CONFIGURABLES, module=byod.GIN_MODULE)
-  return entry
+  return [train.train, evaluate.evaluate, infer.infer,
+          specs.ModelSpec, specs.PromptSpec, specs.TaskSpec, specs.TrainSpec, specs.EvaluationSpec, specs.MeshSpec,
+          *prompt_init.PROMPT_INITIALIZERS.values(), *optimizer.OPTIMIZERS.values(), *optimizer.SCHEDULES.values(),
+          LossConfig, t5_config, random_init_config, *byod.CONFIGURABLES.values()]
+
+
+def register_all() -> dict[str, Callable[..., Any]]:
+  """Registers `configurables()`; returns {'train' | 'evaluate' | 'infer': its gin wrapper}."""
+  wrappers = {}
+  for fn in configurables():
+    wrappers.update(gin_utils.register_configurables({fn.__name__: fn}, module=fn.__module__))
+  return {name: wrappers[name] for name in ("train", "evaluate", "infer")}
 
 
 # The command's name on the command line (gin_runner runs the configurable of the same meaning).
-_CLI_NAMES = {"train": "train", "evaluate": "eval", "infer": "infer"}
 
 
 class _FlagError(Exception):
@@ -72,7 +75,7 @@ class CommandLineError(Exception):
 
 
 def parse_command_line(argv: list[str], name: str, description: str | None = None) -> CommandLine:
-  """The flags of `prompt-tuning NAME ARGV` (NAME: train | eval | infer); raises CommandLineError."""
+  """The flags of `prompt-tuning NAME ARGV` (NAME: train | evaluate | infer); raises CommandLineError."""
   try:
     args, rest = _parser(name, description).parse_known_args(gin_utils.rewrite_gin_args(argv))
   except (_FlagError, gin_utils.GinConfigError) as e:
@@ -109,7 +112,7 @@ def run(argv: list[str], command: str, describe: Callable[[Any], None], descript
 
   Returns the exit status: 0, 1 (the run failed), 2 (bad flags; nothing was started).
   """
-  name = _CLI_NAMES.get(command, command)
+  name = command
 
   def fail(message: str, status: int) -> int:
     lines = str(message).strip().splitlines()
@@ -140,7 +143,7 @@ def run(argv: list[str], command: str, describe: Callable[[Any], None], descript
 
 
 def binding(name: str, default: Any = None) -> Any:
-  """The value bound to `name` ('train.decode_method'), through macros; `default` when unbound."""
+  """The value bound to `name` ('EvaluationSpec.decode_method'), through macros; `default` when unbound."""
   import gin
 
   try:
@@ -152,15 +155,16 @@ def binding(name: str, default: Any = None) -> Any:
   return value
 
 
-def describe_evaluation(command: str, split_param: str, metrics: dict[str, Any]) -> str:
-  """'on validation: decode/ by greedy decoding; rank/ by rank classification', from the bindings of
-  `command` ('train' | 'evaluate') and the metrics it returned, to head the metric lines."""
-  from prompt_tuning.train.evaluation import describe_decoding
+def describe_evaluation(metrics: dict[str, Any]) -> str:
+  """'on validation: decode/ by greedy decoding; rank/ by rank classification', from the EvaluationSpec
+  bindings and the metrics the run returned, to head the metric lines."""
+  from prompt_tuning.evaluation import describe_decoding
+  from prompt_tuning.runs.specs import EvaluationSpec
 
-  decoding = describe_decoding(binding(f"{command}.decode_method", "greedy"),
-                               binding(f"{command}.decode_options", None))
+  decoding = describe_decoding(binding("EvaluationSpec.decode_method", EvaluationSpec.decode_method),
+                               binding("EvaluationSpec.decode_options", EvaluationSpec.decode_options))
   ranked = "; rank/ by rank classification" if any(name.startswith("rank/") for name in metrics) else ""
-  return f"on {binding(f'{command}.{split_param}', 'validation')}: decode/ by {decoding}{ranked}"
+  return f"on {binding('EvaluationSpec.split', EvaluationSpec.split)}: decode/ by {decoding}{ranked}"
 
 
 def metric_lines(metrics: dict[str, Any], prefix: str = "") -> list[str]:

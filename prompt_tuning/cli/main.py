@@ -8,13 +8,17 @@ import sys
 
 COMMANDS = {
     "train": ("prompt_tuning.cli.train", "train a prompt (gin-configured, t5x style)"),
-    "eval": ("prompt_tuning.cli.eval", "evaluate the trained prompt in MODEL_DIR"),
+    "evaluate": ("prompt_tuning.cli.evaluate", "score the trained prompt in MODEL_DIR with the task's metrics"),
     "infer": ("prompt_tuning.cli.infer", "write predictions of the trained prompt as JSONL"),
     "convert": ("prompt_tuning.cli.convert", "convert an HF or t5x checkpoint to the native format"),
     "generate": ("prompt_tuning.cli.generate", "decode inputs with a checkpoint (default: built-in tiny model)"),
     "tasks": ("prompt_tuning.cli.tasks", "list registered tasks and mixtures (with splits and metrics)"),
     "bench": ("prompt_tuning.cli.bench", "time one prompt-tuning step: ours vs HF PEFT, same config"),
 }
+
+
+# Earlier names still accepted (not listed): `eval` became `evaluate`, the word gin and the code use.
+_ALIASES = {"eval": "evaluate"}
 
 
 def _usage() -> str:
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
   if argv[0] in ("--version", "-V", "version"):
     print(version_line())
     return 0
-  command, rest = argv[0], argv[1:]
+  command, rest = _ALIASES.get(argv[0], argv[0]), argv[1:]
   if command not in COMMANDS:
     print(f"prompt-tuning: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2

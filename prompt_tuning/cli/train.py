@@ -30,7 +30,7 @@ def _describe(result) -> None:
           f"hub id; a t5x checkpoint also needs --gin.MODEL_CONFIG)")
   print(f"trained to step {result.step}")
   if result.eval_metrics:
-    print(f"evaluated {gin_runner.describe_evaluation('train', 'eval_split', result.eval_metrics)}")
+    print(f"evaluated {gin_runner.describe_evaluation(result.eval_metrics)}")
     print("\n".join(gin_runner.metric_lines(result.eval_metrics, prefix="eval ")))
   if result.prompt_path:
     print(f"prompt:       {result.prompt_path}")

@@ -18,7 +18,7 @@ Metrics: the seqio metric_fn wraps `task.score`, building each record from the
 target and prediction text alone ({'example': {'targets': t}, 'prediction': p}).
 Metrics that read other example fields (all gold answers, question groups,
 per-example candidates) are only exact through our own evaluator
-(prompt_tuning.train.evaluation); through seqio they see the targets only.
+(prompt_tuning.evaluation); through seqio they see the targets only.
 """
 
 from __future__ import annotations

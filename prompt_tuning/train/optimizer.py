@@ -1,10 +1,4 @@
-"""Optimizers, learning-rate schedules and the trainable/frozen split.
-
-Trainability is a regular expression over parameter paths ('prompt/prompt',
-'encoder/layers_0/attention/query/kernel', ...), matched in full. The
-parameter tree is split into a trainable subtree and a frozen one; gradients
-and optimizer state exist for the trainable subtree alone, so a frozen
-11B-parameter model costs no optimizer memory at all.
+"""Optimizers and learning-rate schedules (of the trainable subtree: prompt_tuning.param_tree).
 
 The factories here are plain functions with keyword defaults, registered with
 gin at the entry point.
@@ -12,43 +6,14 @@ gin at the entry point.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 import jax.numpy as jnp
 import optax
 
-from prompt_tuning.checkpoints.structure import flatten, unflatten
 
 Params = Any
 Schedule = Callable[[Any], Any]
-
-PROMPT_ONLY = r"prompt/prompt"
-EVERYTHING = r".*"
-
-
-def split_trainable(params: Params, trainable_pattern: str) -> tuple[dict, dict]:
-  """Splits a nested param dict into (trainable, frozen) by a full-path regex.
-
-  Raises ValueError when nothing matches (a typo would otherwise train nothing).
-  """
-  try:
-    regex = re.compile(trainable_pattern)
-  except re.error as e:
-    raise ValueError(f"trainable parameter regex {trainable_pattern!r} is invalid: {e}") from None
-  trainable, frozen = {}, {}
-  for path, value in flatten(params).items():
-    (trainable if regex.fullmatch(path) else frozen)[path] = value
-  if not trainable:
-    some = ", ".join(sorted(flatten(params))[:4])
-    raise ValueError(f"trainable parameter regex {trainable_pattern!r} matches no parameter (paths look like {some})")
-  return unflatten(trainable), unflatten(frozen)
-
-
-def merge_params(trainable: Params, frozen: Params) -> dict:
-  """Inverse of `split_trainable`."""
-  return unflatten({**flatten(frozen), **flatten(trainable)})
-
 
 # --- learning-rate schedules ---------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ class DevicePrefetcher:
 
   Args:
     batches: yields host batches; `position_of(batches)` is read after each one.
-    place: host batch -> device batch (e.g. `lambda b: to_global_batch(b.arrays, mesh)`).
+    place: host batch -> device batch (e.g. `lambda b: partitioning.to_global_batch(b.arrays, mesh)`).
     position_of: the resumable position of `batches` after its latest batch.
     size: batches read ahead (>= 1).
 

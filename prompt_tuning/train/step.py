@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import partitioning
 from prompt_tuning.models.model import EncoderDecoderModel
-from prompt_tuning.train.optimizer import merge_params
+from prompt_tuning.param_tree import merge_params
 from prompt_tuning.train.state import TrainState
 
 Batch = dict[str, jax.Array]

@@ -48,17 +48,12 @@ def test_config_mapping_of_both_families(hf_checkpoints):
 def test_dropout_rate_is_read_into_the_trained_network(hf_checkpoints, tmp_path):
   """config.json's dropout_rate becomes T5Config.dropout_rate of the network that training runs (with a
   dropout rng on every step; tests/models/test_network.py checks the network drops out only then)."""
-  from prompt_tuning import prompt_init
-  from prompt_tuning.models.model import LossConfig
-  from prompt_tuning.models.prompt import PromptConfig
-  from prompt_tuning.train import model_setup
+  from prompt_tuning.runs import setup, specs
 
   path = _copy(hf_checkpoints["t5_1_1"][1], tmp_path / "dropout")
   _edit_config(path, dropout_rate=0.3)  # the tiny models are saved with 0.0
-  model, _, config = model_setup.load_prompted_model(
-      None, path, PromptConfig(2, "prefix"), prompt_init.random_uniform, tokenize=None, vocab_size=None,
-      loss=LossConfig(), dtype=None, seed=0)
-  assert config.dropout_rate == model.module.config.dropout_rate == 0.3
+  config, _ = setup.frozen_model(specs.ModelSpec(checkpoint=path))  # the config every run's network is built from
+  assert config.dropout_rate == 0.3
   _edit_config(path, dropout_rate=None)  # absent: transformers' default
   assert hf.load_hf(path)[0].dropout_rate == 0.1
 

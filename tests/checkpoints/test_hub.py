@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from prompt_tuning.checkpoints import hub, loader
-from prompt_tuning.checkpoints.structure import CheckpointError, flatten
+from prompt_tuning.checkpoints.structure import CheckpointError
+from prompt_tuning.param_tree import flatten
 from prompt_tuning.cli import main as cli
 
 REPO_ID = "google/t5-tiny-test"

@@ -11,7 +11,8 @@ import pytest
 
 import prompt_tuning
 from prompt_tuning.checkpoints import hf, loader, native, t5x_gin
-from prompt_tuning.checkpoints.structure import CheckpointError, flatten
+from prompt_tuning.checkpoints.structure import CheckpointError
+from prompt_tuning.param_tree import flatten
 from prompt_tuning.cli import main as cli
 from support import t5x_format
 

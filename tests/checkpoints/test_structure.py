@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax.core import FrozenDict
 
-from prompt_tuning.checkpoints.structure import CheckpointError, check_params, flatten, unflatten
+from prompt_tuning.checkpoints.structure import CheckpointError, check_params
+from prompt_tuning.param_tree import flatten, unflatten
 
 TREE = {"encoder": {"layers_0": {"attention": {"query": {"kernel": np.zeros((2, 3))}}}, "empty": {}},
         "prompt": {"prompt": np.ones((4, 2))}}

@@ -11,7 +11,8 @@ import pytest
 from flax import serialization
 
 from prompt_tuning.checkpoints import t5x
-from prompt_tuning.checkpoints.structure import CheckpointError, flatten
+from prompt_tuning.checkpoints.structure import CheckpointError
+from prompt_tuning.param_tree import flatten
 from support import t5x_format
 
 ZARR_MIN_SIZE = 256

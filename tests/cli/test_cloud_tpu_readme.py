@@ -112,7 +112,7 @@ def clean_gin():
   gin.clear_config()
 
 
-@pytest.mark.parametrize("command", ["train", "eval"])
+@pytest.mark.parametrize("command", ["train", "evaluate"])
 def test_worker_commands_parse_and_point_at_gcs(command, clean_gin):
   runs = [(env, argv) for env, argv in worker_commands("prompt-tuning") if argv[0] == command]
   assert len(runs) == 1
@@ -134,7 +134,7 @@ def test_train_and_eval_agree_on_the_run(clean_gin):
     macros[argv[0]] = {name: gin_runner.macro(name) for name in (
         "MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "INITIAL_CHECKPOINT_PATH", "VOCABULARY_PATH",
         "PROMPT_LENGTH", "BATCH_SIZE")}
-  assert macros["train"] == macros["eval"]
+  assert macros["train"] == macros["evaluate"]
 
 
 @pytest.mark.slow

@@ -20,8 +20,8 @@ import pytest
 from prompt_tuning.cli import main as cli
 from support import processes
 
-FLAGS = ["--gin_file=quickstart.gin", "--gin.BATCH_SIZE=8", "--gin.train.save_period=3",
-         "--gin.train.log_period=2",
+FLAGS = ["--gin_file=quickstart.gin", "--gin.BATCH_SIZE=8", "--gin.TrainSpec.save_period=3",
+         "--gin.TrainSpec.log_period=2",
          # 30 rows over a 4-way data axis: padded to 32; 100 examples: a last, partial batch of 10.
          "--gin.EVAL_BATCH_SIZE=30"]
 PREDICTIONS = "inference/quickstart_sentiment-validation-step6.jsonl"
@@ -48,7 +48,7 @@ ROUNDING_BOUND = 1e-4
 ])
 def test_bad_multihost_flags_are_one_line_and_start_nothing(flags, message, capsys, monkeypatch):
   monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: pytest.fail("initialize was called"))
-  for command, name in (("train", "train"), ("eval", "eval")):
+  for command, name in (("train", "train"), ("evaluate", "evaluate"), ("eval", "evaluate")):  # eval: the old name
     assert cli.main([command, "--gin_file=quickstart.gin", *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"prompt-tuning {name}: error: ") and message in err, err

@@ -64,14 +64,14 @@ def test_quickstart_trains_evaluates_and_says_where_things_went(quickstart_dir):
   assert os.path.isfile(os.path.join(model_dir, "prompts", "step_300.npy"))
   assert os.listdir(os.path.join(model_dir, "tensorboard", "train"))
   assert os.listdir(os.path.join(model_dir, "tensorboard", "eval"))
-  assert "train.prompt_length = %PROMPT_LENGTH" in open(os.path.join(model_dir, "config.gin")).read()
+  assert "PromptSpec.length = %PROMPT_LENGTH" in open(os.path.join(model_dir, "config.gin")).read()
 
 
 @pytest.mark.slow
 def test_eval_and_infer_read_the_trained_prompt(quickstart_dir, capsys):
   model_dir, _, _ = quickstart_dir
   flags = ["--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{model_dir}'"]
-  assert cli.main(["eval", *flags, "--gin_file=runs/eval.gin", "--gin_file=decoding/beam.gin"]) == 0
+  assert cli.main(["evaluate", *flags, "--gin_file=runs/evaluate.gin", "--gin_file=decoding/beam.gin"]) == 0
   out, err = capsys.readouterr()
   accuracy = float(re.search(r"rank/accuracy: ([\d.]+)", out).group(1))
   assert accuracy > 75.0
@@ -103,12 +103,16 @@ def test_missing_macros_and_typos_are_one_line(capsys, tmp_path):
   assert err.count("\n") == 0
   assert "missing required gin macros INITIAL_CHECKPOINT_PATH, MIXTURE_OR_TASK_NAME, MODEL_DIR" in err
   assert cli.main(["train", "--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{tmp_path}'",
-                   "--gin.train.batch_sise=3"]) == 1
+                   "--gin.TrainSpec.batch_sise=3"]) == 1
   err = capsys.readouterr().err.strip()
-  assert err.count("\n") == 0 and "batch_sise" in err and "batch_size" in err
+  assert err.count("\n") == 0 and "batch_sise" in err and "(did you mean 'batch_size'?)" in err
+  # A parameter the entry points took before they took specs: where it lives now.
+  assert cli.main(["train", "--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{tmp_path}'", "--gin.train.batch_size=3"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err.endswith("(did you mean 'EvaluationSpec.batch_size' or 'TrainSpec.batch_size'?)"), err
   assert cli.main(["train", "--gin_file=no_such.gin"]) == 1
   assert "gin file not found: no_such.gin" in capsys.readouterr().err
-  assert cli.main(["eval", "--gin_file=quickstart.gin", "--gin_file=runs/eval.gin",
+  assert cli.main(["evaluate", "--gin_file=quickstart.gin", "--gin_file=runs/evaluate.gin",
                    f"--gin.MODEL_DIR='{tmp_path / 'empty'}'"]) == 1
   assert "no train checkpoint" in capsys.readouterr().err
 

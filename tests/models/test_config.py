@@ -6,7 +6,7 @@ import pytest
 
 from prompt_tuning.models.t5 import NAMED_CONFIGS, T5Config, get_config
 from prompt_tuning.models.t5.network import abstract_params
-from prompt_tuning.checkpoints.structure import flatten
+from prompt_tuning.param_tree import flatten
 
 # Published sizes (T5 paper and the HF model cards), in parameters.
 PUBLISHED = {

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import partitioning
-from prompt_tuning.checkpoints.structure import flatten
+from prompt_tuning.param_tree import flatten
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import Prompt, PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import get_config, network

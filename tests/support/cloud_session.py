@@ -22,6 +22,7 @@ for _name in ("tensorflow", "seqio", "tensorflow_datasets"):
   sys.modules[_name] = None
 
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -59,13 +60,15 @@ def main(sentencepiece_model: str, tmp: str) -> dict:
   from etils import epath
 
   from prompt_tuning.checkpoints import t5x
-  from prompt_tuning.checkpoints.structure import flatten
+  from prompt_tuning.param_tree import flatten
   from prompt_tuning.data import vocab
   from prompt_tuning.metrics_writer import MetricsWriter
   from prompt_tuning.models.t5.config import get_config
   from prompt_tuning.models.t5 import network
   from prompt_tuning.tasks import byod
-  from prompt_tuning.train import inference, loop
+  from prompt_tuning.runs import specs
+  from prompt_tuning.runs.evaluate import evaluate
+  from prompt_tuning.runs.train import train
   from support import t5x_format
   import jax
 
@@ -95,13 +98,15 @@ def main(sentencepiece_model: str, tmp: str) -> dict:
   task = byod.text_task("cloud_reviews", "gs://bucket/data/train.jsonl", "gs://bucket/data/validation.jsonl",
                         "review: {text}", "label", labels=["negative", "positive"],
                         vocabulary_path="gs://bucket/vocab/sentencepiece.model")
-  run = dict(model_dir="gs://bucket/run", mixture_or_task_name=task, model_config=config,
-             initial_checkpoint_path="gs://bucket/t5x/checkpoint_1", task_feature_lengths={"inputs": 24, "targets": 12},
-             batch_size=4, prompt_length=2, rank_classification=False)  # decoding alone: fewer programs to compile
-  results = [loop.train(**run, train_steps=steps, save_period=2, log_period=1, progress=False) for steps in (2, 4)]
+  model = specs.ModelSpec(config, "gs://bucket/t5x/checkpoint_1", prompt=specs.PromptSpec(length=2))
+  data = specs.TaskSpec(task, {"inputs": 24, "targets": 12})
+  evaluation = specs.EvaluationSpec(rank_classification=False)  # decoding alone: fewer programs to compile
+  results = [train(model, data, "gs://bucket/run", specs.TrainSpec(steps=steps, batch_size=4, save_period=2,
+                                                                    log_period=1), evaluation, progress=False)
+             for steps in (2, 4)]
   out["sessions"] = [result.step for result in results]
   out["prompt"] = [results[-1].prompt_path, epath.Path(results[-1].prompt_path).exists()]
-  inference.evaluate(**run)
+  evaluate(model, data, "gs://bucket/run", dataclasses.replace(evaluation, batch_size=4), progress=False)
   metrics = epath.Path("gs://bucket/run/metrics.jsonl").read_text().splitlines()
   out["metrics"] = [[record["step"], sorted({k.split("/")[0] for k in record if k != "step"})]
                     for record in map(json.loads, metrics)]

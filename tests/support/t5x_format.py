@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from flax import serialization
 
-from prompt_tuning.checkpoints.structure import flatten, unflatten
+from prompt_tuning.param_tree import flatten, unflatten
 
 
 def _zarr_dtype(dtype: np.dtype) -> str:

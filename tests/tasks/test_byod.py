@@ -109,14 +109,15 @@ def test_text_task_errors_are_one_line(data, overrides, message):
 @pytest.mark.slow
 def test_trains_end_to_end_through_the_trainer(data, tmp_path):
   from prompt_tuning.models import t5
-  from prompt_tuning.train.loop import train
+  from prompt_tuning.runs import specs
+  from prompt_tuning.runs.train import train
 
   name = _task("byod_test_train", data["jsonl"])
   vocab_size = SentencePieceVocabulary(VOCAB_PATH).vocab_size
-  result = train(model_dir=str(tmp_path / "model"), mixture_or_task_name=name,
-                 task_feature_lengths={"inputs": 16, "targets": 4}, batch_size=8, train_steps=40,
-                 model_config=t5.get_config("tiny", vocab_size=vocab_size), prompt_length=5, progress=False,
-                 log_period=10, save_period=1000, rank_classification=True)
+  model = specs.ModelSpec(t5.get_config("tiny", vocab_size=vocab_size), prompt=specs.PromptSpec(length=5))
+  result = train(model, specs.TaskSpec(name, {"inputs": 16, "targets": 4}), str(tmp_path / "model"),
+                 specs.TrainSpec(steps=40, batch_size=8, log_period=10, save_period=1000),
+                 specs.EvaluationSpec(rank_classification=True), progress=False)
   assert result.step == 40
   accuracy = result.eval_metrics["rank/accuracy"]
   assert isinstance(accuracy, float) and 0.0 <= accuracy <= 100.0
@@ -129,16 +130,15 @@ def test_trains_through_the_cli_with_byod_gin(data, tmp_path, capsys):
   from prompt_tuning.cli import main as cli
 
   gin.clear_config()  # registering needs an unlocked config (an earlier in-process run finalizes it)
-  gin_utils.register_configurables(byod.CONFIGURABLES, module=byod.GIN_MODULE)  # until gin_runner does
   train_path, validation_path = data["csv"]
   flags = [
       "train", "--gin_file=runs/prompt_finetune.gin", "--gin_file=tasks/byod.gin",
       f"--gin.MODEL_DIR='{tmp_path / 'model'}'", "--gin.INITIAL_CHECKPOINT_PATH=''",
-      "--gin.MODEL_CONFIG=@models.t5_config()", "--gin.models.t5_config.name='tiny'",
-      f"--gin.models.t5_config.vocab_size={SentencePieceVocabulary(VOCAB_PATH).vocab_size}",
+      "--gin.MODEL_CONFIG=@t5.config.t5_config()", "--gin.t5_config.name='tiny'",
+      f"--gin.t5_config.vocab_size={SentencePieceVocabulary(VOCAB_PATH).vocab_size}",
       f"--gin.VOCABULARY_PATH='{VOCAB_PATH}'",
       "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}", "--gin.BATCH_SIZE=8", "--gin.PROMPT_LENGTH=5",
-      "--gin.TRAIN_STEPS=20", "--gin.train.log_period=10", "--gin.train.progress=False",
+      "--gin.TRAIN_STEPS=20", "--gin.TrainSpec.log_period=10", "--gin.train.progress=False",
       "--gin.BYOD_NAME='byod_test_cli'", f"--gin.BYOD_TRAIN='{train_path}'",
       f"--gin.BYOD_VALIDATION='{validation_path}'", "--gin.BYOD_TEMPLATE='review: {text}'",
       "--gin.BYOD_TARGET='y'", f"--gin.BYOD_LABELS={LABELS}",
@@ -150,7 +150,7 @@ def test_trains_through_the_cli_with_byod_gin(data, tmp_path, capsys):
     # VOCABULARY_PATH reached the task (it names no vocabulary of its own).
     assert get_task("byod_test_cli").vocabulary.path == VOCAB_PATH
     # eval builds the task again from the same gin config: the same arguments, the same task.
-    assert cli.main(["eval", *flags[1:], "--gin_file=runs/eval.gin"]) == 0, capsys.readouterr().err
+    assert cli.main(["evaluate", *flags[1:], "--gin_file=runs/evaluate.gin"]) == 0, capsys.readouterr().err
     assert "evaluated step 20" in capsys.readouterr().out
     config = open(tmp_path / "model" / "config.gin").read()
     assert "MIXTURE_OR_TASK_NAME = @byod.text_task()" in config and "text_task.train_path = %BYOD_TRAIN" in config

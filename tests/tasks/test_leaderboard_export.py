@@ -12,7 +12,9 @@ seqio = pytest.importorskip("seqio")
 
 from prompt_tuning.data import vocab as vocab_lib  # noqa: E402
 from prompt_tuning.models.t5 import get_config  # noqa: E402
-from prompt_tuning.train import inference, loop  # noqa: E402
+from prompt_tuning.runs import specs  # noqa: E402
+from prompt_tuning.runs.infer import infer  # noqa: E402
+from prompt_tuning.runs.train import train  # noqa: E402
 
 SPM = os.path.join(os.path.dirname(seqio.__file__), "test_data", "sentencepiece", "sentencepiece.model")
 
@@ -26,13 +28,14 @@ def small_vocabulary():
 @pytest.mark.slow
 def test_infer_writes_rte_submission_file(tmp_path, small_vocabulary):
   vocab_size = vocab_lib.SentencePieceVocabulary(SPM).vocab_size
-  common = dict(model_dir=str(tmp_path / "model"), mixture_or_task_name="super_glue_rte_v102",
-                task_feature_lengths={"inputs": 32, "targets": 4}, model_config=get_config("tiny", vocab_size=vocab_size),
-                prompt_length=3, vocabulary_path=small_vocabulary)
+  model = specs.ModelSpec(get_config("tiny", vocab_size=vocab_size), prompt=specs.PromptSpec(length=3))
+  task = specs.TaskSpec("super_glue_rte_v102", {"inputs": 32, "targets": 4}, vocabulary_path=small_vocabulary)
+  model_dir = str(tmp_path / "model")
   with tfds.testing.mock_data(num_examples=6):
-    loop.train(batch_size=2, train_steps=2, save_period=2, log_period=1, progress=False, **common)
+    train(model, task, model_dir, specs.TrainSpec(steps=2, batch_size=2, save_period=2, log_period=1), progress=False)
     out_dir = tmp_path / "submission"
-    path = inference.infer(batch_size=4, split="test", leaderboard_dir=str(out_dir), **common)
+    path = infer(model, task, model_dir, specs.EvaluationSpec(split="test", batch_size=4),
+                 leaderboard_dir=str(out_dir), progress=False)
     from prompt_tuning.data.task import get_task
 
     test_idx = [ex["idx"] for ex in get_task("super_glue_rte_v102").examples("test")]

@@ -16,7 +16,7 @@ from prompt_tuning.data.task import get_task
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import get_config
-from prompt_tuning.train.evaluation import Evaluator
+from prompt_tuning.evaluation import Evaluator
 
 LENGTHS = {"inputs": 24, "targets": 6}
 
@@ -97,7 +97,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
     from prompt_tuning.models.model import EncoderDecoderModel
     from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
     from prompt_tuning.models.t5 import get_config
-    from prompt_tuning.train.evaluation import Evaluator
+    from prompt_tuning.evaluation import Evaluator
 
     assert len(jax.devices()) == 4, jax.devices()
     model = EncoderDecoderModel(PromptedTransformer(get_config("tiny", vocab_size=256), prompt_config=PromptConfig(3)))

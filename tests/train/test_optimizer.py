@@ -44,10 +44,10 @@ def gin_config():
 
 
 def test_gin_picks_adam_and_a_schedule(gin_config):
-  gin_utils.parse_gin_flags([], ["train.optimizer = @optimizers.adamw",
-                                 "optimizers.adamw.learning_rate = @schedules.warmup_cosine_decay()",
-                                 "schedules.warmup_cosine_decay.learning_rate = 0.01",
-                                 "schedules.warmup_cosine_decay.warmup_steps = 5"], finalize=False)
-  build = gin.query_parameter("train.optimizer").scoped_configurable_fn
+  gin_utils.parse_gin_flags([], ["TrainSpec.optimizer = @optimizer.adamw",
+                                 "optimizer.adamw.learning_rate = @optimizer.warmup_cosine_decay()",
+                                 "warmup_cosine_decay.learning_rate = 0.01",
+                                 "warmup_cosine_decay.warmup_steps = 5"], finalize=False)
+  build = gin.query_parameter("TrainSpec.optimizer").scoped_configurable_fn
   tx, schedule = build()
   np.testing.assert_allclose([schedule(0), schedule(5)], [0.0, 0.01], atol=1e-8)

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import partitioning
-from prompt_tuning.checkpoints.structure import flatten
+from prompt_tuning import param_tree, partitioning
+from prompt_tuning.param_tree import flatten
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig, cross_entropy_with_z_loss
 from prompt_tuning.models.t5 import get_config, network
 from prompt_tuning.train import optimizer, step as step_lib
@@ -38,12 +38,12 @@ def _batch(seed=0, batch=4):
 def _run(pattern: str, steps: int = 3):
   params = network.init_params(CONFIG, jax.random.PRNGKey(0))
   model = EncoderDecoderModel(network.Transformer(CONFIG))
-  trainable, frozen = optimizer.split_trainable(params, pattern)
+  trainable, frozen = param_tree.split_trainable(params, pattern)
   tx, schedule = optimizer.adafactor()
   state = TrainState.create(trainable, tx)
   mesh = partitioning.make_mesh(1)
   frozen_shardings = partitioning.logical_to_sharding(
-      optimizer.split_trainable(network.module_logical_axes(network.Transformer(CONFIG)), pattern)[1], mesh)
+      param_tree.split_trainable(network.module_logical_axes(network.Transformer(CONFIG)), pattern)[1], mesh)
   train_step = step_lib.compile_train_step(step_lib.make_train_step(model, tx, schedule), mesh, frozen_shardings)
   for i in range(steps):
     state, metrics = train_step(state, frozen, _batch(i), jax.random.PRNGKey(1))
@@ -74,7 +74,7 @@ def test_frozen_parameters_are_bit_identical_after_training():
 
 @pytest.mark.slow
 def test_everything_trainable_updates_every_weight():
-  params, _, frozen, state, _ = _run(optimizer.EVERYTHING, steps=2)
+  params, _, frozen, state, _ = _run(param_tree.EVERYTHING, steps=2)
   assert not frozen
   for name, value in flatten(state.params).items():
     assert not np.array_equal(np.asarray(value), np.asarray(flatten(params)[name])), name
@@ -83,9 +83,9 @@ def test_everything_trainable_updates_every_weight():
 def test_split_errors_name_the_regex():
   params = network.abstract_params(CONFIG)
   with pytest.raises(ValueError, match=r"regex 'promt/prompt' matches no parameter"):
-    optimizer.split_trainable(params, "promt/prompt")
+    param_tree.split_trainable(params, "promt/prompt")
   with pytest.raises(ValueError, match=r"regex '\(' is invalid"):
-    optimizer.split_trainable(params, "(")
+    param_tree.split_trainable(params, "(")
 
 
 def test_loss_matches_a_numpy_reference_with_smoothing_and_z_loss():

@@ -152,13 +152,13 @@ class RandomInitConfig:
 
 
 def random_init_config(name: str = "tiny", **overrides: Any) -> RandomInitConfig:
-  """`t5_config` for random initialization only, for gin: `MODEL_CONFIG = @models.random_init_config()`."""
+  """`t5_config` for random initialization only, for gin: `MODEL_CONFIG = @t5.config.random_init_config()`."""
   return RandomInitConfig(get_config(name, **overrides))
 
 
 def t5_config(name: str = "tiny", **overrides: Any) -> T5Config:
-  """A named config with fields replaced, for gin: `MODEL_CONFIG = @models.t5_config()` and
-  `models.t5_config.emb_dim = 128`."""
+  """A named config with fields replaced, for gin: `MODEL_CONFIG = @t5.config.t5_config()` and
+  `t5_config.emb_dim = 128`."""
   return get_config(name, **overrides)
 
 

@@ -1,6 +1,6 @@
-"""`prompt-tuning eval`: score the trained prompt in MODEL_DIR with the task's metrics.
+"""`prompt-tuning evaluate`: score the trained prompt in MODEL_DIR with the task's metrics.
 
-  prompt-tuning eval --gin_file=quickstart.gin --gin_file=runs/eval.gin --gin.MODEL_DIR="'/tmp/quickstart'"
+  prompt-tuning evaluate --gin_file=quickstart.gin --gin_file=runs/evaluate.gin --gin.MODEL_DIR="'/tmp/quickstart'"
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from prompt_tuning.cli import gin_runner
 
 
 def _describe(metrics) -> None:
-  print(f"evaluated step {metrics['step']} {gin_runner.describe_evaluation('evaluate', 'split', metrics)}")
+  print(f"evaluated step {metrics['step']} {gin_runner.describe_evaluation(metrics)}")
   print("\n".join(gin_runner.metric_lines({k: v for k, v in metrics.items() if k != "step"})))
 
 

@@ -10,24 +10,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import prompt_init
+from prompt_tuning import param_tree, prompt_init
 from prompt_tuning.checkpoints import hf
-from prompt_tuning.checkpoints.structure import flatten
+from prompt_tuning.param_tree import flatten
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import get_config
-from prompt_tuning.train import loop, optimizer
+from prompt_tuning.runs import specs
+from prompt_tuning.runs.train import train
+from prompt_tuning.train import optimizer
 
 TASK = "quickstart_sentiment"
 LENGTHS = {"inputs": 24, "targets": 4}
 
 
-def _train(model_dir, steps, **kwargs):
-  args = dict(model_dir=str(model_dir), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS, batch_size=8,
-              train_steps=steps, model_config="tiny", prompt_length=5, save_period=3, log_period=1, progress=False,
-              rank_classification=True)
-  args.update(kwargs)
-  return loop.train(**args)
+def _train(model_dir, steps, task=TASK, progress=False, optimizer_factory=optimizer.adafactor, **model):
+  """train() on TASK with a 5-token prompt on the tiny T5 (`model`: ModelSpec fields to replace)."""
+  model = specs.ModelSpec(**{"config": "tiny", "prompt": specs.PromptSpec(length=5), **model})
+  return train(model, specs.TaskSpec(task, LENGTHS), str(model_dir),
+               specs.TrainSpec(steps=steps, batch_size=8, save_period=3, log_period=1, optimizer=optimizer_factory),
+               specs.EvaluationSpec(rank_classification=True), progress=progress)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def hf_checkpoint(tmp_path_factory):
 
 @pytest.mark.slow
 def test_prompt_training_keeps_the_loaded_model_bit_identical(hf_checkpoint, tmp_path):
-  result = _train(tmp_path / "run", 4, initial_checkpoint_path=hf_checkpoint, model_config=None)
+  result = _train(tmp_path / "run", 4, checkpoint=hf_checkpoint, config=None)
   _, loaded = hf.load_hf(hf_checkpoint)
   frozen = flatten(result.frozen)
   assert set(frozen) == set(flatten(loaded))  # everything but the prompt is frozen ...
@@ -64,10 +66,10 @@ def test_prompt_training_keeps_the_loaded_model_bit_identical(hf_checkpoint, tmp
 @pytest.mark.slow
 def test_resuming_gives_the_same_prompt_as_one_uninterrupted_run(tmp_path, capsys):
   config = get_config("tiny", vocab_size=256, dropout_rate=0.1)  # dropout: the rng stream must resume too
-  whole = _train(tmp_path / "whole", 6, model_config=config)
-  _train(tmp_path / "split", 3, model_config=config)
+  whole = _train(tmp_path / "whole", 6, config=config)
+  _train(tmp_path / "split", 3, config=config)
   capsys.readouterr()
-  resumed = _train(tmp_path / "split", 6, model_config=config, progress=True)
+  resumed = _train(tmp_path / "split", 6, config=config, progress=True)
   said = capsys.readouterr().err.splitlines()
   assert f"resuming at step 3 from checkpoint {tmp_path / 'split' / 'checkpoints' / '3'}" in said  # announced
   assert resumed.step == whole.step == 6
@@ -78,8 +80,8 @@ def test_resuming_gives_the_same_prompt_as_one_uninterrupted_run(tmp_path, capsy
 @pytest.mark.slow
 def test_model_tuning_with_the_same_trainer_updates_every_weight(tmp_path):
   config = get_config("tiny", vocab_size=256)
-  result = _train(tmp_path / "full", 2, model_config=config, trainable_params=optimizer.EVERYTHING,
-                  optimizer=functools.partial(optimizer.adafactor, learning_rate=1e-2))
+  result = _train(tmp_path / "full", 2, config=config, trainable_params=param_tree.EVERYTHING,
+                  optimizer_factory=functools.partial(optimizer.adafactor, learning_rate=1e-2))
   assert not result.frozen
   from prompt_tuning.models.t5 import network
 
@@ -103,9 +105,9 @@ def test_prompt_gradient_matches_finite_differences():
            "decoder_input_tokens": np.concatenate([np.zeros((3, 1), np.int32), targets[:, :-1]], axis=1)}
   params = module.init(jax.random.PRNGKey(0), enc, batch["decoder_input_tokens"])["params"]
   params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
-  trainable, frozen = optimizer.split_trainable(params, optimizer.PROMPT_ONLY)
+  trainable, frozen = param_tree.split_trainable(params, param_tree.PROMPT_ONLY)
   model = EncoderDecoderModel(module)
-  loss = jax.jit(lambda t: model.loss(optimizer.merge_params(t, frozen), batch)[0])
+  loss = jax.jit(lambda t: model.loss(param_tree.merge_params(t, frozen), batch)[0])
   grad = jax.grad(loss)(trainable)["prompt"]["prompt"]
   assert float(jnp.abs(grad).max()) > 0
   for seed in range(3):
@@ -125,6 +127,6 @@ def test_bad_inputs_give_one_clear_error(tmp_path, hf_checkpoint):
 
     small = str(tmp_path / "hf96")
     hf_models.save_hf_t5("t5_1_0", small)
-    _train(tmp_path / "b", 1, initial_checkpoint_path=small, model_config=None)
+    _train(tmp_path / "b", 1, checkpoint=small, config=None)
   with pytest.raises(KeyError, match="no_such_task"):
-    _train(tmp_path / "c", 1, mixture_or_task_name="no_such_task")
+    _train(tmp_path / "c", 1, task="no_such_task")

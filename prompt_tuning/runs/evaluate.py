@@ -1,0 +1,45 @@
+"""evaluate(): the task's metrics for a trained prompt in MODEL_DIR, on top of its frozen model.
+
+It takes the specs train() took (gin builds them from the same files), rebuilds the frozen model
+from its checkpoint and restores the trained subtree of MODEL_DIR (the latest step by default).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+from absl import logging
+
+from prompt_tuning import progress as progress_lib
+from prompt_tuning.evaluation import Evaluator
+from prompt_tuning.metrics_writer import MetricsWriter
+from prompt_tuning.runs import setup as setup_lib
+from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
+
+
+def phase_lines(enabled: bool) -> Callable[[str], None]:
+  """Prints phase lines on process 0 when `enabled`; does nothing otherwise."""
+  return progress_lib.say if enabled and jax.process_index() == 0 else (lambda message: None)
+
+
+def evaluate(model: ModelSpec, task: TaskSpec, model_dir: str, evaluation: EvaluationSpec = EvaluationSpec(),
+             mesh: MeshSpec = MeshSpec(), checkpoint_step: int | None = None,
+             progress: bool = True) -> dict[str, float]:
+  """Scores the trained prompt of MODEL_DIR on `evaluation.split`; writes the metrics to MODEL_DIR.
+
+  checkpoint_step: which saved step (None: the latest).
+  progress: a line on stderr before each quiet phase (loading, evaluating), on process 0.
+  Returns the metrics (see Evaluator.evaluate) and 'step' (an int).
+  """
+  note = phase_lines(progress)
+  setup, step = setup_lib.build_trained(model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note)
+  evaluator = Evaluator(setup.model, setup.task, task.feature_lengths, evaluation.batch_size_or(TrainSpec.batch_size),
+                        decode_method=evaluation.decode_method, decode_options=evaluation.decode_options,
+                        rank_classification=evaluation.rank_classification, mesh=setup.mesh, note=note)
+  split = evaluation.split
+  metrics = evaluator.evaluate(setup.params, split)
+  with MetricsWriter(model_dir) as writer:
+    writer.write(step, metrics, prefix=f"eval_{split}" if split != "validation" else "eval")
+  logging.info("step %d %s: %s", step, split, metrics)
+  return {"step": step, **metrics}

@@ -1,0 +1,72 @@
+"""infer(): predictions of a trained prompt in MODEL_DIR as JSONL, and leaderboard files.
+
+It takes the specs train() took (gin builds them from the same files), rebuilds the frozen model
+from its checkpoint and restores the trained subtree of MODEL_DIR (the latest step by default).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+from absl import logging
+
+from prompt_tuning.evaluation import Evaluator, write_predictions
+from prompt_tuning.runs import setup as setup_lib
+from prompt_tuning.runs.evaluate import phase_lines
+from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
+
+
+def infer(model: ModelSpec, task: TaskSpec, model_dir: str, evaluation: EvaluationSpec = EvaluationSpec(),
+          mesh: MeshSpec = MeshSpec(), checkpoint_step: int | None = None, output_path: str = "",
+          leaderboard_dir: str = "", progress: bool = True) -> str:
+  """Writes predictions as JSONL (input, prediction, score, target); returns the file path.
+
+  evaluation: the split, batch size and decoding (rank classification is not used here).
+  checkpoint_step: which saved step (None: the latest).
+  output_path: default MODEL_DIR/inference/<task>-<split>-step<N>.jsonl.
+  leaderboard_dir: SuperGLUE tasks (alone or in a mixture) also get their submission files there
+    (BoolQ.jsonl, CB.jsonl, ...), from the same predictions.
+  progress: a line on stderr before each quiet phase (loading, decoding), on process 0.
+  """
+  if leaderboard_dir:  # before loading anything, on every process
+    from prompt_tuning.data.task import resolve_task
+
+    leaderboard_members(resolve_task(task.name, task.module, task.vocabulary_path))
+  note = phase_lines(progress)
+  setup, step = setup_lib.build_trained(model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note)
+  evaluator = Evaluator(setup.model, setup.task, task.feature_lengths, evaluation.batch_size_or(TrainSpec.batch_size),
+                        decode_method=evaluation.decode_method, decode_options=evaluation.decode_options,
+                        rank_classification=False, mesh=setup.mesh)
+  split = evaluation.split
+  path = output_path or os.path.join(model_dir, "inference", f"{setup.task.name}-{split}-step{step}.jsonl")
+  note(f"predicting {setup.task.name} {split} with {evaluator.decoding}")
+  records = list(evaluator.predictions(setup.params, split))
+  count = write_predictions(iter(records), path)
+  logging.info("wrote %d predictions to %s", count, path)
+  if leaderboard_dir and jax.process_index() == 0:  # every process holds all records; one writes
+    for written in write_leaderboards(setup.task, records, leaderboard_dir):
+      logging.info("wrote leaderboard file %s", written)
+  return path
+
+
+def leaderboard_members(task: Any) -> list[str]:
+  """Names of `task` (or of its mixture members) that have a SuperGLUE leaderboard format."""
+  from prompt_tuning.tasks import super_glue
+
+  names = [t.name for t in getattr(task, "tasks", [task]) if t.name in super_glue.LEADERBOARD_FILES]
+  if not names:
+    raise ValueError(f"leaderboard_dir is set but task {task.name} has no SuperGLUE leaderboard format")
+  return names
+
+
+def write_leaderboards(task: Any, records: list[dict], directory: str) -> list[str]:
+  """SuperGLUE submission files of `task` (or of each SuperGLUE member of a mixture)."""
+  from prompt_tuning.tasks import super_glue
+
+  by_task: dict[str, list[dict]] = {}
+  for record in records:
+    by_task.setdefault(record["example"].get("task", task.name), []).append(record)
+  return [super_glue.write_leaderboard_file(name, by_task[name], directory)
+          for name in leaderboard_members(task) if name in by_task]

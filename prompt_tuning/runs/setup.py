@@ -1,0 +1,112 @@
+"""One way in for every entry point: specs -> (mesh, task, prompted model, parameters).
+
+`build` loads the frozen T5 (checkpoint or random), checks the task's vocabulary against it and
+initializes the prompt; `build_trained` does the same and swaps in the trained subtree of a
+MODEL_DIR, placed on the mesh by the logical-axis rules (for `evaluate` and `infer`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import numpy as np
+from absl import logging
+
+from prompt_tuning import partitioning, prompt_init
+from prompt_tuning.checkpoints import loader
+from prompt_tuning.checkpoints.structure import check_params
+from prompt_tuning.checkpoints.train_state import checkpoint_dir, restore_trained
+from prompt_tuning.data.task import Task, resolve_task
+from prompt_tuning.models.model import EncoderDecoderModel
+from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
+from prompt_tuning.models.t5 import network
+from prompt_tuning.models.t5.config import T5Config
+from prompt_tuning.runs.specs import MeshSpec, ModelSpec, TaskSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What a run computes with.
+
+  params: the T5 weights (t5x names) plus {'prompt': {'prompt': [p, embed] float32}}; host numpy
+    from `build`, placed on `mesh` from `build_trained`.
+  config: the frozen model's T5Config, in the run's dtypes.
+  """
+
+  mesh: jax.sharding.Mesh
+  task: Task
+  model: EncoderDecoderModel
+  config: T5Config
+  params: dict
+
+
+def _quiet(message: str) -> None:
+  del message
+
+
+def run_dtypes(spec: ModelSpec) -> tuple[str | None, str | None]:
+  """(activation dtype, parameter dtype): bfloat16 activations on accelerators unless set, and
+  parameters in the activation dtype unless set; None keeps the checkpoint's (float32)."""
+  activation = spec.activation_dtype
+  if activation is None and jax.default_backend() != "cpu":
+    activation = "bfloat16"
+  return activation, spec.param_dtype or activation
+
+
+def frozen_model(spec: ModelSpec, seed: int = 0) -> tuple[T5Config, dict]:
+  """The frozen T5's config (in the run's dtypes and runtime settings) and weights (host numpy)."""
+  activation, param = run_dtypes(spec)
+  if spec.checkpoint:
+    config, params = loader.load_checkpoint(spec.checkpoint, spec.config, dtype=activation, param_dtype=param)
+    logging.info("loaded frozen model weights from %s", spec.checkpoint)
+  else:
+    if spec.config is None:
+      raise ValueError("no INITIAL_CHECKPOINT_PATH and no model config: set one of them")
+    config = loader.resolve_config(spec.config)
+    config = config.replace(**{k: v for k, v in (("dtype", activation), ("param_dtype", param)) if v is not None})
+    params = network.init_params(config, jax.random.PRNGKey(seed))
+  runtime = {k: v for k, v in (("attention_impl", spec.attention_impl), ("remat_policy", spec.remat_policy))
+             if v is not None}
+  return (config.replace(**runtime) if runtime else config), params
+
+
+def build(model: ModelSpec, task: TaskSpec, mesh: MeshSpec, *, seed: int = 0,
+          note: Callable[[str], None] = _quiet) -> Setup:
+  """The mesh, the task, and the prompted model with its initial parameters (host numpy).
+
+  seed: random frozen weights use it, the prompt initializer seed + 1.
+  note: prints a line before the slow part (loading the checkpoint).
+  """
+  device_mesh = mesh.make()
+  resolved = resolve_task(task.name, task.module, task.vocabulary_path)
+  note(f"loading the frozen model from {model.checkpoint}" if model.checkpoint else
+       f"initializing the frozen model at random (no initial checkpoint), seed {seed}")
+  config, t5_params = frozen_model(model, seed)
+  vocab_size = resolved.vocabulary.vocab_size
+  if vocab_size is not None and vocab_size > config.vocab_size:
+    raise ValueError(f"the task vocabulary has {vocab_size} ids but the model only {config.vocab_size}")
+  embedding = np.asarray(t5_params["token_embedder"]["embedding"], np.float32)
+  init_fn = model.prompt.init(embedding=embedding, tokenize=resolved.vocabulary.encode)
+  prompt = PromptConfig(model.prompt.length, model.prompt.placement)
+  # The prompt is kept in float32 whatever the frozen weights are (PromptedTransformer.prompt_param_dtype).
+  prompt_value = np.asarray(init_fn(jax.random.PRNGKey(seed + 1), (prompt.length, config.emb_dim)), np.float32)
+  module = PromptedTransformer(config, prompt_config=prompt)
+  params = {**t5_params, "prompt": {"prompt": prompt_value}}
+  check_params(params, network.abstract_module_params(module), "prompted model")
+  return Setup(device_mesh, resolved, EncoderDecoderModel(module, model.loss), config, params)
+
+
+def build_trained(model_dir: str, model: ModelSpec, task: TaskSpec, mesh: MeshSpec, *,
+                  checkpoint_step: int | None = None, note: Callable[[str], None] = _quiet) -> tuple[Setup, int]:
+  """`build` with the trained subtree of MODEL_DIR's checkpoint (default: the latest) swapped in,
+  every parameter placed on the mesh by the logical-axis rules. Returns (setup, the restored step)."""
+  # The prompt's value is replaced by the trained one, so the cheapest initializer does.
+  cheap = dataclasses.replace(model, prompt=dataclasses.replace(model.prompt, init=prompt_init.random_uniform))
+  setup = build(cheap, task, mesh, note=note)
+  params, step = restore_trained(model_dir, setup.params, model.trainable_params, checkpoint_step)
+  note(f"restored the trained parameters of step {step} from {checkpoint_dir(model_dir, step)}")
+  shardings = partitioning.logical_to_sharding(network.module_logical_axes(setup.model.module), setup.mesh)
+  return dataclasses.replace(setup, params=jax.device_put(params, shardings)), step
+

@@ -1,0 +1,184 @@
+"""What a run is made of, in small frozen specs that every entry point shares.
+
+  ModelSpec       the frozen T5 (config, checkpoint, dtypes, loss) and the prompt on it (PromptSpec)
+  TaskSpec        the task or mixture and its feature lengths (t5x's DatasetConfig, less split and batch)
+  TrainSpec       steps, batch, optimizer, seed and the save/log/eval periods
+  EvaluationSpec  which split, in what batches, scored how (decoding, rank classification)
+  MeshSpec        the device mesh
+
+`train`, `evaluate` and `infer` (prompt_tuning.runs) take these. gin/runs/common.gin builds them
+once from the t5x-style macros (MODEL_DIR, MIXTURE_OR_TASK_NAME, ...), and from Python they are
+plain constructors:
+
+  ModelSpec(config="t5_1_1_base", checkpoint="/ckpt", prompt=PromptSpec(length=20))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+
+from prompt_tuning import param_tree, partitioning, prompt_init
+from prompt_tuning.models.model import LossConfig
+from prompt_tuning.models.t5.config import RandomInitConfig, T5Config
+from prompt_tuning.train import optimizer as optimizer_lib
+
+_PLACEMENTS = ("prefix", "after_first", "suffix")
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise ValueError(message)
+
+
+def _positive_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSpec:
+  """The soft prompt P [length, embed] and where it goes.
+
+  length: p, the number of prompt vectors (gin: PROMPT_LENGTH).
+  placement: 'prefix' ([P; X], the paper's), 'after_first' (after the first token) or 'suffix'.
+  init: an initializer factory from prompt_tuning.prompt_init (gin/prompts/*.gin pick one).
+  """
+
+  length: int = 100
+  placement: str = "prefix"
+  init: Callable[..., Callable] = prompt_init.random_uniform
+
+  def __post_init__(self):
+    _check(_positive_int(self.length), f"PROMPT_LENGTH must be a positive integer, got {self.length!r}")
+    _check(self.placement in _PLACEMENTS,
+           f"PROMPT_PLACEMENT must be one of {', '.join(_PLACEMENTS)}, got {self.placement!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """The frozen model, the prompt on it, and what trains.
+
+  config: a named config ('t5_1_1_base'), a T5Config, a .json config file, or a RandomInitConfig
+    (used only without a checkpoint). None: the checkpoint's own (HF and native checkpoints carry
+    one; a t5x checkpoint only if its run's config.gin lies beside it). gin: MODEL_CONFIG.
+  checkpoint: HF, t5x or native checkpoint, local or gs://; '' initializes at random (gin:
+    INITIAL_CHECKPOINT_PATH).
+  trainable_params: a regex over parameter paths, matched in full ('.*': model tuning).
+  activation_dtype: what the layers compute in; None: float32 on the CPU, bfloat16 on accelerators
+    (gin: ACTIVATION_DTYPE).
+  param_dtype: what the frozen weights are stored in; None: the activation dtype (gin: PARAM_DTYPE).
+    The prompt is kept in float32 whatever these are.
+  loss: z-loss, label smoothing and normalization.
+  attention_impl, remat_policy: how (not what) the model computes (see T5Config); None keeps the
+    config's.
+  """
+
+  config: str | T5Config | RandomInitConfig | None = None
+  checkpoint: str = ""
+  prompt: PromptSpec = PromptSpec()
+  trainable_params: str = param_tree.PROMPT_ONLY
+  activation_dtype: str | None = None
+  param_dtype: str | None = None
+  loss: LossConfig = LossConfig()
+  attention_impl: str | None = None
+  remat_policy: str | None = None
+
+  def __post_init__(self):
+    for name, value in (("ACTIVATION_DTYPE", self.activation_dtype), ("PARAM_DTYPE", self.param_dtype)):
+      _check(value is None or value in _DTYPES, f"{name} must be None or one of {', '.join(_DTYPES)}, got {value!r}")
+    _check(isinstance(self.checkpoint, str),
+           f"INITIAL_CHECKPOINT_PATH must be a path string ('' for random weights), got {self.checkpoint!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """Which task, and how long its tokenized features may be.
+
+  name: a registered task or mixture (`prompt-tuning tasks` lists them; gin: MIXTURE_OR_TASK_NAME).
+  feature_lengths: {'inputs': n, 'targets': m}; longer texts are cut, EOS kept.
+  module: a module to import first, registering more tasks (t5x's MIXTURE_OR_TASK_MODULE).
+  vocabulary_path: SentencePiece model of tasks that name none (None: T5's).
+  """
+
+  name: str
+  feature_lengths: Mapping[str, int]
+  module: str | None = None
+  vocabulary_path: str | None = None
+
+  def __post_init__(self):
+    _check(isinstance(self.name, str) and bool(self.name),
+           f"MIXTURE_OR_TASK_NAME must be a task name, got {self.name!r}")
+    lengths = self.feature_lengths
+    _check(isinstance(lengths, Mapping) and {"inputs", "targets"} <= set(lengths)
+           and all(_positive_int(lengths[k]) for k in ("inputs", "targets")),
+           f"TASK_FEATURE_LENGTHS must map 'inputs' and 'targets' to positive integers, got {lengths!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """How long and how to train. The defaults are the paper's: batch 32, 30000 steps, Adafactor at 0.3.
+
+  steps: the last step (gin: TRAIN_STEPS); batch_size: examples per step over all devices and hosts.
+  optimizer: () -> (optax transformation, schedule), e.g. prompt_tuning.train.optimizer.adafactor.
+  seed: the data order, the prompt initialization and random frozen weights.
+  save_period / keep: a checkpoint every this many steps (and at the end), keeping the last `keep`.
+  log_period: steps per metrics record and progress line.
+  eval_period: evaluate every this many steps (0: only at the end).
+  prefetch_batches: training batches read and copied to the devices ahead of the step.
+  """
+
+  steps: int = 30000
+  batch_size: int = 32
+  optimizer: Callable[[], tuple[Any, Any]] = optimizer_lib.adafactor
+  seed: int = 0
+  save_period: int = 500
+  keep: int | None = 3
+  log_period: int = 10
+  eval_period: int = 0
+  prefetch_batches: int = 2
+
+  def __post_init__(self):
+    _check(_positive_int(self.batch_size), f"BATCH_SIZE must be a positive integer, got {self.batch_size!r}")
+    _check(_positive_int(self.log_period), f"TrainSpec.log_period must be a positive integer, got {self.log_period!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSpec:
+  """What evaluation (during and after training, `evaluate` and `infer`) scores, and how.
+
+  split: the task split.
+  batch_size: examples per batch; None: the training batch size (TrainSpec's 32 outside training).
+  decode_method / decode_options: 'greedy', 'beam' ({'beam_size': 4, 'alpha': 0.6}) or 'sample'.
+  rank_classification: score the task's labels too (None: when the task has labels; infer never).
+  """
+
+  split: str = "validation"
+  batch_size: int | None = None
+  decode_method: str = "greedy"
+  decode_options: Mapping[str, Any] | None = None
+  rank_classification: bool | None = None
+
+  def __post_init__(self):
+    _check(self.batch_size is None or _positive_int(self.batch_size),
+           f"EVAL_BATCH_SIZE must be a positive integer, got {self.batch_size!r}")
+
+  def batch_size_or(self, default: int) -> int:
+    return default if self.batch_size is None else self.batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+  """The device mesh (data, model): see prompt_tuning.partitioning.make_mesh.
+
+  num_partitions: devices per model replica, the 'model' axis (gin: NUM_PARTITIONS).
+  shape: or the whole mesh as (data, model), one entry may be -1 (gin: MESH_SHAPE).
+  """
+
+  num_partitions: int = 1
+  shape: tuple[int, int] | None = None
+
+  def make(self) -> jax.sharding.Mesh:
+    return partitioning.make_mesh(self.num_partitions, mesh_shape=self.shape)

@@ -1,0 +1,159 @@
+"""train(): specs -> data -> model -> state -> steps -> checkpoints and metrics.
+
+Called from Python (`prompt_tuning.train_prompt`) or with its specs built by gin at the CLI's
+entry point (gin/runs/common.gin); starting again with the same model_dir resumes from the
+latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from prompt_tuning import param_tree, partitioning
+from prompt_tuning.checkpoints.train_state import (RunConfig, TrainCheckpointer, checkpoint_dir, prompt_file,
+                                                   write_run_config)
+from prompt_tuning.data.features import BATCH_KEYS
+from prompt_tuning.data.pipeline import BatchIterator
+from prompt_tuning.evaluation import Evaluator
+from prompt_tuning.metrics_writer import MetricsWriter
+from prompt_tuning.models.t5 import network
+from prompt_tuning.models.t5.config import T5Config
+from prompt_tuning.progress import ProgressBar
+from prompt_tuning.runs import setup as setup_lib
+from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
+from prompt_tuning.train import step as step_lib
+from prompt_tuning.train.prefetch import DevicePrefetcher
+from prompt_tuning.train.state import TrainState
+
+
+@dataclasses.dataclass
+class TrainResult:
+  step: int
+  config: T5Config  # the frozen model's, in the run's dtypes
+  trainable: Any  # the trained subtree (host numpy)
+  frozen: Any  # the frozen weights the run used (host numpy)
+  eval_metrics: dict[str, float]
+  prompt_path: str | None
+
+
+def train(model: ModelSpec, task: TaskSpec, model_dir: str, training: TrainSpec = TrainSpec(),
+          evaluation: EvaluationSpec = EvaluationSpec(), mesh: MeshSpec = MeshSpec(),
+          progress: bool = True) -> TrainResult:
+  """Trains the parameters `model.trainable_params` selects (default: the prompt only) of a frozen T5.
+
+  From Python this is `prompt_tuning.train_prompt(...)`; the CLI builds the same specs from gin
+  (runs/common.gin names the macros), and nothing here needs gin. The defaults are the paper's:
+  a 100-token prompt, Adafactor at a constant 0.3, batch 32, 30000 steps.
+
+  Args:
+    model: the frozen model, the prompt on it, what trains.
+    task: the task or mixture and its feature lengths.
+    model_dir: where checkpoints/, prompts/step_<n>.npy, metrics.jsonl, tensorboard/ and
+      run_config.json (what `load_pretrained(prompt=model_dir)` reads) go; local or gs://.
+      Starting again with the same model_dir resumes from its latest checkpoint.
+    training: steps, batch, optimizer, seed, save/log/eval periods.
+    evaluation: the split evaluated every `training.eval_period` steps and at the end, and how.
+    mesh: the device mesh; the frozen weights are sharded over it by the logical-axis rules.
+    progress: the progress bar and a line before each quiet phase, on stderr (process 0).
+  Returns:
+    TrainResult: the final step, the frozen model's config, the trained and frozen parameters
+    (host numpy), the last evaluation and the path of the prompt .npy.
+  """
+  steps = training.steps
+  # Process 0 alone prints: the phase lines, the progress bar, and (below) writes metrics and prompts.
+  bar = ProgressBar(steps, enabled=progress and jax.process_index() == 0)
+  setup = setup_lib.build(model, task, mesh, seed=training.seed, note=bar.note)
+  device_mesh = setup.mesh
+  trainable, frozen = param_tree.split_trainable(setup.params, model.trainable_params)
+  _, frozen_axes = param_tree.split_trainable(network.module_logical_axes(setup.model.module),
+                                              model.trainable_params)
+  frozen_shardings = partitioning.logical_to_sharding(frozen_axes, device_mesh)
+  frozen = jax.device_put(frozen, frozen_shardings)
+  tx, schedule = training.optimizer()
+  # Placed as the step returns it (replicated), so the second step does not compile again.
+  state = jax.device_put(TrainState.create(jax.tree.map(np.asarray, trainable), tx),
+                         jax.sharding.NamedSharding(device_mesh, jax.sharding.PartitionSpec()))
+
+  checkpointer = TrainCheckpointer(model_dir, save_period=training.save_period, keep=training.keep)
+  position = 0
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    restored, position = checkpointer.restore(jax.tree.map(np.asarray, state.to_checkpoint()))
+    state = TrainState.from_checkpoint(restored)
+    bar.note(f"resuming at step {int(state.step)} from checkpoint {checkpoint_dir(model_dir, latest)}")
+  start = int(state.step)
+  bar.restart_clock(start)
+  if start >= steps:  # resumed a finished run: it reports its evaluation again
+    bar.note(f"{model_dir} is already trained to step {start} (TRAIN_STEPS={steps}): nothing to train")
+  if jax.process_index() == 0:
+    write_run_config(model_dir, RunConfig(
+        prompt_length=model.prompt.length, prompt_placement=model.prompt.placement,
+        trainable_params=model.trainable_params, task=setup.task.name, mixture_or_task_module=task.module,
+        vocabulary_path=task.vocabulary_path, task_feature_lengths=dict(task.feature_lengths),
+        initial_checkpoint_path=model.checkpoint, model_config=setup.config, seed=training.seed))
+
+  shard, shards = partitioning.data_shard(device_mesh)  # processes of one model replica read the same rows
+  bar.note(f"reading the train split of {setup.task.name}")
+  batches = BatchIterator(setup.task, "train", task.feature_lengths, training.batch_size, shuffle=True,
+                          seed=training.seed, repeat=True, drop_remainder=True, start_position=position,
+                          process_index=shard, process_count=shards)
+  batches.truncation.report()  # the whole split is tokenized up front: report its truncation once
+  evaluator = Evaluator(setup.model, setup.task, task.feature_lengths, evaluation.batch_size_or(training.batch_size),
+                        decode_method=evaluation.decode_method, decode_options=evaluation.decode_options,
+                        rank_classification=evaluation.rank_classification, mesh=device_mesh, note=bar.note)
+  train_step = step_lib.compile_train_step(step_lib.make_train_step(setup.model, tx, schedule), device_mesh,
+                                           frozen_shardings)
+
+  def evaluate_now(state: TrainState) -> dict[str, float]:
+    return evaluator.evaluate(param_tree.merge_params(state.params, frozen), evaluation.split)
+
+  def place(batch) -> dict[str, jax.Array]:
+    return partitioning.to_global_batch({k: batch.arrays[k] for k in BATCH_KEYS}, device_mesh)
+
+  rng = jax.random.PRNGKey(training.seed)
+  # Every process runs the same steps; only process 0 writes metrics, the progress bar and the prompt .npy.
+  writer = MetricsWriter(model_dir)
+  totals, period_start, eval_metrics = None, time.time(), {}
+  uncounted = 0.0  # examples of the compiling first step, left out of the first period's rate
+  with DevicePrefetcher(batches, place, lambda it: it.position, size=training.prefetch_batches) as prefetcher:
+    for step in range(start, steps):
+      position, batch = next(prefetcher)  # position: where the stream resumes after this batch
+      if step == start:
+        bar.note("compiling the train step")
+      state, metrics = train_step(state, frozen, batch, rng)
+      totals = step_lib.accumulate(totals, metrics)  # stays on device: no host sync per step
+      done = step + 1
+      first = step == start and done < steps
+      if first:  # it compiled (seconds to minutes): measure the ETA from its end
+        jax.block_until_ready(state.step)
+        bar.restart_clock(done)
+      if done % training.log_period == 0 or done == steps:
+        summary = step_lib.summarize(totals)
+        seconds = max(time.time() - period_start, 1e-9)
+        summary["examples_per_s"] = (float(jax.device_get(totals["examples"])) - uncounted) / seconds
+        writer.write(done, summary, prefix="train")
+        bar.update(done, loss=summary["loss"], examples_per_s=summary["examples_per_s"])
+        totals, period_start, uncounted = None, time.time(), 0.0
+      elif first:  # and out of the throughput: this period's rate counts from the second step
+        period_start, uncounted = time.time(), float(jax.device_get(metrics["examples"]))
+      if done == steps or (training.eval_period and done % training.eval_period == 0):
+        eval_metrics = evaluate_now(state)
+        writer.write(done, eval_metrics, prefix="eval")
+        logging.info("step %d eval: %s", done, eval_metrics)
+      # On every process: orbax coordinates the hosts (and writes each array once).
+      checkpointer.save(done, state.to_checkpoint(), position, force=done == steps)
+  bar.close()
+  if start >= steps:
+    eval_metrics = evaluate_now(state)
+  writer.close()
+  checkpointer.close()
+  final = int(state.step)
+  return TrainResult(step=final, config=setup.config, trainable=partitioning.to_host(state.params),
+                     frozen=partitioning.to_host(frozen), eval_metrics=eval_metrics,
+                     prompt_path=prompt_file(model_dir, final) if "prompt" in state.params else None)
