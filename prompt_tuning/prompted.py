@@ -170,7 +170,7 @@ class PromptedT5(pretrained.PretrainedT5):
     Returns:
       A Ranking per text (a single one for a single string).
     """
-    from prompt_tuning.train.evaluation import candidate_table
+    from prompt_tuning.evaluation import candidate_table
 
     single, texts = isinstance(texts, str), _as_texts(texts)
     candidates = list(candidates or self.candidates or [])
@@ -288,7 +288,7 @@ def attach_prompt(model: pretrained.PretrainedT5, prompt: Any, *, step: int | No
 def _task(name: str | None, run: RunConfig | None):
   if not name:
     return None
-  from prompt_tuning.data.task import resolve_task
+  from prompt_tuning.task_registry import resolve_task
 
   if run is not None and name == run.task:  # found as in training: its module, its default vocabulary
     return resolve_task(name, run.mixture_or_task_module, run.vocabulary_path)

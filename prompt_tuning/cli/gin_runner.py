@@ -155,7 +155,7 @@ def binding(name: str, default: Any = None) -> Any:
 def describe_evaluation(command: str, split_param: str, metrics: dict[str, Any]) -> str:
   """'on validation: decode/ by greedy decoding; rank/ by rank classification', from the bindings of
   `command` ('train' | 'evaluate') and the metrics it returned, to head the metric lines."""
-  from prompt_tuning.train.evaluation import describe_decoding
+  from prompt_tuning.evaluation import describe_decoding
 
   decoding = describe_decoding(binding(f"{command}.decode_method", "greedy"),
                                binding(f"{command}.decode_options", None))

@@ -58,11 +58,13 @@ def describe(name: str, obj: Any) -> dict[str, Any]:
 
 def collect(pattern: str | None = None, module: str | None = None) -> list[dict[str, Any]]:
   """Descriptions of every registered task and mixture whose name contains `pattern`, sorted by name."""
-  from prompt_tuning.data import task as task_lib
+  from prompt_tuning import task_registry
+  from prompt_tuning.data.task import get_task
 
+  task_registry.load_builtins()  # first, as resolve_task does: `module` may build on them
   if module:
     importlib.import_module(module)
-  found = {name: task_lib.get_task(name) for name in task_lib.list_tasks()}
+  found = {name: get_task(name) for name in task_registry.list_tasks()}
   needle = (pattern or "").lower()
   return [describe(name, found[name]) for name in sorted(found) if needle in name.lower()]
 

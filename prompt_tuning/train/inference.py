@@ -17,14 +17,15 @@ from absl import logging
 from prompt_tuning import partitioning, progress as progress_lib, prompt_init as prompt_init_lib
 from prompt_tuning.checkpoints.structure import check_params, flatten, unflatten
 from prompt_tuning.checkpoints.train_state import TrainCheckpointer, checkpoint_dir
-from prompt_tuning.data.task import resolve_task
+from prompt_tuning.data.task import get_leaderboard
+from prompt_tuning.evaluation import Evaluator, write_predictions
 from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.models.model import LossConfig
 from prompt_tuning.models.prompt import PromptConfig
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import T5Config
+from prompt_tuning.task_registry import resolve_task
 from prompt_tuning.train import model_setup, optimizer as optimizer_lib
-from prompt_tuning.train.evaluation import Evaluator, write_predictions
 
 
 def _note(enabled: bool) -> Callable[[str], None]:
@@ -127,21 +128,16 @@ def infer(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Ma
 
 
 def leaderboard_members(task: Any) -> list[str]:
-  """Names of `task` (or of its mixture members) that have a SuperGLUE leaderboard format."""
-  from prompt_tuning.tasks import super_glue
-
-  names = [t.name for t in getattr(task, "tasks", [task]) if t.name in super_glue.LEADERBOARD_FILES]
+  """Names of `task` (or of its mixture members) that have a leaderboard writer (SuperGLUE's tasks)."""
+  names = [t.name for t in getattr(task, "tasks", [task]) if get_leaderboard(t.name) is not None]
   if not names:
     raise ValueError(f"leaderboard_dir is set but task {task.name} has no SuperGLUE leaderboard format")
   return names
 
 
 def write_leaderboards(task: Any, records: list[dict], directory: str) -> list[str]:
-  """SuperGLUE submission files of `task` (or of each SuperGLUE member of a mixture)."""
-  from prompt_tuning.tasks import super_glue
-
+  """Leaderboard submission files of `task` (or of each member of a mixture that has one)."""
   by_task: dict[str, list[dict]] = {}
   for record in records:
     by_task.setdefault(record["example"].get("task", task.name), []).append(record)
-  return [super_glue.write_leaderboard_file(name, by_task[name], directory)
-          for name in leaderboard_members(task) if name in by_task]
+  return [get_leaderboard(name)(by_task[name], directory) for name in leaderboard_members(task) if name in by_task]

@@ -20,15 +20,15 @@ from prompt_tuning.checkpoints.train_state import (RunConfig, TrainCheckpointer,
                                                    write_run_config)
 from prompt_tuning.data.features import BATCH_KEYS
 from prompt_tuning.data.pipeline import BatchIterator
-from prompt_tuning.data.task import resolve_task
+from prompt_tuning.evaluation import Evaluator
 from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.models.model import LossConfig
 from prompt_tuning.models.prompt import PromptConfig
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import T5Config
 from prompt_tuning.progress import ProgressBar
+from prompt_tuning.task_registry import resolve_task
 from prompt_tuning.train import model_setup, optimizer as optimizer_lib, step as step_lib
-from prompt_tuning.train.evaluation import Evaluator
 from prompt_tuning.train.prefetch import DevicePrefetcher
 from prompt_tuning.train.state import TrainState
 

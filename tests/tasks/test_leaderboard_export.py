@@ -33,9 +33,9 @@ def test_infer_writes_rte_submission_file(tmp_path, small_vocabulary):
     loop.train(batch_size=2, train_steps=2, save_period=2, log_period=1, progress=False, **common)
     out_dir = tmp_path / "submission"
     path = inference.infer(batch_size=4, split="test", leaderboard_dir=str(out_dir), **common)
-    from prompt_tuning.data.task import get_task
+    from prompt_tuning.task_registry import resolve_task
 
-    test_idx = [ex["idx"] for ex in get_task("super_glue_rte_v102").examples("test")]
+    test_idx = [ex["idx"] for ex in resolve_task("super_glue_rte_v102").examples("test")]
   assert os.path.isfile(path)
   rows = [json.loads(line) for line in open(out_dir / "RTE.jsonl")]
   assert len(rows) == 6
