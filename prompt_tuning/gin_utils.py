@@ -30,10 +30,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import gin
 
+from prompt_tuning.errors import first_line
+
 if not hasattr(gin, "parse_config"):  # e.g. `python -c` run in the repo root, whose gin/ folder shadows it
   raise ImportError(f"`import gin` found {getattr(gin, '__file__', gin)!r}, not the gin-config library; "
                     "run from outside the repository root (its gin/ configs folder shadows the library)")
-
 _GIN_SHORTHAND = "--gin."
 _BINDINGS_FLAG = "--gin_bindings"
 
@@ -379,7 +380,7 @@ def _unquoted_hint(statement: str | None, command_line: bool) -> str:
 def _describe(e: BaseException, statement: str | None = None) -> str:
   """One line explaining gin exception `e` (raised for `statement`, if known)."""
   text = str(e.args[0]) if isinstance(e, SyntaxError) and e.args else str(e)
-  first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+  first = first_line(text) or type(e).__name__
   m = _UNKNOWN_PARAM_RE.search(text)
   if m:
     selector, arg = m.groups()
@@ -461,5 +462,5 @@ def register_configurables(mapping: Mapping[str, Callable[..., Any]],
     try:
       out[name] = gin.external_configurable(fn, name=name, module=module)
     except (ValueError, RuntimeError) as e:
-      raise GinConfigError(f"cannot register gin configurable {selector}: {str(e).splitlines()[0]}") from None
+      raise GinConfigError(f"cannot register gin configurable {selector}: {first_line(e)}") from None
   return out

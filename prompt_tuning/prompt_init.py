@@ -41,6 +41,7 @@ from etils import epath
 
 from prompt_tuning.checkpoints import t5x
 from prompt_tuning.checkpoints.structure import CheckpointError, flatten
+from prompt_tuning.errors import first_line
 
 Array = Any  # np.ndarray | jax.Array
 InitFn = Callable[[jax.Array, tuple[int, ...]], Array]
@@ -63,11 +64,6 @@ def _check_shape(name: str, shape: Sequence[int], produced: Sequence[int], hint:
 def _width(shape: Sequence[int], d: int) -> tuple[int, int]:
   """What an initializer of embed width d produces for a requested shape: [length, d]."""
   return (int(shape[0]) if len(shape) else 0, int(d))
-
-
-def _one_line(e: BaseException) -> str:
-  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-  return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _need(name: str, key: str, value: Any) -> Any:
@@ -280,7 +276,7 @@ def _read_orbax(item_dir: epath.Path, prefix: tuple[str, ...], candidates: Seque
     restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
                                                                           partial_restore=True))
   except Exception as e:
-    raise CheckpointError(f"{source}: cannot restore {'/'.join(keys)} ({_one_line(e)})") from None
+    raise CheckpointError(f"{source}: cannot restore {'/'.join(keys)} ({first_line(e, typed=True)})") from None
   finally:
     checkpointer.close()
   return _leaf(restored, keys)
@@ -307,7 +303,7 @@ def _read_train_state(root: epath.Path, step: int | None, candidates: Sequence[s
       restored = manager.restore(step, args=ocp.args.Composite(**{_STATE_ITEM: ocp.args.PyTreeRestore(
           item=item, restore_args=restore_args, partial_restore=True)}))
     except Exception as e:
-      raise CheckpointError(f"{source}: cannot restore {'/'.join(keys)} ({_one_line(e)})") from None
+      raise CheckpointError(f"{source}: cannot restore {'/'.join(keys)} ({first_line(e, typed=True)})") from None
     return _leaf(restored[_STATE_ITEM], keys)
   finally:
     manager.close()
@@ -331,7 +327,7 @@ def _read_t5x(root: epath.Path, step: int | None, candidates: Sequence[str], var
   try:
     state = serialization.msgpack_restore((step_dir / "checkpoint").read_bytes())
   except Exception as e:
-    raise CheckpointError(f"{step_dir}/checkpoint: unreadable t5x msgpack ({_one_line(e)})") from None
+    raise CheckpointError(f"{step_dir}/checkpoint: unreadable t5x msgpack ({first_line(e, typed=True)})") from None
   target = state.get("optimizer", {}).get("target") if isinstance(state.get("optimizer"), Mapping) else None
   target = target if target is not None else state.get("target")
   if not isinstance(target, Mapping):
@@ -346,7 +342,8 @@ def _read_t5x(root: epath.Path, step: int | None, candidates: Sequence[str], var
   try:
     return np.asarray(ts.open(t5x.resolve_ts_spec(value, str(step_dir)), open=True).result().read().result())
   except Exception as e:
-    raise CheckpointError(f"{source}: cannot read {variable!r} from its zarr array ({_one_line(e)})") from None
+    raise CheckpointError(f"{source}: cannot read {variable!r} from its zarr array "
+                          f"({first_line(e, typed=True)})") from None
 
 
 PROMPT_INITIALIZERS: dict[str, Callable[..., InitFn]] = {

@@ -21,6 +21,7 @@ import numpy as np
 from etils import epath
 
 from prompt_tuning.checkpoints.structure import CheckpointError, flatten
+from prompt_tuning.errors import first_line
 from prompt_tuning.models.t5.config import T5Config
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -69,7 +70,7 @@ class RunConfig:
       values["model_config"] = T5Config.from_dict(values["model_config"])
       return cls(**values)
     except (ValueError, KeyError, TypeError) as e:  # json errors are ValueErrors
-      raise CheckpointError(f"{source}: not a run config written by train() ({type(e).__name__}: {e})") from None
+      raise CheckpointError(f"{source}: not a run config written by train() ({first_line(e, typed=True)})") from None
 
 
 def write_run_config(model_dir: str, run: RunConfig) -> None:
@@ -128,9 +129,8 @@ class TrainCheckpointer:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many types; one line names the step and the cause
-      first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
       raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}/{step}: cannot restore the train state "
-                            f"({type(e).__name__}: {first_line}); was the run started with another "
+                            f"({first_line(e, typed=True)}); was the run started with another "
                             f"model, prompt length or optimizer?") from None
     return restored["state"], int(restored["data"]["position"])
 
@@ -150,9 +150,8 @@ class TrainCheckpointer:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
     except Exception as e:
-      first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
       raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}/{step}: cannot restore the trained parameters "
-                            f"({type(e).__name__}: {first_line}); is TRAINABLE_PARAMS / PROMPT_LENGTH as in "
+                            f"({first_line(e, typed=True)}); is TRAINABLE_PARAMS / PROMPT_LENGTH as in "
                             f"training?") from None
     return restored["state"]["params"], step
 

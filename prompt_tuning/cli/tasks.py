@@ -17,6 +17,8 @@ import json
 import sys
 from typing import Any, Iterable
 
+from prompt_tuning.errors import first_line
+
 
 def _safe(fn, default=None):
   """fn() or `default` when reading the attribute fails (a listing shows what it can)."""
@@ -97,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     entries = collect(args.pattern, args.module)
   except Exception as e:  # pylint: disable=broad-except  (an import error in a task module, say)
-    lines = str(e).strip().splitlines()
-    print(f"prompt-tuning tasks: error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
+    print(f"prompt-tuning tasks: error: {first_line(e)}", file=sys.stderr)
     return 1
   if args.json:
     print(json.dumps(entries, indent=1))
