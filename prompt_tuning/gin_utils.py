@@ -5,9 +5,9 @@ Command lines look like t5x's:
   prompt-tuning train --gin_file=runs/prompt_finetune.gin \
       --gin_search_paths=/my/configs --gin.MODEL_DIR="'/tmp/model'"
 
-`parse_command_line` splits the gin flags off a command line (`--gin.X=Y` is
-shorthand for `--gin_bindings=X=Y`), and `parse_gin_flags` parses the files and
-bindings, turning gin's multi-line exceptions into one-line `GinConfigError`s
+`add_gin_flags` and `rewrite_gin_args` give a command t5x's gin flags (`--gin.X=Y`
+is shorthand for `--gin_bindings=X=Y`; cli/gin_runner.py parses a command line with
+them), and `parse_gin_flags` parses the files and bindings, turning gin's multi-line exceptions into one-line `GinConfigError`s
 (file not found, typo in a configurable or parameter name, malformed binding,
 unquoted string, REQUIRED macro left unset).
 
@@ -25,7 +25,6 @@ import inspect
 import logging
 import os
 import re
-import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import gin
@@ -101,20 +100,6 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="gin binding, e.g. \"MODEL_DIR='/tmp/x'\" (repeatable; applied after "
                           "the files). Shorthand: --gin.MODEL_DIR=\"'/tmp/x'\".")
   return parser
-
-
-def parse_command_line(argv: Sequence[str] | None = None, description: str | None = None
-                       ) -> tuple[list[str], list[str], list[str], list[str]]:
-  """Parses the gin flags of a command line (without the program name).
-
-  Returns:
-    (gin_files, gin_bindings, gin_search_paths, rest_argv), where rest_argv are
-    the arguments not consumed here, for the command's own parser.
-  """
-  argv = sys.argv[1:] if argv is None else list(argv)
-  parser = add_gin_flags(argparse.ArgumentParser(description=description))
-  args, rest = parser.parse_known_args(rewrite_gin_args(argv))
-  return list(args.gin_file), list(args.gin_bindings), split_search_paths(args.gin_search_paths), rest
 
 
 def split_search_paths(entries: Sequence[str]) -> list[str]:
