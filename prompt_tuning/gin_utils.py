@@ -7,9 +7,9 @@ Command lines look like t5x's:
 
 `add_gin_flags` and `rewrite_gin_args` give a command t5x's gin flags (`--gin.X=Y`
 is shorthand for `--gin_bindings=X=Y`; cli/gin_runner.py parses a command line with
-them), and `parse_gin_flags` parses the files and bindings, turning gin's multi-line exceptions into one-line `GinConfigError`s
-(file not found, typo in a configurable or parameter name, malformed binding,
-unquoted string, REQUIRED macro left unset).
+them), and `parse_gin_flags` parses the files and bindings, turning gin's multi-line
+exceptions into one-line `GinConfigError`s (file not found, typo in a configurable
+or parameter name, malformed binding, unquoted string, REQUIRED macro left unset).
 
 Gin files installed with the package (the repo's top-level gin/ folder, mapped
 to `prompt_tuning.gin`) are always on the search path.
