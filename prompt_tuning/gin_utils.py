@@ -5,11 +5,11 @@ Command lines look like t5x's:
   prompt-tuning train --gin_file=runs/prompt_finetune.gin \
       --gin_search_paths=/my/configs --gin.MODEL_DIR="'/tmp/model'"
 
-`parse_command_line` splits the gin flags off a command line (`--gin.X=Y` is
-shorthand for `--gin_bindings=X=Y`), and `parse_gin_flags` parses the files and
-bindings, turning gin's multi-line exceptions into one-line `GinConfigError`s
-(file not found, typo in a configurable or parameter name, malformed binding,
-unquoted string, REQUIRED macro left unset).
+`add_gin_flags` and `rewrite_gin_args` give a command t5x's gin flags (`--gin.X=Y`
+is shorthand for `--gin_bindings=X=Y`; cli/gin_runner.py parses a command line with
+them), and `parse_gin_flags` parses the files and bindings, turning gin's multi-line
+exceptions into one-line `GinConfigError`s (file not found, typo in a configurable
+or parameter name, malformed binding, unquoted string, REQUIRED macro left unset).
 
 Gin files installed with the package (the repo's top-level gin/ folder, mapped
 to `prompt_tuning.gin`) are always on the search path.
@@ -25,15 +25,15 @@ import inspect
 import logging
 import os
 import re
-import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import gin
 
+from prompt_tuning.errors import first_line
+
 if not hasattr(gin, "parse_config"):  # e.g. `python -c` run in the repo root, whose gin/ folder shadows it
   raise ImportError(f"`import gin` found {getattr(gin, '__file__', gin)!r}, not the gin-config library; "
                     "run from outside the repository root (its gin/ configs folder shadows the library)")
-
 _GIN_SHORTHAND = "--gin."
 _BINDINGS_FLAG = "--gin_bindings"
 
@@ -100,20 +100,6 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="gin binding, e.g. \"MODEL_DIR='/tmp/x'\" (repeatable; applied after "
                           "the files). Shorthand: --gin.MODEL_DIR=\"'/tmp/x'\".")
   return parser
-
-
-def parse_command_line(argv: Sequence[str] | None = None, description: str | None = None
-                       ) -> tuple[list[str], list[str], list[str], list[str]]:
-  """Parses the gin flags of a command line (without the program name).
-
-  Returns:
-    (gin_files, gin_bindings, gin_search_paths, rest_argv), where rest_argv are
-    the arguments not consumed here, for the command's own parser.
-  """
-  argv = sys.argv[1:] if argv is None else list(argv)
-  parser = add_gin_flags(argparse.ArgumentParser(description=description))
-  args, rest = parser.parse_known_args(rewrite_gin_args(argv))
-  return list(args.gin_file), list(args.gin_bindings), split_search_paths(args.gin_search_paths), rest
 
 
 def split_search_paths(entries: Sequence[str]) -> list[str]:
@@ -416,7 +402,7 @@ def _unquoted_hint(statement: str | None, command_line: bool) -> str:
 def _describe(e: BaseException, statement: str | None = None) -> str:
   """One line explaining gin exception `e` (raised for `statement`, if known)."""
   text = str(e.args[0]) if isinstance(e, SyntaxError) and e.args else str(e)
-  first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+  first = first_line(text) or type(e).__name__
   m = _UNKNOWN_PARAM_RE.search(text)
   if m:
     selector, arg = m.groups()
@@ -498,5 +484,5 @@ def register_configurables(mapping: Mapping[str, Callable[..., Any]],
     try:
       out[name] = gin.external_configurable(fn, name=name, module=module)
     except (ValueError, RuntimeError) as e:
-      raise GinConfigError(f"cannot register gin configurable {selector}: {str(e).splitlines()[0]}") from None
+      raise GinConfigError(f"cannot register gin configurable {selector}: {first_line(e)}") from None
   return out

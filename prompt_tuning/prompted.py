@@ -288,7 +288,7 @@ def attach_prompt(model: pretrained.PretrainedT5, prompt: Any, *, step: int | No
 def _task(name: str | None, run: RunConfig | None):
   if not name:
     return None
-  from prompt_tuning.data.task import resolve_task
+  from prompt_tuning.task_registry import resolve_task
 
   if run is not None and name == run.task:  # found as in training: its module, its default vocabulary
     return resolve_task(name, run.mixture_or_task_module, run.vocabulary_path)

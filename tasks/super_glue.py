@@ -21,18 +21,20 @@ labels as rank-classification `candidates`; ReCoRD examples carry their own
 
 Importing this module needs no TensorFlow: only `TfdsTask.examples` loads tfds.
 The leaderboard helpers at the end turn test-split records into the files that
-super.gluebenchmark.com accepts.
+super.gluebenchmark.com accepts; each task with a file registers its writer with the
+task registry (`register_leaderboard`), which is how `infer --leaderboard_dir` finds it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from prompt_tuning.data import metrics as metrics_lib
-from prompt_tuning.data.task import Example, register_task
+from prompt_tuning.data.task import Example, register_leaderboard, register_task
 from prompt_tuning.data.tfds_task import TfdsTask
 
 UNK = "<unk>"
@@ -409,3 +411,7 @@ def write_leaderboard_file(task_name: str, records: Records, directory: str) -> 
   with open(path, "w") as f:
     f.writelines(json.dumps(row) + "\n" for row in rows)
   return path
+
+
+for _name in LEADERBOARD_FILES:
+  register_leaderboard(_name, functools.partial(write_leaderboard_file, _name))

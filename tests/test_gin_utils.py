@@ -8,6 +8,7 @@ import gin
 import pytest
 
 from prompt_tuning import gin_utils
+from prompt_tuning.cli import gin_runner
 from prompt_tuning.gin_utils import GinConfigError
 
 _MODULE = "gin_utils_test"
@@ -116,21 +117,23 @@ def test_rewrite_gin_args():
     gin_utils.rewrite_gin_args(["--gin.MODEL_DIR"])
 
 
-def test_parse_command_line_splits_gin_flags():
-  files, bindings, paths, rest = gin_utils.parse_command_line(
+def test_the_commands_parse_the_gin_flags():
+  command_line = gin_runner.parse_command_line(
       ["--gin_file=a.gin", "--gin_file", "b.gin", "--gin.MODEL_DIR='/m'", "--gin_bindings=X = 1",
-       "--gin_search_paths=/p1,/p2", "--gin_search_paths=/p3", "--checkpoint=/c", "pos"], "test")
-  assert files == ["a.gin", "b.gin"]
-  assert bindings == ["MODEL_DIR='/m'", "X = 1"]
-  assert paths == ["/p1", "/p2", "/p3"]
-  assert rest == ["--checkpoint=/c", "pos"]
+       "--gin_search_paths=/p1,/p2", "--gin_search_paths=/p3"], "train")
+  assert command_line.gin_files == ["a.gin", "b.gin"]
+  assert command_line.bindings == ["MODEL_DIR='/m'", "X = 1"]
+  assert command_line.search_paths == ["/p1", "/p2", "/p3"]
+  with pytest.raises(gin_runner.CommandLineError, match=r"^unknown flag\(s\) --checkpoint=/c pos; see prompt-tuning "
+                                                        r"train --help$"):
+    gin_runner.parse_command_line(["--gin_file=a.gin", "--checkpoint=/c", "pos"], "train")
 
 
 def test_command_line_end_to_end(search_dir, tmp_path):
-  files, bindings, paths, _ = gin_utils.parse_command_line(
+  command_line = gin_runner.parse_command_line(
       ["--gin_file=required.gin", f"--gin.MODEL_DIR='{tmp_path}'", "--gin.TASK='glue'",
-       "--gin.toy_train.num_steps=3", f"--gin_search_paths={search_dir}"])
-  gin_utils.parse_gin_flags(files, bindings, paths)
+       "--gin.toy_train.num_steps=3", f"--gin_search_paths={search_dir}"], "train")
+  gin_utils.parse_gin_flags(command_line.gin_files, command_line.bindings, command_line.search_paths)
   assert train() == (str(tmp_path), 3, 0.1)
   assert gin.query_parameter("%TASK") == "glue"
 

@@ -1,14 +1,11 @@
-"""Prompt initializers: vocabulary-based ones, files, and the three checkpoint layouts."""
+"""Prompt initializers: vocabulary-based ones, files, a checkpoint variable."""
 
 from __future__ import annotations
-
-import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from absl import logging as absl_logging
 
@@ -17,7 +14,6 @@ from prompt_tuning.checkpoints import native
 from prompt_tuning.checkpoints.structure import CheckpointError
 from prompt_tuning.models.prompt import Prompt, PromptConfig
 from prompt_tuning.models.t5 import get_config, network
-from support.t5x_format import write_orbax_t5x_checkpoint, write_t5x_checkpoint
 
 VOCAB, DIM = 64, 8
 EMBEDDING = np.random.RandomState(0).randn(VOCAB, DIM).astype(np.float32)
@@ -143,71 +139,17 @@ def test_from_npy_loads_and_checks_the_shape(tmp_path):
 
 
 # ----------------------------------------------------------------------------- checkpoints
+# The layouts themselves: tests/checkpoints/test_variables.py.
 
 PROMPT = np.random.RandomState(1).randn(3, 32).astype(np.float32)
 
 
-def test_from_checkpoint_native(tmp_path):
+def test_from_checkpoint_reads_the_variable_and_checks_its_shape(tmp_path):
   config = get_config("tiny", vocab_size=VOCAB)
-  params = dict(network.init_params(config, RNG), prompt={"prompt": PROMPT})
   path = str(tmp_path / "native")
-  native.save_native(path, config, params)
+  native.save_native(path, config, dict(network.init_params(config, RNG), prompt={"prompt": PROMPT}))
   np.testing.assert_array_equal(prompt_init.from_checkpoint(path)(RNG, (3, 32)), PROMPT)
-  embedding = prompt_init.read_checkpoint_variable(path, "token_embedder/embedding")
-  np.testing.assert_array_equal(embedding, params["token_embedder"]["embedding"])
-  with pytest.raises(CheckpointError, match=r"no variable 'encoder/nope'; available: prompt/prompt, "):
-    prompt_init.from_checkpoint(path, variable="encoder/nope")
-  with pytest.raises(ValueError, match=r"'from_checkpoint'.*\(4, 32\).*\(3, 32\)"):
+  with pytest.raises(ValueError, match=rf"'from_checkpoint'.*\(4, 32\).*\(3, 32\); read from {path}:prompt/prompt$"):
     prompt_init.from_checkpoint(path)(RNG, (4, 32))
-
-
-@pytest.mark.parametrize("zarr_min_size", [1, 10**9], ids=["zarr", "inline"])
-def test_from_checkpoint_t5x_legacy_layout(tmp_path, zarr_min_size):
-  """The reference prompt-tuning path encoder/prompt/prompt; the latest step unless step= is given."""
-  params = {"token_embedder": {"embedding": EMBEDDING}, "encoder": {"prompt": {"prompt": PROMPT}}}
-  write_t5x_checkpoint(params, str(tmp_path), 100, zarr_min_size=zarr_min_size)
-  later = {"token_embedder": {"embedding": EMBEDDING}, "encoder": {"prompt": {"prompt": PROMPT + 1}}}
-  write_t5x_checkpoint(later, str(tmp_path), 200, zarr_min_size=zarr_min_size)
-  np.testing.assert_array_equal(prompt_init.from_checkpoint(str(tmp_path))(RNG, (3, 32)), PROMPT + 1)
-  np.testing.assert_array_equal(prompt_init.from_checkpoint(str(tmp_path), step=100)(RNG, (3, 32)), PROMPT)
-  np.testing.assert_array_equal(
-      prompt_init.from_checkpoint(str(tmp_path / "checkpoint_100"), variable="encoder/prompt/prompt")(RNG, (3, 32)),
-      PROMPT)
-  with pytest.raises(CheckpointError, match=r"no variable 'decoder/prompt'; available: encoder/prompt/prompt"):
-    prompt_init.from_checkpoint(str(tmp_path), variable="decoder/prompt")
-
-
-def test_from_checkpoint_t5x_orbax_layout(tmp_path):
-  params = {"token_embedder": {"embedding": EMBEDDING}, "encoder": {"prompt": {"prompt": PROMPT}}}
-  write_orbax_t5x_checkpoint(params, str(tmp_path), 5, under_optimizer=True, param_states=True)
-  np.testing.assert_array_equal(prompt_init.from_checkpoint(str(tmp_path))(RNG, (3, 32)), PROMPT)
-
-
-def _save_train_state(directory: str, steps: dict[int, np.ndarray]) -> None:
-  """The trainer's layout (prompt_init's module docstring)."""
-  manager = ocp.CheckpointManager(directory)
-  for step, prompt in steps.items():
-    state = {"params": {"prompt": {"prompt": prompt}}, "step": np.int32(step),
-             "opt_state": {"mu": {"prompt": {"prompt": np.zeros_like(prompt)}}}}
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-  manager.wait_until_finished()
-  manager.close()
-
-
-def test_from_checkpoint_train_state_manager(tmp_path):
-  directory = str(tmp_path / "train")
-  _save_train_state(directory, {10: PROMPT, 20: PROMPT * 2})
-  np.testing.assert_array_equal(prompt_init.from_checkpoint(directory)(RNG, (3, 32)), PROMPT * 2)  # latest
-  np.testing.assert_array_equal(prompt_init.from_checkpoint(directory, step=10)(RNG, (3, 32)), PROMPT)
-  np.testing.assert_array_equal(prompt_init.from_checkpoint(os.path.join(directory, "10"))(RNG, (3, 32)), PROMPT)
-  np.testing.assert_array_equal(
-      prompt_init.from_checkpoint(directory, variable="params/prompt/prompt", step=10)(RNG, (3, 32)), PROMPT)
-  with pytest.raises(CheckpointError, match=r"no variable 'prompt/other'; available: prompt/prompt$"):
-    prompt_init.from_checkpoint(directory, variable="prompt/other")
-  with pytest.raises(CheckpointError, match=r"no step 30 .*steps: \[10, 20\]"):
-    prompt_init.from_checkpoint(directory, step=30)
-
-
-def test_from_checkpoint_missing_path(tmp_path):
   with pytest.raises(CheckpointError, match="does not exist"):
     prompt_init.from_checkpoint(str(tmp_path / "nowhere"))

@@ -17,11 +17,11 @@ import pytest
 
 import prompt_tuning
 from prompt_tuning.checkpoints.structure import CheckpointError
-from prompt_tuning.param_tree import flatten
-from prompt_tuning.data.task import get_task
+from prompt_tuning.evaluation import Evaluator
 from prompt_tuning.models.prompt import PromptConfig
 from prompt_tuning.models.t5 import get_config
-from prompt_tuning.evaluation import Evaluator
+from prompt_tuning.param_tree import flatten
+from prompt_tuning.task_registry import resolve_task
 
 pytestmark = pytest.mark.slow  # every test here shares one training run
 
@@ -69,7 +69,7 @@ def test_model_dir_gives_the_trained_model_prompt_and_text_handling(run):
   assert run_config["task"] == TASK and run_config["model_config"]["vocab_size"] == 256
 
   # Text in, the evaluator's own records out: same tokenization, decoding, scores and ranking.
-  evaluator = Evaluator(model.model, get_task(TASK), LENGTHS, BATCH)
+  evaluator = Evaluator(model.model, resolve_task(TASK), LENGTHS, BATCH)
   records = [r for _, r in zip(range(2 * BATCH), evaluator.predictions(model.params, "validation"))]
   texts = [r["input"] for r in records]
   predictions = model.predict(texts, batch_size=BATCH)
@@ -92,7 +92,7 @@ def test_a_step_a_npy_file_and_an_array_give_the_same_prompt(run):
   frozen = prompt_tuning.load_pretrained(prompt=model_dir)
   by_step = frozen.with_prompt(model_dir, step=2)
   by_file = prompt_tuning.load_pretrained(prompt=os.path.join(model_dir, "prompts", "step_2.npy"))
-  by_array = frozen.with_prompt(step2, vocabulary=get_task(TASK).vocabulary, placement="suffix")
+  by_array = frozen.with_prompt(step2, vocabulary=resolve_task(TASK).vocabulary, placement="suffix")
   for model in (by_step, by_file, by_array):
     np.testing.assert_array_equal(model.prompt, step2)
     assert model.prompt_config == PromptConfig(4, "suffix")
@@ -123,7 +123,7 @@ def test_bad_prompts_and_calls_are_one_line(run, tmp_path):
       (lambda: frozen.with_prompt(np.zeros((2, 4, 32)), task=TASK), ValueError, "a table of prompts: pick one row"),
       (lambda: frozen.with_prompt(np.zeros((4, 32))), ValueError, "no vocabulary for text: pass vocabulary="),
       # A SentencePiece path is read with T5's 100 extra ids: too many for this 256-id model.
-      (lambda: frozen.with_prompt(np.zeros((4, 32)), vocabulary=get_task(TASK).vocabulary.path), ValueError,
+      (lambda: frozen.with_prompt(np.zeros((4, 32)), vocabulary=resolve_task(TASK).vocabulary.path), ValueError,
        "the vocabulary has 356 ids but the model only 256"),
       (lambda: prompt_tuning.load_pretrained(prompt=np.zeros((4, 32))), ValueError,
        "without a checkpoint path or config= needs a MODEL_DIR"),
@@ -132,7 +132,7 @@ def test_bad_prompts_and_calls_are_one_line(run, tmp_path):
        "step=2 picks a checkpoint of a MODEL_DIR"),
       (lambda: frozen.with_prompt(np.zeros((4, 32)), task=TASK).predict("x"), ValueError,
        "predict needs max_decode_length="),
-      (lambda: frozen.with_prompt(np.zeros((4, 32)), vocabulary=get_task(TASK).vocabulary).rank("x"), ValueError,
+      (lambda: frozen.with_prompt(np.zeros((4, 32)), vocabulary=resolve_task(TASK).vocabulary).rank("x"), ValueError,
        "rank needs candidates="),
       (lambda: frozen.with_prompt(np.zeros((4, 32)), task=TASK).score(["a", "b"], ["c"]), ValueError,
        "one target per text: 2 texts, 1 targets"),

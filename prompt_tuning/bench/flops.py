@@ -28,12 +28,9 @@ for reference only.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
 
 from prompt_tuning.param_tree import flatten
 from prompt_tuning.models.t5.config import T5Config
-
-_CROSS_KV = ("encoder_decoder_attention/key/", "encoder_decoder_attention/value/")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +50,7 @@ class MatmulParams:
 
 
 def matmul_params(config: T5Config) -> MatmulParams:
-  """Closed form from the config's dimensions (equal to `matmul_params_from_tree`)."""
+  """Closed form from the config's dimensions (tests/support/param_counts.py counts the real tree)."""
   d, inner, mlp = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim
   attention = 4 * d * inner  # query, key, value [d, inner] and out [inner, d]
   mlp_block = (len(config.mlp_activations) + 1) * d * mlp  # wi (or wi_0, wi_1) and wo
@@ -64,29 +61,6 @@ def matmul_params(config: T5Config) -> MatmulParams:
   return MatmulParams(
       encoder_side=config.num_encoder_layers * encoder_layer + config.num_decoder_layers * cross_kv,
       decoder_side=config.num_decoder_layers * decoder_layer + logits)
-
-
-def matmul_params_from_tree(params: Mapping[str, Any], logits_via_embedding: bool) -> MatmulParams:
-  """Counts from a (possibly abstract) parameter tree of the T5 / prompted T5 network.
-
-  Args:
-    params: nested dict with leaves that have `.shape` (arrays or ShapeDtypeStructs).
-    logits_via_embedding: whether the logits use the token embedding (T5 1.0).
-  """
-  encoder_side = decoder_side = 0
-  for path, leaf in flatten(params).items():
-    size = 1
-    for dim in leaf.shape:
-      size *= int(dim)
-    if path == "token_embedder/embedding":
-      decoder_side += size if logits_via_embedding else 0
-    elif not path.endswith("/kernel"):
-      continue  # norm scales, relative-position tables, the prompt
-    elif path.startswith("encoder/") or any(part in path for part in _CROSS_KV):
-      encoder_side += size
-    else:
-      decoder_side += size
-  return MatmulParams(encoder_side, decoder_side)
 
 
 def flops_per_step(config: T5Config, batch: int, input_length: int, target_length: int) -> int:

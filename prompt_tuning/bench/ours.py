@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import param_tree, partitioning
 from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory, log
+from prompt_tuning.errors import first_line
 from prompt_tuning.param_tree import flatten, unflatten
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
@@ -129,7 +130,7 @@ def run(cfg: BenchConfig) -> RunResult:
   except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED
     if not is_out_of_memory(e):
       raise
-    return RunResult("ours", error="out of memory", extra={"detail": str(e).splitlines()[0][:300]})
+    return RunResult("ours", error="out of memory", extra={"detail": first_line(e)[:300]})
 
 
 def _run(cfg: BenchConfig) -> RunResult:

@@ -24,6 +24,7 @@ import time
 from typing import Any, Callable
 
 from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory, log
+from prompt_tuning.errors import first_line
 from prompt_tuning.models.t5.config import T5Config
 
 MODES = ("eager", "compile")
@@ -144,8 +145,7 @@ def _free(device: Any) -> None:
 def _failure(name: str, error: Exception) -> RunResult:
   if is_out_of_memory(error):
     return RunResult(name, error="out of memory")
-  message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-  return RunResult(name, error=f"{type(error).__name__}: {message}")
+  return RunResult(name, error=f"{type(error).__name__}: {first_line(str(error))[:200]}")
 
 
 def run(cfg: BenchConfig, modes: tuple[str, ...] = MODES) -> list[RunResult]:

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from prompt_tuning.checkpoints.structure import CheckpointError
+from prompt_tuning.errors import first_line
 from prompt_tuning.param_tree import unflatten
 from prompt_tuning.models.t5.config import T5Config
 
@@ -111,7 +112,7 @@ def _read_safetensors(file: str) -> dict[str, np.ndarray]:
         out[key] = f.get_tensor(key)
     return out
   except Exception as e:  # safetensors raises its own error types
-    raise CheckpointError(f"{file}: unreadable safetensors file ({type(e).__name__}: {e})") from None
+    raise CheckpointError(f"{file}: unreadable safetensors file ({first_line(e, typed=True)})") from None
 
 
 def _read_torch_bin(file: str) -> dict[str, np.ndarray]:
@@ -122,7 +123,7 @@ def _read_torch_bin(file: str) -> dict[str, np.ndarray]:
   try:
     state = torch.load(file, map_location="cpu", weights_only=True)
   except Exception as e:
-    raise CheckpointError(f"{file}: unreadable torch checkpoint ({type(e).__name__}: {e})") from None
+    raise CheckpointError(f"{file}: unreadable torch checkpoint ({first_line(e, typed=True)})") from None
   return {k: v.detach().float().numpy() if v.dtype == torch.bfloat16 else v.detach().numpy() for k, v in state.items()}
 
 

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from prompt_tuning.checkpoints.structure import CheckpointError, check_params
+from prompt_tuning.errors import first_line
 from prompt_tuning.models.t5.config import T5Config
 
 CONFIG_FILE = "t5_config.json"
@@ -72,7 +73,7 @@ def load_native(path: str, target: Any) -> Any:
       stored_tree = getattr(stored, "item_metadata", stored)
       stored_tree = getattr(stored_tree, "tree", stored_tree)
     except Exception as e:
-      raise CheckpointError(f"{params_dir}: unreadable orbax metadata ({type(e).__name__}: {e})") from None
+      raise CheckpointError(f"{params_dir}: unreadable orbax metadata ({first_line(e, typed=True)})") from None
     if not isinstance(stored_tree, dict):
       raise CheckpointError(f"{params_dir}: orbax metadata is missing or incomplete; the checkpoint is corrupt")
     check_params(_as_shapes(stored_tree), target, path)
@@ -80,7 +81,7 @@ def load_native(path: str, target: Any) -> Any:
     try:
       return checkpointer.restore(params_dir, target)
     except Exception as e:
-      raise CheckpointError(f"{params_dir}: cannot restore parameters ({type(e).__name__}: {e})") from None
+      raise CheckpointError(f"{params_dir}: cannot restore parameters ({first_line(e, typed=True)})") from None
 
 
 def _as_shapes(tree: Any) -> Any:

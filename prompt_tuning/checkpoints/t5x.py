@@ -30,6 +30,7 @@ from etils import epath
 from flax import traverse_util
 
 from prompt_tuning.checkpoints.structure import CheckpointError
+from prompt_tuning.errors import first_line
 from prompt_tuning.param_tree import flatten, unflatten
 
 _STEP_DIR = re.compile(r"checkpoint_(\d+)")
@@ -37,15 +38,6 @@ _MSGPACK_FILE = "checkpoint"
 _ORBAX_DIR = "state"
 # kvstore drivers t5x has written; all are re-pointed at the checkpoint's actual location.
 _KNOWN_KVSTORES = ("file", "gfile", "gcs")
-
-
-def _one_line(err: BaseException) -> str:
-  """First non-empty line of an exception message (its type name if there is none)."""
-  for line in str(err).splitlines():
-    line = line.split(" [tensorstore_spec=")[0].strip()  # tensorstore appends the whole spec JSON
-    if line:
-      return line
-  return type(err).__name__
 
 
 def find_step_dir(path: str) -> epath.Path:
@@ -153,7 +145,7 @@ def _read_zarr_arrays(specs: Mapping[str, dict[str, Any]], step_dir: str) -> dic
 
   def fail(param: str, err: BaseException) -> CheckpointError:
     where = str(specs[param]["kvstore"].get("path", "")).rsplit("/", 1)[-1]
-    return CheckpointError(f"{step_dir}: cannot read parameter {param} from zarr array {where}: {_one_line(err)}")
+    return CheckpointError(f"{step_dir}: cannot read parameter {param} from zarr array {where}: {first_line(err)}")
 
   opened = {}
   for param, spec in specs.items():
@@ -184,7 +176,7 @@ def _load_legacy(step_dir: epath.Path) -> dict[str, Any]:
   try:
     state = serialization.msgpack_restore(msgpack_path.read_bytes())
   except Exception as err:  # truncated/corrupt: msgpack raises ValueError and friends
-    raise CheckpointError(f"{msgpack_path}: unreadable t5x msgpack checkpoint: {_one_line(err)}") from err
+    raise CheckpointError(f"{msgpack_path}: unreadable t5x msgpack checkpoint: {first_line(err)}") from err
   target = _find_target(state, str(msgpack_path))
 
   inline, specs = {}, {}
@@ -224,7 +216,7 @@ def orbax_structure(state_dir: epath.Path) -> Any:
   try:
     metadata = handler.metadata(state_dir)
   except Exception as err:
-    raise CheckpointError(f"{state_dir}: unreadable orbax checkpoint metadata: {_one_line(err)}") from err
+    raise CheckpointError(f"{state_dir}: unreadable orbax checkpoint metadata: {first_line(err)}") from err
   finally:
     handler.close()
   return getattr(metadata, "tree", metadata)  # TreeMetadata -> nested dict
@@ -247,7 +239,7 @@ def _load_orbax(state_dir: epath.Path) -> dict[str, Any]:
     restored = checkpointer.restore(
         state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
   except Exception as err:
-    raise CheckpointError(f"{state_dir}: cannot restore orbax checkpoint parameters: {_one_line(err)}") from err
+    raise CheckpointError(f"{state_dir}: cannot restore orbax checkpoint parameters: {first_line(err)}") from err
   finally:
     checkpointer.close()
   params = flatten(_find_target(restored, str(state_dir)))

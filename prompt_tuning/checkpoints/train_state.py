@@ -22,12 +22,18 @@ from etils import epath
 
 from prompt_tuning import param_tree
 from prompt_tuning.checkpoints.structure import CheckpointError, check_params
+from prompt_tuning.errors import first_line
 from prompt_tuning.models.t5.config import T5Config
 from prompt_tuning.param_tree import flatten
 
 CHECKPOINTS_DIR = "checkpoints"
 PROMPTS_DIR = "prompts"
 RUN_CONFIG_FILE = "run_config.json"
+# The CheckpointManager's items (checkpoints/<step>/<item>/), and the key of the trainable
+# parameters in the state item; checkpoints/variables.py reads them too.
+STATE_ITEM = "state"
+DATA_ITEM = "data"
+PARAMS_KEY = "params"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +77,7 @@ class RunConfig:
       values["model_config"] = T5Config.from_dict(values["model_config"])
       return cls(**values)
     except (ValueError, KeyError, TypeError) as e:  # json errors are ValueErrors
-      raise CheckpointError(f"{source}: not a run config written by train() ({type(e).__name__}: {e})") from None
+      raise CheckpointError(f"{source}: not a run config written by train() ({first_line(e, typed=True)})") from None
 
 
 def write_run_config(model_dir: str, run: RunConfig) -> None:
@@ -101,7 +107,7 @@ class TrainCheckpointer:
     self.save_period = save_period
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
     self.manager = ocp.CheckpointManager(self.model_dir / CHECKPOINTS_DIR, options=options,
-                                         item_names=("state", "data"))
+                                         item_names=(STATE_ITEM, DATA_ITEM))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -113,11 +119,11 @@ class TrainCheckpointer:
     if step in self.manager.all_steps():
       return False
     ocp = self._ocp
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree),
-                                                    data=ocp.args.JsonSave({"position": int(data_position)})),
-                      force=True)
+    self.manager.save(step, args=ocp.args.Composite(**{
+        STATE_ITEM: ocp.args.StandardSave(state_tree),
+        DATA_ITEM: ocp.args.JsonSave({"position": int(data_position)})}), force=True)
     self.manager.wait_until_finished()
-    self._export_prompt(step, state_tree["params"])
+    self._export_prompt(step, state_tree[PARAMS_KEY])
     return True
 
   def restore(self, abstract_state: dict, step: int | None = None) -> tuple[dict, int]:
@@ -127,14 +133,13 @@ class TrainCheckpointer:
     if step is None:
       raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}: no train checkpoint to restore")
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      restored = self.manager.restore(step, args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.StandardRestore(abstract_state), DATA_ITEM: ocp.args.JsonRestore()}))
     except Exception as e:  # orbax raises many types; one line names the step and the cause
-      first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
       raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}/{step}: cannot restore the train state "
-                            f"({type(e).__name__}: {first_line}); was the run started with another "
+                            f"({first_line(e, typed=True)}); was the run started with another "
                             f"model, prompt length or optimizer?") from None
-    return restored["state"], int(restored["data"]["position"])
+    return restored[STATE_ITEM], int(restored[DATA_ITEM]["position"])
 
   def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
     """Restores only the trained parameters of `step` (default latest), as host numpy arrays.
@@ -146,17 +151,16 @@ class TrainCheckpointer:
     if step is None or step not in self.manager.all_steps():
       raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}: no train checkpoint "
                             f"{'at all' if step is None else f'at step {step}'}; train first or check MODEL_DIR")
-    item = {"params": abstract_params}
+    item = {PARAMS_KEY: abstract_params}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
+      restored = self.manager.restore(step, args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)}))
     except Exception as e:
-      first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
       raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}/{step}: cannot restore the trained parameters "
-                            f"({type(e).__name__}: {first_line}); is TRAINABLE_PARAMS / PROMPT_LENGTH as in "
+                            f"({first_line(e, typed=True)}); is TRAINABLE_PARAMS / PROMPT_LENGTH as in "
                             f"training?") from None
-    return restored["state"]["params"], step
+    return restored[STATE_ITEM][PARAMS_KEY], step
 
   def _export_prompt(self, step: int, trainable: Any) -> None:
     prompt = flatten(trainable).get("prompt/prompt")

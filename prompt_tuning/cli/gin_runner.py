@@ -18,6 +18,7 @@ from absl import logging
 
 from prompt_tuning import gin_utils
 from prompt_tuning.cli import compilation_cache, distributed
+from prompt_tuning.errors import first_line
 
 def configurables() -> list[Callable[..., Any]]:
   """What gin files may name, each registered under its own module path: `prompt_tuning.train.optimizer.adafactor`
@@ -115,8 +116,7 @@ def run(argv: list[str], command: str, describe: Callable[[Any], None], descript
   name = command
 
   def fail(message: str, status: int) -> int:
-    lines = str(message).strip().splitlines()
-    print(f"prompt-tuning {name}: error: {lines[0] if lines else message}", file=sys.stderr)
+    print(f"prompt-tuning {name}: error: {first_line(message) or message}", file=sys.stderr)
     return status
 
   try:

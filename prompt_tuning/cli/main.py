@@ -6,6 +6,8 @@ import importlib
 import logging
 import sys
 
+from prompt_tuning.errors import first_line
+
 COMMANDS = {
     "train": ("prompt_tuning.cli.train", "train a prompt (gin-configured, t5x style)"),
     "evaluate": ("prompt_tuning.cli.evaluate", "score the trained prompt in MODEL_DIR with the task's metrics"),
@@ -37,8 +39,8 @@ def missing_filesystem(error: ImportError) -> str | None:
   """
   from fsspec.registry import known_implementations
 
-  first_line = (str(error).strip().splitlines() or [""])[0]  # gin appends "In call to configurable ..."
-  protocols = sorted(p for p, impl in known_implementations.items() if impl.get("err") == first_line)
+  message = first_line(str(error))  # gin appends "In call to configurable ..."
+  protocols = sorted(p for p, impl in known_implementations.items() if impl.get("err") == message)
   if not protocols:
     return None
   package = known_implementations[protocols[0]]["class"].split(".")[0]

@@ -17,6 +17,8 @@ import json
 import sys
 from typing import Any, Iterable
 
+from prompt_tuning.errors import first_line
+
 
 def _safe(fn, default=None):
   """fn() or `default` when reading the attribute fails (a listing shows what it can)."""
@@ -58,11 +60,13 @@ def describe(name: str, obj: Any) -> dict[str, Any]:
 
 def collect(pattern: str | None = None, module: str | None = None) -> list[dict[str, Any]]:
   """Descriptions of every registered task and mixture whose name contains `pattern`, sorted by name."""
-  from prompt_tuning.data import task as task_lib
+  from prompt_tuning import task_registry
+  from prompt_tuning.data.task import get_task
 
+  task_registry.load_builtins()  # first, as resolve_task does: `module` may build on them
   if module:
     importlib.import_module(module)
-  found = {name: task_lib.get_task(name) for name in task_lib.list_tasks()}
+  found = {name: get_task(name) for name in task_registry.list_tasks()}
   needle = (pattern or "").lower()
   return [describe(name, found[name]) for name in sorted(found) if needle in name.lower()]
 
@@ -95,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     entries = collect(args.pattern, args.module)
   except Exception as e:  # pylint: disable=broad-except  (an import error in a task module, say)
-    lines = str(e).strip().splitlines()
-    print(f"prompt-tuning tasks: error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
+    print(f"prompt-tuning tasks: error: {first_line(e)}", file=sys.stderr)
     return 1
   if args.json:
     print(json.dumps(entries, indent=1))

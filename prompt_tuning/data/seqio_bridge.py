@@ -171,12 +171,14 @@ def register(obj: Any, vocabulary_path: str | None = None, *, extra_ids: int | N
 
 
 def register_all_with_seqio(names: Iterable[str] | None = None, vocabulary_path: str | None = None) -> list[str]:
-  """Registers the named tasks and mixtures (None: every one we know) with seqio; returns the names.
+  """Registers the named tasks and mixtures (None: every one registered so far) with seqio; returns the names.
 
+  None covers the built-in tasks once their modules are imported (prompt_tuning.tasks,
+  prompt_tuning.data.quickstart; prompt_tuning.task_registry.load_builtins() imports both).
   Each task's vocabulary is loaded (for its model path and extra ids) unless
   `vocabulary_path` is given.
   """
-  names = task_lib.list_tasks() if names is None else list(names)
+  names = task_lib.registered_names() if names is None else list(names)
   for name in names:
     register(task_lib.get_task(name), vocabulary_path)
   return names

@@ -245,33 +245,13 @@ class TextTask:
 
 
 # ---------------------------------------------------------------- registry
+# Task modules register themselves here on import; this module never imports them
+# (prompt_tuning.task_registry loads the built-in ones for the entry points).
 
 _TASKS: dict[str, Task] = {}
-_BUILTIN_MODULES = ("prompt_tuning.data.quickstart", "prompt_tuning.tasks")
-
-
-def _load_builtins():
-  import importlib
-
-  for module in _BUILTIN_MODULES:
-    importlib.import_module(module)
-
-
-def resolve_task(name: str, module: str | None = None, vocabulary_path: str | None = None) -> Task:
-  """The entry points' way in: import `module` (registering more tasks, t5x's
-  MIXTURE_OR_TASK_MODULE), set the default vocabulary (VOCABULARY_PATH), then look up `name`."""
-  import importlib
-
-  from prompt_tuning.data.vocab import set_default_vocabulary
-
-  if vocabulary_path:
-    set_default_vocabulary(vocabulary_path)
-  if module:
-    try:
-      importlib.import_module(module)
-    except ImportError as e:
-      raise DataError(f"MIXTURE_OR_TASK_MODULE {module!r} cannot be imported: {e}") from None
-  return get_task(name)
+# (records [{'example', 'prediction'}] of one task, directory) -> the file written
+LeaderboardWriter = Callable[[Sequence[Mapping[str, Any]], str], str]
+_LEADERBOARDS: dict[str, LeaderboardWriter] = {}
 
 
 def register_task(task: Task, *, overwrite: bool = False) -> Task:
@@ -284,13 +264,27 @@ def register_task(task: Task, *, overwrite: bool = False) -> Task:
 
 
 def get_task(name: str) -> Task:
-  if name not in _TASKS:
-    _load_builtins()
+  """The task registered as `name` (only what has been imported: see prompt_tuning.task_registry)."""
   if name not in _TASKS:
     raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_TASKS)) or '(none)'}")
   return _TASKS[name]
 
 
-def list_tasks() -> list[str]:
-  _load_builtins()
+def registered_names() -> list[str]:
+  """The names registered so far, sorted (built-in tasks only once their modules are imported)."""
   return sorted(_TASKS)
+
+
+def register_leaderboard(task_name: str, writer: LeaderboardWriter) -> LeaderboardWriter:
+  """Makes `writer(records, directory) -> path` write the leaderboard submission file of `task_name`.
+
+  A benchmark's task module calls this at import (tasks/super_glue.py), so inference
+  can export submissions without knowing the benchmark. Re-registering replaces.
+  """
+  _LEADERBOARDS[task_name] = writer
+  return writer
+
+
+def get_leaderboard(task_name: str) -> LeaderboardWriter | None:
+  """The leaderboard writer registered for `task_name`, or None."""
+  return _LEADERBOARDS.get(task_name)

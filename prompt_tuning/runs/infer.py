@@ -12,10 +12,12 @@ from typing import Any
 import jax
 from absl import logging
 
+from prompt_tuning.data.task import get_leaderboard
 from prompt_tuning.evaluation import Evaluator, write_predictions
 from prompt_tuning.runs import setup as setup_lib
 from prompt_tuning.runs.evaluate import phase_lines
 from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
+from prompt_tuning.task_registry import resolve_task
 
 
 def infer(model: ModelSpec, task: TaskSpec, model_dir: str, evaluation: EvaluationSpec = EvaluationSpec(),
@@ -31,8 +33,6 @@ def infer(model: ModelSpec, task: TaskSpec, model_dir: str, evaluation: Evaluati
   progress: a line on stderr before each quiet phase (loading, decoding), on process 0.
   """
   if leaderboard_dir:  # before loading anything, on every process
-    from prompt_tuning.data.task import resolve_task
-
     leaderboard_members(resolve_task(task.name, task.module, task.vocabulary_path))
   note = phase_lines(progress)
   setup, step = setup_lib.build_trained(model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note)
@@ -52,21 +52,16 @@ def infer(model: ModelSpec, task: TaskSpec, model_dir: str, evaluation: Evaluati
 
 
 def leaderboard_members(task: Any) -> list[str]:
-  """Names of `task` (or of its mixture members) that have a SuperGLUE leaderboard format."""
-  from prompt_tuning.tasks import super_glue
-
-  names = [t.name for t in getattr(task, "tasks", [task]) if t.name in super_glue.LEADERBOARD_FILES]
+  """Names of `task` (or of its mixture members) that have a leaderboard writer (SuperGLUE's tasks)."""
+  names = [t.name for t in getattr(task, "tasks", [task]) if get_leaderboard(t.name) is not None]
   if not names:
     raise ValueError(f"leaderboard_dir is set but task {task.name} has no SuperGLUE leaderboard format")
   return names
 
 
 def write_leaderboards(task: Any, records: list[dict], directory: str) -> list[str]:
-  """SuperGLUE submission files of `task` (or of each SuperGLUE member of a mixture)."""
-  from prompt_tuning.tasks import super_glue
-
+  """Leaderboard submission files of `task` (or of each member of a mixture that has one)."""
   by_task: dict[str, list[dict]] = {}
   for record in records:
     by_task.setdefault(record["example"].get("task", task.name), []).append(record)
-  return [super_glue.write_leaderboard_file(name, by_task[name], directory)
-          for name in leaderboard_members(task) if name in by_task]
+  return [get_leaderboard(name)(by_task[name], directory) for name in leaderboard_members(task) if name in by_task]

@@ -18,12 +18,13 @@ from prompt_tuning import partitioning, prompt_init
 from prompt_tuning.checkpoints import loader
 from prompt_tuning.checkpoints.structure import check_params
 from prompt_tuning.checkpoints.train_state import checkpoint_dir, restore_trained
-from prompt_tuning.data.task import Task, resolve_task
+from prompt_tuning.data.task import Task
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import T5Config
 from prompt_tuning.runs.specs import MeshSpec, ModelSpec, TaskSpec
+from prompt_tuning.task_registry import resolve_task
 
 
 @dataclasses.dataclass(frozen=True)

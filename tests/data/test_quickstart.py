@@ -8,8 +8,8 @@ import subprocess
 import sys
 import textwrap
 
-from prompt_tuning.data import get_task, list_tasks
 from prompt_tuning.data.quickstart import make_data
+from prompt_tuning.task_registry import list_tasks, resolve_task
 
 FILES = ("train.jsonl", "validation.jsonl", "sentencepiece.model")
 
@@ -22,7 +22,7 @@ def test_files_are_installed_package_data():
 
 def test_task_loads_and_is_balanced():
   assert "quickstart_sentiment" in list_tasks()
-  task = get_task("quickstart_sentiment")
+  task = resolve_task("quickstart_sentiment")
   assert task.candidates == ["negative", "positive"] and list(task.metrics) == ["accuracy"]
   train, validation = list(task.examples("train")), list(task.examples("validation"))
   assert collections.Counter(ex["targets"] for ex in train) == {"negative": 300, "positive": 300}
@@ -32,7 +32,7 @@ def test_task_loads_and_is_balanced():
 
 
 def test_label_follows_the_keywords():
-  task = get_task("quickstart_sentiment")
+  task = resolve_task("quickstart_sentiment")
   polarity = {adj: label for label, adjs in make_data.ADJECTIVES.items() for adj in adjs}
   for ex in task.examples("train"):
     found = {polarity[w] for w in ex["inputs"].replace(",", " ").split() if w in polarity}
@@ -40,7 +40,7 @@ def test_label_follows_the_keywords():
 
 
 def test_vocabulary():
-  vocab = get_task("quickstart_sentiment").vocabulary
+  vocab = resolve_task("quickstart_sentiment").vocabulary
   assert (vocab.pad_id, vocab.eos_id, vocab.unk_id, vocab.vocab_size) == (0, 1, 2, 256)
   for label in ("negative", "positive"):
     assert 1 <= len(vocab.encode(label)) <= 3 and vocab.decode(vocab.encode(label) + [1]) == label
@@ -60,7 +60,8 @@ def test_batches_without_tensorflow():
       for name in ("tensorflow", "seqio", "tensorflow_datasets"):
         sys.modules[name] = None  # any import of these now raises ImportError
       from prompt_tuning import data
-      it = data.BatchIterator(data.get_task("quickstart_sentiment"), "train", {"inputs": 32, "targets": 4}, 8,
+      from prompt_tuning.data import quickstart
+      it = data.BatchIterator(quickstart.TASK, "train", {"inputs": 32, "targets": 4}, 8,
                               shuffle=True, seed=0, repeat=True, drop_remainder=True)
       batch = next(it)
       print(batch.arrays["encoder_input_tokens"].shape, it.position)

@@ -118,7 +118,7 @@ def test_registry():
   task = make_task({"train": lambda: RECORDS}, name="test_registry_nli")
   assert task_lib.register_task(task) is task
   assert task_lib.get_task("test_registry_nli") is task
-  assert {"test_registry_nli", "quickstart_sentiment"} <= set(task_lib.list_tasks())
+  assert {"test_registry_nli", "quickstart_sentiment"} <= set(task_lib.registered_names())
   task_lib.register_task(task)  # same object again: fine
   other = make_task({}, name="test_registry_nli")
   with pytest.raises(ValueError, match="already registered"):
@@ -128,3 +128,10 @@ def test_registry():
   with pytest.raises(KeyError) as e:
     task_lib.get_task("nope")
   assert "known tasks:" in str(e.value) and "quickstart_sentiment" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_leaderboard_registry():
+  assert task_lib.get_leaderboard("test_leaderboard_nli") is None
+  writer = lambda records, directory: f"{directory}/NLI.jsonl"  # noqa: E731
+  assert task_lib.register_leaderboard("test_leaderboard_nli", writer) is writer
+  assert task_lib.get_leaderboard("test_leaderboard_nli") is writer

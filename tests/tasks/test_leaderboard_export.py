@@ -36,9 +36,9 @@ def test_infer_writes_rte_submission_file(tmp_path, small_vocabulary):
     out_dir = tmp_path / "submission"
     path = infer(model, task, model_dir, specs.EvaluationSpec(split="test", batch_size=4),
                  leaderboard_dir=str(out_dir), progress=False)
-    from prompt_tuning.data.task import get_task
+    from prompt_tuning.task_registry import resolve_task
 
-    test_idx = [ex["idx"] for ex in get_task("super_glue_rte_v102").examples("test")]
+    test_idx = [ex["idx"] for ex in resolve_task("super_glue_rte_v102").examples("test")]
   assert os.path.isfile(path)
   rows = [json.loads(line) for line in open(out_dir / "RTE.jsonl")]
   assert len(rows) == 6

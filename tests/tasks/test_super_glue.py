@@ -258,6 +258,24 @@ def test_leaderboard_rows_by_hand():
   assert super_glue.LEADERBOARD_FILES["super_glue_record_v102_taskless"] == "ReCoRD.jsonl"
 
 
+def test_leaderboard_writers_are_registered_and_found_by_inference(tmp_path):
+  from prompt_tuning.data.task import get_leaderboard
+  from prompt_tuning.runs import infer as inference
+
+  assert {n for n in super_glue.TASK_NAMES if get_leaderboard(n)} == set(super_glue.LEADERBOARD_FILES)
+  mixture = get_task("super_glue_v102_proportional")  # every member has a file but simple WSC train
+  assert inference.leaderboard_members(mixture) == [
+      t.name for t in mixture.tasks if t.name in super_glue.LEADERBOARD_FILES]
+  records = [{"example": {"idx": i, "task": "super_glue_rte_v102"}, "prediction": "not_entailment"} for i in (3, 4)]
+  records.append({"example": {"idx": 0, "task": "super_glue_boolq_v102"}, "prediction": "True"})
+  written = inference.write_leaderboards(mixture, records, str(tmp_path))
+  assert sorted(os.path.basename(p) for p in written) == ["BoolQ.jsonl", "RTE.jsonl"]
+  assert [json.loads(line) for line in open(tmp_path / "RTE.jsonl")] == [
+      {"idx": 3, "label": "not_entailment"}, {"idx": 4, "label": "not_entailment"}]
+  with pytest.raises(ValueError, match="task super_glue_wsc_v102_simple_train has no SuperGLUE leaderboard format"):
+    inference.leaderboard_members(get_task("super_glue_wsc_v102_simple_train"))
+
+
 # ---------------------------------------------------------------- under tfds mock data
 
 

@@ -15,7 +15,7 @@ from unittest import mock
 import pytest
 import tensorflow_datasets as tfds  # not importorskip: the `data` extra must bring all it needs
 
-from prompt_tuning.data.task import get_task
+from prompt_tuning.task_registry import resolve_task
 
 # tfds name -> the features of the published dataset (what the task formatters read).
 BUILDERS = {
@@ -44,7 +44,7 @@ def _prepare(name: str, data_dir, download_and_extract) -> None:
 
 
 def _examples(task_name: str, split: str, data_dir, monkeypatch) -> list[dict]:
-  task = get_task(task_name)
+  task = resolve_task(task_name)
   monkeypatch.setattr(task, "data_dir", str(data_dir))
   return list(task.examples(split))
 

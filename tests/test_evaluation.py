@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from prompt_tuning.data.features import trim_with_eos
-from prompt_tuning.data.task import get_task
+from prompt_tuning.evaluation import Evaluator
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import get_config
-from prompt_tuning.evaluation import Evaluator
+from prompt_tuning.task_registry import resolve_task
 
 LENGTHS = {"inputs": 24, "targets": 6}
 
@@ -27,7 +27,7 @@ class ChoiceTask:
   name = "choice_task"
 
   def __init__(self):
-    self.base = get_task("quickstart_sentiment")
+    self.base = resolve_task("quickstart_sentiment")
     self.vocabulary = self.base.vocabulary
     self.splits = ["validation"]
     self.candidates = None
@@ -82,7 +82,7 @@ def test_truncation_is_reported_once_per_split(caplog):
   tokens = np.ones((1, 4), np.int32)
   params = model.module.init(jax.random.PRNGKey(0), tokens, tokens)["params"]
   params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
-  evaluator = Evaluator(model, get_task("quickstart_sentiment"), {"inputs": 6, "targets": 4}, batch_size=50)
+  evaluator = Evaluator(model, resolve_task("quickstart_sentiment"), {"inputs": 6, "targets": 4}, batch_size=50)
   with caplog.at_level("WARNING"):
     evaluator.evaluate(params)
     evaluator.evaluate(params)
@@ -93,18 +93,18 @@ def test_truncation_is_reported_once_per_split(caplog):
 SHARDED_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from prompt_tuning import partitioning
-    from prompt_tuning.data.task import get_task
+    from prompt_tuning.evaluation import Evaluator
     from prompt_tuning.models.model import EncoderDecoderModel
     from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
     from prompt_tuning.models.t5 import get_config
-    from prompt_tuning.evaluation import Evaluator
+    from prompt_tuning.task_registry import resolve_task
 
     assert len(jax.devices()) == 4, jax.devices()
     model = EncoderDecoderModel(PromptedTransformer(get_config("tiny", vocab_size=256), prompt_config=PromptConfig(3)))
     tokens = np.ones((1, 4), np.int32)
     params = model.module.init(jax.random.PRNGKey(0), tokens, tokens)["params"]
     params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
-    task = get_task("quickstart_sentiment")
+    task = resolve_task("quickstart_sentiment")
     out = {}
     for name, mesh in (("one", partitioning.make_mesh(1, jax.devices()[:1])), ("four", partitioning.make_mesh())):
       # 6 rows over a 4-way data axis: padded to 8; 100 examples: a last batch of 4 real rows.
