@@ -119,7 +119,8 @@ def _read_torch_bin(file: str) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError:
-    raise CheckpointError(f"{file}: reading pytorch_model.bin needs torch; install it or convert to safetensors")
+    raise CheckpointError(f"{file}: reading pytorch_model.bin needs torch; install it or convert to safetensors"
+                          ) from None
   try:
     state = torch.load(file, map_location="cpu", weights_only=True)
   except Exception as e:

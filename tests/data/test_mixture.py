@@ -98,7 +98,7 @@ def test_vocabulary_must_be_shared():
   assert shared.vocabulary.path == SMALL_MODEL  # separate objects, same file: fine
   mixed = Mixture("mix", [sentiment(vocabulary=OTHER_MODEL), echo()])
   with pytest.raises(ValueError, match="task echo uses vocabulary .* a mixture needs one vocabulary"):
-    mixed.vocabulary
+    _ = mixed.vocabulary
 
 
 def test_invalid_mixtures():
