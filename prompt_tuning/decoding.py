@@ -72,12 +72,15 @@ def _gather_cache(cache: Cache, rows: Array, flat_batch: int) -> Cache:
   return jax.tree_util.tree_map(gather, cache)
 
 
-def _call_model(tokens_to_logits: TokensToLogits, tokens: Array, cache: Cache, flat_batch: int,
-                eos_id: int) -> tuple[Array, Cache]:
+def _call_model(
+  tokens_to_logits: TokensToLogits, tokens: Array, cache: Cache, flat_batch: int, eos_id: int
+) -> tuple[Array, Cache]:
   """Feeds tokens int32 [flat_batch]; returns float32 logits [flat_batch, vocab] and the new cache."""
   logits, cache = tokens_to_logits(tokens[:, None], cache)
-  _require(logits.ndim == 2 and logits.shape[0] == flat_batch,
-           f"tokens_to_logits must return logits [{flat_batch}, vocab], got {tuple(logits.shape)}")
+  _require(
+    logits.ndim == 2 and logits.shape[0] == flat_batch,
+    f"tokens_to_logits must return logits [{flat_batch}, vocab], got {tuple(logits.shape)}",
+  )
   _require(0 <= eos_id < logits.shape[1], f"eos_id {eos_id} is outside the vocabulary of size {logits.shape[1]}")
   return logits.astype(jnp.float32), cache
 
@@ -108,8 +111,16 @@ def _top_p_filter(logits: Array, top_p: float) -> Array:
   return jnp.where(keep, logits, NEG_INF)
 
 
-def _decode_rows(tokens_to_logits: TokensToLogits, cache: Cache, choose: Callable[[Array, Array], Array],
-                 *, flat_batch: int, max_decode_length: int, eos_id: int, temperature: float) -> tuple[Array, Array]:
+def _decode_rows(
+  tokens_to_logits: TokensToLogits,
+  cache: Cache,
+  choose: Callable[[Array, Array], Array],
+  *,
+  flat_batch: int,
+  max_decode_length: int,
+  eos_id: int,
+  temperature: float,
+) -> tuple[Array, Array]:
   """Extends every row by one chosen token per step until all rows emitted EOS or max length.
 
   Args:
@@ -137,8 +148,14 @@ def _decode_rows(tokens_to_logits: TokensToLogits, cache: Cache, choose: Callabl
     tokens = tokens.at[:, step].set(token)
     return step + 1, tokens, token, done | (token == eos_id), scores, cache
 
-  init = (jnp.int32(0), jnp.zeros((flat_batch, max_decode_length), jnp.int32), jnp.zeros((flat_batch,), jnp.int32),
-          jnp.zeros((flat_batch,), bool), jnp.zeros((flat_batch,), jnp.float32), cache)
+  init = (
+    jnp.int32(0),
+    jnp.zeros((flat_batch, max_decode_length), jnp.int32),
+    jnp.zeros((flat_batch,), jnp.int32),
+    jnp.zeros((flat_batch,), bool),
+    jnp.zeros((flat_batch,), jnp.float32),
+    cache,
+  )
   _, tokens, _, _, scores, _ = jax.lax.while_loop(cond, body, init)
   return tokens, scores
 
@@ -146,12 +163,14 @@ def _decode_rows(tokens_to_logits: TokensToLogits, cache: Cache, choose: Callabl
 def _sort_decodes(tokens: Array, scores: Array) -> DecodeResult:
   """Sorts tokens [batch, n, length] and scores [batch, n] by score, best first."""
   order = jnp.argsort(-scores, axis=-1, stable=True)
-  return DecodeResult(tokens=jnp.take_along_axis(tokens, order[:, :, None], axis=1),
-                      scores=jnp.take_along_axis(scores, order, axis=1))
+  return DecodeResult(
+    tokens=jnp.take_along_axis(tokens, order[:, :, None], axis=1), scores=jnp.take_along_axis(scores, order, axis=1)
+  )
 
 
-def greedy_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: int, max_decode_length: int,
-                  eos_id: int = 1) -> DecodeResult:
+def greedy_search(
+  tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: int, max_decode_length: int, eos_id: int = 1
+) -> DecodeResult:
   """Picks the most likely token at every step.
 
   Args:
@@ -165,13 +184,30 @@ def greedy_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size:
     DecodeResult with tokens [batch, 1, max_decode_length] and scores [batch, 1],
     the summed log_softmax(logits) of the produced tokens.
   """
-  return temperature_sample(tokens_to_logits, cache, None, batch_size=batch_size,
-                            max_decode_length=max_decode_length, eos_id=eos_id, temperature=0.0)
+  return temperature_sample(
+    tokens_to_logits,
+    cache,
+    None,
+    batch_size=batch_size,
+    max_decode_length=max_decode_length,
+    eos_id=eos_id,
+    temperature=0.0,
+  )
 
 
-def temperature_sample(tokens_to_logits: TokensToLogits, cache: Cache, rng: Array | None, *, batch_size: int,
-                       max_decode_length: int, eos_id: int = 1, temperature: float = 1.0, top_k: int = 0,
-                       top_p: float = 1.0, num_decodes: int = 1) -> DecodeResult:
+def temperature_sample(
+  tokens_to_logits: TokensToLogits,
+  cache: Cache,
+  rng: Array | None,
+  *,
+  batch_size: int,
+  max_decode_length: int,
+  eos_id: int = 1,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  num_decodes: int = 1,
+) -> DecodeResult:
   """Samples from softmax(logits / temperature), optionally restricted to the top-k and/or nucleus tokens.
 
   Filters apply in the order temperature, top_k, top_p. temperature == 0 is
@@ -204,15 +240,24 @@ def temperature_sample(tokens_to_logits: TokensToLogits, cache: Cache, rng: Arra
   if temperature == 0:
     choose = lambda logits, step: jnp.argmax(logits, axis=-1)
   else:
+
     def choose(logits, step):
       filtered = _top_p_filter(_top_k_filter(logits / temperature, top_k), top_p)
       return jax.random.categorical(jax.random.fold_in(rng, step), filtered, axis=-1)
 
   flat_batch = batch_size * num_decodes
-  tokens, scores = _decode_rows(tokens_to_logits, cache, choose, flat_batch=flat_batch,
-                                max_decode_length=max_decode_length, eos_id=eos_id, temperature=temperature)
-  return _sort_decodes(tokens.reshape(batch_size, num_decodes, max_decode_length),
-                       scores.reshape(batch_size, num_decodes))
+  tokens, scores = _decode_rows(
+    tokens_to_logits,
+    cache,
+    choose,
+    flat_batch=flat_batch,
+    max_decode_length=max_decode_length,
+    eos_id=eos_id,
+    temperature=temperature,
+  )
+  return _sort_decodes(
+    tokens.reshape(batch_size, num_decodes, max_decode_length), scores.reshape(batch_size, num_decodes)
+  )
 
 
 def length_penalty(length: Array | int, alpha: float) -> Array:
@@ -231,8 +276,16 @@ def _extend(seqs: Array, parents: Array, tokens: Array, step: Array) -> Array:
   return jnp.take_along_axis(seqs, parents[:, :, None], axis=1).at[:, :, step].set(tokens)
 
 
-def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: int, beam_size: int,
-                max_decode_length: int, eos_id: int = 1, alpha: float = 0.6) -> DecodeResult:
+def beam_search(
+  tokens_to_logits: TokensToLogits,
+  cache: Cache,
+  *,
+  batch_size: int,
+  beam_size: int,
+  max_decode_length: int,
+  eos_id: int = 1,
+  alpha: float = 0.6,
+) -> DecodeResult:
   """Beam search with a separate set of finished hypotheses and a GNMT length penalty.
 
   Every step expands the live beams by every token and keeps the beam_size best
@@ -271,8 +324,9 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
 
   def best_reachable(live_logp, step):
     # Live beams have `step` tokens; they can still finish at any length in [step + 1, max_decode_length].
-    return jnp.maximum(live_logp / length_penalty(step + 1, alpha),
-                       live_logp / length_penalty(max_decode_length, alpha))
+    return jnp.maximum(
+      live_logp / length_penalty(step + 1, alpha), live_logp / length_penalty(max_decode_length, alpha)
+    )
 
   def cond(state):
     step, _, live_logp, _, _, _, fin_scores = state
@@ -291,8 +345,9 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
     top_logp, top_idx = jax.lax.top_k(cand_logp, num_beams)
     top_seqs = _extend(live_seqs, top_idx // vocab, top_idx % vocab, step)
     new_scores = jnp.where(top_idx % vocab == eos_id, top_logp / length_penalty(step + 1, alpha), NEG_INF)
-    fin_seqs, fin_scores = _top_beams(jnp.concatenate([fin_seqs, top_seqs], axis=1),
-                                      jnp.concatenate([fin_scores, new_scores], axis=1), num_beams)
+    fin_seqs, fin_scores = _top_beams(
+      jnp.concatenate([fin_seqs, top_seqs], axis=1), jnp.concatenate([fin_scores, new_scores], axis=1), num_beams
+    )
 
     # The live beams continue with the best expansions that do not.
     live_logp, live_idx = jax.lax.top_k(jnp.where(cand_is_eos, NEG_INF, cand_logp), num_beams)
@@ -304,21 +359,30 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
   empty_seqs = jnp.zeros((batch_size, num_beams, max_decode_length), jnp.int32)
   # Only the first beam is live at first: the others would duplicate it.
   live_logp = jnp.full((batch_size, num_beams), NEG_INF, jnp.float32).at[:, 0].set(0.0)
-  init = (jnp.int32(0), empty_seqs, live_logp, jnp.zeros((batch_size, num_beams), jnp.int32), cache,
-          empty_seqs, jnp.full((batch_size, num_beams), NEG_INF, jnp.float32))
+  init = (
+    jnp.int32(0),
+    empty_seqs,
+    live_logp,
+    jnp.zeros((batch_size, num_beams), jnp.int32),
+    cache,
+    empty_seqs,
+    jnp.full((batch_size, num_beams), NEG_INF, jnp.float32),
+  )
   step, live_seqs, live_logp, _, _, fin_seqs, fin_scores = jax.lax.while_loop(cond, body, init)
 
   live_scores = live_logp / length_penalty(step, alpha)
-  tokens, scores = _top_beams(jnp.concatenate([fin_seqs, live_seqs], axis=1),
-                              jnp.concatenate([fin_scores, live_scores], axis=1), num_beams)
+  tokens, scores = _top_beams(
+    jnp.concatenate([fin_seqs, live_seqs], axis=1), jnp.concatenate([fin_scores, live_scores], axis=1), num_beams
+  )
   return DecodeResult(tokens=tokens, scores=scores)
 
 
 _METHODS = {"greedy": greedy_search, "beam": beam_search, "sample": temperature_sample}
 
 
-def decode(method: str, tokens_to_logits: TokensToLogits, cache: Cache, *, rng: Array | None = None,
-           **options) -> DecodeResult:
+def decode(
+  method: str, tokens_to_logits: TokensToLogits, cache: Cache, *, rng: Array | None = None, **options
+) -> DecodeResult:
   """Dispatches to greedy_search ('greedy'), beam_search ('beam') or temperature_sample ('sample').
 
   `options` are the keyword arguments of the chosen function (batch_size,

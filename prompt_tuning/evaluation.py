@@ -42,10 +42,19 @@ class Evaluator:
       axis does not divide is padded with empty rows.
   """
 
-  def __init__(self, model: EncoderDecoderModel, task: Task, feature_lengths: Mapping[str, int], batch_size: int, *,
-               decode_method: str = "greedy", decode_options: Mapping[str, Any] | None = None,
-               rank_classification: bool | None = None, mesh: Mesh | None = None,
-               note: Callable[[str], None] | None = None):
+  def __init__(
+    self,
+    model: EncoderDecoderModel,
+    task: Task,
+    feature_lengths: Mapping[str, int],
+    batch_size: int,
+    *,
+    decode_method: str = "greedy",
+    decode_options: Mapping[str, Any] | None = None,
+    rank_classification: bool | None = None,
+    mesh: Mesh | None = None,
+    note: Callable[[str], None] | None = None,
+  ):
     self.task, self.feature_lengths, self.batch_size = task, dict(feature_lengths), batch_size
     self.decoding = describe_decoding(decode_method, decode_options)
     self._note = note or (lambda message: None)
@@ -55,9 +64,12 @@ class Evaluator:
     replicated = NamedSharding(self.mesh, PartitionSpec())  # every process gets every row back
     options = dict(decode_options or {})
     max_length = self.feature_lengths["targets"]
-    self._predict = jax.jit(lambda params, tokens: model.predict_batch(
-        params, tokens, max_decode_length=max_length, method=decode_method, rng=jax.random.PRNGKey(0), **options),
-        out_shardings=replicated)
+    self._predict = jax.jit(
+      lambda params, tokens: model.predict_batch(
+        params, tokens, max_decode_length=max_length, method=decode_method, rng=jax.random.PRNGKey(0), **options
+      ),
+      out_shardings=replicated,
+    )
     self.truncation = TruncationCounter()  # shared by every evaluation, reported once per split
     self.rank_classification = rank_classification
     self.candidates = task.candidates
@@ -92,19 +104,28 @@ class Evaluator:
       rows = [list(c) if c else (self.candidates or []) for c in per_example]
       rows = [r if r else [""] for r in rows]
       table = self._candidate_table(rows)
-      scores = np.asarray(self._rank(params, tokens, self._global(table)))[:len(examples)]
+      scores = np.asarray(self._rank(params, tokens, self._global(table)))[: len(examples)]
       scores = np.where(table.any(axis=-1), scores, -np.inf)  # padding candidates never win
       return rows, scores
     if not self.candidates:
       return None
-    scores = np.asarray(self._rank(params, tokens, self._candidate_tokens))[:len(examples)]
+    scores = np.asarray(self._rank(params, tokens, self._candidate_tokens))[: len(examples)]
     return [self.candidates] * len(examples), scores
 
   def _batches(self, split: str) -> Iterator:
     counter = self.truncation if split not in self.truncation.splits else None  # count each split once
     # Every process reads every row (see the module docstring); _global places its own share.
-    batches = BatchIterator(self.task, split, self.feature_lengths, self.batch_size, shuffle=False, seed=0,
-                            repeat=False, drop_remainder=False, counter=counter)
+    batches = BatchIterator(
+      self.task,
+      split,
+      self.feature_lengths,
+      self.batch_size,
+      shuffle=False,
+      seed=0,
+      repeat=False,
+      drop_remainder=False,
+      counter=counter,
+    )
     self.truncation.report()
     return batches
 
@@ -120,13 +141,17 @@ class Evaluator:
       for i, real in enumerate(batch.arrays["mask"]):
         if not real:
           continue
-        record = {"input": batch.text["inputs"][i], "target": batch.text["targets"][i],
-                  "prediction": self.vocabulary.decode(out_tokens[i].tolist()), "score": float(out_scores[i]),
-                  "example": batch.text["examples"][i]}
+        record = {
+          "input": batch.text["inputs"][i],
+          "target": batch.text["targets"][i],
+          "prediction": self.vocabulary.decode(out_tokens[i].tolist()),
+          "score": float(out_scores[i]),
+          "example": batch.text["examples"][i],
+        }
         example = batch.text["examples"][i]
         if ranked is not None and (self.candidates or example.get("candidates")):
           candidates, scores = ranked[0][i], ranked[1][i]
-          record["rank_prediction"] = candidates[int(np.argmax(scores[:len(candidates)]))]
+          record["rank_prediction"] = candidates[int(np.argmax(scores[: len(candidates)]))]
           record["rank_scores"] = {c: float(s) for c, s in zip(candidates, scores)}
         yield record
 
@@ -156,14 +181,15 @@ def describe_decoding(method: str, options: Mapping[str, Any] | None = None) -> 
 def candidate_table(vocabulary: Any, rows_of_candidates: Sequence[Sequence[str]], max_length: int) -> np.ndarray:
   """Candidate targets as token ids [rows, max candidates, length]: each EOS-terminated and cut to
   `max_length` as targets are in training (seqio's append_eos_after_trim), 0-padded; missing candidates all 0."""
-  encoded = [[trim_with_eos(vocabulary.encode(c), max_length, vocabulary.eos_id) for c in row]
-             for row in rows_of_candidates]
+  encoded = [
+    [trim_with_eos(vocabulary.encode(c), max_length, vocabulary.eos_id) for c in row] for row in rows_of_candidates
+  ]
   width = max(len(row) for row in encoded)
   length = max(len(ids) for row in encoded for ids in row)
   table = np.zeros((len(encoded), width, length), np.int32)
   for i, row in enumerate(encoded):
     for j, ids in enumerate(row):
-      table[i, j, :len(ids)] = ids
+      table[i, j, : len(ids)] = ids
   return table
 
 

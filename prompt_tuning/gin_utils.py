@@ -28,12 +28,13 @@ import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import gin
-
 from prompt_tuning.errors import first_line
 
 if not hasattr(gin, "parse_config"):  # e.g. `python -c` run in the repo root, whose gin/ folder shadows it
-  raise ImportError(f"`import gin` found {getattr(gin, '__file__', gin)!r}, not the gin-config library; "
-                    "run from outside the repository root (its gin/ configs folder shadows the library)")
+  raise ImportError(
+    f"`import gin` found {getattr(gin, '__file__', gin)!r}, not the gin-config library; "
+    "run from outside the repository root (its gin/ configs folder shadows the library)"
+  )
 _GIN_SHORTHAND = "--gin."
 _BINDINGS_FLAG = "--gin_bindings"
 
@@ -53,8 +54,10 @@ def bundled_gin_dir() -> str:
   for candidate in (os.path.join(package, "prompt_tuning", "gin"), os.path.join(package, "gin")):
     if os.path.isfile(os.path.join(candidate, "quickstart.gin")):
       return candidate
-  raise GinConfigError(f"the bundled gin configs are missing (looked in {package}/prompt_tuning/gin and "
-                       f"{package}/gin); reinstall prompt-tuning")
+  raise GinConfigError(
+    f"the bundled gin configs are missing (looked in {package}/prompt_tuning/gin and "
+    f"{package}/gin); reinstall prompt-tuning"
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -74,7 +77,7 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
       out += argv[i:]
       break
     if arg.startswith(_GIN_SHORTHAND):
-      name, sep, value = arg[len(_GIN_SHORTHAND):].partition("=")
+      name, sep, value = arg[len(_GIN_SHORTHAND) :].partition("=")
       if not sep:  # `--gin.NAME VALUE`
         if i + 1 >= len(argv):
           raise GinConfigError(f"{arg} needs a value: {arg}=VALUE")
@@ -91,14 +94,29 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
 def add_gin_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
   """Adds t5x's gin flags (`--gin_file`, `--gin_search_paths`, `--gin_bindings`) to `parser`."""
   group = parser.add_argument_group("gin")
-  group.add_argument("--gin_file", action="append", default=[], metavar="FILE",
-                     help="gin file to parse (repeatable; later files win). Searched in the "
-                          "working directory, --gin_search_paths, then the bundled configs.")
-  group.add_argument("--gin_search_paths", action="append", default=[], metavar="DIRS",
-                     help="comma-separated directories to search for gin files (repeatable).")
-  group.add_argument("--gin_bindings", action="append", default=[], metavar="BINDING",
-                     help="gin binding, e.g. \"MODEL_DIR='/tmp/x'\" (repeatable; applied after "
-                          "the files). Shorthand: --gin.MODEL_DIR=\"'/tmp/x'\".")
+  group.add_argument(
+    "--gin_file",
+    action="append",
+    default=[],
+    metavar="FILE",
+    help="gin file to parse (repeatable; later files win). Searched in the "
+    "working directory, --gin_search_paths, then the bundled configs.",
+  )
+  group.add_argument(
+    "--gin_search_paths",
+    action="append",
+    default=[],
+    metavar="DIRS",
+    help="comma-separated directories to search for gin files (repeatable).",
+  )
+  group.add_argument(
+    "--gin_bindings",
+    action="append",
+    default=[],
+    metavar="BINDING",
+    help="gin binding, e.g. \"MODEL_DIR='/tmp/x'\" (repeatable; applied after "
+    "the files). Shorthand: --gin.MODEL_DIR=\"'/tmp/x'\".",
+  )
   return parser
 
 
@@ -157,6 +175,7 @@ def _guard_existence_checks() -> None:
     return
   for i, (reader, exists) in enumerate(readers):
     if not getattr(exists, "_guarded", False):
+
       def guarded(path, exists=exists):
         try:
           return exists(path)
@@ -201,8 +220,14 @@ def _quiet_include_search():
     root.removeFilter(quiet)
 
 
-def parse_gin_flags(gin_files: Sequence[str], gin_bindings: Sequence[str], search_paths: Sequence[str] = (),
-                    *, skip_unknown: bool | Sequence[str] = False, finalize: bool = True) -> list[str]:
+def parse_gin_flags(
+  gin_files: Sequence[str],
+  gin_bindings: Sequence[str],
+  search_paths: Sequence[str] = (),
+  *,
+  skip_unknown: bool | Sequence[str] = False,
+  finalize: bool = True,
+) -> list[str]:
   """Parses gin files (in order; later files win), then bindings (they win over files).
 
   With `finalize` (the default) also checks that no REQUIRED macro or parameter
@@ -306,18 +331,24 @@ def check_required_macros() -> None:
   if macros:
     plural = len(macros) > 1
     flags = " ".join(f"--gin.{m}=..." for m in macros)
-    problems.append(f"missing required gin macro{'s' if plural else ''} {', '.join(macros)}: "
-                    f"pass {flags} or set {'them' if plural else 'it'} in a gin file")
+    problems.append(
+      f"missing required gin macro{'s' if plural else ''} {', '.join(macros)}: "
+      f"pass {flags} or set {'them' if plural else 'it'} in a gin file"
+    )
   if params:
     plural = len(params) > 1
     flags = " ".join(f"--gin.{p}=..." for p in params)
-    problems.append(f"missing required gin parameter{'s' if plural else ''} {', '.join(params)}: "
-                    f"pass {flags} or set {'them' if plural else 'it'} in a gin file")
+    problems.append(
+      f"missing required gin parameter{'s' if plural else ''} {', '.join(params)}: "
+      f"pass {flags} or set {'them' if plural else 'it'} in a gin file"
+    )
   undefined = undefined_macros()
   if undefined:
     uses = ", ".join(f"{name} (used by {user})" for name, user in sorted(undefined.items()))
-    problems.append(f"undefined gin macro{'s' if len(undefined) > 1 else ''} {uses}: "
-                    f"pass {' '.join(f'--gin.{m}=...' for m in sorted(undefined))} or set it in a gin file")
+    problems.append(
+      f"undefined gin macro{'s' if len(undefined) > 1 else ''} {uses}: "
+      f"pass {' '.join(f'--gin.{m}=...' for m in sorted(undefined))} or set it in a gin file"
+    )
   if problems:
     raise GinConfigError("; ".join(problems))
 
@@ -363,8 +394,11 @@ def _suggest_configurable(selector: str) -> str | None:
 def _parameters(configurable: Any) -> list[str]:
   fn = configurable.wrapped
   fn = fn.__init__ if inspect.isclass(fn) else fn
-  return [p.name for p in inspect.signature(fn).parameters.values()
-          if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"]
+  return [
+    p.name
+    for p in inspect.signature(fn).parameters.values()
+    if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"
+  ]
 
 
 def _suggest_parameter(selector: str, arg: str) -> str | None:
@@ -451,13 +485,15 @@ def _same_callable(existing: Any, fn: Callable[..., Any]) -> bool:
     return (fn.func, fn.args, fn.keywords) == (wrapped.func, wrapped.args, wrapped.keywords)
   # The same module-level definition, e.g. after importlib.reload.
   qualname = getattr(fn, "__qualname__", None)
-  return (qualname is not None and "<" not in qualname
-          and qualname == getattr(wrapped, "__qualname__", None)
-          and getattr(fn, "__module__", None) == getattr(wrapped, "__module__", None))
+  return (
+    qualname is not None
+    and "<" not in qualname
+    and qualname == getattr(wrapped, "__qualname__", None)
+    and getattr(fn, "__module__", None) == getattr(wrapped, "__module__", None)
+  )
 
 
-def register_configurables(mapping: Mapping[str, Callable[..., Any]],
-                           module: str) -> dict[str, Callable[..., Any]]:
+def register_configurables(mapping: Mapping[str, Callable[..., Any]], module: str) -> dict[str, Callable[..., Any]]:
   """Registers each `name: fn` as configurable `module.name`; idempotent.
 
   gin 0.5.0 raises "A different configurable matching ... already exists" when a
@@ -477,8 +513,10 @@ def register_configurables(mapping: Mapping[str, Callable[..., Any]],
     existing = registry.get(selector)
     if existing is not None:
       if not _same_callable(existing, fn):
-        raise GinConfigError(f"gin configurable {selector} is already registered for "
-                             f"{existing.wrapped!r}; refusing to re-register it for {fn!r}")
+        raise GinConfigError(
+          f"gin configurable {selector} is already registered for "
+          f"{existing.wrapped!r}; refusing to re-register it for {fn!r}"
+        )
       out[name] = existing.wrapper
       continue
     try:

@@ -20,17 +20,17 @@ MODEL_AXIS = "model"
 
 # logical axis -> mesh axis (None = replicated). The vocabulary of axis names.
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
-    ("batch", DATA_AXIS),
-    ("vocab", MODEL_AXIS),
-    ("embed", None),
-    ("mlp", MODEL_AXIS),
-    ("heads", MODEL_AXIS),
-    ("kv", None),
-    ("joined_kv", MODEL_AXIS),
-    ("relpos_buckets", None),
-    ("length", None),
-    ("prompt", None),  # soft-prompt rows: always replicated
-    ("tasks", None),  # rows of a multi-task prompt table
+  ("batch", DATA_AXIS),
+  ("vocab", MODEL_AXIS),
+  ("embed", None),
+  ("mlp", MODEL_AXIS),
+  ("heads", MODEL_AXIS),
+  ("kv", None),
+  ("joined_kv", MODEL_AXIS),
+  ("relpos_buckets", None),
+  ("length", None),
+  ("prompt", None),  # soft-prompt rows: always replicated
+  ("tasks", None),  # rows of a multi-task prompt table
 )
 AXIS_NAMES = frozenset(name for name, _ in LOGICAL_AXIS_RULES)
 
@@ -58,8 +58,9 @@ def model_axis_size(num_partitions: int, mesh_shape: Sequence[int] | None, devic
   return shape[1]
 
 
-def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None,
-              mesh_shape: Sequence[int] | None = None) -> Mesh:
+def make_mesh(
+  num_partitions: int = 1, devices: Sequence[jax.Device] | None = None, mesh_shape: Sequence[int] | None = None
+) -> Mesh:
   """A ('data', 'model') mesh: num_partitions devices per model replica.
 
   Args:
@@ -99,14 +100,18 @@ def data_shard(mesh: Mesh, process_index: int | None = None) -> tuple[int, int]:
   widths = {hi - lo for lo, hi in distinct}
   overlapping = any(a[1] > b[0] for a, b in zip(distinct, distinct[1:]))
   if len(widths) > 1 or overlapping:
-    raise ValueError(f"the mesh's model replicas straddle hosts unevenly (data rows per host: {distinct}); "
-                     f"choose NUM_PARTITIONS to divide each host's devices, or a multiple of them")
+    raise ValueError(
+      f"the mesh's model replicas straddle hosts unevenly (data rows per host: {distinct}); "
+      f"choose NUM_PARTITIONS to divide each host's devices, or a multiple of them"
+    )
   return distinct.index(spans[me]), len(distinct)
 
 
-def logical_to_sharding(logical_axes: Any, mesh: Mesh,
-                        rules: Sequence[tuple[str, str | None]] = LOGICAL_AXIS_RULES) -> Any:
+def logical_to_sharding(
+  logical_axes: Any, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = LOGICAL_AXIS_RULES
+) -> Any:
   """Maps a tree of logical-axis tuples (e.g. ('embed', 'mlp')) to NamedShardings on `mesh`."""
+
   def to_sharding(names: tuple[str, ...]) -> NamedSharding:
     unknown = [n for n in names if n is not None and n not in {r for r, _ in rules}]
     if unknown:
@@ -129,8 +134,10 @@ def to_global_batch(local_rows: Mapping[str, np.ndarray], mesh: Mesh) -> dict[st
   """
   sharding = data_sharding(mesh)
   _, shards = data_shard(mesh)
-  return {name: jax.make_array_from_process_local_data(sharding, rows, (shards * len(rows), *rows.shape[1:]))
-          for name, rows in local_rows.items()}
+  return {
+    name: jax.make_array_from_process_local_data(sharding, rows, (shards * len(rows), *rows.shape[1:]))
+    for name, rows in local_rows.items()
+  }
 
 
 def to_host(tree: Any) -> Any:
@@ -139,6 +146,7 @@ def to_host(tree: Any) -> Any:
   Arrays split across hosts are gathered (a collective: every process must
   call this with the same tree); others are fetched where they are.
   """
+
   def fetch(x: Any) -> Any:
     if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
       from jax.experimental import multihost_utils

@@ -41,8 +41,15 @@ class PretrainedT5:
     self.model = EncoderDecoderModel(network.Transformer(config) if module is None else module)
     self._logits = jax.jit(self.model.logits)
 
-  def with_prompt(self, prompt: Any, *, step: int | None = None, vocabulary: Any = None, task: str | None = None,
-                  placement: str | None = None):
+  def with_prompt(
+    self,
+    prompt: Any,
+    *,
+    step: int | None = None,
+    vocabulary: Any = None,
+    task: str | None = None,
+    placement: str | None = None,
+  ):
     """This model with a trained prompt in front of its inputs, taking text: a `PromptedT5`.
 
     Args:
@@ -75,8 +82,17 @@ class PretrainedT5:
     self._check_vocab(enc, dec)
     return np.asarray(self._logits(self.params, enc, dec), np.float32)
 
-  def generate(self, encoder_input_tokens: Any, max_decode_length: int, method: str = "greedy", *,
-               seed: int = 0, eos_id: int = 1, return_scores: bool = False, **options: Any):
+  def generate(
+    self,
+    encoder_input_tokens: Any,
+    max_decode_length: int,
+    method: str = "greedy",
+    *,
+    seed: int = 0,
+    eos_id: int = 1,
+    return_scores: bool = False,
+    **options: Any,
+  ):
     """Autoregressive decoding with a key/value cache.
 
     Args:
@@ -94,8 +110,9 @@ class PretrainedT5:
     self._check_vocab(enc)
     if method == "beam":
       options.setdefault("beam_size", 4)
-    result = self._predict(enc, int(max_decode_length), method, int(eos_id), tuple(sorted(options.items())),
-                           jax.random.PRNGKey(seed))
+    result = self._predict(
+      enc, int(max_decode_length), method, int(eos_id), tuple(sorted(options.items())), jax.random.PRNGKey(seed)
+    )
     tokens, scores = np.asarray(result.tokens), np.asarray(result.scores)
     if method != "sample" or options.get("num_decodes", 1) == 1:
       tokens, scores = tokens[:, 0], scores[:, 0]
@@ -107,22 +124,34 @@ class PretrainedT5:
   def _check_vocab(self, *token_arrays: np.ndarray) -> None:
     for tokens in token_arrays:
       if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
-        raise ValueError(f"token id {int(tokens.max()) if tokens.max() >= self.config.vocab_size else int(tokens.min())}"
-                         f" is outside the vocabulary [0, {self.config.vocab_size})")
+        raise ValueError(
+          f"token id {int(tokens.max()) if tokens.max() >= self.config.vocab_size else int(tokens.min())}"
+          f" is outside the vocabulary [0, {self.config.vocab_size})"
+        )
 
 
 @functools.lru_cache(maxsize=32)
-def _jitted_predict(model: EncoderDecoderModel, max_decode_length: int, method: str, eos_id: int,
-                    options: tuple):
+def _jitted_predict(model: EncoderDecoderModel, max_decode_length: int, method: str, eos_id: int, options: tuple):
   def predict(params, enc, rng):
-    return model.predict_batch(params, enc, max_decode_length=max_decode_length, method=method, rng=rng,
-                               eos_id=eos_id, **dict(options))
+    return model.predict_batch(
+      params, enc, max_decode_length=max_decode_length, method=method, rng=rng, eos_id=eos_id, **dict(options)
+    )
+
   return jax.jit(predict)
 
 
-def load_pretrained(path: str | None = None, config: str | T5Config | None = None, dtype: str = "float32",
-                    seed: int = 0, *, prompt: Any = None, step: int | None = None, vocabulary: Any = None,
-                    task: str | None = None, placement: str | None = None) -> PretrainedT5:
+def load_pretrained(
+  path: str | None = None,
+  config: str | T5Config | None = None,
+  dtype: str = "float32",
+  seed: int = 0,
+  *,
+  prompt: Any = None,
+  step: int | None = None,
+  vocabulary: Any = None,
+  task: str | None = None,
+  placement: str | None = None,
+) -> PretrainedT5:
   """Loads a T5 checkpoint, or builds a randomly initialized model; with `prompt`, adds a trained prompt.
 
   Args:

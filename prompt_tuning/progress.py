@@ -48,9 +48,16 @@ class ProgressBar:
     clock: monotonic time in seconds; injectable for tests.
   """
 
-  def __init__(self, total_steps: int, start_step: int = 0, *, stream: TextIO | None = None,
-               enabled: bool = True, min_interval_s: float = 0.5,
-               clock: Callable[[], float] = time.monotonic):
+  def __init__(
+    self,
+    total_steps: int,
+    start_step: int = 0,
+    *,
+    stream: TextIO | None = None,
+    enabled: bool = True,
+    min_interval_s: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+  ):
     self.total_steps = max(int(total_steps), 0)
     self.start_step = int(start_step)
     self.stream = sys.stderr if stream is None else stream

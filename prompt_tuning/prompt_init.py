@@ -39,8 +39,10 @@ def _check_shape(name: str, shape: Sequence[int], produced: Sequence[int], hint:
   """One ValueError when the requested prompt shape is not what `name` produces."""
   shape, produced = tuple(int(s) for s in shape), tuple(int(s) for s in produced)
   if len(shape) != 2 or shape != produced:
-    raise ValueError(f"prompt initializer {name!r}: expected shape {shape} ([length, embed]) but it produces "
-                     f"{produced}{'; ' + hint if hint else ''}")
+    raise ValueError(
+      f"prompt initializer {name!r}: expected shape {shape} ([length, embed]) but it produces "
+      f"{produced}{'; ' + hint if hint else ''}"
+    )
 
 
 def _width(shape: Sequence[int], d: int) -> tuple[int, int]:
@@ -64,6 +66,7 @@ def _rows(embedding: Array, ids: Sequence[int]) -> np.ndarray:
 
 def random_uniform(scale: float = 0.5, *, embedding: Array | None = None, **_) -> InitFn:
   """U[-scale, scale] (Lester et al.'s random init). With an embedding table, its width is checked."""
+
   def init_fn(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     shape = tuple(shape)
     produced = shape if embedding is None else _width(shape, np.shape(embedding)[1])
@@ -81,16 +84,23 @@ def sampled_vocab(num_ids: int = 5000, *, embedding: Array | None = None, **_) -
   table = jnp.asarray(np.asarray(table[:population], np.float32))
 
   def init_fn(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    _check_shape("sampled_vocab", shape, _width(shape, table.shape[1]),
-                 f"the embedding table is {tuple(np.shape(embedding))}")
+    _check_shape(
+      "sampled_vocab", shape, _width(shape, table.shape[1]), f"the embedding table is {tuple(np.shape(embedding))}"
+    )
     ids = jax.random.choice(rng, population, (shape[0],), replace=shape[0] > population)
     return table[ids]
 
   return init_fn
 
 
-def class_labels(labels: Sequence[str], fallback: Callable[..., InitFn] | str = sampled_vocab, *,
-                 embedding: Array | None = None, tokenize: Tokenize | None = None, **context) -> InitFn:
+def class_labels(
+  labels: Sequence[str],
+  fallback: Callable[..., InitFn] | str = sampled_vocab,
+  *,
+  embedding: Array | None = None,
+  tokenize: Tokenize | None = None,
+  **context,
+) -> InitFn:
   """Row i = the mean embedding of label i's sub-tokens; the remaining rows from `fallback`.
 
   Args:
@@ -114,10 +124,12 @@ def class_labels(labels: Sequence[str], fallback: Callable[..., InitFn] | str = 
 
   def init_fn(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     if len(shape) == 2 and len(means) > shape[0]:
-      raise ValueError(f"prompt initializer 'class_labels': {len(means)} labels do not fit a prompt of length "
-                       f"{shape[0]}")
-    _check_shape("class_labels", shape, _width(shape, means.shape[1]),
-                 f"the embedding table is {tuple(np.shape(table))}")
+      raise ValueError(
+        f"prompt initializer 'class_labels': {len(means)} labels do not fit a prompt of length {shape[0]}"
+      )
+    _check_shape(
+      "class_labels", shape, _width(shape, means.shape[1]), f"the embedding table is {tuple(np.shape(table))}"
+    )
     if len(means) == shape[0]:
       return jnp.asarray(means)
     return jnp.concatenate([jnp.asarray(means), jnp.asarray(rest(rng, (shape[0] - len(means), shape[1])))])
@@ -125,8 +137,7 @@ def class_labels(labels: Sequence[str], fallback: Callable[..., InitFn] | str = 
   return init_fn
 
 
-def from_string(text: str, *, embedding: Array | None = None, tokenize: Tokenize | None = None,
-                **_) -> InitFn:
+def from_string(text: str, *, embedding: Array | None = None, tokenize: Tokenize | None = None, **_) -> InitFn:
   """The embeddings of `text`'s tokens.
 
   A text shorter than the prompt is repeated (its ids tiled: t0 t1 t2 t0 t1 ...)
@@ -141,11 +152,11 @@ def from_string(text: str, *, embedding: Array | None = None, tokenize: Tokenize
 
   def init_fn(rng: jax.Array, shape: tuple[int, ...]) -> np.ndarray:
     del rng
-    _check_shape("from_string", shape, _width(shape, rows.shape[1]),
-                 f"the embedding table is {tuple(np.shape(table))}")
+    _check_shape("from_string", shape, _width(shape, rows.shape[1]), f"the embedding table is {tuple(np.shape(table))}")
     if len(ids) > shape[0]:
-      logging.warning("prompt initializer 'from_string': %d tokens of %r truncated to the prompt length %d",
-                      len(ids), text, shape[0])
+      logging.warning(
+        "prompt initializer 'from_string': %d tokens of %r truncated to the prompt length %d", len(ids), text, shape[0]
+      )
     return rows[np.arange(shape[0]) % len(ids)]
 
   return init_fn
@@ -190,10 +201,10 @@ def from_checkpoint(path: str, variable: str = DEFAULT_VARIABLE, step: int | Non
 
 
 PROMPT_INITIALIZERS: dict[str, Callable[..., InitFn]] = {
-    "random_uniform": random_uniform,
-    "sampled_vocab": sampled_vocab,
-    "class_labels": class_labels,
-    "from_string": from_string,
-    "from_npy": from_npy,
-    "from_checkpoint": from_checkpoint,
+  "random_uniform": random_uniform,
+  "sampled_vocab": sampled_vocab,
+  "class_labels": class_labels,
+  "from_string": from_string,
+  "from_npy": from_npy,
+  "from_checkpoint": from_checkpoint,
 }

@@ -75,9 +75,17 @@ class PromptedT5(pretrained.PretrainedT5):
     step: the training step of the prompt, when known.
   """
 
-  def __init__(self, config, params, prompt_config: PromptConfig, vocabulary: Any, *,
-               feature_lengths: dict[str, int] | None = None, candidates: Sequence[str] | None = None,
-               step: int | None = None):
+  def __init__(
+    self,
+    config,
+    params,
+    prompt_config: PromptConfig,
+    vocabulary: Any,
+    *,
+    feature_lengths: dict[str, int] | None = None,
+    candidates: Sequence[str] | None = None,
+    step: int | None = None,
+  ):
     super().__init__(config, params, PromptedTransformer(config, prompt_config=prompt_config))
     self.prompt_config, self.vocabulary, self.step = prompt_config, vocabulary, step
     self.feature_lengths = dict(feature_lengths) if feature_lengths else None
@@ -86,9 +94,11 @@ class PromptedT5(pretrained.PretrainedT5):
 
   def __repr__(self) -> str:
     cfg = self.prompt_config
-    return (f"PromptedT5(prompt {cfg.length}x{self.config.emb_dim} {cfg.placement}"
-            f"{f', step {self.step}' if self.step is not None else ''}; {self.config.num_encoder_layers}+"
-            f"{self.config.num_decoder_layers} layers, emb_dim {self.config.emb_dim})")
+    return (
+      f"PromptedT5(prompt {cfg.length}x{self.config.emb_dim} {cfg.placement}"
+      f"{f', step {self.step}' if self.step is not None else ''}; {self.config.num_encoder_layers}+"
+      f"{self.config.num_decoder_layers} layers, emb_dim {self.config.emb_dim})"
+    )
 
   @property
   def prompt(self) -> np.ndarray:
@@ -104,12 +114,13 @@ class PromptedT5(pretrained.PretrainedT5):
     length = (self.feature_lengths or {}).get(feature) or _bucket(max(len(x) for x in ids) + 1)
     cut = sum(len(x) + 1 > length for x in ids)
     if cut:
-      logging.getLogger(__name__).warning("%d of %d %s cut to the trained length of %d tokens", cut, len(ids),
-                                          feature, length)
+      logging.getLogger(__name__).warning(
+        "%d of %d %s cut to the trained length of %d tokens", cut, len(ids), feature, length
+      )
     out = np.zeros((rows, length), np.int32)
     for i, x in enumerate(ids):
       row = trim_with_eos(x, length, self.vocabulary.eos_id)
-      out[i, :len(row)] = row
+      out[i, : len(row)] = row
     return out
 
   def _batches(self, texts: Sequence[str], batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -118,13 +129,21 @@ class PromptedT5(pretrained.PretrainedT5):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(texts), batch_size):
-      chunk = texts[start:start + batch_size]
+      chunk = texts[start : start + batch_size]
       yield len(chunk), self._tokens(chunk, "inputs", min(max(_bucket(len(chunk)), 8), batch_size))
 
   # --- text API --------------------------------------------------------------------------------
 
-  def predict(self, texts: str | Sequence[str], max_decode_length: int | None = None, method: str = "greedy", *,
-              batch_size: int = 32, seed: int = 0, **options: Any) -> Prediction | list[Prediction]:
+  def predict(
+    self,
+    texts: str | Sequence[str],
+    max_decode_length: int | None = None,
+    method: str = "greedy",
+    *,
+    batch_size: int = 32,
+    seed: int = 0,
+    **options: Any,
+  ) -> Prediction | list[Prediction]:
     """Decodes an output for each input text.
 
     Args:
@@ -156,13 +175,14 @@ class PromptedT5(pretrained.PretrainedT5):
       raise ValueError(f"score needs one target per text: {len(texts)} texts, {len(targets)} targets")
     out = []
     for i, (count, tokens) in enumerate(self._batches(texts, batch_size)):
-      goal = self._tokens(targets[i * batch_size:i * batch_size + count], "targets", len(tokens))
+      goal = self._tokens(targets[i * batch_size : i * batch_size + count], "targets", len(tokens))
       self._check_vocab(tokens, goal)
       out.append(np.asarray(self._score(self.params, tokens, shift_right(goal), goal))[:count])
     return np.concatenate(out).astype(np.float32)
 
-  def rank(self, texts: str | Sequence[str], candidates: Sequence[str] | None = None, *,
-           batch_size: int = 32) -> Ranking | list[Ranking]:
+  def rank(
+    self, texts: str | Sequence[str], candidates: Sequence[str] | None = None, *, batch_size: int = 32
+  ) -> Ranking | list[Ranking]:
     """Rank classification: scores every candidate target for each text and picks the most likely.
 
     Args:
@@ -182,8 +202,9 @@ class PromptedT5(pretrained.PretrainedT5):
     for count, tokens in self._batches(texts, batch_size):
       self._check_vocab(tokens, table)
       scores = np.asarray(self._rank(self.params, tokens, table))[:count]
-      out += [Ranking(candidates[int(np.argmax(row))], {c: float(s) for c, s in zip(candidates, row)})
-              for row in scores]
+      out += [
+        Ranking(candidates[int(np.argmax(row))], {c: float(s) for c, s in zip(candidates, row)}) for row in scores
+      ]
     return out[0] if single else out
 
 
@@ -201,6 +222,7 @@ def _as_texts(texts: str | Sequence[str]) -> list[str]:
 
 
 # --- where a prompt comes from -------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class _Source:
@@ -224,12 +246,18 @@ def _source(prompt: Any, step: int | None) -> _Source:
     # MODEL_DIR/prompts/step_N.npy: its MODEL_DIR says how it was trained.
     model_dir = str(file.parent.parent) if file.parent.name == PROMPTS_DIR else None
     match = _STEP_FILE.match(file.name)
-    return _Source(np.asarray(value, np.float32), read_run_config(model_dir) if model_dir else None, model_dir,
-                   int(match.group(1)) if match else None)
+    return _Source(
+      np.asarray(value, np.float32),
+      read_run_config(model_dir) if model_dir else None,
+      model_dir,
+      int(match.group(1)) if match else None,
+    )
   run = read_run_config(path)
   if run is None:
-    raise CheckpointError(f"prompt {path}: neither a .npy file nor a MODEL_DIR written by train() (no "
-                          f"run_config.json); pass MODEL_DIR/prompts/step_N.npy with placement= and vocabulary=")
+    raise CheckpointError(
+      f"prompt {path}: neither a .npy file nor a MODEL_DIR written by train() (no "
+      f"run_config.json); pass MODEL_DIR/prompts/step_N.npy with placement= and vocabulary="
+    )
   return _Source(None, run, path, step)
 
 
@@ -237,20 +265,30 @@ def frozen_model_of(prompt: Any, dtype: str) -> pretrained.PretrainedT5:
   """The frozen model a MODEL_DIR (or a prompt file in one) was trained on, from its run config."""
   run = _source(prompt, None).run if isinstance(prompt, (str, os.PathLike)) else None
   if run is None:
-    raise ValueError("load_pretrained(prompt=...) without a checkpoint path or config= needs a MODEL_DIR of "
-                     "train() (it names the frozen model); pass the frozen model's path or config=")
+    raise ValueError(
+      "load_pretrained(prompt=...) without a checkpoint path or config= needs a MODEL_DIR of "
+      "train() (it names the frozen model); pass the frozen model's path or config="
+    )
   if run.initial_checkpoint_path:
     return pretrained.load_pretrained(run.initial_checkpoint_path, run.model_config, dtype)
   # Random frozen weights (the quick start): train() initialized them from the run's seed, in its dtype.
   model = pretrained.load_pretrained(None, run.model_config, run.model_config.param_dtype, seed=run.seed)
   if dtype == run.model_config.param_dtype:
     return model
-  return pretrained.PretrainedT5(model.config.replace(dtype=dtype, param_dtype=dtype),
-                                 jax.tree.map(lambda x: x.astype(dtype), model.params))
+  return pretrained.PretrainedT5(
+    model.config.replace(dtype=dtype, param_dtype=dtype), jax.tree.map(lambda x: x.astype(dtype), model.params)
+  )
 
 
-def attach_prompt(model: pretrained.PretrainedT5, prompt: Any, *, step: int | None = None, vocabulary: Any = None,
-                  task: str | None = None, placement: str | None = None) -> PromptedT5:
+def attach_prompt(
+  model: pretrained.PretrainedT5,
+  prompt: Any,
+  *,
+  step: int | None = None,
+  vocabulary: Any = None,
+  task: str | None = None,
+  placement: str | None = None,
+) -> PromptedT5:
   """`model` with the prompt `prompt` names (see the module docstring): a PromptedT5."""
   source = _source(prompt, step)
   run = source.run
@@ -258,8 +296,10 @@ def attach_prompt(model: pretrained.PretrainedT5, prompt: Any, *, step: int | No
     raise ValueError(f"step={step} picks a checkpoint of a MODEL_DIR; this prompt is a file or an array")
   if source.value is not None and run is not None and run.trainable_params != PROMPT_ONLY:
     logging.getLogger(__name__).warning(
-        "%s trained %r, not the prompt alone: the .npy holds only the prompt; load the MODEL_DIR for the rest",
-        source.model_dir, run.trainable_params)
+      "%s trained %r, not the prompt alone: the .npy holds only the prompt; load the MODEL_DIR for the rest",
+      source.model_dir,
+      run.trainable_params,
+    )
   params = {k: v for k, v in model.params.items() if k != "prompt"}
   d = model.config.emb_dim
   if source.value is None:  # a MODEL_DIR: restore what was trained (the prompt, or more for model tuning)
@@ -271,8 +311,10 @@ def attach_prompt(model: pretrained.PretrainedT5, prompt: Any, *, step: int | No
   else:
     value, restored_step = source.value, source.step
     if value.ndim != 2 or value.shape[1] != d:
-      raise ValueError(f"the prompt must be [length, {d}] (the model's emb_dim), got shape {value.shape}"
-                       + (" (a table of prompts: pick one row)" if value.ndim == 3 else ""))
+      raise ValueError(
+        f"the prompt must be [length, {d}] (the model's emb_dim), got shape {value.shape}"
+        + (" (a table of prompts: pick one row)" if value.ndim == 3 else "")
+      )
     params["prompt"] = {"prompt": value}
     length = value.shape[0]
   prompt_config = PromptConfig(length, placement or (run.prompt_placement if run else "prefix"))
@@ -280,9 +322,15 @@ def attach_prompt(model: pretrained.PretrainedT5, prompt: Any, *, step: int | No
   vocab = _vocabulary(vocabulary, task_obj)
   if vocab.vocab_size > model.config.vocab_size:
     raise ValueError(f"the vocabulary has {vocab.vocab_size} ids but the model only {model.config.vocab_size}")
-  return PromptedT5(model.config, params, prompt_config, vocab,
-                    feature_lengths=dict(run.task_feature_lengths) if run else None,
-                    candidates=task_obj.candidates if task_obj is not None else None, step=restored_step)
+  return PromptedT5(
+    model.config,
+    params,
+    prompt_config,
+    vocab,
+    feature_lengths=dict(run.task_feature_lengths) if run else None,
+    candidates=task_obj.candidates if task_obj is not None else None,
+    step=restored_step,
+  )
 
 
 def _task(name: str | None, run: RunConfig | None):

@@ -1,6 +1,6 @@
 """`python -m prompt_tuning.tasks`: list registered tasks and mixtures (as `prompt-tuning tasks`).
 
-  python -m prompt_tuning.tasks [PATTERN] [--json] [--module MODULE]
+python -m prompt_tuning.tasks [PATTERN] [--json] [--module MODULE]
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from prompt_tuning.data import task as task_lib
 from prompt_tuning.data.task import DataError, TextTask
 from prompt_tuning.data.vocab import default_vocabulary
 
+
 class ByodTask(TextTask):
   """A `TextTask` built by `text_task`; remembers its arguments (`spec`).
 
@@ -76,8 +77,9 @@ def _check_file(path: str, arg: str, data: bool = True) -> None:
     raise DataError(f"byod.text_task: {arg} file not found: {path}")
   ext = os.path.splitext(path)[1].lower()
   if data and ext not in task_lib.READERS:
-    raise DataError(f"byod.text_task: {arg} {path} has unknown file type {ext or '(none)'!r}; "
-                    f"readable: {', '.join(task_lib.READERS)}")
+    raise DataError(
+      f"byod.text_task: {arg} {path} has unknown file type {ext or '(none)'!r}; readable: {', '.join(task_lib.READERS)}"
+    )
 
 
 def _metric_names(metric: str | Sequence[str]) -> tuple[str, ...]:
@@ -98,8 +100,9 @@ def _label_tuple(labels: Sequence[str] | None) -> tuple[str, ...] | None:
   return tuple(str(x) for x in labels)
 
 
-def _check_first_record(path: str, input_fields: Sequence[str], target_field: str,
-                        labels: Sequence[str] | None) -> None:
+def _check_first_record(
+  path: str, input_fields: Sequence[str], target_field: str, labels: Sequence[str] | None
+) -> None:
   """The template (and target) fields are in the first record of `path`, and its target is a label."""
   first = next(iter(task_lib.read_records(path)), None)
   if first is None:
@@ -108,11 +111,15 @@ def _check_first_record(path: str, input_fields: Sequence[str], target_field: st
   fields = ", ".join(map(str, record)) or "(none)"
   for field in input_fields:
     if field not in record:
-      raise DataError(f"byod.text_task: input_template field {field!r} is not in the first record of {path} "
-                      f"(line {line_no}; fields: {fields})")
+      raise DataError(
+        f"byod.text_task: input_template field {field!r} is not in the first record of {path} "
+        f"(line {line_no}; fields: {fields})"
+      )
   if target_field not in record:
-    raise DataError(f"byod.text_task: target_field {target_field!r} is not in the first record of {path} "
-                    f"(line {line_no}; fields: {fields})")
+    raise DataError(
+      f"byod.text_task: target_field {target_field!r} is not in the first record of {path} "
+      f"(line {line_no}; fields: {fields})"
+    )
   try:
     task_lib.label_string(record[target_field], labels)
   except ValueError as e:
@@ -133,9 +140,17 @@ def _registered(name: str):
 # ---------------------------------------------------------------- the configurable
 
 
-def text_task(name: str, train_path: str, validation_path: str, input_template: str, target_field: str,
-              labels: Sequence[str] | None = None, metric: str | Sequence[str] = "accuracy",
-              vocabulary_path: str | None = None, test_path: str | None = None) -> str:
+def text_task(
+  name: str,
+  train_path: str,
+  validation_path: str,
+  input_template: str,
+  target_field: str,
+  labels: Sequence[str] | None = None,
+  metric: str | Sequence[str] = "accuracy",
+  vocabulary_path: str | None = None,
+  test_path: str | None = None,
+) -> str:
   """Registers a text task over your files and returns its name (for MIXTURE_OR_TASK_NAME).
 
   Args:
@@ -165,10 +180,16 @@ def text_task(name: str, train_path: str, validation_path: str, input_template: 
   splits = {"train": _norm_path(train_path, "train_path"), "validation": _norm_path(validation_path, "validation_path")}
   if test_path is not None:
     splits["test"] = _norm_path(test_path, "test_path")
-  spec = {"train_path": splits["train"], "validation_path": splits["validation"], "test_path": splits.get("test"),
-          "input_template": input_template, "target_field": target_field, "labels": _label_tuple(labels),
-          "metric": _metric_names(metric),
-          "vocabulary_path": None if vocabulary_path is None else _norm_path(vocabulary_path, "vocabulary_path")}
+  spec = {
+    "train_path": splits["train"],
+    "validation_path": splits["validation"],
+    "test_path": splits.get("test"),
+    "input_template": input_template,
+    "target_field": target_field,
+    "labels": _label_tuple(labels),
+    "metric": _metric_names(metric),
+    "vocabulary_path": None if vocabulary_path is None else _norm_path(vocabulary_path, "vocabulary_path"),
+  }
 
   existing = _registered(name)
   if existing is not None:
@@ -176,8 +197,10 @@ def text_task(name: str, train_path: str, validation_path: str, input_template: 
     if not isinstance(existing, TextTask) or old is None:
       raise ValueError(f"byod.text_task: task name {name!r} is already taken by {existing!r}; choose another name")
     if old != spec:
-      raise ValueError(f"byod.text_task: task {name!r} is already registered with other arguments: "
-                       f"{_differences(old, spec)}; choose another name")
+      raise ValueError(
+        f"byod.text_task: task {name!r} is already registered with other arguments: "
+        f"{_differences(old, spec)}; choose another name"
+      )
     return name
 
   for split, path in splits.items():
@@ -185,9 +208,16 @@ def text_task(name: str, train_path: str, validation_path: str, input_template: 
   if spec["vocabulary_path"] is not None:
     _check_file(spec["vocabulary_path"], "vocabulary_path", data=False)
   try:  # TextTask checks the template (named fields only) and the labels (no duplicates)
-    task = ByodTask(spec, name=name, vocabulary=spec["vocabulary_path"], splits=splits,
-                    input_template=input_template, target_field=target_field, labels=spec["labels"],
-                    metrics=spec["metric"])
+    task = ByodTask(
+      spec,
+      name=name,
+      vocabulary=spec["vocabulary_path"],
+      splits=splits,
+      input_template=input_template,
+      target_field=target_field,
+      labels=spec["labels"],
+      metrics=spec["metric"],
+    )
   except ValueError as e:
     raise ValueError(f"byod.text_task: {e}") from None
   for path in splits.values():

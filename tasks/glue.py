@@ -71,26 +71,26 @@ _NLI3 = ("entailment", "neutral", "contradiction")
 
 # config: (benchmark word, label classes (None: regression), splits, metric kind)
 GLUE_CONFIGS: dict[str, tuple[str, tuple[str, ...] | None, tuple[str, ...], str]] = {
-    "cola": ("cola", ("unacceptable", "acceptable"), _SPLITS, "matthews"),
-    "sst2": ("sst2", ("negative", "positive"), _SPLITS, "accuracy"),
-    "mrpc": ("mrpc", ("not_equivalent", "equivalent"), _SPLITS, "f1_accuracy"),
-    "qqp": ("qqp", ("not_duplicate", "duplicate"), _SPLITS, "f1_accuracy"),
-    "stsb": ("stsb", None, _SPLITS, "correlation"),
-    "mnli": ("mnli", _NLI3, _MNLI_SPLITS, "accuracy"),
-    "mnli_matched": ("mnli", _NLI3, ("validation", "test"), "accuracy"),
-    "mnli_mismatched": ("mnli", _NLI3, ("validation", "test"), "accuracy"),
-    "qnli": ("qnli", ("entailment", "not_entailment"), _SPLITS, "accuracy"),
-    "rte": ("rte", ("entailment", "not_entailment"), _SPLITS, "accuracy"),
-    "wnli": ("wnli", ("not_entailment", "entailment"), _SPLITS, "accuracy"),
-    "ax": ("mnli", _NLI3, ("test",), "none"),  # diagnostics: unlabeled test set only
+  "cola": ("cola", ("unacceptable", "acceptable"), _SPLITS, "matthews"),
+  "sst2": ("sst2", ("negative", "positive"), _SPLITS, "accuracy"),
+  "mrpc": ("mrpc", ("not_equivalent", "equivalent"), _SPLITS, "f1_accuracy"),
+  "qqp": ("qqp", ("not_duplicate", "duplicate"), _SPLITS, "f1_accuracy"),
+  "stsb": ("stsb", None, _SPLITS, "correlation"),
+  "mnli": ("mnli", _NLI3, _MNLI_SPLITS, "accuracy"),
+  "mnli_matched": ("mnli", _NLI3, ("validation", "test"), "accuracy"),
+  "mnli_mismatched": ("mnli", _NLI3, ("validation", "test"), "accuracy"),
+  "qnli": ("qnli", ("entailment", "not_entailment"), _SPLITS, "accuracy"),
+  "rte": ("rte", ("entailment", "not_entailment"), _SPLITS, "accuracy"),
+  "wnli": ("wnli", ("not_entailment", "entailment"), _SPLITS, "accuracy"),
+  "ax": ("mnli", _NLI3, ("test",), "none"),  # diagnostics: unlabeled test set only
 }
 
 _METRIC_NAMES = {
-    "accuracy": ("accuracy",),
-    "f1_accuracy": ("f1", "accuracy"),
-    "matthews": ("matthews_corrcoef",),
-    "correlation": ("pearson_corrcoef", "spearman_corrcoef"),
-    "none": (),
+  "accuracy": ("accuracy",),
+  "f1_accuracy": ("f1", "accuracy"),
+  "matthews": ("matthews_corrcoef",),
+  "correlation": ("pearson_corrcoef", "spearman_corrcoef"),
+  "none": (),
 }
 
 
@@ -138,8 +138,9 @@ def _split(records: Scored, target_key: str = "targets") -> tuple[list[str], lis
   return [r["example"][target_key] for r in records], [r["prediction"] for r in records]
 
 
-def classification_scores(targets: Sequence[str], predictions: Sequence[str], labels: Sequence[str],
-                          kind: str) -> dict[str, float]:
+def classification_scores(
+  targets: Sequence[str], predictions: Sequence[str], labels: Sequence[str], kind: str
+) -> dict[str, float]:
   """T5's GLUE metrics for a classification task of metric `kind` (see GLUE_CONFIGS)."""
   if kind == "none":
     return {}
@@ -147,8 +148,10 @@ def classification_scores(targets: Sequence[str], predictions: Sequence[str], la
     return metrics_lib.accuracy(targets, predictions)
   if kind == "f1_accuracy":
     negative, positive = labels  # invalid predictions: wrong either way (T5's f1_score_with_invalid)
-    return {**metrics_lib.f1(targets, predictions, positive=positive, negative=negative),
-            **metrics_lib.accuracy(targets, predictions)}
+    return {
+      **metrics_lib.f1(targets, predictions, positive=positive, negative=negative),
+      **metrics_lib.accuracy(targets, predictions),
+    }
   if kind == "matthews":
     return metrics_lib.matthews_corrcoef(targets, predictions, labels=labels)
   raise ValueError(f"unknown GLUE metric kind {kind!r}")
@@ -199,18 +202,29 @@ def score_transfer(records: Scored, *, source: str, target: str) -> dict[str, fl
 def _glue_task(config: str, taskless: bool) -> TfdsTask:
   benchmark, labels, splits, kind = GLUE_CONFIGS[config]
   score_fn: Callable[[Scored], dict] = (
-      score_stsb if labels is None else functools.partial(score_classification, labels=labels, kind=kind))
-  return TfdsTask(task_name(config, taskless), f"glue/{config}:{TFDS_VERSION}", {s: s for s in splits},
-                  functools.partial(format_glue, benchmark=benchmark, labels=labels, taskless=taskless),
-                  score_fn, candidates=labels, metric_names=_METRIC_NAMES[kind])
+    score_stsb if labels is None else functools.partial(score_classification, labels=labels, kind=kind)
+  )
+  return TfdsTask(
+    task_name(config, taskless),
+    f"glue/{config}:{TFDS_VERSION}",
+    {s: s for s in splits},
+    functools.partial(format_glue, benchmark=benchmark, labels=labels, taskless=taskless),
+    score_fn,
+    candidates=labels,
+    metric_names=_METRIC_NAMES[kind],
+  )
 
 
 def _transfer_task(source: str, target: str, taskless: bool) -> TfdsTask:
-  return TfdsTask(transfer_task_name(source, target, taskless), f"glue/{target}:{TFDS_VERSION}",
-                  {"validation": "validation"},
-                  functools.partial(format_transfer, source=source, target=target, taskless=taskless),
-                  functools.partial(score_transfer, source=source, target=target),
-                  candidates=GLUE_CONFIGS[source][1], metric_names=_METRIC_NAMES[GLUE_CONFIGS[target][3]])
+  return TfdsTask(
+    transfer_task_name(source, target, taskless),
+    f"glue/{target}:{TFDS_VERSION}",
+    {"validation": "validation"},
+    functools.partial(format_transfer, source=source, target=target, taskless=taskless),
+    functools.partial(score_transfer, source=source, target=target),
+    candidates=GLUE_CONFIGS[source][1],
+    metric_names=_METRIC_NAMES[GLUE_CONFIGS[target][3]],
+  )
 
 
 def _build_tasks() -> dict[str, TfdsTask]:

@@ -19,18 +19,23 @@ from prompt_tuning.data.task import get_task, register_task
 from prompt_tuning.tasks import super_glue  # noqa: F401  (registers the tasks)
 
 SUPER_GLUE_TRAINING_TASKS = (
-    "super_glue_boolq_v102",
-    "super_glue_cb_v102",
-    "super_glue_copa_v102",
-    "super_glue_multirc_v102",
-    "super_glue_record_v102",
-    "super_glue_rte_v102",
-    "super_glue_wic_v102",
-    "super_glue_wsc_v102_simple_train",
-    "super_glue_wsc_v102_simple_eval",
+  "super_glue_boolq_v102",
+  "super_glue_cb_v102",
+  "super_glue_copa_v102",
+  "super_glue_multirc_v102",
+  "super_glue_record_v102",
+  "super_glue_rte_v102",
+  "super_glue_wic_v102",
+  "super_glue_wsc_v102_simple_train",
+  "super_glue_wsc_v102_simple_eval",
 )
 SUPER_GLUE_CAP = None  # T5's super_glue_v102_proportional rates are uncapped example counts
 
 for _suffix in ("", "_taskless"):
-  register_task(Mixture(f"super_glue_v102_proportional{_suffix}",
-                        [get_task(name + _suffix) for name in SUPER_GLUE_TRAINING_TASKS], cap=SUPER_GLUE_CAP))
+  register_task(
+    Mixture(
+      f"super_glue_v102_proportional{_suffix}",
+      [get_task(name + _suffix) for name in SUPER_GLUE_TRAINING_TASKS],
+      cap=SUPER_GLUE_CAP,
+    )
+  )

@@ -69,23 +69,29 @@ def format_qa(record: Mapping[str, Any]) -> Example | None:
     return None
   question, context = pad_punctuation(record["question"]), pad_punctuation(record["context"])
   inputs = _WHITESPACE.sub(" ", " ".join(["question:", question, "context:", context]))
-  return {"inputs": inputs, "targets": answers[0], "idx": record["qid"], "answers": answers,
-          "subset": record.get("subset", "")}
+  return {
+    "inputs": inputs,
+    "targets": answers[0],
+    "idx": record["qid"],
+    "answers": answers,
+    "subset": record.get("subset", ""),
+  }
 
 
 def score_qa(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
   """SQuAD {'em', 'f1'} (percent) of predictions against every example's gold `answers`."""
-  return metrics_lib.squad_em_f1([list(r["example"]["answers"]) for r in records],
-                                 [r["prediction"] for r in records])
+  return metrics_lib.squad_em_f1([list(r["example"]["answers"]) for r in records], [r["prediction"] for r in records])
 
 
 def _qa_task(subset: str, splits: Mapping[str, str]) -> TfdsTask:
-  return TfdsTask(task_name(subset), f"mrqa/{subset}:{TFDS_VERSION}", splits, format_qa, score_qa,
-                  metric_names=("em", "f1"))
+  return TfdsTask(
+    task_name(subset), f"mrqa/{subset}:{TFDS_VERSION}", splits, format_qa, score_qa, metric_names=("em", "f1")
+  )
 
 
-TASKS: dict[str, TfdsTask] = {task_name(TRAIN_SUBSET): _qa_task(TRAIN_SUBSET, {"train": "train",
-                                                                           "validation": "validation"})}
+TASKS: dict[str, TfdsTask] = {
+  task_name(TRAIN_SUBSET): _qa_task(TRAIN_SUBSET, {"train": "train", "validation": "validation"})
+}
 TASKS.update({task_name(s): _qa_task(s, {"validation": "test"}) for s in OUT_OF_DOMAIN_SUBSETS})
 
 for _task in TASKS.values():

@@ -46,14 +46,14 @@ CB_LABELS = ("entailment", "contradiction", "neutral")
 
 # tfds config -> (T5 benchmark prefix, input features in T5's order, label names)
 GLUE_STYLE = {
-    "boolq": ("boolq", ("passage", "question"), BOOL_LABELS),
-    "cb": ("cb", ("hypothesis", "premise"), CB_LABELS),
-    "copa": ("copa", ("choice1", "choice2", "premise", "question"), ("choice1", "choice2")),
-    "multirc": ("multirc", ("question", "answer", "paragraph"), BOOL_LABELS),
-    "rte": ("rte", ("hypothesis", "premise"), NLI2),
-    "wic": ("wic", ("sentence1", "sentence2", "word"), BOOL_LABELS),
-    "axb": ("rte", ("hypothesis", "premise"), NLI2),  # after _REKEY
-    "axg": ("rte", ("hypothesis", "premise"), NLI2),
+  "boolq": ("boolq", ("passage", "question"), BOOL_LABELS),
+  "cb": ("cb", ("hypothesis", "premise"), CB_LABELS),
+  "copa": ("copa", ("choice1", "choice2", "premise", "question"), ("choice1", "choice2")),
+  "multirc": ("multirc", ("question", "answer", "paragraph"), BOOL_LABELS),
+  "rte": ("rte", ("hypothesis", "premise"), NLI2),
+  "wic": ("wic", ("sentence1", "sentence2", "word"), BOOL_LABELS),
+  "axb": ("rte", ("hypothesis", "premise"), NLI2),  # after _REKEY
+  "axg": ("rte", ("hypothesis", "premise"), NLI2),
 }
 
 # T5 (glue_utils.register_super_glue) rekeys AX-b before the `glue` preprocessor, so it reads
@@ -99,12 +99,15 @@ def _record_passage(passage: str) -> str:
 def format_record(record: Mapping[str, Any]) -> list[Example]:
   """ReCoRD (T5 `record`): one example per gold answer ('<unk>' if none), each with all answers."""
   entities = list(record["entities"])
-  inputs = (f"record query: {record['query']} entities: {', '.join(entities)} "
-            f"passage: {_record_passage(record['passage'])}")
+  inputs = (
+    f"record query: {record['query']} entities: {', '.join(entities)} passage: {_record_passage(record['passage'])}"
+  )
   answers = list(record["answers"])
   candidates = list(dict.fromkeys(entities))
-  return [{"inputs": inputs, "targets": target, "idx": dict(record["idx"]), "answers": answers,
-           "candidates": candidates} for target in (answers or [UNK])]
+  return [
+    {"inputs": inputs, "targets": target, "idx": dict(record["idx"]), "answers": answers, "candidates": candidates}
+    for target in (answers or [UNK])
+  ]
 
 
 _NOT_SPACE, _SPACE = r"[^\t\n\f\r ]", r"[\t\n\f\r ]"  # RE2's \S and \s
@@ -123,20 +126,30 @@ def format_wsc(record: Mapping[str, Any]) -> Example:
   text = _mark_span(record["text"], record["span1_text"], record["span1_index"], "*")
   span2_index = record["span2_index"] + 2 * (record["span1_index"] < record["span2_index"])
   text = _mark_span(text, record["span2_text"], span2_index, "#")
-  return {"inputs": f"wsc text: {text}", "targets": label_name(record["label"], BOOL_LABELS),
-          "idx": record["idx"], "label": record["label"]}
+  return {
+    "inputs": f"wsc text: {text}",
+    "targets": label_name(record["label"], BOOL_LABELS),
+    "idx": record["idx"],
+    "label": record["label"],
+  }
 
 
 # Two texts where T5 hard-codes the blanked sentence (the span index is off).
 _WSC_SPECIAL = {
-    ('The boy continued to whip the pony , and eventually the pony threw him over. John laughed out quite '
-     'loud. "Good for him," he said. '):
-        ('The boy continued to whip the pony , and eventually the pony threw him over. John laughed out quite '
-         'loud. "Good for X ," he said.'),
-    ('When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the magic pebble in an '
-     'iron safe . Some day they might want to use it , but really for now, what more could they wish for?'):
-        ('When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the magic pebble in '
-         'an iron safe . Some day they might want to use X , but really for now, what more could they wish for?'),
+  (
+    "The boy continued to whip the pony , and eventually the pony threw him over. John laughed out quite "
+    'loud. "Good for him," he said. '
+  ): (
+    "The boy continued to whip the pony , and eventually the pony threw him over. John laughed out quite "
+    'loud. "Good for X ," he said.'
+  ),
+  (
+    "When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the magic pebble in an "
+    "iron safe . Some day they might want to use it , but really for now, what more could they wish for?"
+  ): (
+    "When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the magic pebble in "
+    "an iron safe . Some day they might want to use X , but really for now, what more could they wish for?"
+  ),
 }
 
 
@@ -147,7 +160,7 @@ def _wsc_blank(text: str, index: int) -> str | None:
   words = text.split(" ")
   if not 0 <= index < len(words):
     return None
-  return " ".join([" ".join(words[:index]), "X", " ".join(words[index + 1:])])
+  return " ".join([" ".join(words[:index]), "X", " ".join(words[index + 1 :])])
 
 
 def wsc_simple_format(train: bool) -> Callable[[Mapping[str, Any]], Example | None]:
@@ -205,8 +218,10 @@ def score_cb(records: Records) -> dict[str, float]:
 def score_axb(records: Records) -> dict[str, float]:
   """AX-b: Matthews correlation (the leaderboard's metric; invalid predictions one class), then accuracy."""
   targets, predictions = _strings(records)
-  return {**metrics_lib.matthews_corrcoef(targets, predictions, labels=NLI2),
-          **metrics_lib.accuracy(targets, predictions)}
+  return {
+    **metrics_lib.matthews_corrcoef(targets, predictions, labels=NLI2),
+    **metrics_lib.accuracy(targets, predictions),
+  }
 
 
 def gender_parity(records: Records) -> float | None:
@@ -254,8 +269,31 @@ def score_record(records: Records) -> dict[str, float]:
   return {"f1": out["f1"], "em": out["em"]}
 
 
-_DETERMINERS = frozenset({"a", "an", "few", "her", "his", "each", "every", "many", "much", "my", "our", "some", "that",
-                          "the", "their", "these", "this", "those", "which", "whose", "your"})
+_DETERMINERS = frozenset(
+  {
+    "a",
+    "an",
+    "few",
+    "her",
+    "his",
+    "each",
+    "every",
+    "many",
+    "much",
+    "my",
+    "our",
+    "some",
+    "that",
+    "the",
+    "their",
+    "these",
+    "this",
+    "those",
+    "which",
+    "whose",
+    "your",
+  }
+)
 
 
 def _clean_referent(text: str) -> str:
@@ -290,8 +328,7 @@ def score_wsc_simple(records: Records) -> dict[str, float]:
   """T5's accuracy of the postprocessed class (1/0/-1) against the label (1: the candidate is the referent)."""
   if not records:
     raise ValueError("no examples to score")
-  hits = sum(wsc_simple_class(r["prediction"], r["example"]["targets"]) == int(r["example"]["label"])
-             for r in records)
+  hits = sum(wsc_simple_class(r["prediction"], r["example"]["targets"]) == int(r["example"]["label"]) for r in records)
   return {"accuracy": 100.0 * hits / len(records)}
 
 
@@ -317,14 +354,33 @@ LEADERBOARD_FILES: dict[str, str] = {}  # task name -> SuperGLUE submission file
 _LEADERBOARD_KIND: dict[str, str] = {}
 
 
-def _add(name: str, config: str, format_fn, score_fn, metric_names: Sequence[str], *, splits=None,
-         candidates: Sequence[str] | None = None, leaderboard: tuple[str, str] | None = None, cls=TfdsTask):
+def _add(
+  name: str,
+  config: str,
+  format_fn,
+  score_fn,
+  metric_names: Sequence[str],
+  *,
+  splits=None,
+  candidates: Sequence[str] | None = None,
+  leaderboard: tuple[str, str] | None = None,
+  cls=TfdsTask,
+):
   """Registers `name` and `name`_taskless over tfds `super_glue/<config>:1.0.2`."""
   for taskless in (False, True):
     task_name = name + ("_taskless" if taskless else "")
     fn = without_task_prefix(format_fn) if taskless else format_fn
-    register_task(cls(task_name, f"super_glue/{config}:1.0.2", splits or STANDARD_SPLITS, fn, score_fn,
-                      candidates=candidates, metric_names=metric_names))
+    register_task(
+      cls(
+        task_name,
+        f"super_glue/{config}:1.0.2",
+        splits or STANDARD_SPLITS,
+        fn,
+        score_fn,
+        candidates=candidates,
+        metric_names=metric_names,
+      )
+    )
     TASK_NAMES.append(task_name)
     if leaderboard:
       LEADERBOARD_FILES[task_name], _LEADERBOARD_KIND[task_name] = leaderboard
@@ -332,26 +388,60 @@ def _add(name: str, config: str, format_fn, score_fn, metric_names: Sequence[str
 
 _DIAGNOSTIC_SPLITS = {"validation": "test", "test": "test"}  # only a test split, with labels
 for _config, _score, _metrics, _file in (
-    ("boolq", score_accuracy, ("accuracy",), "BoolQ.jsonl"),
-    ("cb", score_cb, ("macro_f1", "accuracy"), "CB.jsonl"),
-    ("copa", score_accuracy, ("accuracy",), "COPA.jsonl"),
-    ("multirc", score_multirc, ("f1a", "exact_match"), "MultiRC.jsonl"),
-    ("rte", score_accuracy, ("accuracy",), "RTE.jsonl"),
-    ("wic", score_accuracy, ("accuracy",), "WiC.jsonl"),
-    ("axb", score_axb, ("matthews_corrcoef", "accuracy"), "AX-b.jsonl"),
-    ("axg", score_axg, ("accuracy", "gender_parity"), "AX-g.jsonl"),
+  ("boolq", score_accuracy, ("accuracy",), "BoolQ.jsonl"),
+  ("cb", score_cb, ("macro_f1", "accuracy"), "CB.jsonl"),
+  ("copa", score_accuracy, ("accuracy",), "COPA.jsonl"),
+  ("multirc", score_multirc, ("f1a", "exact_match"), "MultiRC.jsonl"),
+  ("rte", score_accuracy, ("accuracy",), "RTE.jsonl"),
+  ("wic", score_accuracy, ("accuracy",), "WiC.jsonl"),
+  ("axb", score_axb, ("matthews_corrcoef", "accuracy"), "AX-b.jsonl"),
+  ("axg", score_axg, ("accuracy", "gender_parity"), "AX-g.jsonl"),
 ):
-  _add(f"super_glue_{_config}_v102", _config, glue_format(_config), _score, _metrics,
-       splits=_DIAGNOSTIC_SPLITS if _config in ("axb", "axg") else None, candidates=GLUE_STYLE[_config][2],
-       leaderboard=(_file, _config))
-_add("super_glue_record_v102", "record", format_record, score_record, ("f1", "em"),
-     leaderboard=("ReCoRD.jsonl", "record"), cls=RecordTask)
-_add("super_glue_wsc_fixed_v102", "wsc.fixed", format_wsc, score_accuracy, ("accuracy",), candidates=BOOL_LABELS,
-     leaderboard=("WSC.jsonl", "wsc"))
-_add("super_glue_wsc_v102_simple_train", "wsc.fixed", wsc_simple_format(train=True), score_wsc_simple, ("accuracy",),
-     splits={"train": "train"})
-_add("super_glue_wsc_v102_simple_eval", "wsc.fixed", wsc_simple_format(train=False), score_wsc_simple,
-     ("accuracy",), splits={"validation": "validation", "test": "test"}, leaderboard=("WSC.jsonl", "wsc_simple"))
+  _add(
+    f"super_glue_{_config}_v102",
+    _config,
+    glue_format(_config),
+    _score,
+    _metrics,
+    splits=_DIAGNOSTIC_SPLITS if _config in ("axb", "axg") else None,
+    candidates=GLUE_STYLE[_config][2],
+    leaderboard=(_file, _config),
+  )
+_add(
+  "super_glue_record_v102",
+  "record",
+  format_record,
+  score_record,
+  ("f1", "em"),
+  leaderboard=("ReCoRD.jsonl", "record"),
+  cls=RecordTask,
+)
+_add(
+  "super_glue_wsc_fixed_v102",
+  "wsc.fixed",
+  format_wsc,
+  score_accuracy,
+  ("accuracy",),
+  candidates=BOOL_LABELS,
+  leaderboard=("WSC.jsonl", "wsc"),
+)
+_add(
+  "super_glue_wsc_v102_simple_train",
+  "wsc.fixed",
+  wsc_simple_format(train=True),
+  score_wsc_simple,
+  ("accuracy",),
+  splits={"train": "train"},
+)
+_add(
+  "super_glue_wsc_v102_simple_eval",
+  "wsc.fixed",
+  wsc_simple_format(train=False),
+  score_wsc_simple,
+  ("accuracy",),
+  splits={"validation": "validation", "test": "test"},
+  leaderboard=("WSC.jsonl", "wsc_simple"),
+)
 
 # ---------------------------------------------------------------- leaderboard export
 
@@ -382,8 +472,10 @@ def leaderboard_rows(task_name: str, records: Records) -> list[dict]:
       idx = r["example"]["idx"]
       answer = {"idx": int(idx["answer"]), "label": int(r["prediction"] == "True")}
       passages.setdefault(int(idx["paragraph"]), {}).setdefault(int(idx["question"]), []).append(answer)
-    return [{"idx": p, "passage": {"questions": [{"idx": q, "answers": answers} for q, answers in questions.items()]}}
-            for p, questions in passages.items()]
+    return [
+      {"idx": p, "passage": {"questions": [{"idx": q, "answers": answers} for q, answers in questions.items()]}}
+      for p, questions in passages.items()
+    ]
   if kind == "record":
     return [{"idx": int(r["example"]["idx"]["query"]), "label": r["prediction"]} for r in _first_per_query(records)]
   rows = []

@@ -22,10 +22,12 @@ def pytest_configure(config):
   PROMPT_TUNING_TEST_CACHE_DIR keeps one across sessions (e.g. for repeated local runs).
   """
   cache_dir = os.environ.get("PROMPT_TUNING_TEST_CACHE_DIR") or tempfile.mkdtemp(prefix="pt_jax_cache_")
-  settings = {"JAX_COMPILATION_CACHE_DIR": cache_dir,
-              # Tiny test programs compile in well under the 1 s default threshold; cache them all.
-              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  settings = {
+    "JAX_COMPILATION_CACHE_DIR": cache_dir,
+    # Tiny test programs compile in well under the 1 s default threshold; cache them all.
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+  }
   os.environ.update(settings)  # inherited by the CLI subprocesses
   import jax
 

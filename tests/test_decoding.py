@@ -71,8 +71,11 @@ def make_model(offsets, expand: int = 1, calls: list | None = None):
       jax.debug.callback(lambda index: calls.append(int(index)), cache["index"])
     last = tokens[:, 0]
     total = cache["total"] + last
-    logits = (jnp.asarray(LAST_TOKEN_LOGITS)[last] + jnp.asarray(TOTAL_LOGITS)[total % MODULUS]
-              + jnp.asarray(STEP_LOGITS)[cache["index"]])
+    logits = (
+      jnp.asarray(LAST_TOKEN_LOGITS)[last]
+      + jnp.asarray(TOTAL_LOGITS)[total % MODULUS]
+      + jnp.asarray(STEP_LOGITS)[cache["index"]]
+    )
     return logits, {"total": total, "index": cache["index"] + 1}
 
   return tokens_to_logits, cache
@@ -166,12 +169,15 @@ def test_beam_matches_brute_force(alpha):
   # (VOCAB - 1) ** (length - 1) live prefixes times VOCAB expansions: the beam never has to prune.
   beam_size = (VOCAB - 1) ** (length - 1) * VOCAB
   fn, cache = make_model(offsets, expand=beam_size)
-  result = decoding.beam_search(fn, cache, batch_size=len(offsets), beam_size=beam_size, max_decode_length=length,
-                                alpha=alpha)
+  result = decoding.beam_search(
+    fn, cache, batch_size=len(offsets), beam_size=beam_size, max_decode_length=length, alpha=alpha
+  )
   assert result.tokens.shape == (len(offsets), beam_size, length)
   for row, offset in enumerate(offsets):
-    ranked = sorted(((penalised(reference_log_prob(offset, seq), len(seq), alpha), seq)
-                     for seq in all_sequences(length)), reverse=True)
+    ranked = sorted(
+      ((penalised(reference_log_prob(offset, seq), len(seq), alpha), seq) for seq in all_sequences(length)),
+      reverse=True,
+    )
     np.testing.assert_allclose(result.scores[row], [score for score, _ in ranked[:beam_size]], rtol=1e-5, atol=1e-4)
     for k in range(5):
       assert strip(result.tokens[row, k]) == ranked[k][1]
@@ -183,8 +189,9 @@ def test_beam_scores_sorted_and_consistent_with_cache_history(alpha):
   # the per-row cache (the running total the logits depend on) follows the beams.
   beam_size, length = 3, 6
   fn, cache = make_model(OFFSETS, expand=beam_size)
-  result = decoding.beam_search(fn, cache, batch_size=len(OFFSETS), beam_size=beam_size, max_decode_length=length,
-                                alpha=alpha)
+  result = decoding.beam_search(
+    fn, cache, batch_size=len(OFFSETS), beam_size=beam_size, max_decode_length=length, alpha=alpha
+  )
   assert result.tokens.shape == (len(OFFSETS), beam_size, length)
   assert result.scores.shape == (len(OFFSETS), beam_size)
   scores = np.asarray(result.scores)
@@ -193,8 +200,9 @@ def test_beam_scores_sorted_and_consistent_with_cache_history(alpha):
     seqs = [strip(result.tokens[row, k]) for k in range(beam_size)]
     assert len({tuple(s) for s in seqs}) == beam_size
     for k, seq in enumerate(seqs):
-      np.testing.assert_allclose(scores[row, k], penalised(reference_log_prob(offset, seq), len(seq), alpha),
-                                 rtol=1e-5, atol=1e-4)
+      np.testing.assert_allclose(
+        scores[row, k], penalised(reference_log_prob(offset, seq), len(seq), alpha), rtol=1e-5, atol=1e-4
+      )
     # Never worse than the greedy sequence.
     greedy_tokens, greedy_log_prob = greedy_reference(offset, length)
     assert scores[row, 0] >= penalised(greedy_log_prob, len(greedy_tokens), alpha) - 1e-4
@@ -226,8 +234,15 @@ def test_sample_top_k_one_and_zero_temperature_equal_greedy():
 def test_sample_determinism_variation_and_scores():
   batch, num_decodes, length, temperature = 2, 4, 6, 1.5
   fn, cache = make_model(OFFSETS[:batch], expand=num_decodes)
-  sample = functools.partial(decoding.temperature_sample, fn, cache, batch_size=batch, max_decode_length=length,
-                             temperature=temperature, num_decodes=num_decodes)
+  sample = functools.partial(
+    decoding.temperature_sample,
+    fn,
+    cache,
+    batch_size=batch,
+    max_decode_length=length,
+    temperature=temperature,
+    num_decodes=num_decodes,
+  )
   first, again, other = sample(jax.random.PRNGKey(0)), sample(jax.random.PRNGKey(0)), sample(jax.random.PRNGKey(1))
   assert first.tokens.shape == (batch, num_decodes, length) and first.scores.shape == (batch, num_decodes)
   np.testing.assert_array_equal(first.tokens, again.tokens)
@@ -243,19 +258,23 @@ def test_sample_determinism_variation_and_scores():
       np.testing.assert_allclose(first.scores[row, k], expected, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("options, allowed", [
+@pytest.mark.parametrize(
+  "options, allowed",
+  [
     (dict(top_p=0.7), {2, 3}),  # 0.45 + 0.3 reach 0.7; 0.45 alone does not
     (dict(top_p=0.4), {2}),  # the top token alone exceeds 0.4
     (dict(top_k=2), {2, 3}),
     (dict(top_k=3, top_p=0.8), {2, 3}),  # renormalised over the top 3: (0.45 + 0.3) / 0.88 reaches 0.8
     (dict(top_k=3, top_p=0.9), {2, 3, 4}),  # ... but not 0.9
-])
+  ],
+)
 def test_sample_filters_never_leave_the_kept_set(options, allowed):
   probs = [0.04, 0.08, 0.45, 0.3, 0.13]  # EOS (1) is never kept, so every position holds a sample
   batch, num_decodes, length = 2, 128, 4
   fn, cache = constant_model(probs)
-  result = decoding.temperature_sample(fn, cache, jax.random.PRNGKey(7), batch_size=batch, max_decode_length=length,
-                                       num_decodes=num_decodes, **options)
+  result = decoding.temperature_sample(
+    fn, cache, jax.random.PRNGKey(7), batch_size=batch, max_decode_length=length, num_decodes=num_decodes, **options
+  )
   assert result.tokens.shape == (batch, num_decodes, length)
   assert set(np.unique(np.asarray(result.tokens)).tolist()) == allowed
 
@@ -263,25 +282,33 @@ def test_sample_filters_never_leave_the_kept_set(options, allowed):
 def test_sample_without_filters_reaches_every_token():
   probs = [0.2, 0.05, 0.25, 0.3, 0.2]
   fn, cache = constant_model(probs)
-  result = decoding.temperature_sample(fn, cache, jax.random.PRNGKey(0), batch_size=1, max_decode_length=3,
-                                       num_decodes=256)
+  result = decoding.temperature_sample(
+    fn, cache, jax.random.PRNGKey(0), batch_size=1, max_decode_length=3, num_decodes=256
+  )
   assert set(np.unique(np.asarray(result.tokens)).tolist()) == set(range(VOCAB))
 
 
 def test_decode_dispatches():
   fn, cache = make_model(OFFSETS)
   kwargs = dict(batch_size=len(OFFSETS), max_decode_length=5)
-  np.testing.assert_array_equal(decoding.decode("greedy", fn, cache, **kwargs).tokens,
-                                decoding.greedy_search(fn, cache, **kwargs).tokens)
+  np.testing.assert_array_equal(
+    decoding.decode("greedy", fn, cache, **kwargs).tokens, decoding.greedy_search(fn, cache, **kwargs).tokens
+  )
   rng = jax.random.PRNGKey(3)
-  np.testing.assert_array_equal(decoding.decode("sample", fn, cache, rng=rng, top_k=3, **kwargs).tokens,
-                                decoding.temperature_sample(fn, cache, rng, top_k=3, **kwargs).tokens)
+  np.testing.assert_array_equal(
+    decoding.decode("sample", fn, cache, rng=rng, top_k=3, **kwargs).tokens,
+    decoding.temperature_sample(fn, cache, rng, top_k=3, **kwargs).tokens,
+  )
   beam_fn, beam_cache = make_model(OFFSETS, expand=2)
-  np.testing.assert_array_equal(decoding.decode("beam", beam_fn, beam_cache, beam_size=2, **kwargs).tokens,
-                                decoding.beam_search(beam_fn, beam_cache, beam_size=2, **kwargs).tokens)
+  np.testing.assert_array_equal(
+    decoding.decode("beam", beam_fn, beam_cache, beam_size=2, **kwargs).tokens,
+    decoding.beam_search(beam_fn, beam_cache, beam_size=2, **kwargs).tokens,
+  )
 
 
-@pytest.mark.parametrize("method, options, message", [
+@pytest.mark.parametrize(
+  "method, options, message",
+  [
     ("nucleus", {}, "unknown decoding method 'nucleus'"),
     ("greedy", dict(top_k=2), "unknown option.*top_k"),
     ("beam", dict(temperature=0.5), "unknown option.*temperature"),
@@ -293,7 +320,8 @@ def test_decode_dispatches():
     ("sample", dict(num_decodes=0), "num_decodes must be >= 1"),
     ("beam", dict(beam_size=0), "beam_size must be >= 1"),
     ("greedy", dict(max_decode_length=0), "max_decode_length must be >= 1"),
-])
+  ],
+)
 def test_decode_rejects_bad_options(method, options, message):
   fn, cache = make_model([0])
   options = dict(dict(batch_size=1, max_decode_length=3), **options)
@@ -309,11 +337,14 @@ def test_sampling_needs_rng_and_eos_must_be_in_vocab():
     decoding.decode("greedy", fn, cache, batch_size=1, max_decode_length=3, eos_id=9)
 
 
-@pytest.mark.parametrize("method, options", [
+@pytest.mark.parametrize(
+  "method, options",
+  [
     ("greedy", {}),
     ("sample", dict(temperature=0.8, top_k=3, top_p=0.9, num_decodes=2)),
     ("beam", dict(beam_size=3, alpha=0.6)),
-])
+  ],
+)
 def test_decode_under_jit(method, options):
   expand = options.get("num_decodes", options.get("beam_size", 1))
   fn, cache = make_model(OFFSETS, expand=expand)

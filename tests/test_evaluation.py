@@ -63,7 +63,7 @@ def test_per_example_candidates_are_scored_by_teacher_forcing():
     assert record["rank_prediction"] == max(candidates, key=record["rank_scores"].get)
     enc = np.zeros((1, LENGTHS["inputs"]), np.int32)
     ids = trim_with_eos(vocab.encode(record["input"]), LENGTHS["inputs"])
-    enc[0, :len(ids)] = ids
+    enc[0, : len(ids)] = ids
     for candidate, score in record["rank_scores"].items():
       target = np.array([vocab.encode(candidate) + [1]], np.int32)
       dec_in = np.concatenate([np.zeros((1, 1), np.int32), target[:, :-1]], axis=1)
@@ -72,8 +72,9 @@ def test_per_example_candidates_are_scored_by_teacher_forcing():
   assert set(metrics) == {"decode/accuracy", "rank/accuracy", "examples"}
   # The task saw whole examples (with its extra fields) and the rank predictions.
   assert task.seen[-1][0]["example"]["group"] == 0
-  assert metrics["rank/accuracy"] == 100.0 * np.mean([r["prediction"] == r["example"]["targets"]
-                                                      for r in task.seen[-1]])
+  assert metrics["rank/accuracy"] == 100.0 * np.mean(
+    [r["prediction"] == r["example"]["targets"] for r in task.seen[-1]]
+  )
 
 
 def test_truncation_is_reported_once_per_split(caplog):
@@ -123,7 +124,13 @@ SHARDED_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_a_batch_split_over_four_devices_scores_like_one_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=os.path.dirname(__file__))
+  result = subprocess.run(
+    [sys.executable, "-c", SHARDED_SCRIPT],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=os.path.dirname(__file__),
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "MATCH" in result.stdout, result.stdout

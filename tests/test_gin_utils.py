@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-import gin
 import pytest
 
+import gin
 from prompt_tuning import gin_utils
 from prompt_tuning.cli import gin_runner
 from prompt_tuning.gin_utils import GinConfigError
@@ -49,8 +49,9 @@ def search_dir(tmp_path):
   d = tmp_path / "configs"
   _write(d / "runs" / "base.gin", "toy_train.num_steps = 100\ntoy_train.learning_rate = 0.5\n")
   _write(d / "override.gin", "toy_train.num_steps = 200\n")
-  _write(d / "required.gin", "MODEL_DIR = %gin.REQUIRED\nTASK = %gin.REQUIRED\n"
-         "BATCH = 8\ntoy_train.model_dir = %MODEL_DIR\n")
+  _write(
+    d / "required.gin", "MODEL_DIR = %gin.REQUIRED\nTASK = %gin.REQUIRED\nBATCH = 8\ntoy_train.model_dir = %MODEL_DIR\n"
+  )
   return str(d)
 
 
@@ -86,8 +87,7 @@ def test_user_search_path_wins_over_bundled_dir(monkeypatch, tmp_path, search_di
 
 
 def test_later_files_then_bindings_win(search_dir):
-  gin_utils.parse_gin_flags(["runs/base.gin", "override.gin"], ["toy_train.learning_rate = 0.01"],
-                            [search_dir])
+  gin_utils.parse_gin_flags(["runs/base.gin", "override.gin"], ["toy_train.learning_rate = 0.01"], [search_dir])
   assert train() == (None, 200, 0.01)
 
 
@@ -111,28 +111,51 @@ def test_file_not_found_names_file_and_search_path(search_dir):
 def test_rewrite_gin_args():
   argv = ["--gin.MODEL_DIR='/tmp/x'", "--gin.train/toy_train.num_steps", "5", "--other=1", "--", "--gin.X=1"]
   assert gin_utils.rewrite_gin_args(argv) == [
-      "--gin_bindings=MODEL_DIR='/tmp/x'", "--gin_bindings=train/toy_train.num_steps=5", "--other=1",
-      "--", "--gin.X=1"]
+    "--gin_bindings=MODEL_DIR='/tmp/x'",
+    "--gin_bindings=train/toy_train.num_steps=5",
+    "--other=1",
+    "--",
+    "--gin.X=1",
+  ]
   with pytest.raises(GinConfigError):
     gin_utils.rewrite_gin_args(["--gin.MODEL_DIR"])
 
 
 def test_the_commands_parse_the_gin_flags():
   command_line = gin_runner.parse_command_line(
-      ["--gin_file=a.gin", "--gin_file", "b.gin", "--gin.MODEL_DIR='/m'", "--gin_bindings=X = 1",
-       "--gin_search_paths=/p1,/p2", "--gin_search_paths=/p3"], "train")
+    [
+      "--gin_file=a.gin",
+      "--gin_file",
+      "b.gin",
+      "--gin.MODEL_DIR='/m'",
+      "--gin_bindings=X = 1",
+      "--gin_search_paths=/p1,/p2",
+      "--gin_search_paths=/p3",
+    ],
+    "train",
+  )
   assert command_line.gin_files == ["a.gin", "b.gin"]
   assert command_line.bindings == ["MODEL_DIR='/m'", "X = 1"]
   assert command_line.search_paths == ["/p1", "/p2", "/p3"]
-  with pytest.raises(gin_runner.CommandLineError, match=r"^unknown flag\(s\) --checkpoint=/c pos; see prompt-tuning "
-                                                        r"train --help$"):
+  with pytest.raises(
+    gin_runner.CommandLineError,
+    match=r"^unknown flag\(s\) --checkpoint=/c pos; see prompt-tuning "
+    r"train --help$",
+  ):
     gin_runner.parse_command_line(["--gin_file=a.gin", "--checkpoint=/c", "pos"], "train")
 
 
 def test_command_line_end_to_end(search_dir, tmp_path):
   command_line = gin_runner.parse_command_line(
-      ["--gin_file=required.gin", f"--gin.MODEL_DIR='{tmp_path}'", "--gin.TASK='glue'",
-       "--gin.toy_train.num_steps=3", f"--gin_search_paths={search_dir}"], "train")
+    [
+      "--gin_file=required.gin",
+      f"--gin.MODEL_DIR='{tmp_path}'",
+      "--gin.TASK='glue'",
+      "--gin.toy_train.num_steps=3",
+      f"--gin_search_paths={search_dir}",
+    ],
+    "train",
+  )
   gin_utils.parse_gin_flags(command_line.gin_files, command_line.bindings, command_line.search_paths)
   assert train() == (str(tmp_path), 3, 0.1)
   assert gin.query_parameter("%TASK") == "glue"
@@ -145,13 +168,17 @@ def test_missing_required_macros_are_all_named(search_dir):
   with pytest.raises(GinConfigError) as e:
     gin_utils.parse_gin_flags(["required.gin"], [], [search_dir])
   msg = str(e.value)
-  assert msg == ("missing required gin macros MODEL_DIR, TASK: pass --gin.MODEL_DIR=... --gin.TASK=... "
-                 "or set them in a gin file")
+  assert msg == (
+    "missing required gin macros MODEL_DIR, TASK: pass --gin.MODEL_DIR=... --gin.TASK=... or set them in a gin file"
+  )
 
 
 def test_missing_single_required_macro(search_dir):
-  with pytest.raises(GinConfigError, match=r"^missing required gin macro MODEL_DIR: pass "
-                     r"--gin.MODEL_DIR=\.\.\. or set it in a gin file$"):
+  with pytest.raises(
+    GinConfigError,
+    match=r"^missing required gin macro MODEL_DIR: pass "
+    r"--gin.MODEL_DIR=\.\.\. or set it in a gin file$",
+  ):
     gin_utils.parse_gin_flags(["required.gin"], ["TASK = 'glue'"], [search_dir])
 
 

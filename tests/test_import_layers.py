@@ -42,7 +42,7 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> set[
       base = node.module or ""
       if node.level:
         parts = package.split(".")
-        parent = ".".join(parts[:len(parts) - node.level + 1])
+        parent = ".".join(parts[: len(parts) - node.level + 1])
         base = f"{parent}.{base}" if base else parent
       found.add(base)
       found.update(f"{base}.{alias.name}" for alias in node.names)
@@ -90,13 +90,16 @@ def test_the_data_layer_never_reaches_the_task_modules():
   assert _offenders("prompt_tuning.data", DATA_FORBIDDEN) == {}
 
 
-@pytest.mark.parametrize("source, module, is_package", [
+@pytest.mark.parametrize(
+  "source, module, is_package",
+  [
     ("import prompt_tuning.tasks.glue", "prompt_tuning.x", False),
     ("from prompt_tuning import tasks", "prompt_tuning.x", False),
     ("def f():\n  from ..tasks import super_glue", "prompt_tuning.data.task", False),
     ("from . import tasks", "prompt_tuning", True),
     ("import importlib\nM = ('prompt_tuning.tasks',)\nimportlib.import_module(M[0])", "prompt_tuning.data.x", False),
-])
+  ],
+)
 def test_the_check_sees_every_form_of_import(source, module, is_package):
   assert any(_within(m, (TASKS,)) for m in imported_modules(source, module, is_package))
 

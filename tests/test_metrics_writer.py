@@ -28,9 +28,9 @@ def test_metrics_jsonl(tmp_path):
   _write_run(str(tmp_path))
   lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert lines == [
-      {"step": 10, "train/loss": 1.25, "train/learning_rate": pytest.approx(0.3)},
-      {"step": 20, "train/loss": 0.5, "train/learning_rate": pytest.approx(0.3)},
-      {"step": 20, "validation/accuracy": 0.75},
+    {"step": 10, "train/loss": 1.25, "train/learning_rate": pytest.approx(0.3)},
+    {"step": 20, "train/loss": 0.5, "train/learning_rate": pytest.approx(0.3)},
+    {"step": 20, "validation/accuracy": 0.75},
   ]
 
 
@@ -63,7 +63,10 @@ def test_tensorboard_reads_the_event_files(tmp_path):
   _write_run(str(tmp_path))
   version, scalars, wall_times = _tensorboard_reads(_event_files(tmp_path, "train"))
   assert version == 2.0  # "brain.Event:2"
-  assert scalars == {"loss": [(10, 1.25), (20, 0.5)], "learning_rate": [(10, pytest.approx(0.3)), (20, pytest.approx(0.3))]}
+  assert scalars == {
+    "loss": [(10, 1.25), (20, 0.5)],
+    "learning_rate": [(10, pytest.approx(0.3)), (20, pytest.approx(0.3))],
+  }
   assert all(t > 1e9 for t in wall_times)
   assert _tensorboard_reads(_event_files(tmp_path, "validation"))[1] == {"accuracy": [(20, 0.75)]}
 
@@ -138,8 +141,11 @@ def test_remote_metrics_jsonl_keeps_every_session(fake_gcs):
       writer.write(session, {"loss": float(session)})
       writer.write(session, {"accuracy": 0.5}, prefix="eval")
   lines = [json.loads(line) for line in fake_gcs.cat_file("gs://bucket/run/metrics.jsonl").splitlines()]
-  assert lines == [record for step in range(3)
-                   for record in ({"step": step, "train/loss": float(step)}, {"step": step, "eval/accuracy": 0.5})]
+  assert lines == [
+    record
+    for step in range(3)
+    for record in ({"step": step, "train/loss": float(step)}, {"step": step, "eval/accuracy": 0.5})
+  ]
 
 
 def test_event_files_without_tensorflow_tensorboard_or_torch(tmp_path):

@@ -7,12 +7,10 @@ import shutil
 import sys
 
 
-
 def test_gin_and_tasks_install_inside_the_namespace():
   import prompt_tuning.tasks
 
   # gin/ is data only (no __init__.py), so `import gin` from a checkout still finds gin-config.
-
   from prompt_tuning import gin_utils
 
   configs = gin_utils.bundled_gin_dir()
@@ -31,9 +29,11 @@ def test_a_source_checkout_behaves_like_the_install():
   import subprocess
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  script = ("import prompt_tuning, prompt_tuning.tasks; from prompt_tuning import gin_utils; "
-            "from prompt_tuning.data.task import get_task; get_task('super_glue_rte_v102'); "
-            "print(prompt_tuning.__file__, gin_utils.bundled_gin_dir())")
+  script = (
+    "import prompt_tuning, prompt_tuning.tasks; from prompt_tuning import gin_utils; "
+    "from prompt_tuning.data.task import get_task; get_task('super_glue_rte_v102'); "
+    "print(prompt_tuning.__file__, gin_utils.bundled_gin_dir())"
+  )
   out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
   assert out.startswith(os.path.join(root, "prompt_tuning")), out
 
@@ -46,16 +46,19 @@ def test_version_from_the_command_line_matches_the_installed_metadata(capsys):
 
   assert metadata.version("prompt-tuning") == prompt_tuning.__version__  # setup.py reads __init__.py
   assert cli.main(["--version"]) == 0
-  assert capsys.readouterr().out == (f"prompt-tuning {prompt_tuning.__version__} (jax {metadata.version('jax')}, "
-                                     f"flax {metadata.version('flax')})\n")
+  assert capsys.readouterr().out == (
+    f"prompt-tuning {prompt_tuning.__version__} (jax {metadata.version('jax')}, flax {metadata.version('flax')})\n"
+  )
 
 
 def test_import_is_cheap_and_the_python_api_loads_on_first_use():
   import subprocess
 
-  script = ("import sys, prompt_tuning; heavy = [m for m in ('jax', 'flax', 'gin', 'orbax') if m in sys.modules]; "
-            "assert not heavy, heavy; from prompt_tuning import train_prompt; "
-            "from prompt_tuning.runs import train; assert train_prompt is train.train; "
-            "assert callable(prompt_tuning.load_pretrained) and 'train_prompt' in dir(prompt_tuning)")
+  script = (
+    "import sys, prompt_tuning; heavy = [m for m in ('jax', 'flax', 'gin', 'orbax') if m in sys.modules]; "
+    "assert not heavy, heavy; from prompt_tuning import train_prompt; "
+    "from prompt_tuning.runs import train; assert train_prompt is train.train; "
+    "assert callable(prompt_tuning.load_pretrained) and 'train_prompt' in dir(prompt_tuning)"
+  )
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-2000:]

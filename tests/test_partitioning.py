@@ -74,21 +74,25 @@ def test_mesh_errors_and_rules():
   assert {"batch", "embed", "mlp", "heads", "kv", "joined_kv", "vocab", "prompt"} <= partitioning.AXIS_NAMES
 
 
-@pytest.mark.parametrize("num_partitions, shape, devices, expected", [
-    (2, None, 8, 2), (1, (4, 2), 8, 2), (1, (-1, 4), 8, 4), (1, (2, -1), 8, 4), (4, (2, 4), 8, 4),
-])
+@pytest.mark.parametrize(
+  "num_partitions, shape, devices, expected",
+  [(2, None, 8, 2), (1, (4, 2), 8, 2), (1, (-1, 4), 8, 4), (1, (2, -1), 8, 4), (4, (2, 4), 8, 4)],
+)
 def test_mesh_shape_gives_the_model_axis(num_partitions, shape, devices, expected):
   assert partitioning.model_axis_size(num_partitions, shape, devices) == expected
 
 
-@pytest.mark.parametrize("num_partitions, shape, message", [
+@pytest.mark.parametrize(
+  "num_partitions, shape, message",
+  [
     (1, (4, 4), r"MESH_SHAPE=\(4, 4\) needs 16 devices; there are 8"),
     (1, (-1, 3), r"MESH_SHAPE=\(-1, 3\): 3 does not divide the 8 devices"),
     (1, (-1, -1), r"must be \(data, model\): positive ints, at most one -1"),
     (1, (8,), r"must be \(data, model\)"),
     (1, (0, 8), r"must be \(data, model\)"),
     (2, (2, 4), r"NUM_PARTITIONS=2 disagrees with MESH_SHAPE=\(2, 4\)"),
-])
+  ],
+)
 def test_bad_mesh_shapes_say_what_is_wrong(num_partitions, shape, message):
   with pytest.raises(ValueError, match=message):
     partitioning.model_axis_size(num_partitions, shape, 8)
@@ -97,8 +101,9 @@ def test_bad_mesh_shapes_say_what_is_wrong(num_partitions, shape, message):
 def test_a_bad_mesh_shape_stops_train_with_one_line(capsys, tmp_path):
   from prompt_tuning.cli import main as cli
 
-  assert cli.main(["train", "--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{tmp_path}'",
-                   "--gin.MESH_SHAPE=(3, 1)"]) == 1
+  assert (
+    cli.main(["train", "--gin_file=quickstart.gin", f"--gin.MODEL_DIR='{tmp_path}'", "--gin.MESH_SHAPE=(3, 1)"]) == 1
+  )
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "MESH_SHAPE=(3, 1) needs 3 devices; there are 1" in err, err
 
@@ -117,13 +122,16 @@ def _hosts_mesh(hosts: int, per_host: int, model: int):
   return types.SimpleNamespace(devices=grid, shape={"data": grid.shape[0], "model": model})
 
 
-@pytest.mark.parametrize("hosts, per_host, model, expected", [
+@pytest.mark.parametrize(
+  "hosts, per_host, model, expected",
+  [
     (1, 4, 2, [(0, 1)]),
     (2, 3, 3, [(0, 2), (1, 2)]),  # a replica per host
     (2, 4, 2, [(0, 2), (1, 2)]),  # two replicas per host, one shard of rows each host
     (2, 1, 2, [(0, 1), (0, 1)]),  # one replica over both hosts: both feed every row
     (4, 2, 4, [(0, 2), (0, 2), (1, 2), (1, 2)]),  # replicas of 2 hosts each
-])
+  ],
+)
 def test_data_shards_follow_the_model_replicas(hosts, per_host, model, expected):
   mesh = _hosts_mesh(hosts, per_host, model)
   assert [partitioning.data_shard(mesh, p) for p in range(hosts)] == expected
@@ -176,12 +184,15 @@ def test_num_partitions_from_gin_shards_train_eval_and_infer(tmp_path):
   """NUM_PARTITIONS=2 on 4 devices (2 data x 2 model) through the commands: the prompt, the
   predictions and the eval metrics of NUM_PARTITIONS=1."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", CLI_SCRIPT, str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=900)
+  result = subprocess.run(
+    [sys.executable, "-c", CLI_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=900
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   evals1, evals2 = json.loads(result.stdout.split("EVALS", 1)[1])
+
   def accuracies(records):
     return [{k: v for k, v in r.items() if "accuracy" in k} for r in records]
+
   # Each run was evaluated at the end of training and then on 1 and 2 partitions: all the same.
   assert len(evals1) == len(evals2) == 3
   assert all(len(a) >= 2 for a in accuracies(evals1)), evals1  # decode and rank accuracy

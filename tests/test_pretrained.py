@@ -17,8 +17,11 @@ def _sequence_log_prob(model, enc, tokens):
   """Teacher-forced sum of log-probabilities of `tokens` [batch, length] (EOS included, 0 after)."""
   dec_in = np.concatenate([np.zeros((tokens.shape[0], 1), np.int32), tokens[:, :-1]], axis=1)
   logits = model.logits(enc, dec_in).astype(np.float64)
-  log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
-      - logits.max(-1, keepdims=True)
+  log_probs = (
+    logits
+    - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    - logits.max(-1, keepdims=True)
+  )
   picked = np.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
   produced = np.cumsum(tokens == 1, axis=1) - (tokens == 1) == 0  # up to and including the first EOS
   produced &= np.cumsum(tokens != 0, axis=1) > 0
@@ -29,8 +32,11 @@ def _sequence_log_prob(model, enc, tokens):
 def test_scores_of_every_method_equal_teacher_forced_log_probs(model, padded_batch):
   """The cached decode path and the teacher-forced path agree on the produced sequences."""
   enc = padded_batch[0]
-  for method, options in (("greedy", {}), ("beam", dict(beam_size=3, alpha=0.0)),
-                          ("sample", dict(temperature=1.0, top_k=0, top_p=1.0))):
+  for method, options in (
+    ("greedy", {}),
+    ("beam", dict(beam_size=3, alpha=0.0)),
+    ("sample", dict(temperature=1.0, top_k=0, top_p=1.0)),
+  ):
     tokens, scores = model.generate(enc, 6, method, return_scores=True, seed=3, **options)
     assert tokens.shape == (3, 6) and tokens.dtype == np.int32
     np.testing.assert_allclose(scores, _sequence_log_prob(model, enc, tokens), atol=1e-3, err_msg=method)

@@ -42,8 +42,14 @@ def _row_ids(rows: np.ndarray, table: np.ndarray) -> list[int]:
 
 
 def test_registry_names_every_factory():
-  assert set(prompt_init.PROMPT_INITIALIZERS) == {"random_uniform", "sampled_vocab", "class_labels", "from_string",
-                                                  "from_npy", "from_checkpoint"}
+  assert set(prompt_init.PROMPT_INITIALIZERS) == {
+    "random_uniform",
+    "sampled_vocab",
+    "class_labels",
+    "from_string",
+    "from_npy",
+    "from_checkpoint",
+  }
 
 
 def test_random_uniform_range_shape_and_determinism():

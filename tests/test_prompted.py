@@ -37,18 +37,23 @@ def run(tmp_path_factory):
   err = io.StringIO()
   with contextlib.redirect_stderr(err):
     result = prompt_tuning.train_prompt(
-        prompt_tuning.ModelSpec(get_config("tiny", vocab_size=256), prompt=prompt_tuning.PromptSpec(4, "suffix")),
-        prompt_tuning.TaskSpec(TASK, LENGTHS), model_dir,
-        prompt_tuning.TrainSpec(steps=3, batch_size=8, save_period=2, log_period=1),
-        prompt_tuning.EvaluationSpec(batch_size=BATCH))
+      prompt_tuning.ModelSpec(get_config("tiny", vocab_size=256), prompt=prompt_tuning.PromptSpec(4, "suffix")),
+      prompt_tuning.TaskSpec(TASK, LENGTHS),
+      model_dir,
+      prompt_tuning.TrainSpec(steps=3, batch_size=8, save_period=2, log_period=1),
+      prompt_tuning.EvaluationSpec(batch_size=BATCH),
+    )
   return model_dir, result, err.getvalue()
 
 
 def test_training_announces_each_quiet_phase(run):
   lines = run[2].splitlines()
-  phases = ["initializing the frozen model at random (no initial checkpoint), seed 0",
-            "reading the train split of quickstart_sentiment", "compiling the train step",
-            "evaluating quickstart_sentiment on validation: greedy decoding; rank classification"]
+  phases = [
+    "initializing the frozen model at random (no initial checkpoint), seed 0",
+    "reading the train split of quickstart_sentiment",
+    "compiling the train step",
+    "evaluating quickstart_sentiment on validation: greedy decoding; rank classification",
+  ]
   assert [line for line in lines if line in phases] == phases  # each once, in this order
   # Step 1 compiled: the ETA has no rate to go by yet, rather than one inflated by compilation.
   bar = [line for line in lines if line.startswith("step ")]
@@ -80,8 +85,9 @@ def test_model_dir_gives_the_trained_model_prompt_and_text_handling(run):
   for ranking, record in zip(rankings, records):
     np.testing.assert_allclose(list(ranking.scores.values()), list(record["rank_scores"].values()), atol=1e-4)
   # A target's score is its rank score.
-  np.testing.assert_allclose(model.score(texts, ["positive"] * len(texts), batch_size=BATCH),
-                             [r.scores["positive"] for r in rankings], atol=1e-4)
+  np.testing.assert_allclose(
+    model.score(texts, ["positive"] * len(texts), batch_size=BATCH), [r.scores["positive"] for r in rankings], atol=1e-4
+  )
 
 
 def test_a_step_a_npy_file_and_an_array_give_the_same_prompt(run):
@@ -116,26 +122,47 @@ def test_bad_prompts_and_calls_are_one_line(run, tmp_path):
   model_dir, _, _ = run
   frozen = prompt_tuning.load_pretrained(None, config=get_config("tiny", vocab_size=256))
   cases = [
-      (lambda: frozen.with_prompt(str(tmp_path)), CheckpointError, "neither a .npy file nor a MODEL_DIR"),
-      (lambda: frozen.with_prompt(str(tmp_path / "p.npy")), CheckpointError, "p.npy: file not found"),
-      (lambda: frozen.with_prompt(np.zeros((4, 16)), task=TASK), ValueError,
-       r"must be \[length, 32\] \(the model's emb_dim\), got shape \(4, 16\)"),
-      (lambda: frozen.with_prompt(np.zeros((2, 4, 32)), task=TASK), ValueError, "a table of prompts: pick one row"),
-      (lambda: frozen.with_prompt(np.zeros((4, 32))), ValueError, "no vocabulary for text: pass vocabulary="),
-      # A SentencePiece path is read with T5's 100 extra ids: too many for this 256-id model.
-      (lambda: frozen.with_prompt(np.zeros((4, 32)), vocabulary=resolve_task(TASK).vocabulary.path), ValueError,
-       "the vocabulary has 356 ids but the model only 256"),
-      (lambda: prompt_tuning.load_pretrained(prompt=np.zeros((4, 32))), ValueError,
-       "without a checkpoint path or config= needs a MODEL_DIR"),
-      (lambda: frozen.with_prompt(model_dir, step=1), CheckpointError, "no train checkpoint at step 1"),
-      (lambda: frozen.with_prompt(np.zeros((4, 32)), step=2, task=TASK), ValueError,
-       "step=2 picks a checkpoint of a MODEL_DIR"),
-      (lambda: frozen.with_prompt(np.zeros((4, 32)), task=TASK).predict("x"), ValueError,
-       "predict needs max_decode_length="),
-      (lambda: frozen.with_prompt(np.zeros((4, 32)), vocabulary=resolve_task(TASK).vocabulary).rank("x"), ValueError,
-       "rank needs candidates="),
-      (lambda: frozen.with_prompt(np.zeros((4, 32)), task=TASK).score(["a", "b"], ["c"]), ValueError,
-       "one target per text: 2 texts, 1 targets"),
+    (lambda: frozen.with_prompt(str(tmp_path)), CheckpointError, "neither a .npy file nor a MODEL_DIR"),
+    (lambda: frozen.with_prompt(str(tmp_path / "p.npy")), CheckpointError, "p.npy: file not found"),
+    (
+      lambda: frozen.with_prompt(np.zeros((4, 16)), task=TASK),
+      ValueError,
+      r"must be \[length, 32\] \(the model's emb_dim\), got shape \(4, 16\)",
+    ),
+    (lambda: frozen.with_prompt(np.zeros((2, 4, 32)), task=TASK), ValueError, "a table of prompts: pick one row"),
+    (lambda: frozen.with_prompt(np.zeros((4, 32))), ValueError, "no vocabulary for text: pass vocabulary="),
+    # A SentencePiece path is read with T5's 100 extra ids: too many for this 256-id model.
+    (
+      lambda: frozen.with_prompt(np.zeros((4, 32)), vocabulary=resolve_task(TASK).vocabulary.path),
+      ValueError,
+      "the vocabulary has 356 ids but the model only 256",
+    ),
+    (
+      lambda: prompt_tuning.load_pretrained(prompt=np.zeros((4, 32))),
+      ValueError,
+      "without a checkpoint path or config= needs a MODEL_DIR",
+    ),
+    (lambda: frozen.with_prompt(model_dir, step=1), CheckpointError, "no train checkpoint at step 1"),
+    (
+      lambda: frozen.with_prompt(np.zeros((4, 32)), step=2, task=TASK),
+      ValueError,
+      "step=2 picks a checkpoint of a MODEL_DIR",
+    ),
+    (
+      lambda: frozen.with_prompt(np.zeros((4, 32)), task=TASK).predict("x"),
+      ValueError,
+      "predict needs max_decode_length=",
+    ),
+    (
+      lambda: frozen.with_prompt(np.zeros((4, 32)), vocabulary=resolve_task(TASK).vocabulary).rank("x"),
+      ValueError,
+      "rank needs candidates=",
+    ),
+    (
+      lambda: frozen.with_prompt(np.zeros((4, 32)), task=TASK).score(["a", "b"], ["c"]),
+      ValueError,
+      "one target per text: 2 texts, 1 targets",
+    ),
   ]
   for call, error, message in cases:
     with pytest.raises(error, match=message) as info:

@@ -28,10 +28,12 @@ def test_readme_python_snippet_trains_then_predicts_without_gin(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   printed = result.stdout.splitlines()
   assert re.match(r"30 \{'decode/accuracy': [\d.]+, 'rank/accuracy': [\d.]+, 'examples': 100\}$", printed[0])
-  assert re.match(r"\[Prediction\(text='(negative|positive)', score=-[\d.]+\), Prediction\(text='(negative|positive)'",
-                  printed[1]), printed[1]
-  assert re.match(r"Ranking\(prediction='(negative|positive)', scores=\{'negative': -[\d.]+, 'positive': -[\d.]+\}\)$",
-                  printed[2]), printed[2]
+  assert re.match(
+    r"\[Prediction\(text='(negative|positive)', score=-[\d.]+\), Prediction\(text='(negative|positive)'", printed[1]
+  ), printed[1]
+  assert re.match(
+    r"Ranking\(prediction='(negative|positive)', scores=\{'negative': -[\d.]+, 'positive': -[\d.]+\}\)$", printed[2]
+  ), printed[2]
   negative = float(re.search(r"'negative': (-[\d.]+)", printed[2]).group(1))
   assert abs(float(printed[3].strip("[]")) - negative) < 1e-4  # score() of a label is its rank score
   assert "resuming" not in result.stderr and os.path.isfile(tmp_path / "python_model" / "run_config.json")

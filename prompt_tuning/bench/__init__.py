@@ -51,8 +51,10 @@ class BenchConfig:
     if self.warmup < 1:
       raise ValueError(f"--warmup must be >= 1 (the first step compiles), got {self.warmup}")
     if self.input_length <= self.prompt_length:
-      raise ValueError(f"--input_length={self.input_length} includes the prompt, so it must exceed "
-                       f"--prompt_length={self.prompt_length}")
+      raise ValueError(
+        f"--input_length={self.input_length} includes the prompt, so it must exceed "
+        f"--prompt_length={self.prompt_length}"
+      )
     if self.dtype not in ("bfloat16", "float32"):
       raise ValueError(f"--dtype must be bfloat16 or float32, got {self.dtype!r}")
 
@@ -63,8 +65,13 @@ class BenchConfig:
 
   def t5_config(self) -> T5Config:
     """The named config with weights and activations in `dtype`."""
-    return get_config(self.model, dtype=self.dtype, param_dtype=self.dtype, attention_impl=self.attention_impl,
-                      remat_policy=self.remat_policy)
+    return get_config(
+      self.model,
+      dtype=self.dtype,
+      param_dtype=self.dtype,
+      attention_impl=self.attention_impl,
+      remat_policy=self.remat_policy,
+    )
 
 
 @dataclasses.dataclass
@@ -81,12 +88,28 @@ class RunResult:
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @classmethod
-  def timed(cls, name: str, seconds: float, steps: int, batch: int, flops_per_step: int,
-            peak_bytes: int | None, compile_s: float | None, **extra: Any) -> RunResult:
+  def timed(
+    cls,
+    name: str,
+    seconds: float,
+    steps: int,
+    batch: int,
+    flops_per_step: int,
+    peak_bytes: int | None,
+    compile_s: float | None,
+    **extra: Any,
+  ) -> RunResult:
     """From `steps` steps that took `seconds` in all."""
     step_s = seconds / steps
-    return cls(name, step_ms=1e3 * step_s, examples_per_s=batch / step_s, tflops=flops_per_step / step_s / 1e12,
-               peak_gib=None if peak_bytes is None else peak_bytes / 2**30, compile_s=compile_s, extra=dict(extra))
+    return cls(
+      name,
+      step_ms=1e3 * step_s,
+      examples_per_s=batch / step_s,
+      tflops=flops_per_step / step_s / 1e12,
+      peak_gib=None if peak_bytes is None else peak_bytes / 2**30,
+      compile_s=compile_s,
+      extra=dict(extra),
+    )
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

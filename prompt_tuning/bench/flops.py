@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from prompt_tuning.param_tree import flatten
 from prompt_tuning.models.t5.config import T5Config
 
 
@@ -59,8 +58,9 @@ def matmul_params(config: T5Config) -> MatmulParams:
   decoder_layer = 2 * attention + mlp_block - cross_kv  # self + cross attention, minus cross key/value
   logits = d * config.vocab_size
   return MatmulParams(
-      encoder_side=config.num_encoder_layers * encoder_layer + config.num_decoder_layers * cross_kv,
-      decoder_side=config.num_decoder_layers * decoder_layer + logits)
+    encoder_side=config.num_encoder_layers * encoder_layer + config.num_decoder_layers * cross_kv,
+    decoder_side=config.num_decoder_layers * decoder_layer + logits,
+  )
 
 
 def flops_per_step(config: T5Config, batch: int, input_length: int, target_length: int) -> int:
@@ -78,9 +78,11 @@ def naive_flops_per_step(config: T5Config, batch: int, input_length: int, target
   return 4 * matmul_params(config).total * batch * (input_length + target_length)
 
 
-CONVENTION = ("model FLOPs = 4 * (N_enc * batch * input_length + N_dec * batch * target_length); "
-              "4N per token: frozen weights need no weight gradient (forward 2N + activation gradient 2N). "
-              "N counts parameter matmuls only (attention q/k/v/o, MLP, logits projection [embed, vocab]); "
-              "N_enc = encoder matrices + decoder cross-attention key/value, N_dec = the other decoder matrices "
-              "+ logits. Excluded: embedding lookup, norms, relative-position biases, attention QK^T/AV, loss. "
-              "input_length includes the prompt.")
+CONVENTION = (
+  "model FLOPs = 4 * (N_enc * batch * input_length + N_dec * batch * target_length); "
+  "4N per token: frozen weights need no weight gradient (forward 2N + activation gradient 2N). "
+  "N counts parameter matmuls only (attention q/k/v/o, MLP, logits projection [embed, vocab]); "
+  "N_enc = encoder matrices + decoder cross-attention key/value, N_dec = the other decoder matrices "
+  "+ logits. Excluded: embedding lookup, norms, relative-position biases, attention QK^T/AV, loss. "
+  "input_length includes the prompt."
+)

@@ -25,10 +25,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from prompt_tuning import param_tree, partitioning
 from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory, log
 from prompt_tuning.errors import first_line
-from prompt_tuning.param_tree import flatten, unflatten
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import network
+from prompt_tuning.param_tree import flatten, unflatten
 from prompt_tuning.train import optimizer as optimizer_lib
 from prompt_tuning.train import step as step_lib
 from prompt_tuning.train.state import TrainState
@@ -92,16 +92,17 @@ def synthetic_batch(cfg: BenchConfig, vocab_size: int, mesh: Mesh) -> Batch:
   """
   data_size = mesh.shape[partitioning.DATA_AXIS]
   if cfg.batch % data_size:
-    raise ValueError(f"--batch={cfg.batch} must be divisible by the data axis size {data_size} "
-                     f"(devices / --num_partitions)")
+    raise ValueError(
+      f"--batch={cfg.batch} must be divisible by the data axis size {data_size} (devices / --num_partitions)"
+    )
   rng = np.random.default_rng(cfg.seed)
   inputs = rng.integers(2, vocab_size, (cfg.batch, cfg.token_length), dtype=np.int32)
   targets = rng.integers(2, vocab_size, (cfg.batch, cfg.target_length), dtype=np.int32)
   arrays = {
-      "encoder_input_tokens": inputs,
-      "decoder_input_tokens": np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1),
-      "decoder_target_tokens": targets,
-      "decoder_loss_weights": np.ones(targets.shape, np.float32),
+    "encoder_input_tokens": inputs,
+    "decoder_input_tokens": np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1),
+    "decoder_target_tokens": targets,
+    "decoder_loss_weights": np.ones(targets.shape, np.float32),
   }
   # Each process supplies the rows of its data shard, as the trainer does.
   shard, shards = partitioning.data_shard(mesh)
@@ -169,7 +170,17 @@ def _run(cfg: BenchConfig) -> RunResult:
   devices = list(mesh.devices.flat)
   local = [d for d in devices if d.process_index == jax.process_index()]
   return RunResult.timed(
-      "ours", seconds, cfg.steps, cfg.batch, flops.flops_per_step(config, cfg.batch, cfg.input_length,
-                                                                  cfg.target_length),
-      peak_bytes(local), compile_s, devices=len(devices), mesh=dict(mesh.shape), optimizer="adafactor (optax)",
-      first_loss=first_loss, final_loss=float(metrics["loss"]), step=int(state.step))
+    "ours",
+    seconds,
+    cfg.steps,
+    cfg.batch,
+    flops.flops_per_step(config, cfg.batch, cfg.input_length, cfg.target_length),
+    peak_bytes(local),
+    compile_s,
+    devices=len(devices),
+    mesh=dict(mesh.shape),
+    optimizer="adafactor (optax)",
+    first_loss=first_loss,
+    final_loss=float(metrics["loss"]),
+    step=int(state.step),
+  )

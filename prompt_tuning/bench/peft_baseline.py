@@ -54,13 +54,25 @@ def hf_config(config: T5Config) -> Any:
   # transformers 5 quirk: tie_word_embeddings=False only turns off the decoder-output scaling
   # (scale_decoder_outputs=False, as T5 1.1 needs); lm_head stays tied to the shared embedding.
   # For speed it makes no difference: the logits matmul is [d_model, vocab] either way and frozen.
-  return HFConfig(vocab_size=config.vocab_size, d_model=config.emb_dim, d_kv=config.head_dim, d_ff=config.mlp_dim,
-                  num_layers=config.num_encoder_layers, num_decoder_layers=config.num_decoder_layers,
-                  num_heads=config.num_heads, relative_attention_num_buckets=config.relative_attention_num_buckets,
-                  relative_attention_max_distance=config.relative_attention_max_distance,
-                  layer_norm_epsilon=config.layer_norm_epsilon, feed_forward_proj=feed_forward, dropout_rate=0.0,
-                  tie_word_embeddings=config.logits_via_embedding, decoder_start_token_id=0, pad_token_id=0,
-                  eos_token_id=1, use_cache=False)
+  return HFConfig(
+    vocab_size=config.vocab_size,
+    d_model=config.emb_dim,
+    d_kv=config.head_dim,
+    d_ff=config.mlp_dim,
+    num_layers=config.num_encoder_layers,
+    num_decoder_layers=config.num_decoder_layers,
+    num_heads=config.num_heads,
+    relative_attention_num_buckets=config.relative_attention_num_buckets,
+    relative_attention_max_distance=config.relative_attention_max_distance,
+    layer_norm_epsilon=config.layer_norm_epsilon,
+    feed_forward_proj=feed_forward,
+    dropout_rate=0.0,
+    tie_word_embeddings=config.logits_via_embedding,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+    eos_token_id=1,
+    use_cache=False,
+  )
 
 
 def device_name() -> str:
@@ -81,18 +93,28 @@ def _build(cfg: BenchConfig, device: Any) -> tuple[Any, Any, dict[str, Any]]:
   config = cfg.t5_config()
   with torch.device(device):  # weights are allocated on the device, in `dtype`
     base = T5ForConditionalGeneration._from_config(hf_config(config), dtype=dtype)
-  model = get_peft_model(base, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM,
-                                                  num_virtual_tokens=cfg.prompt_length))
+  model = get_peft_model(
+    base, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=cfg.prompt_length)
+  )
   model.to(device).train()
   trainable = [p for p in model.parameters() if p.requires_grad]
-  optimizer = Adafactor(trainable, lr=0.3, decay_rate=-0.8, clip_threshold=1.0, weight_decay=1e-5, beta1=None,
-                        scale_parameter=False, relative_step=False, warmup_init=False)
+  optimizer = Adafactor(
+    trainable,
+    lr=0.3,
+    decay_rate=-0.8,
+    clip_threshold=1.0,
+    weight_decay=1e-5,
+    beta1=None,
+    scale_parameter=False,
+    relative_step=False,
+    warmup_init=False,
+  )
   generator = torch.Generator().manual_seed(cfg.seed)
   batch = {
-      "input_ids": torch.randint(2, config.vocab_size, (cfg.batch, cfg.token_length), generator=generator),
-      "attention_mask": torch.ones(cfg.batch, cfg.token_length, dtype=torch.long),
-      # HF shifts labels right (decoder_start_token_id=0) to make decoder_input_ids, as our batch does.
-      "labels": torch.randint(2, config.vocab_size, (cfg.batch, cfg.target_length), generator=generator),
+    "input_ids": torch.randint(2, config.vocab_size, (cfg.batch, cfg.token_length), generator=generator),
+    "attention_mask": torch.ones(cfg.batch, cfg.token_length, dtype=torch.long),
+    # HF shifts labels right (decoder_start_token_id=0) to make decoder_input_ids, as our batch does.
+    "labels": torch.randint(2, config.vocab_size, (cfg.batch, cfg.target_length), generator=generator),
   }
   return model, optimizer, {k: v.to(device) for k, v in batch.items()}
 
@@ -108,8 +130,9 @@ def _make_step(forward: Callable, optimizer: Any, batch: dict[str, Any]) -> Call
   return step
 
 
-def _time(name: str, step: Callable[[], Any], cfg: BenchConfig, device: Any, flops_per_step: int,
-          **extra: Any) -> RunResult:
+def _time(
+  name: str, step: Callable[[], Any], cfg: BenchConfig, device: Any, flops_per_step: int, **extra: Any
+) -> RunResult:
   """Same protocol as ours: warmup steps (the first timed as compile_s), then cfg.steps timed steps."""
   import torch
 
@@ -130,8 +153,17 @@ def _time(name: str, step: Callable[[], Any], cfg: BenchConfig, device: Any, flo
   sync()
   seconds = time.perf_counter() - start
   peak = torch.cuda.max_memory_allocated(device) if cuda else None
-  return RunResult.timed(name, seconds, cfg.steps, cfg.batch, flops_per_step, peak, compile_s,
-                         final_loss=float(loss.detach().float()), **extra)
+  return RunResult.timed(
+    name,
+    seconds,
+    cfg.steps,
+    cfg.batch,
+    flops_per_step,
+    peak,
+    compile_s,
+    final_loss=float(loss.detach().float()),
+    **extra,
+  )
 
 
 def _free(device: Any) -> None:
@@ -167,8 +199,11 @@ def run(cfg: BenchConfig, modes: tuple[str, ...] = MODES) -> list[RunResult]:
   except Exception as e:  # noqa: BLE001 -- e.g. the weights alone do not fit
     _free(device)
     return [_failure(f"peft {mode}", e) for mode in modes]
-  info = dict(optimizer="Adafactor (transformers)", torch_device=str(device),
-              trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
+  info = dict(
+    optimizer="Adafactor (transformers)",
+    torch_device=str(device),
+    trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+  )
   for mode in modes:
     name = f"peft {mode}"
     try:

@@ -61,8 +61,13 @@ def forward(cfg: BenchConfig, config: T5Config, num_partitions: int, nudge: bool
 
   @jax.jit
   def run(params, batch):
-    logits, state = module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                                 capture_intermediates=is_encoder_layer, mutable=["intermediates"])
+    logits, state = module.apply(
+      {"params": params},
+      batch["encoder_input_tokens"],
+      batch["decoder_input_tokens"],
+      capture_intermediates=is_encoder_layer,
+      mutable=["intermediates"],
+    )
     encoder = state["intermediates"]["encoder"]
     layers = [encoder[f"layers_{i}"]["__call__"][0].astype("float32") for i in range(config.num_encoder_layers)]
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -83,39 +88,45 @@ def relative_gap(a: np.ndarray, b: np.ndarray) -> float:
 def compare(cfg: BenchConfig, config: T5Config | None = None) -> dict[str, Any]:
   """The five forwards of the module docstring on a 1 x cfg.num_partitions mesh; a JSON-able report."""
   if cfg.num_partitions < 2:
-    raise ValueError("--check_rounding compares a model-parallel mesh with one device: "
-                     "give --num_partitions 2 or more")
+    raise ValueError("--check_rounding compares a model-parallel mesh with one device: give --num_partitions 2 or more")
   if jax.device_count() < cfg.num_partitions:
-    raise ValueError(f"--num_partitions={cfg.num_partitions} needs that many devices; "
-                     f"there are {jax.device_count()}")
+    raise ValueError(f"--num_partitions={cfg.num_partitions} needs that many devices; there are {jax.device_count()}")
   config = config or cfg.t5_config()
   f32 = dataclasses.replace(config, dtype="float32", param_dtype="float32")
   bf16 = dataclasses.replace(config, dtype="bfloat16", param_dtype="bfloat16")
-  specs = {"f32": (f32, 1, False), "f32_nudged": (f32, 1, True), "f32_mp": (f32, cfg.num_partitions, False),
-           "bf16": (bf16, 1, False), "bf16_mp": (bf16, cfg.num_partitions, False)}
+  specs = {
+    "f32": (f32, 1, False),
+    "f32_nudged": (f32, 1, True),
+    "f32_mp": (f32, cfg.num_partitions, False),
+    "bf16": (bf16, 1, False),
+    "bf16_mp": (bf16, cfg.num_partitions, False),
+  }
   runs = {}
   for name, spec in specs.items():
     log(f"check_rounding: {name}")
     runs[name] = forward(cfg, *spec)
   pair_names = [f"{a}~{b}" for a, b in PAIRS]
   return {
-      "num_partitions": cfg.num_partitions,
-      "pairs": pair_names,
-      "layer_gaps": [[relative_gap(runs[a].layers[i], runs[b].layers[i]) for a, b in PAIRS]
-                     for i in range(config.num_encoder_layers)],
-      "loss": {name: r.loss for name, r in runs.items()},
-      "loss_gaps": {f"{a}~{b}": abs(runs[a].loss - runs[b].loss) for a, b in PAIRS},
-      # Root-mean-square over the examples of the per-example loss differences: less noisy than one scalar.
-      "example_loss_rms_gaps": {f"{a}~{b}": float(np.sqrt(np.mean((runs[a].example_losses
-                                                                   - runs[b].example_losses) ** 2)))
-                                for a, b in PAIRS},
+    "num_partitions": cfg.num_partitions,
+    "pairs": pair_names,
+    "layer_gaps": [
+      [relative_gap(runs[a].layers[i], runs[b].layers[i]) for a, b in PAIRS] for i in range(config.num_encoder_layers)
+    ],
+    "loss": {name: r.loss for name, r in runs.items()},
+    "loss_gaps": {f"{a}~{b}": abs(runs[a].loss - runs[b].loss) for a, b in PAIRS},
+    # Root-mean-square over the examples of the per-example loss differences: less noisy than one scalar.
+    "example_loss_rms_gaps": {
+      f"{a}~{b}": float(np.sqrt(np.mean((runs[a].example_losses - runs[b].example_losses) ** 2))) for a, b in PAIRS
+    },
   }
 
 
 def format_report(report: dict[str, Any]) -> str:
   pairs = report["pairs"]
-  lines = [f"relative L2 gap of each encoder layer's output (model-parallel mesh: 1 x {report['num_partitions']})",
-           "layer " + " ".join(f"{p:>16s}" for p in pairs)]
+  lines = [
+    f"relative L2 gap of each encoder layer's output (model-parallel mesh: 1 x {report['num_partitions']})",
+    "layer " + " ".join(f"{p:>16s}" for p in pairs),
+  ]
   lines += [f"{i:5d} " + " ".join(f"{g:16.3e}" for g in gaps) for i, gaps in enumerate(report["layer_gaps"])]
   lines.append("loss  " + "  ".join(f"{k} {v:.6f}" for k, v in report["loss"].items()))
   for title, key in (("|loss gap|", "loss_gaps"), ("per-example loss, rms gap", "example_loss_rms_gaps")):

@@ -28,15 +28,17 @@ import numpy as np
 
 from prompt_tuning.checkpoints.structure import CheckpointError
 from prompt_tuning.errors import first_line
-from prompt_tuning.param_tree import unflatten
 from prompt_tuning.models.t5.config import T5Config
+from prompt_tuning.param_tree import unflatten
 
 _ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
 # HF keys that carry no information of ours: tied copies of `shared`, and a
 # cross-attention relative bias that old checkpoints saved but T5 never uses.
-_IGNORED = re.compile(r"^(encoder|decoder)\.embed_tokens\.weight$"
-                      r"|^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$")
+_IGNORED = re.compile(
+  r"^(encoder|decoder)\.embed_tokens\.weight$"
+  r"|^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$"
+)
 
 
 def is_hf_checkpoint(path: str) -> bool:
@@ -66,13 +68,20 @@ def config_from_hf(hf: Mapping[str, Any]) -> T5Config:
   else:
     via_embedding = bool(hf.get("tie_word_embeddings", True))
   return T5Config(
-      vocab_size=hf["vocab_size"], emb_dim=hf["d_model"], num_heads=hf["num_heads"], head_dim=hf["d_kv"],
-      mlp_dim=hf["d_ff"], num_encoder_layers=hf["num_layers"],
-      num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
-      mlp_activations=(act, "linear") if gated else (act,), logits_via_embedding=via_embedding,
-      relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
-      relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
-      layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6), dropout_rate=float(hf.get("dropout_rate", 0.1)))
+    vocab_size=hf["vocab_size"],
+    emb_dim=hf["d_model"],
+    num_heads=hf["num_heads"],
+    head_dim=hf["d_kv"],
+    mlp_dim=hf["d_ff"],
+    num_encoder_layers=hf["num_layers"],
+    num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
+    mlp_activations=(act, "linear") if gated else (act,),
+    logits_via_embedding=via_embedding,
+    relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+    relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+    layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
+    dropout_rate=float(hf.get("dropout_rate", 0.1)),
+  )
 
 
 def read_hf_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -119,8 +128,9 @@ def _read_torch_bin(file: str) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError:
-    raise CheckpointError(f"{file}: reading pytorch_model.bin needs torch; install it or convert to safetensors"
-                          ) from None
+    raise CheckpointError(
+      f"{file}: reading pytorch_model.bin needs torch; install it or convert to safetensors"
+    ) from None
   try:
     state = torch.load(file, map_location="cpu", weights_only=True)
   except Exception as e:
@@ -129,8 +139,10 @@ def _read_torch_bin(file: str) -> dict[str, np.ndarray]:
 
 
 def _attention(prefix: str, hf_prefix: str) -> dict[str, tuple[str, bool]]:
-  return {f"{prefix}/{ours}/kernel": (f"{hf_prefix}.{theirs}.weight", True)
-          for ours, theirs in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))}
+  return {
+    f"{prefix}/{ours}/kernel": (f"{hf_prefix}.{theirs}.weight", True)
+    for ours, theirs in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))
+  }
 
 
 def _mlp(prefix: str, hf_prefix: str, config: T5Config) -> dict[str, tuple[str, bool]]:
@@ -142,13 +154,13 @@ def _mlp(prefix: str, hf_prefix: str, config: T5Config) -> dict[str, tuple[str, 
 
 def hf_name_map(config: T5Config, head: str = "lm_head.weight") -> dict[str, tuple[str, bool]]:
   """Our parameter path -> (HF tensor name, transpose?); `head`: the unscaled output head's tensor."""
-  m = {"token_embedder/embedding": ("shared.weight", False),
-       "encoder/relpos_bias/rel_embedding":
-           ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", True),
-       "decoder/relpos_bias/rel_embedding":
-           ("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", True),
-       "encoder/encoder_norm/scale": ("encoder.final_layer_norm.weight", False),
-       "decoder/decoder_norm/scale": ("decoder.final_layer_norm.weight", False)}
+  m = {
+    "token_embedder/embedding": ("shared.weight", False),
+    "encoder/relpos_bias/rel_embedding": ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", True),
+    "decoder/relpos_bias/rel_embedding": ("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", True),
+    "encoder/encoder_norm/scale": ("encoder.final_layer_norm.weight", False),
+    "decoder/decoder_norm/scale": ("decoder.final_layer_norm.weight", False),
+  }
   for i in range(config.num_encoder_layers):
     ours, theirs = f"encoder/layers_{i}", f"encoder.block.{i}.layer"
     m[f"{ours}/pre_attention_layer_norm/scale"] = (f"{theirs}.0.layer_norm.weight", False)
@@ -187,8 +199,10 @@ def params_from_hf_state_dict(tensors: Mapping[str, np.ndarray], config: T5Confi
     used.add("lm_head.weight")  # a tied copy of shared.weight when present
   extra = sorted(k for k in tensors if k not in used and not _IGNORED.match(k))
   if extra:
-    raise CheckpointError(f"{source}: unexpected tensor {extra[0]} {tuple(tensors[extra[0]].shape)} "
-                          f"that the config does not use ({len(extra)} unexpected in all)")
+    raise CheckpointError(
+      f"{source}: unexpected tensor {extra[0]} {tuple(tensors[extra[0]].shape)} "
+      f"that the config does not use ({len(extra)} unexpected in all)"
+    )
   return unflatten(flat)
 
 

@@ -77,7 +77,9 @@ def resolve(path: str) -> str:
   cache = cache_dir()
   repo_dir = os.path.join(cache, repo_folder(repo_id))
   if not os.path.isdir(repo_dir):
-    raise CheckpointError(f"{path}: no such checkpoint directory, and no HuggingFace hub model {repo_id!r} in "
-                          f"the local hub cache {cache} (download it first, e.g. `hf download {repo_id}`, "
-                          f"or set HF_HUB_CACHE)")
+    raise CheckpointError(
+      f"{path}: no such checkpoint directory, and no HuggingFace hub model {repo_id!r} in "
+      f"the local hub cache {cache} (download it first, e.g. `hf download {repo_id}`, "
+      f"or set HF_HUB_CACHE)"
+    )
   return snapshot(repo_dir, revision)

@@ -28,9 +28,9 @@ from absl import logging
 
 from prompt_tuning.checkpoints import hf, hub, native
 from prompt_tuning.checkpoints.structure import CheckpointError, check_params
-from prompt_tuning.param_tree import flatten
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import NAMED_CONFIGS, RandomInitConfig, T5Config, get_config
+from prompt_tuning.param_tree import flatten
 
 ConfigSpec = str | T5Config | RandomInitConfig | None
 # Fields that describe how a run computes, not the checkpoint's architecture.
@@ -54,11 +54,15 @@ def detect_format(path: str) -> str:
     return "native"
   if hf.is_hf_checkpoint(path):
     return "hf"
-  if (os.path.isfile(os.path.join(path, "checkpoint")) or os.path.isdir(os.path.join(path, "state"))
-      or any(_STEP_DIR.match(name) for name in os.listdir(path))):
+  if (
+    os.path.isfile(os.path.join(path, "checkpoint"))
+    or os.path.isdir(os.path.join(path, "state"))
+    or any(_STEP_DIR.match(name) for name in os.listdir(path))
+  ):
     return "t5x"
-  raise CheckpointError(f"{path}: not a recognised checkpoint (no t5_config.json, config.json, "
-                        f"checkpoint_<step>/, checkpoint or state/)")
+  raise CheckpointError(
+    f"{path}: not a recognised checkpoint (no t5_config.json, config.json, checkpoint_<step>/, checkpoint or state/)"
+  )
 
 
 def read_config_file(path: str) -> T5Config:
@@ -89,8 +93,7 @@ def resolve_config(config: ConfigSpec) -> T5Config | None:
     return config
   if isinstance(config, RandomInitConfig):
     return config.config
-  if isinstance(config, str) and config not in NAMED_CONFIGS and (config.endswith(".json")
-                                                                  or os.path.isfile(config)):
+  if isinstance(config, str) and config not in NAMED_CONFIGS and (config.endswith(".json") or os.path.isfile(config)):
     return read_config_file(config)
   try:
     return get_config(config)
@@ -105,9 +108,11 @@ def _announce(message: str) -> None:
 
 
 def _architecture_diff(given: T5Config, own: T5Config) -> list[str]:
-  return [f"{f.name}={getattr(given, f.name)!r} (the checkpoint's: {getattr(own, f.name)!r})"
-          for f in dataclasses.fields(T5Config)
-          if f.name not in _RUN_FIELDS and getattr(given, f.name) != getattr(own, f.name)]
+  return [
+    f"{f.name}={getattr(given, f.name)!r} (the checkpoint's: {getattr(own, f.name)!r})"
+    for f in dataclasses.fields(T5Config)
+    if f.name not in _RUN_FIELDS and getattr(given, f.name) != getattr(own, f.name)
+  ]
 
 
 def _own_config_hint(given: T5Config | None, own: T5Config | None) -> str:
@@ -115,12 +120,19 @@ def _own_config_hint(given: T5Config | None, own: T5Config | None) -> str:
   if given is None or own is None:
     return ""
   diff = _architecture_diff(given, own)
-  return (f"; the config passed in says {diff[0]}: leave MODEL_CONFIG / --config / config= unset to use "
-          f"the checkpoint's own") if diff else ""
+  return (
+    (
+      f"; the config passed in says {diff[0]}: leave MODEL_CONFIG / --config / config= unset to use "
+      f"the checkpoint's own"
+    )
+    if diff
+    else ""
+  )
 
 
-def load_checkpoint(path: str, config: ConfigSpec = None, *, dtype: str | None = None,
-                    param_dtype: str | None = None) -> tuple[T5Config, Any]:
+def load_checkpoint(
+  path: str, config: ConfigSpec = None, *, dtype: str | None = None, param_dtype: str | None = None
+) -> tuple[T5Config, Any]:
   """Reads any supported checkpoint into (config, params).
 
   Args:
@@ -155,8 +167,9 @@ def load_checkpoint(path: str, config: ConfigSpec = None, *, dtype: str | None =
   config = config or own
   param_dtype = param_dtype or dtype
   config = config.replace(**{k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None})
-  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, config.parameter_dtype),
-                        network.abstract_params(config))
+  target = jax.tree.map(
+    lambda s: jax.ShapeDtypeStruct(s.shape, config.parameter_dtype), network.abstract_params(config)
+  )
   try:
     if fmt == "native":
       params = native.load_native(path, target)

@@ -34,5 +34,7 @@ def check_params(loaded: Mapping[str, Any], expected: Mapping[str, Any], source:
       raise CheckpointError(f"{source}: parameter {path} has shape {got_shape}, the config expects {want_shape}")
   extra = sorted(set(got) - set(want))
   if extra:
-    raise CheckpointError(f"{source}: unexpected parameter {extra[0]} (shape {tuple(np.shape(got[extra[0]]))}) "
-                          f"that the config does not have ({len(extra)} unexpected in all)")
+    raise CheckpointError(
+      f"{source}: unexpected parameter {extra[0]} (shape {tuple(np.shape(got[extra[0]]))}) "
+      f"that the config does not have ({len(extra)} unexpected in all)"
+    )

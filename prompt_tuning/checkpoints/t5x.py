@@ -62,13 +62,16 @@ def find_step_dir(path: str) -> epath.Path:
       steps.append((int(match.group(1)), child))
   if not steps:
     if _STEP_DIR.fullmatch(root.name):
-      raise CheckpointError(f"{path}: step directory has neither a '{_MSGPACK_FILE}' msgpack file "
-                            f"nor an orbax '{_ORBAX_DIR}/' directory")
+      raise CheckpointError(
+        f"{path}: step directory has neither a '{_MSGPACK_FILE}' msgpack file nor an orbax '{_ORBAX_DIR}/' directory"
+      )
     raise CheckpointError(f"{path}: no checkpoint_<step> directory found")
   step_dir = max(steps, key=lambda s: s[0])[1]
   if not ((step_dir / _MSGPACK_FILE).exists() or (step_dir / _ORBAX_DIR).is_dir()):
-    raise CheckpointError(f"{step_dir}: latest step directory has neither a '{_MSGPACK_FILE}' msgpack file "
-                          f"nor an orbax '{_ORBAX_DIR}/' directory")
+    raise CheckpointError(
+      f"{step_dir}: latest step directory has neither a '{_MSGPACK_FILE}' msgpack file "
+      f"nor an orbax '{_ORBAX_DIR}/' directory"
+    )
   return step_dir
 
 
@@ -83,8 +86,9 @@ def _find_target(tree: Any, source: str) -> Mapping[str, Any]:
     keys = sorted(map(str, tree))
   else:
     keys = [type(tree).__name__]
-  raise CheckpointError(f"{source}: no 'optimizer/target' or 'target' parameters in the checkpoint "
-                        f"(top-level keys: {keys})")
+  raise CheckpointError(
+    f"{source}: no 'optimizer/target' or 'target' parameters in the checkpoint (top-level keys: {keys})"
+  )
 
 
 # ----------------------------------------------------------------------------- legacy msgpack + zarr
@@ -118,8 +122,9 @@ def resolve_ts_spec(spec: Mapping[str, Any], step_dir: str) -> dict[str, Any]:
     raise CheckpointError(f"{step_dir}: tensorstore spec without a kvstore: {spec}")
   driver = kvstore.get("driver")
   if driver not in _KNOWN_KVSTORES:
-    raise CheckpointError(f"{step_dir}: unknown tensorstore kvstore driver {driver!r} "
-                          f"(expected one of {', '.join(_KNOWN_KVSTORES)})")
+    raise CheckpointError(
+      f"{step_dir}: unknown tensorstore kvstore driver {driver!r} (expected one of {', '.join(_KNOWN_KVSTORES)})"
+    )
   name = kvstore.get("path") or spec.pop("path", None)
   spec.pop("path", None)
   if not name:
@@ -130,7 +135,7 @@ def resolve_ts_spec(spec: Mapping[str, Any], step_dir: str) -> dict[str, Any]:
     name = name.rsplit("/", 1)[-1]
   step_dir = str(step_dir).rstrip("/")
   if step_dir.startswith("gs://"):
-    bucket, _, prefix = step_dir[len("gs://"):].partition("/")
+    bucket, _, prefix = step_dir[len("gs://") :].partition("/")
     spec["kvstore"] = {"driver": "gcs", "bucket": bucket, "path": f"{prefix}/{name}" if prefix else name}
   elif "://" in step_dir:
     raise CheckpointError(f"{step_dir}: cannot read zarr arrays from this filesystem (only local and gs://)")
@@ -208,8 +213,9 @@ def orbax_structure(state_dir: epath.Path) -> Any:
 
   try:
     entries = json.loads((state_dir / "_METADATA").read_text())["tree_metadata"]
-    return traverse_util.unflatten_dict({tuple(str(k["key"]) for k in entry["key_metadata"]): 0
-                                         for entry in entries.values()})
+    return traverse_util.unflatten_dict(
+      {tuple(str(k["key"]) for k in entry["key_metadata"]): 0 for entry in entries.values()}
+    )
   except Exception:  # absent or another format: ask orbax
     pass
   handler = ocp.PyTreeCheckpointHandler()
@@ -237,7 +243,8 @@ def _load_orbax(state_dir: epath.Path) -> dict[str, Any]:
   checkpointer = ocp.PyTreeCheckpointer()
   try:
     restored = checkpointer.restore(
-        state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+      state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+    )
   except Exception as err:
     raise CheckpointError(f"{state_dir}: cannot restore orbax checkpoint parameters: {first_line(err)}") from err
   finally:

@@ -32,8 +32,17 @@ from prompt_tuning.models.t5.config import T5Config
 CONFIG_FILE = "config.gin"
 RELPOS_FIELDS = {"num_buckets": "relative_attention_num_buckets", "max_distance": "relative_attention_max_distance"}
 # t5x network.T5Config fields that fix the architecture (dtype and dropout_rate describe the run, not the model).
-ARCH_FIELDS = ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
-               "num_decoder_layers", "mlp_activations", "logits_via_embedding")
+ARCH_FIELDS = (
+  "vocab_size",
+  "emb_dim",
+  "num_heads",
+  "head_dim",
+  "mlp_dim",
+  "num_encoder_layers",
+  "num_decoder_layers",
+  "mlp_activations",
+  "logits_via_embedding",
+)
 
 _BINDING = re.compile(r"^(?P<selector>[\w./]+)\.(?P<param>\w+)\s*=\s*(?P<value>.+)$")
 _MACRO = re.compile(r"^(?P<name>[A-Za-z_]\w*)\s*=\s*(?P<value>.+)$")
@@ -144,10 +153,12 @@ def saved_config_file(step_dir: epath.Path) -> epath.Path | None:
 
 def describe(config: T5Config) -> str:
   """One line of the architecture, e.g. for the 'config used' message."""
-  return (f"{config.num_encoder_layers}+{config.num_decoder_layers} layers, emb_dim {config.emb_dim}, "
-          f"{config.num_heads} heads x {config.head_dim}, mlp {config.mlp_dim} {'/'.join(config.mlp_activations)}, "
-          f"vocab {config.vocab_size}, relative attention {config.relative_attention_num_buckets} buckets "
-          f"max distance {config.relative_attention_max_distance}")
+  return (
+    f"{config.num_encoder_layers}+{config.num_decoder_layers} layers, emb_dim {config.emb_dim}, "
+    f"{config.num_heads} heads x {config.head_dim}, mlp {config.mlp_dim} {'/'.join(config.mlp_activations)}, "
+    f"vocab {config.vocab_size}, relative attention {config.relative_attention_num_buckets} buckets "
+    f"max distance {config.relative_attention_max_distance}"
+  )
 
 
 def config_for_checkpoint(path: str, step_dir: epath.Path, config: T5Config | None) -> tuple[T5Config, str]:
@@ -169,16 +180,18 @@ def config_for_checkpoint(path: str, step_dir: epath.Path, config: T5Config | No
     if missing:
       where = f"{gin_file} binds no network.T5Config.{missing[0]}" if gin_file else f"no {CONFIG_FILE} beside it"
       raise CheckpointError(
-          f"{path}: a t5x checkpoint carries no model config ({where}); name it: MODEL_CONFIG='t5_1_1_base' "
-          f"(gin), --config t5_1_1_base (generate/convert) or config= (Python), a named size or a t5_config.json")
+        f"{path}: a t5x checkpoint carries no model config ({where}); name it: MODEL_CONFIG='t5_1_1_base' "
+        f"(gin), --config t5_1_1_base (generate/convert) or config= (Python), a named size or a t5_config.json"
+      )
     try:
       config = T5Config(**arch)
     except (TypeError, ValueError) as e:
       raise CheckpointError(f"{gin_file}: {e}") from None
   for field, value in arch.items():
     if getattr(config, field) != value:
-      raise CheckpointError(f"{path}: the config says {field}={getattr(config, field)!r} but the run's "
-                            f"{gin_file} says {value!r}")
+      raise CheckpointError(
+        f"{path}: the config says {field}={getattr(config, field)!r} but the run's {gin_file} says {value!r}"
+      )
   try:
     config = config.replace(**relpos)
   except ValueError as e:

@@ -106,8 +106,9 @@ class TrainCheckpointer:
     self.model_dir = epath.Path(model_dir if "://" in model_dir else os.path.abspath(model_dir))
     self.save_period = save_period
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
-    self.manager = ocp.CheckpointManager(self.model_dir / CHECKPOINTS_DIR, options=options,
-                                         item_names=(STATE_ITEM, DATA_ITEM))
+    self.manager = ocp.CheckpointManager(
+      self.model_dir / CHECKPOINTS_DIR, options=options, item_names=(STATE_ITEM, DATA_ITEM)
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -119,9 +120,16 @@ class TrainCheckpointer:
     if step in self.manager.all_steps():
       return False
     ocp = self._ocp
-    self.manager.save(step, args=ocp.args.Composite(**{
-        STATE_ITEM: ocp.args.StandardSave(state_tree),
-        DATA_ITEM: ocp.args.JsonSave({"position": int(data_position)})}), force=True)
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(
+        **{
+          STATE_ITEM: ocp.args.StandardSave(state_tree),
+          DATA_ITEM: ocp.args.JsonSave({"position": int(data_position)}),
+        }
+      ),
+      force=True,
+    )
     self.manager.wait_until_finished()
     self._export_prompt(step, state_tree[PARAMS_KEY])
     return True
@@ -133,12 +141,18 @@ class TrainCheckpointer:
     if step is None:
       raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}: no train checkpoint to restore")
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(**{
-          STATE_ITEM: ocp.args.StandardRestore(abstract_state), DATA_ITEM: ocp.args.JsonRestore()}))
+      restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+          **{STATE_ITEM: ocp.args.StandardRestore(abstract_state), DATA_ITEM: ocp.args.JsonRestore()}
+        ),
+      )
     except Exception as e:  # orbax raises many types; one line names the step and the cause
-      raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}/{step}: cannot restore the train state "
-                            f"({first_line(e, typed=True)}); was the run started with another "
-                            f"model, prompt length or optimizer?") from None
+      raise CheckpointError(
+        f"{self.model_dir / CHECKPOINTS_DIR}/{step}: cannot restore the train state "
+        f"({first_line(e, typed=True)}); was the run started with another "
+        f"model, prompt length or optimizer?"
+      ) from None
     return restored[STATE_ITEM], int(restored[DATA_ITEM]["position"])
 
   def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
@@ -149,17 +163,25 @@ class TrainCheckpointer:
     ocp = self._ocp
     step = self.latest_step() if step is None else step
     if step is None or step not in self.manager.all_steps():
-      raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}: no train checkpoint "
-                            f"{'at all' if step is None else f'at step {step}'}; train first or check MODEL_DIR")
+      raise CheckpointError(
+        f"{self.model_dir / CHECKPOINTS_DIR}: no train checkpoint "
+        f"{'at all' if step is None else f'at step {step}'}; train first or check MODEL_DIR"
+      )
     item = {PARAMS_KEY: abstract_params}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(**{
-          STATE_ITEM: ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)}))
+      restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+          **{STATE_ITEM: ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)}
+        ),
+      )
     except Exception as e:
-      raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}/{step}: cannot restore the trained parameters "
-                            f"({first_line(e, typed=True)}); is TRAINABLE_PARAMS / PROMPT_LENGTH as in "
-                            f"training?") from None
+      raise CheckpointError(
+        f"{self.model_dir / CHECKPOINTS_DIR}/{step}: cannot restore the trained parameters "
+        f"({first_line(e, typed=True)}); is TRAINABLE_PARAMS / PROMPT_LENGTH as in "
+        f"training?"
+      ) from None
     return restored[STATE_ITEM][PARAMS_KEY], step
 
   def _export_prompt(self, step: int, trainable: Any) -> None:
@@ -175,8 +197,7 @@ class TrainCheckpointer:
     self.manager.close()
 
 
-def restore_trained(model_dir: str, params: dict, trainable_params: str, step: int | None = None
-                    ) -> tuple[dict, int]:
+def restore_trained(model_dir: str, params: dict, trainable_params: str, step: int | None = None) -> tuple[dict, int]:
   """`params` with the trained subtree of MODEL_DIR's checkpoint `step` (default: the latest) in place.
 
   The trainable subtree is the one `trainable_params` selects (as in the run that wrote it);

@@ -83,20 +83,22 @@ def _leaf(tree: Any, keys: tuple[str, ...]) -> np.ndarray:
   return np.asarray(tree)
 
 
-def _read_orbax(item_dir: epath.Path, prefix: tuple[str, ...], candidates: Sequence[str], variable: str,
-                source: str) -> np.ndarray:
+def _read_orbax(
+  item_dir: epath.Path, prefix: tuple[str, ...], candidates: Sequence[str], variable: str, source: str
+) -> np.ndarray:
   """One array of an orbax PyTree item; `prefix` keys (e.g. ('target',)) are not part of variable names."""
   import orbax.checkpoint as ocp
 
   if not item_dir.is_dir():
     raise CheckpointError(f"{source}: no {item_dir.name}/ directory; the checkpoint is incomplete")
-  available = {"/".join(k[len(prefix):]): k for k in _orbax_keys(item_dir) if k[:len(prefix)] == prefix}
+  available = {"/".join(k[len(prefix) :]): k for k in _orbax_keys(item_dir) if k[: len(prefix)] == prefix}
   keys = _pick(available, candidates, variable, source)
   item, restore_args = _partial_item(keys)
   checkpointer = ocp.PyTreeCheckpointer()
   try:
-    restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
-                                                                          partial_restore=True))
+    restored = checkpointer.restore(
+      item_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+    )
   except Exception as e:
     raise CheckpointError(f"{source}: cannot restore {'/'.join(keys)} ({first_line(e, typed=True)})") from None
   finally:
@@ -118,12 +120,16 @@ def _read_train_state(root: epath.Path, step: int | None, candidates: Sequence[s
     step_dir = next((c for c in root.iterdir() if c.name.isdigit() and int(c.name) == step), root / str(step))
     available = {"/".join(k[1:]): k for k in _orbax_keys(step_dir / STATE_ITEM) if k[:1] == (PARAMS_KEY,)}
     # 'params/prompt/prompt' spelled out also works.
-    candidates = [n[len(PARAMS_KEY) + 1:] if n.startswith(PARAMS_KEY + "/") else n for n in candidates]
+    candidates = [n[len(PARAMS_KEY) + 1 :] if n.startswith(PARAMS_KEY + "/") else n for n in candidates]
     keys = _pick(available, candidates, variable, source)
     item, restore_args = _partial_item(keys)
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeRestore(
-          item=item, restore_args=restore_args, partial_restore=True)}))
+      restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+          **{STATE_ITEM: ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)}
+        ),
+      )
     except Exception as e:
       raise CheckpointError(f"{source}: cannot restore {'/'.join(keys)} ({first_line(e, typed=True)})") from None
     return _leaf(restored[STATE_ITEM], keys)
@@ -164,5 +170,6 @@ def _read_t5x(root: epath.Path, step: int | None, candidates: Sequence[str], var
   try:
     return np.asarray(ts.open(t5x.resolve_ts_spec(value, str(step_dir)), open=True).result().read().result())
   except Exception as e:
-    raise CheckpointError(f"{source}: cannot read {variable!r} from its zarr array "
-                          f"({first_line(e, typed=True)})") from None
+    raise CheckpointError(
+      f"{source}: cannot read {variable!r} from its zarr array ({first_line(e, typed=True)})"
+    ) from None

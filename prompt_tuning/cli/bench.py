@@ -38,30 +38,60 @@ PEFT_CHOICES = {"none": (), "eager": ("eager",), "compile": ("compile",), "both"
 
 def parse(argv: list[str]) -> argparse.Namespace:
   defaults = BenchConfig()
-  parser = argparse.ArgumentParser(prog="prompt-tuning bench", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", choices=sorted(NAMED_CONFIGS), default=defaults.model, metavar="NAME",
-                      help=f"named T5 config (default {defaults.model}; e.g. t5_1_1_small/base/large/xl/xxl)")
+  parser = argparse.ArgumentParser(
+    prog="prompt-tuning bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--model",
+    choices=sorted(NAMED_CONFIGS),
+    default=defaults.model,
+    metavar="NAME",
+    help=f"named T5 config (default {defaults.model}; e.g. t5_1_1_small/base/large/xl/xxl)",
+  )
   parser.add_argument("--batch", type=int, default=defaults.batch, help="global batch size")
-  parser.add_argument("--input_length", type=int, default=defaults.input_length,
-                      help="total encoder length INCLUDING the prompt")
+  parser.add_argument(
+    "--input_length", type=int, default=defaults.input_length, help="total encoder length INCLUDING the prompt"
+  )
   parser.add_argument("--target_length", type=int, default=defaults.target_length)
   parser.add_argument("--prompt_length", type=int, default=defaults.prompt_length)
-  parser.add_argument("--dtype", choices=("bfloat16", "float32"), default=defaults.dtype,
-                      help="frozen weights and activations (the prompt is float32 in ours)")
-  parser.add_argument("--attention_impl", choices=("auto", "xla", "cudnn"), default=defaults.attention_impl,
-                      help="ours: 'auto' = cuDNN's fused attention on GPUs in bf16, the einsum reference elsewhere")
-  parser.add_argument("--remat_policy", choices=("none", "full", "dots", "dots_no_batch"),
-                      default=defaults.remat_policy, help="ours: per-layer rematerialization")
+  parser.add_argument(
+    "--dtype",
+    choices=("bfloat16", "float32"),
+    default=defaults.dtype,
+    help="frozen weights and activations (the prompt is float32 in ours)",
+  )
+  parser.add_argument(
+    "--attention_impl",
+    choices=("auto", "xla", "cudnn"),
+    default=defaults.attention_impl,
+    help="ours: 'auto' = cuDNN's fused attention on GPUs in bf16, the einsum reference elsewhere",
+  )
+  parser.add_argument(
+    "--remat_policy",
+    choices=("none", "full", "dots", "dots_no_batch"),
+    default=defaults.remat_policy,
+    help="ours: per-layer rematerialization",
+  )
   parser.add_argument("--steps", type=int, default=defaults.steps, help="timed steps")
   parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps first (>= 1: compiles)")
-  parser.add_argument("--num_partitions", type=int, default=defaults.num_partitions,
-                      help="mesh 'model' axis size for ours; data axis = devices / num_partitions")
-  parser.add_argument("--peft", choices=sorted(PEFT_CHOICES), default=None,
-                      help="PEFT baseline modes (default: both when torch+transformers+peft import, else none)")
-  parser.add_argument("--check_rounding", action="store_true",
-                      help="instead of timing: per-layer gaps of a 1 x --num_partitions mesh vs one device, "
-                           "float32 and bf16, against a one-ulp prompt nudge (prompt_tuning.bench.rounding)")
+  parser.add_argument(
+    "--num_partitions",
+    type=int,
+    default=defaults.num_partitions,
+    help="mesh 'model' axis size for ours; data axis = devices / num_partitions",
+  )
+  parser.add_argument(
+    "--peft",
+    choices=sorted(PEFT_CHOICES),
+    default=None,
+    help="PEFT baseline modes (default: both when torch+transformers+peft import, else none)",
+  )
+  parser.add_argument(
+    "--check_rounding",
+    action="store_true",
+    help="instead of timing: per-layer gaps of a 1 x --num_partitions mesh vs one device, "
+    "float32 and bf16, against a one-ulp prompt nudge (prompt_tuning.bench.rounding)",
+  )
   parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here as JSON")
   parser.add_argument("--seed", type=int, default=defaults.seed)
   return parser.parse_args(argv)
@@ -86,9 +116,17 @@ def _environment(peft_ran: bool) -> dict[str, Any]:
   from prompt_tuning.bench import peft_baseline
 
   devices = jax.devices()
-  out = {"jax_device": devices[0].device_kind, "jax_platform": devices[0].platform, "jax_devices": len(devices),
-         "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-                      **peft_baseline.versions()}}
+  out = {
+    "jax_device": devices[0].device_kind,
+    "jax_platform": devices[0].platform,
+    "jax_devices": len(devices),
+    "versions": {
+      "jax": jax.__version__,
+      "flax": flax.__version__,
+      "optax": optax.__version__,
+      **peft_baseline.versions(),
+    },
+  }
   out["torch_device"] = peft_baseline.device_name() if peft_ran else None
   return out
 
@@ -101,14 +139,18 @@ def report(cfg: BenchConfig, results: list[RunResult], environment: dict[str, An
   ours = by_name["ours"]
   ratios = {f"ours/{_key(r.name)}": _ratio(ours, r) for r in results if r.name != "ours"}
   return {
-      "config": dataclasses.asdict(cfg),
-      "environment": environment,
-      "flops": {"per_step": flops.flops_per_step(config, cfg.batch, cfg.input_length, cfg.target_length),
-                "naive_per_step": flops.naive_flops_per_step(config, cfg.batch, cfg.input_length, cfg.target_length),
-                "n_encoder_side": n.encoder_side, "n_decoder_side": n.decoder_side, "convention": flops.CONVENTION},
-      "results": {_key(r.name): r.to_dict() for r in results},
-      "ratios": ratios,
-      "ratio_definition": "ours examples/s / baseline examples/s (> 1: ours faster)",
+    "config": dataclasses.asdict(cfg),
+    "environment": environment,
+    "flops": {
+      "per_step": flops.flops_per_step(config, cfg.batch, cfg.input_length, cfg.target_length),
+      "naive_per_step": flops.naive_flops_per_step(config, cfg.batch, cfg.input_length, cfg.target_length),
+      "n_encoder_side": n.encoder_side,
+      "n_decoder_side": n.decoder_side,
+      "convention": flops.CONVENTION,
+    },
+    "results": {_key(r.name): r.to_dict() for r in results},
+    "ratios": ratios,
+    "ratio_definition": "ours examples/s / baseline examples/s (> 1: ours faster)",
   }
 
 
@@ -120,31 +162,44 @@ def format_table(data: dict[str, Any]) -> str:
   cfg, env, fl = data["config"], data["environment"], data["flops"]
   versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
   lines = [
-      (f"prompt-tuning bench: {cfg['model']} {cfg['dtype']} (ours: attention {cfg['attention_impl']}, "
-       f"remat {cfg['remat_policy']}), batch {cfg['batch']}, input {cfg['input_length']} "
-       f"(prompt {cfg['prompt_length']} + {cfg['input_length'] - cfg['prompt_length']} tokens), "
-       f"target {cfg['target_length']}; {cfg['steps']} timed steps after {cfg['warmup']} warmup"),
-      (f"jax device: {env['jax_device']} x{env['jax_devices']} ({env['jax_platform']}); "
-       f"torch device: {env['torch_device'] or '-'}"),
-      f"versions: {versions}",
-      "",
-      f"{'':14s} {'step ms':>10s} {'examples/s':>11s} {'TFLOP/s':>9s} {'peak GiB':>9s} {'1st step s':>11s}",
+    (
+      f"prompt-tuning bench: {cfg['model']} {cfg['dtype']} (ours: attention {cfg['attention_impl']}, "
+      f"remat {cfg['remat_policy']}), batch {cfg['batch']}, input {cfg['input_length']} "
+      f"(prompt {cfg['prompt_length']} + {cfg['input_length'] - cfg['prompt_length']} tokens), "
+      f"target {cfg['target_length']}; {cfg['steps']} timed steps after {cfg['warmup']} warmup"
+    ),
+    (
+      f"jax device: {env['jax_device']} x{env['jax_devices']} ({env['jax_platform']}); "
+      f"torch device: {env['torch_device'] or '-'}"
+    ),
+    f"versions: {versions}",
+    "",
+    f"{'':14s} {'step ms':>10s} {'examples/s':>11s} {'TFLOP/s':>9s} {'peak GiB':>9s} {'1st step s':>11s}",
   ]
   for name, r in data["results"].items():
     label = name.replace("_", " ")
     if r["error"]:
       lines.append(f"{label:14s} {r['error']}")
       continue
-    lines.append(f"{label:14s} {_cell(r['step_ms'], '10.2f')} {_cell(r['examples_per_s'], '11.2f')} "
-                 f"{_cell(r['tflops'], '9.2f')} {_cell(r['peak_gib'], '9.2f')} {_cell(r['compile_s'], '11.1f')}")
+    lines.append(
+      f"{label:14s} {_cell(r['step_ms'], '10.2f')} {_cell(r['examples_per_s'], '11.2f')} "
+      f"{_cell(r['tflops'], '9.2f')} {_cell(r['peak_gib'], '9.2f')} {_cell(r['compile_s'], '11.1f')}"
+    )
   if data["ratios"]:
     lines.append("")
     for name, ratio in data["ratios"].items():
-      lines.append(f"{name.replace('_', ' ') + ':':24s} {'-' if ratio is None else f'{ratio:.2f}x'}  "
-                   "(examples/s; > 1: ours faster)")
-  lines += ["", (f"model FLOPs/step: {fl['per_step']:.4g} (N_enc {fl['n_encoder_side']:,}, "
-                 f"N_dec {fl['n_decoder_side']:,}); naive 4*N*all tokens would be {fl['naive_per_step']:.4g}"),
-            f"convention: {fl['convention']}"]
+      lines.append(
+        f"{name.replace('_', ' ') + ':':24s} {'-' if ratio is None else f'{ratio:.2f}x'}  "
+        "(examples/s; > 1: ours faster)"
+      )
+  lines += [
+    "",
+    (
+      f"model FLOPs/step: {fl['per_step']:.4g} (N_enc {fl['n_encoder_side']:,}, "
+      f"N_dec {fl['n_decoder_side']:,}); naive 4*N*all tokens would be {fl['naive_per_step']:.4g}"
+    ),
+    f"convention: {fl['convention']}",
+  ]
   return "\n".join(lines)
 
 
@@ -188,10 +243,20 @@ def main(argv: list[str] | None = None) -> int:
   from prompt_tuning.bench import ours, peft_baseline
 
   try:
-    cfg = BenchConfig(model=args.model, batch=args.batch, input_length=args.input_length,
-                      target_length=args.target_length, prompt_length=args.prompt_length, dtype=args.dtype,
-                      steps=args.steps, warmup=args.warmup, num_partitions=args.num_partitions, seed=args.seed,
-                      attention_impl=args.attention_impl, remat_policy=args.remat_policy)
+    cfg = BenchConfig(
+      model=args.model,
+      batch=args.batch,
+      input_length=args.input_length,
+      target_length=args.target_length,
+      prompt_length=args.prompt_length,
+      dtype=args.dtype,
+      steps=args.steps,
+      warmup=args.warmup,
+      num_partitions=args.num_partitions,
+      seed=args.seed,
+      attention_impl=args.attention_impl,
+      remat_policy=args.remat_policy,
+    )
   except ValueError as e:
     print(f"prompt-tuning bench: {e}", file=sys.stderr)
     return 2

@@ -64,8 +64,11 @@ def enable(environ: Mapping[str, str] | None = None) -> str | None:
     try:
       os.makedirs(path, exist_ok=True)
     except OSError as e:
-      print(f"prompt-tuning: compilation cache off: cannot create {path} ({e.strerror or e}); "
-            f"set {ENV} to another directory or to 'off'", file=sys.stderr)
+      print(
+        f"prompt-tuning: compilation cache off: cannot create {path} ({e.strerror or e}); "
+        f"set {ENV} to another directory or to 'off'",
+        file=sys.stderr,
+      )
       return None
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_TIME_S)

@@ -19,15 +19,20 @@ from prompt_tuning.checkpoints.structure import CheckpointError
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="prompt-tuning convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="prompt-tuning convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("src", help="HF directory or cached hub id, t5x checkpoint (local or gs://) or native checkpoint")
   parser.add_argument("dst", help="new directory for the native checkpoint (must not exist)")
-  parser.add_argument("--config", default=None,
-                      help="a named config or a JSON config file; a t5x checkpoint needs one unless its run's "
-                           "config.gin lies beside it; for HF and native it replaces theirs and must fit the arrays")
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                      help="store parameters in this dtype (default: float32)")
+  parser.add_argument(
+    "--config",
+    default=None,
+    help="a named config or a JSON config file; a t5x checkpoint needs one unless its run's "
+    "config.gin lies beside it; for HF and native it replaces theirs and must fit the arrays",
+  )
+  parser.add_argument(
+    "--dtype", choices=("float32", "bfloat16"), default=None, help="store parameters in this dtype (default: float32)"
+  )
   return parser.parse_args(argv)
 
 
@@ -39,9 +44,11 @@ def main(argv: list[str]) -> int:
   except (CheckpointError, ValueError) as e:
     print(f"prompt-tuning convert: error: {e}", file=sys.stderr)
     return 1
-  print(f"wrote native checkpoint {args.dst} ({loader.detect_format(args.src)} source; "
-        f"{config.num_encoder_layers}+{config.num_decoder_layers} layers, emb_dim {config.emb_dim}, "
-        f"{config.param_dtype})")
+  print(
+    f"wrote native checkpoint {args.dst} ({loader.detect_format(args.src)} source; "
+    f"{config.num_encoder_layers}+{config.num_decoder_layers} layers, emb_dim {config.emb_dim}, "
+    f"{config.param_dtype})"
+  )
   return 0
 
 

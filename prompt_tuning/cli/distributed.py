@@ -27,20 +27,31 @@ class DistributedOptions:
 
   @property
   def enabled(self) -> bool:
-    return self.multiprocess or any(v is not None for v in
-                                    (self.coordinator_address, self.process_count, self.process_index))
+    return self.multiprocess or any(
+      v is not None for v in (self.coordinator_address, self.process_count, self.process_index)
+    )
 
 
 def add_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
   """Adds --multiprocess (alias --multiprocess_gpu), --coordinator_address, --process_count, --process_index."""
   group = parser.add_argument_group(
-      "multi-host", "One process per host (or per GPU), all in one device mesh; each feeds its own rows\n"
-      "of every batch. Give the last three flags together, or --multiprocess alone where jax\n"
-      "detects them (TPU pods, SLURM, Open MPI). MODEL_DIR must be shared by all hosts.")
-  group.add_argument("--multiprocess", "--multiprocess_gpu", dest="multiprocess", action="store_true",
-                     help="call jax.distributed.initialize() (t5x: --multiprocess_gpu).")
-  group.add_argument("--coordinator_address", metavar="HOST:PORT",
-                     help="address of process 0, which runs the coordinator (same on every process).")
+    "multi-host",
+    "One process per host (or per GPU), all in one device mesh; each feeds its own rows\n"
+    "of every batch. Give the last three flags together, or --multiprocess alone where jax\n"
+    "detects them (TPU pods, SLURM, Open MPI). MODEL_DIR must be shared by all hosts.",
+  )
+  group.add_argument(
+    "--multiprocess",
+    "--multiprocess_gpu",
+    dest="multiprocess",
+    action="store_true",
+    help="call jax.distributed.initialize() (t5x: --multiprocess_gpu).",
+  )
+  group.add_argument(
+    "--coordinator_address",
+    metavar="HOST:PORT",
+    help="address of process 0, which runs the coordinator (same on every process).",
+  )
   group.add_argument("--process_count", type=int, metavar="N", help="number of processes.")
   group.add_argument("--process_index", type=int, metavar="I", help="this process, in [0, N).")
   return parser
@@ -57,8 +68,10 @@ def validate(options: DistributedOptions) -> str | None:
   missing = [name for name, value in given.items() if value is None]
   if len(missing) not in (0, 3):
     present = [name for name, value in given.items() if value is not None]
-    return (f"{' and '.join(present)} also need{'s' if len(present) == 1 else ''} {' and '.join(missing)} "
-            f"(or pass --multiprocess alone where jax detects them: TPU pods, SLURM, Open MPI)")
+    return (
+      f"{' and '.join(present)} also need{'s' if len(present) == 1 else ''} {' and '.join(missing)} "
+      f"(or pass --multiprocess alone where jax detects them: TPU pods, SLURM, Open MPI)"
+    )
   if address is not None:
     match = _ADDRESS_RE.match(address)
     if not match or not 0 < int(match.group(2)) < 65536:
@@ -86,5 +99,6 @@ def initialize(options: DistributedOptions) -> None:
   if options.coordinator_address is None:
     jax.distributed.initialize()
   else:
-    jax.distributed.initialize(options.coordinator_address, num_processes=options.process_count,
-                               process_id=options.process_index)
+    jax.distributed.initialize(
+      options.coordinator_address, num_processes=options.process_count, process_id=options.process_index
+    )

@@ -1,6 +1,6 @@
 """`prompt-tuning evaluate`: score the trained prompt in MODEL_DIR with the task's metrics.
 
-  prompt-tuning evaluate --gin_file=quickstart.gin --gin_file=runs/evaluate.gin --gin.MODEL_DIR="'/tmp/quickstart'"
+prompt-tuning evaluate --gin_file=quickstart.gin --gin_file=runs/evaluate.gin --gin.MODEL_DIR="'/tmp/quickstart'"
 """
 
 from __future__ import annotations

@@ -26,17 +26,25 @@ DEFAULT_INPUT_IDS = "13 8 1566 12 2968 10 8774 5 1"  # "translate English to Ger
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="prompt-tuning generate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--checkpoint", default="",
-                      help="HF, t5x or native checkpoint, or an HF hub id in the local cache; empty: random --config")
-  parser.add_argument("--config", default=None,
-                      help="a named config (see `prompt_tuning.models.t5.NAMED_CONFIGS`) or a JSON file "
-                           "(t5_config.json, HF config.json); default 'tiny' without a checkpoint; a t5x "
-                           "checkpoint needs one unless its run's config.gin lies beside it")
+  parser = argparse.ArgumentParser(
+    prog="prompt-tuning generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--checkpoint",
+    default="",
+    help="HF, t5x or native checkpoint, or an HF hub id in the local cache; empty: random --config",
+  )
+  parser.add_argument(
+    "--config",
+    default=None,
+    help="a named config (see `prompt_tuning.models.t5.NAMED_CONFIGS`) or a JSON file "
+    "(t5_config.json, HF config.json); default 'tiny' without a checkpoint; a t5x "
+    "checkpoint needs one unless its run's config.gin lies beside it",
+  )
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-  parser.add_argument("--vocab", default=None,
-                      help="SentencePiece model for --input text (default: spiece.model in an HF checkpoint)")
+  parser.add_argument(
+    "--vocab", default=None, help="SentencePiece model for --input text (default: spiece.model in an HF checkpoint)"
+  )
   parser.add_argument("--input", action="append", default=None, help="input text (repeatable); needs a vocab")
   parser.add_argument("--input_ids", default=None, help=f"space-separated token ids (default: {DEFAULT_INPUT_IDS!r})")
   parser.add_argument("--method", choices=("greedy", "beam", "sample"), default="greedy")
@@ -88,7 +96,7 @@ def _encode_inputs(args: argparse.Namespace, processor) -> np.ndarray:
       raise ValueError(f"--input_ids must be space-separated integers, got {args.input_ids!r}") from None
   tokens = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
   for i, row in enumerate(rows):
-    tokens[i, :len(row)] = row
+    tokens[i, : len(row)] = row
   return tokens
 
 
@@ -112,19 +120,26 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"--vocab {vocab}: file not found")
       processor = sentencepiece.SentencePieceProcessor(model_file=vocab)
     inputs = _encode_inputs(args, processor)
-    options = {"beam": dict(beam_size=args.beam_size, alpha=args.alpha),
-               "sample": dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)}.get(args.method, {})
-    tokens, scores = model.generate(inputs, args.max_decode_length, args.method, seed=args.seed,
-                                    return_scores=True, **options)
+    options = {
+      "beam": dict(beam_size=args.beam_size, alpha=args.alpha),
+      "sample": dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p),
+    }.get(args.method, {})
+    tokens, scores = model.generate(
+      inputs, args.max_decode_length, args.method, seed=args.seed, return_scores=True, **options
+    )
   except (CheckpointError, ValueError) as e:
     print(f"prompt-tuning generate: error: {e}", file=sys.stderr)
     return 1
   if not args.checkpoint:
-    print(f"NOTE: built-in '{config}' model, tiny and randomly initialized: its output is noise. "
-          "A real model is one flag away: --checkpoint /path/to/hf_t5 (or a cached HF hub id; a t5x "
-          "checkpoint also needs --config)")
-  print(f"model: {args.checkpoint or config} ({model.config.num_encoder_layers}+{model.config.num_decoder_layers} "
-        f"layers, emb_dim {model.config.emb_dim}, vocab {model.config.vocab_size}); method: {args.method}")
+    print(
+      f"NOTE: built-in '{config}' model, tiny and randomly initialized: its output is noise. "
+      "A real model is one flag away: --checkpoint /path/to/hf_t5 (or a cached HF hub id; a t5x "
+      "checkpoint also needs --config)"
+    )
+  print(
+    f"model: {args.checkpoint or config} ({model.config.num_encoder_layers}+{model.config.num_decoder_layers} "
+    f"layers, emb_dim {model.config.emb_dim}, vocab {model.config.vocab_size}); method: {args.method}"
+  )
   for row_in, row_out, score in zip(inputs, tokens, scores):
     out_ids = [int(t) for t in row_out if t != 0]
     print(f"input ids:  {' '.join(str(int(t)) for t in row_in if t != 0)}")

@@ -20,6 +20,7 @@ from prompt_tuning import gin_utils
 from prompt_tuning.cli import compilation_cache, distributed
 from prompt_tuning.errors import first_line
 
+
 def configurables() -> list[Callable[..., Any]]:
   """What gin files may name, each registered under its own module path: `prompt_tuning.train.optimizer.adafactor`
   is `@optimizer.adafactor` (or `@adafactor`: gin takes any unambiguous tail), so a name says where its code is."""
@@ -30,10 +31,24 @@ def configurables() -> list[Callable[..., Any]]:
   from prompt_tuning.tasks import byod
   from prompt_tuning.train import optimizer
 
-  return [train.train, evaluate.evaluate, infer.infer,
-          specs.ModelSpec, specs.PromptSpec, specs.TaskSpec, specs.TrainSpec, specs.EvaluationSpec, specs.MeshSpec,
-          *prompt_init.PROMPT_INITIALIZERS.values(), *optimizer.OPTIMIZERS.values(), *optimizer.SCHEDULES.values(),
-          LossConfig, t5_config, random_init_config, *byod.CONFIGURABLES.values()]
+  return [
+    train.train,
+    evaluate.evaluate,
+    infer.infer,
+    specs.ModelSpec,
+    specs.PromptSpec,
+    specs.TaskSpec,
+    specs.TrainSpec,
+    specs.EvaluationSpec,
+    specs.MeshSpec,
+    *prompt_init.PROMPT_INITIALIZERS.values(),
+    *optimizer.OPTIMIZERS.values(),
+    *optimizer.SCHEDULES.values(),
+    LossConfig,
+    t5_config,
+    random_init_config,
+    *byod.CONFIGURABLES.values(),
+  ]
 
 
 def register_all() -> dict[str, Callable[..., Any]]:
@@ -57,14 +72,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser(cli_name: str, description: str | None) -> argparse.ArgumentParser:
-  parser = _Parser(prog=f"prompt-tuning {cli_name}", description=description,
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = _Parser(
+    prog=f"prompt-tuning {cli_name}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   return distributed.add_flags(gin_utils.add_gin_flags(parser))
 
 
 @dataclasses.dataclass(frozen=True)
 class CommandLine:
   """A gin-driven command's flags, parsed and checked (nothing is started)."""
+
   gin_files: list[str]
   bindings: list[str]
   search_paths: list[str]
@@ -89,8 +106,9 @@ def parse_command_line(argv: list[str], name: str, description: str | None = Non
   problem = distributed.validate(options)
   if problem:
     raise CommandLineError(problem)
-  return CommandLine(list(args.gin_file), list(args.gin_bindings),
-                     gin_utils.split_search_paths(args.gin_search_paths), options)
+  return CommandLine(
+    list(args.gin_file), list(args.gin_bindings), gin_utils.split_search_paths(args.gin_search_paths), options
+  )
 
 
 def parse_gin(command_line: CommandLine) -> dict[str, Callable[..., Any]]:
@@ -161,8 +179,10 @@ def describe_evaluation(metrics: dict[str, Any]) -> str:
   from prompt_tuning.evaluation import describe_decoding
   from prompt_tuning.runs.specs import EvaluationSpec
 
-  decoding = describe_decoding(binding("EvaluationSpec.decode_method", EvaluationSpec.decode_method),
-                               binding("EvaluationSpec.decode_options", EvaluationSpec.decode_options))
+  decoding = describe_decoding(
+    binding("EvaluationSpec.decode_method", EvaluationSpec.decode_method),
+    binding("EvaluationSpec.decode_options", EvaluationSpec.decode_options),
+  )
   ranked = "; rank/ by rank classification" if any(name.startswith("rank/") for name in metrics) else ""
   return f"on {binding('EvaluationSpec.split', EvaluationSpec.split)}: decode/ by {decoding}{ranked}"
 

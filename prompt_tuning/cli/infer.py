@@ -1,6 +1,6 @@
 """`prompt-tuning infer`: write predictions of the trained prompt in MODEL_DIR as JSONL.
 
-  prompt-tuning infer --gin_file=quickstart.gin --gin_file=runs/infer.gin --gin.MODEL_DIR="'/tmp/quickstart'"
+prompt-tuning infer --gin_file=quickstart.gin --gin_file=runs/infer.gin --gin.MODEL_DIR="'/tmp/quickstart'"
 """
 
 from __future__ import annotations

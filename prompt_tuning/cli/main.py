@@ -9,13 +9,13 @@ import sys
 from prompt_tuning.errors import first_line
 
 COMMANDS = {
-    "train": ("prompt_tuning.cli.train", "train a prompt (gin-configured, t5x style)"),
-    "evaluate": ("prompt_tuning.cli.evaluate", "score the trained prompt in MODEL_DIR with the task's metrics"),
-    "infer": ("prompt_tuning.cli.infer", "write predictions of the trained prompt as JSONL"),
-    "convert": ("prompt_tuning.cli.convert", "convert an HF or t5x checkpoint to the native format"),
-    "generate": ("prompt_tuning.cli.generate", "decode inputs with a checkpoint (default: built-in tiny model)"),
-    "tasks": ("prompt_tuning.cli.tasks", "list registered tasks and mixtures (with splits and metrics)"),
-    "bench": ("prompt_tuning.cli.bench", "time one prompt-tuning step: ours vs HF PEFT, same config"),
+  "train": ("prompt_tuning.cli.train", "train a prompt (gin-configured, t5x style)"),
+  "evaluate": ("prompt_tuning.cli.evaluate", "score the trained prompt in MODEL_DIR with the task's metrics"),
+  "infer": ("prompt_tuning.cli.infer", "write predictions of the trained prompt as JSONL"),
+  "convert": ("prompt_tuning.cli.convert", "convert an HF or t5x checkpoint to the native format"),
+  "generate": ("prompt_tuning.cli.generate", "decode inputs with a checkpoint (default: built-in tiny model)"),
+  "tasks": ("prompt_tuning.cli.tasks", "list registered tasks and mixtures (with splits and metrics)"),
+  "bench": ("prompt_tuning.cli.bench", "time one prompt-tuning step: ours vs HF PEFT, same config"),
 }
 
 
@@ -24,8 +24,12 @@ _ALIASES = {"eval": "evaluate"}
 
 
 def _usage() -> str:
-  lines = ["usage: prompt-tuning COMMAND [flags]   (prompt-tuning COMMAND --help for its flags)",
-           "       prompt-tuning --version", "", "commands:"]
+  lines = [
+    "usage: prompt-tuning COMMAND [flags]   (prompt-tuning COMMAND --help for its flags)",
+    "       prompt-tuning --version",
+    "",
+    "commands:",
+  ]
   lines += [f"  {name:10s} {help_text}" for name, (_, help_text) in COMMANDS.items()]
   return "\n".join(lines)
 

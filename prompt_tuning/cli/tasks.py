@@ -51,8 +51,12 @@ def _names(values: Any) -> list[str] | None:
 def describe(name: str, obj: Any) -> dict[str, Any]:
   """{name, kind: 'task' | 'mixture', splits, metrics (None when unreadable)[, tasks: member names]}."""
   members = _safe(lambda: _members(obj))
-  entry = {"name": name, "kind": "task" if members is None else "mixture",
-           "splits": _safe(lambda: _names(obj.splits)), "metrics": _safe(lambda: _names(obj.metrics))}
+  entry = {
+    "name": name,
+    "kind": "task" if members is None else "mixture",
+    "splits": _safe(lambda: _names(obj.splits)),
+    "metrics": _safe(lambda: _names(obj.metrics)),
+  }
   if members is not None:
     entry["tasks"] = members
   return entry
@@ -77,17 +81,22 @@ def _join(values: Iterable[str] | None) -> str:
 
 def format_lines(entries: list[dict[str, Any]]) -> list[str]:
   """One aligned line per entry: name, kind (with member count), splits, metrics."""
-  kinds = [e["kind"] if e["kind"] == "task" else f"mixture ({len(e['tasks'])} task{'s' * (len(e['tasks']) != 1)})"
-           for e in entries]
+  kinds = [
+    e["kind"] if e["kind"] == "task" else f"mixture ({len(e['tasks'])} task{'s' * (len(e['tasks']) != 1)})"
+    for e in entries
+  ]
   name_width = max((len(e["name"]) for e in entries), default=0)
   kind_width = max((len(k) for k in kinds), default=0)
-  return [f"{e['name']:<{name_width}}  {kind:<{kind_width}}  splits: {_join(e['splits'])}  "
-          f"metrics: {_join(e['metrics'])}" for e, kind in zip(entries, kinds)]
+  return [
+    f"{e['name']:<{name_width}}  {kind:<{kind_width}}  splits: {_join(e['splits'])}  metrics: {_join(e['metrics'])}"
+    for e, kind in zip(entries, kinds)
+  ]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="prompt-tuning tasks", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="prompt-tuning tasks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("pattern", nargs="?", default=None, help="only names containing this (case-insensitive)")
   parser.add_argument("--json", action="store_true", help="print a JSON list instead of lines")
   parser.add_argument("--module", default=None, help="a module to import first, registering more tasks")

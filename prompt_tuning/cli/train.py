@@ -1,6 +1,6 @@
 """`prompt-tuning train` (also `python -m prompt_tuning.train`): train a prompt, t5x style.
 
-  prompt-tuning train --gin_file=quickstart.gin --gin.MODEL_DIR="'/tmp/quickstart'"
+prompt-tuning train --gin_file=quickstart.gin --gin.MODEL_DIR="'/tmp/quickstart'"
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ def _describe(result) -> None:
     config_path = os.path.join(model_dir, "config.gin")
   cfg = result.config
   if not gin_runner.macro("INITIAL_CHECKPOINT_PATH", ""):
-    print(f"NOTE: the frozen model is a tiny T5 ({cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers, "
-          f"emb_dim {cfg.emb_dim}) with RANDOM weights (no checkpoint): the prompt learns to steer noise. "
-          f"A real model is one flag away: --gin.INITIAL_CHECKPOINT_PATH=\"'/path/to/hf_t5'\" (or a cached HF "
-          f"hub id; a t5x checkpoint also needs --gin.MODEL_CONFIG)")
+    print(
+      f"NOTE: the frozen model is a tiny T5 ({cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers, "
+      f"emb_dim {cfg.emb_dim}) with RANDOM weights (no checkpoint): the prompt learns to steer noise. "
+      f"A real model is one flag away: --gin.INITIAL_CHECKPOINT_PATH=\"'/path/to/hf_t5'\" (or a cached HF "
+      f"hub id; a t5x checkpoint also needs --gin.MODEL_CONFIG)"
+    )
   print(f"trained to step {result.step}")
   if result.eval_metrics:
     print(f"evaluated {gin_runner.describe_evaluation(result.eval_metrics)}")

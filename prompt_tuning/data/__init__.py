@@ -11,12 +11,39 @@ from __future__ import annotations
 from prompt_tuning.data.features import BATCH_KEYS, TruncationCounter, make_batch, tokenize, trim_with_eos
 from prompt_tuning.data.metrics import METRICS, accuracy, compute_metrics, exact_match, macro_f1
 from prompt_tuning.data.pipeline import Batch, BatchIterator, epoch_permutation
-from prompt_tuning.data.task import (DataError, Example, Task, TextTask, Vocabulary, get_task, read_records,
-                                     register_task)
+from prompt_tuning.data.task import (
+  DataError,
+  Example,
+  Task,
+  TextTask,
+  Vocabulary,
+  get_task,
+  read_records,
+  register_task,
+)
 from prompt_tuning.data.vocab import SentencePieceVocabulary
 
 __all__ = [
-    "BATCH_KEYS", "Batch", "BatchIterator", "DataError", "Example", "METRICS", "SentencePieceVocabulary", "Task",
-    "TextTask", "TruncationCounter", "Vocabulary", "accuracy", "compute_metrics", "epoch_permutation", "exact_match",
-    "get_task", "macro_f1", "make_batch", "read_records", "register_task", "tokenize", "trim_with_eos",
+  "BATCH_KEYS",
+  "Batch",
+  "BatchIterator",
+  "DataError",
+  "Example",
+  "METRICS",
+  "SentencePieceVocabulary",
+  "Task",
+  "TextTask",
+  "TruncationCounter",
+  "Vocabulary",
+  "accuracy",
+  "compute_metrics",
+  "epoch_permutation",
+  "exact_match",
+  "get_task",
+  "macro_f1",
+  "make_batch",
+  "read_records",
+  "register_task",
+  "tokenize",
+  "trim_with_eos",
 ]

@@ -30,8 +30,9 @@ BATCH_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_to
 def check_feature_lengths(feature_lengths: Mapping[str, int]) -> dict[str, int]:
   lengths = {k: int(feature_lengths[k]) for k in FEATURES if k in feature_lengths}
   if set(lengths) != set(FEATURES) or set(feature_lengths) != set(FEATURES) or min(lengths.values()) < 1:
-    raise ValueError(f"feature_lengths must be {{'inputs': n, 'targets': m}} with n, m >= 1, "
-                     f"got {dict(feature_lengths)}")
+    raise ValueError(
+      f"feature_lengths must be {{'inputs': n, 'targets': m}} with n, m >= 1, got {dict(feature_lengths)}"
+    )
   return lengths
 
 
@@ -65,8 +66,10 @@ class TruncationCounter:
     for feature in FEATURES:
       s = self._stats.get((split, feature))
       if s:
-        out.append(f"{split}: truncated {s['truncated']} of {s['total']} {feature} to {s['max_length']} tokens "
-                   f"(longest {s['longest']})")
+        out.append(
+          f"{split}: truncated {s['truncated']} of {s['total']} {feature} to {s['max_length']} tokens "
+          f"(longest {s['longest']})"
+        )
     return out
 
   def report(self, log=None) -> list[str]:
@@ -84,11 +87,17 @@ class TruncationCounter:
 
 def trim_with_eos(ids: Sequence[int], max_length: int, eos_id: int = 1) -> list[int]:
   """ids + [EOS], cut to `max_length` keeping EOS last (seqio's append_eos_after_trim)."""
-  return list(ids[:max_length - 1]) + [eos_id]
+  return list(ids[: max_length - 1]) + [eos_id]
 
 
-def tokenize(examples: Iterable[Example], vocabulary: Vocabulary, feature_lengths: Mapping[str, int], *,
-             split: str = "", counter: TruncationCounter | None = None) -> list[Example]:
+def tokenize(
+  examples: Iterable[Example],
+  vocabulary: Vocabulary,
+  feature_lengths: Mapping[str, int],
+  *,
+  split: str = "",
+  counter: TruncationCounter | None = None,
+) -> list[Example]:
   """Adds `inputs_ids` / `targets_ids` (lists of int): tokens + EOS, trimmed to length.
 
   Returns new dicts (text fields kept); truncations go to `counter` under `split`.
@@ -118,12 +127,13 @@ def _pad_rows(rows: Sequence[Sequence[int]], length: int, num_rows: int) -> np.n
   for i, row in enumerate(rows):
     if len(row) > length:
       raise ValueError(f"row {i} has {len(row)} tokens, more than the feature length {length}")
-    out[i, :len(row)] = row
+    out[i, : len(row)] = row
   return out
 
 
-def make_batch(encoded: Sequence[Example], feature_lengths: Mapping[str, int],
-               batch_size: int | None = None) -> dict[str, np.ndarray]:
+def make_batch(
+  encoded: Sequence[Example], feature_lengths: Mapping[str, int], batch_size: int | None = None
+) -> dict[str, np.ndarray]:
   """Tokenized examples -> the four int32 model features.
 
   Args:
@@ -142,8 +152,8 @@ def make_batch(encoded: Sequence[Example], feature_lengths: Mapping[str, int],
     raise ValueError(f"batch_size {num_rows} < {len(encoded)} examples")
   targets = _pad_rows([ex["targets_ids"] for ex in encoded], lengths["targets"], num_rows)
   return {
-      "encoder_input_tokens": _pad_rows([ex["inputs_ids"] for ex in encoded], lengths["inputs"], num_rows),
-      "decoder_input_tokens": shift_right(targets),
-      "decoder_target_tokens": targets,
-      "decoder_loss_weights": (targets != 0).astype(np.int32),
+    "encoder_input_tokens": _pad_rows([ex["inputs_ids"] for ex in encoded], lengths["inputs"], num_rows),
+    "decoder_input_tokens": shift_right(targets),
+    "decoder_target_tokens": targets,
+    "decoder_loss_weights": (targets != 0).astype(np.int32),
   }

@@ -52,8 +52,9 @@ def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict[str,
   return {"exact_match": 100.0 * hits / len(targets)}
 
 
-def macro_f1(targets: Sequence[str], predictions: Sequence[str], labels: Sequence[str] | None = None
-             ) -> dict[str, float]:
+def macro_f1(
+  targets: Sequence[str], predictions: Sequence[str], labels: Sequence[str] | None = None
+) -> dict[str, float]:
   """100 * mean over the classes present in `targets` (or over `labels`) of per-class F1.
 
   Per class c: precision = tp / (tp + fp), recall = tp / (tp + fn), F1 = their
@@ -65,7 +66,7 @@ def macro_f1(targets: Sequence[str], predictions: Sequence[str], labels: Sequenc
   """
   _check(targets, predictions)
   scores = []
-  for c in (sorted(set(targets)) if labels is None else labels):
+  for c in sorted(set(targets)) if labels is None else labels:
     tp = sum(t == c and p == c for t, p in zip(targets, predictions))
     fp = sum(t != c and p == c for t, p in zip(targets, predictions))
     fn = sum(t == c and p != c for t, p in zip(targets, predictions))
@@ -73,8 +74,9 @@ def macro_f1(targets: Sequence[str], predictions: Sequence[str], labels: Sequenc
   return {"macro_f1": 100.0 * sum(scores) / len(scores)}
 
 
-def f1(targets: Sequence[str], predictions: Sequence[str], positive: str, negative: str | None = None
-       ) -> dict[str, float]:
+def f1(
+  targets: Sequence[str], predictions: Sequence[str], positive: str, negative: str | None = None
+) -> dict[str, float]:
   """100 * binary F1 of the class `positive` (sklearn's f1_score(pos_label=positive)).
 
   Without `negative`, any prediction other than `positive` counts as negative.
@@ -93,8 +95,9 @@ def f1(targets: Sequence[str], predictions: Sequence[str], positive: str, negati
   return {"f1": 100.0 * 2 * tp / (2 * tp + fp + fn) if tp else 0.0}
 
 
-def matthews_corrcoef(targets: Sequence[str], predictions: Sequence[str], labels: Sequence[str] | None = None
-                      ) -> dict[str, float]:
+def matthews_corrcoef(
+  targets: Sequence[str], predictions: Sequence[str], labels: Sequence[str] | None = None
+) -> dict[str, float]:
   """100 * Matthews correlation (multiclass form, as sklearn) of class ids, as T5 scores CoLA.
 
   T5 first maps each string to its label's index, or to -1 when it is no label
@@ -167,16 +170,16 @@ def spearman_corrcoef(targets: Sequence[str], predictions: Sequence[str]) -> dic
 
 
 METRICS: dict[str, MetricFn] = {
-    "accuracy": accuracy,
-    "exact_match": exact_match,
-    "macro_f1": macro_f1,
-    # Binary F1 of a positive label; predictions that are neither label count as wrong (T5).
-    "f1_true": functools.partial(f1, positive="True", negative="False"),  # MultiRC-style True/False
-    "f1_equivalent": functools.partial(f1, positive="equivalent", negative="not_equivalent"),  # GLUE MRPC
-    "f1_duplicate": functools.partial(f1, positive="duplicate", negative="not_duplicate"),  # GLUE QQP
-    "matthews_corrcoef": matthews_corrcoef,
-    "pearson_corrcoef": pearson_corrcoef,
-    "spearman_corrcoef": spearman_corrcoef,
+  "accuracy": accuracy,
+  "exact_match": exact_match,
+  "macro_f1": macro_f1,
+  # Binary F1 of a positive label; predictions that are neither label count as wrong (T5).
+  "f1_true": functools.partial(f1, positive="True", negative="False"),  # MultiRC-style True/False
+  "f1_equivalent": functools.partial(f1, positive="equivalent", negative="not_equivalent"),  # GLUE MRPC
+  "f1_duplicate": functools.partial(f1, positive="duplicate", negative="not_duplicate"),  # GLUE QQP
+  "matthews_corrcoef": matthews_corrcoef,
+  "pearson_corrcoef": pearson_corrcoef,
+  "spearman_corrcoef": spearman_corrcoef,
 }
 
 
@@ -249,5 +252,7 @@ def multirc_em_f1a(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
   for r, t, p in zip(records, targets, predictions):
     key = _multirc_group(r["example"])
     groups[key] = groups.get(key, True) and t == p
-  return {"f1a": f1(targets, predictions, positive="True", negative="False")["f1"],
-          "exact_match": 100.0 * sum(groups.values()) / len(groups)}
+  return {
+    "f1a": f1(targets, predictions, positive="True", negative="False")["f1"],
+    "exact_match": 100.0 * sum(groups.values()) / len(groups),
+  }

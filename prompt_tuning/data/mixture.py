@@ -72,8 +72,10 @@ class Mixture:
     for task in self.tasks[1:]:
       other = task.vocabulary
       if other is not first and _vocabulary_key(other) != key:
-        raise ValueError(f"mixture {self.name}: task {task.name} uses vocabulary {other!r}, but "
-                         f"{self.tasks[0].name} uses {first!r}; a mixture needs one vocabulary")
+        raise ValueError(
+          f"mixture {self.name}: task {task.name} uses vocabulary {other!r}, but "
+          f"{self.tasks[0].name} uses {first!r}; a mixture needs one vocabulary"
+        )
     return first
 
   @property
@@ -125,8 +127,9 @@ class Mixture:
     for r in records:
       task_name = r["example"].get("task")
       if task_name not in self._by_name:
-        raise ValueError(f"mixture {self.name}: a record's example has task {task_name!r}, "
-                         f"not one of {list(self._by_name)}")
+        raise ValueError(
+          f"mixture {self.name}: a record's example has task {task_name!r}, not one of {list(self._by_name)}"
+        )
       grouped.setdefault(task_name, []).append(r)
     if not grouped:
       raise ValueError("no examples to score")

@@ -68,10 +68,22 @@ class BatchIterator:
       `truncation`).
   """
 
-  def __init__(self, task: Task, split: str, feature_lengths: Mapping[str, int], batch_size: int, *,
-               shuffle: bool, seed: int, repeat: bool, drop_remainder: bool, start_position: int = 0,
-               process_index: int = 0, process_count: int = 1,
-               counter: features_lib.TruncationCounter | None = None):
+  def __init__(
+    self,
+    task: Task,
+    split: str,
+    feature_lengths: Mapping[str, int],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    repeat: bool,
+    drop_remainder: bool,
+    start_position: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    counter: features_lib.TruncationCounter | None = None,
+  ):
     if batch_size < 1 or batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} must be >= 1 and divisible by process_count {process_count}")
     if not 0 <= process_index < process_count:
@@ -85,8 +97,9 @@ class BatchIterator:
     self.process_index, self.process_count = process_index, process_count
     self.local_batch_size = batch_size // process_count
     self.truncation = counter if counter is not None else features_lib.TruncationCounter()
-    self._examples = features_lib.tokenize(task.examples(split), task.vocabulary, self.feature_lengths,
-                                           split=split, counter=self.truncation)
+    self._examples = features_lib.tokenize(
+      task.examples(split), task.vocabulary, self.feature_lengths, split=split, counter=self.truncation
+    )
     if repeat and not self._examples:
       raise ValueError(f"task {task.name} split {split} is empty; cannot repeat it")
     self._position = int(start_position)
@@ -137,15 +150,15 @@ class BatchIterator:
     self._position = stop
     arrays = features_lib.make_batch(rows, self.feature_lengths, self.local_batch_size)
     mask = np.zeros(self.local_batch_size, np.int32)
-    mask[:len(rows)] = 1
+    mask[: len(rows)] = 1
     arrays["mask"] = mask
     pad = self.local_batch_size - len(rows)
     text: dict[str, list[Any]] = {
-        "inputs": [ex["inputs"] for ex in rows] + [""] * pad,
-        "targets": [ex["targets"] for ex in rows] + [""] * pad,
-        "idx": [ex.get("idx") for ex in rows] + [None] * pad,
-        # The whole example, for task metrics that need more than the target (groups, all answers)
-        # and for per-example rank-classification candidates.
-        "examples": [{k: v for k, v in ex.items() if not k.endswith("_ids")} for ex in rows] + [None] * pad,
+      "inputs": [ex["inputs"] for ex in rows] + [""] * pad,
+      "targets": [ex["targets"] for ex in rows] + [""] * pad,
+      "idx": [ex.get("idx") for ex in rows] + [None] * pad,
+      # The whole example, for task metrics that need more than the target (groups, all answers)
+      # and for per-example rank-classification candidates.
+      "examples": [{k: v for k, v in ex.items() if not k.endswith("_ids")} for ex in rows] + [None] * pad,
     }
     return Batch(arrays, text)

@@ -38,8 +38,9 @@ def _text(value: Any) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def seqio_vocabulary(task: Any, vocabulary_path: str | None = None,
-                     extra_ids: int | None = None) -> seqio.SentencePieceVocabulary:
+def seqio_vocabulary(
+  task: Any, vocabulary_path: str | None = None, extra_ids: int | None = None
+) -> seqio.SentencePieceVocabulary:
   """seqio's vocabulary for `task`: its SentencePiece model and extra ids, unless overridden.
 
   With `vocabulary_path` the task's own vocabulary is not touched (nor loaded);
@@ -49,12 +50,12 @@ def seqio_vocabulary(task: Any, vocabulary_path: str | None = None,
     vocabulary = task.vocabulary
     vocabulary_path = getattr(vocabulary, "path", None)
     if not vocabulary_path:
-      raise ValueError(f"task {task.name}: its vocabulary {vocabulary!r} names no SentencePiece model file; "
-                       f"pass vocabulary_path")
+      raise ValueError(
+        f"task {task.name}: its vocabulary {vocabulary!r} names no SentencePiece model file; pass vocabulary_path"
+      )
     if extra_ids is None:
       extra_ids = getattr(vocabulary, "extra_ids", 0)
-  return seqio.SentencePieceVocabulary(vocabulary_path,
-                                       extra_ids=DEFAULT_EXTRA_IDS if extra_ids is None else extra_ids)
+  return seqio.SentencePieceVocabulary(vocabulary_path, extra_ids=DEFAULT_EXTRA_IDS if extra_ids is None else extra_ids)
 
 
 def _dataset_fn(task: Any):
@@ -104,12 +105,15 @@ def as_seqio_task(task: Any, vocabulary_path: str | None = None, *, extra_ids: i
   output_features = {k: seqio.Feature(vocabulary=vocabulary, add_eos=True, required=True) for k in TEXT_FEATURES}
   seqio.TaskRegistry.remove(task.name)
   return seqio.TaskRegistry.add(
-      task.name,
-      source=seqio.FunctionDataSource(_dataset_fn(task), splits=list(task.splits)),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features=output_features,
-      metric_fns=[_metric_fn(task)],
+    task.name,
+    source=seqio.FunctionDataSource(_dataset_fn(task), splits=list(task.splits)),
+    preprocessors=[
+      seqio.preprocessors.tokenize,
+      seqio.CacheDatasetPlaceholder(),
+      seqio.preprocessors.append_eos_after_trim,
+    ],
+    output_features=output_features,
+    metric_fns=[_metric_fn(task)],
   )
 
 
@@ -151,8 +155,9 @@ def _mixture_members(obj: Any) -> list[tuple[Any, Any]] | None:
   return out
 
 
-def as_seqio_mixture(mixture: Any, vocabulary_path: str | None = None, *,
-                     extra_ids: int | None = None) -> seqio.Mixture:
+def as_seqio_mixture(
+  mixture: Any, vocabulary_path: str | None = None, *, extra_ids: int | None = None
+) -> seqio.Mixture:
   """Registers `mixture`'s member tasks and then the mixture (same rates) with seqio."""
   members = _mixture_members(mixture)
   if members is None:

@@ -36,11 +36,9 @@ class Vocabulary(Protocol):
   eos_id: int
   pad_id: int
 
-  def encode(self, text: str) -> list[int]:
-    ...
+  def encode(self, text: str) -> list[int]: ...
 
-  def decode(self, ids: Iterable[int]) -> str:
-    ...
+  def decode(self, ids: Iterable[int]) -> str: ...
 
 
 @runtime_checkable
@@ -50,12 +48,10 @@ class Task(Protocol):
   name: str
 
   @property
-  def vocabulary(self) -> Vocabulary:
-    ...
+  def vocabulary(self) -> Vocabulary: ...
 
   @property
-  def splits(self) -> list[str]:
-    ...
+  def splits(self) -> list[str]: ...
 
   @property
   def metrics(self) -> Sequence[str]:
@@ -174,9 +170,16 @@ class TextTask:
     metrics: names from `metrics.METRICS`.
   """
 
-  def __init__(self, name: str, vocabulary: Vocabulary | str, splits: Mapping[str, SplitSource],
-               input_template: str, target_field: str, labels: Sequence[str] | None = None,
-               metrics: Sequence[str] = ("accuracy",)):
+  def __init__(
+    self,
+    name: str,
+    vocabulary: Vocabulary | str,
+    splits: Mapping[str, SplitSource],
+    input_template: str,
+    target_field: str,
+    labels: Sequence[str] | None = None,
+    metrics: Sequence[str] = ("accuracy",),
+  ):
     self.name = name
     self._vocabulary = vocabulary
     self._sources = dict(splits)
@@ -212,8 +215,9 @@ class TextTask:
     return None if self.labels is None else list(self.labels)
 
   def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    return metrics_lib.compute_metrics(self._metrics, [r["example"]["targets"] for r in records],
-                                       [r["prediction"] for r in records])
+    return metrics_lib.compute_metrics(
+      self._metrics, [r["example"]["targets"] for r in records], [r["prediction"] for r in records]
+    )
 
   def _records(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(location for errors, record) pairs."""
@@ -232,11 +236,15 @@ class TextTask:
       try:
         inputs = self.input_template.format_map(record)
       except KeyError as e:
-        raise DataError(f"{where}: input_template field {e.args[0]!r} missing "
-                        f"(task {self.name}; record fields: {', '.join(map(str, record))})") from None
+        raise DataError(
+          f"{where}: input_template field {e.args[0]!r} missing "
+          f"(task {self.name}; record fields: {', '.join(map(str, record))})"
+        ) from None
       if self.target_field not in record:
-        raise DataError(f"{where}: target_field {self.target_field!r} missing "
-                        f"(task {self.name}; record fields: {', '.join(map(str, record))})")
+        raise DataError(
+          f"{where}: target_field {self.target_field!r} missing "
+          f"(task {self.name}; record fields: {', '.join(map(str, record))})"
+        )
       try:
         targets = label_string(record[self.target_field], self.labels)
       except ValueError as e:

@@ -59,9 +59,19 @@ class TfdsTask:
     metric_names: what score_fn reports, for listings.
   """
 
-  def __init__(self, name: str, tfds_name: str, splits: Mapping[str, str], format_fn: FormatFn, score_fn: ScoreFn,
-               *, candidates: Sequence[str] | None = None, vocabulary: Vocabulary | None = None,
-               data_dir: str | None = None, metric_names: Sequence[str] = ()):
+  def __init__(
+    self,
+    name: str,
+    tfds_name: str,
+    splits: Mapping[str, str],
+    format_fn: FormatFn,
+    score_fn: ScoreFn,
+    *,
+    candidates: Sequence[str] | None = None,
+    vocabulary: Vocabulary | None = None,
+    data_dir: str | None = None,
+    metric_names: Sequence[str] = (),
+  ):
     self.name, self.tfds_name = name, tfds_name
     self._splits = dict(splits)
     self.format_fn, self.score_fn = format_fn, score_fn

@@ -27,8 +27,9 @@ def add_extra_ids(model_proto: bytes, extra_ids: int) -> bytes:
   """Appends seqio-style sentinel pieces (`<extra_id_{n-1}>` first) to a serialized model."""
   model = sentencepiece_model_pb2.ModelProto.FromString(model_proto)
   for i in reversed(range(extra_ids)):
-    model.pieces.add(piece=f"\u2581<extra_id_{i}>", score=0.0,
-                     type=sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED)
+    model.pieces.add(
+      piece=f"\u2581<extra_id_{i}>", score=0.0, type=sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+    )
   return model.SerializeToString()
 
 
@@ -65,8 +66,10 @@ class SentencePieceVocabulary:
     self.piece_size = base.GetPieceSize()
     self._sp = sentencepiece.SentencePieceProcessor(model_proto=add_extra_ids(self._base_proto, self.extra_ids))
     if self._sp.pad_id() != PAD_ID or self._sp.eos_id() != EOS_ID:
-      raise ValueError(f"{self.path}: T5 vocabularies need pad_id=0 and eos_id=1, "
-                       f"got pad_id={self._sp.pad_id()}, eos_id={self._sp.eos_id()}")
+      raise ValueError(
+        f"{self.path}: T5 vocabularies need pad_id=0 and eos_id=1, "
+        f"got pad_id={self._sp.pad_id()}, eos_id={self._sp.eos_id()}"
+      )
 
   def __getstate__(self):  # picklable (gin deep-copies, multiprocessing)
     return {"path": self.path, "extra_ids": self.extra_ids, "_base_proto": self._base_proto}
@@ -122,7 +125,7 @@ class SentencePieceVocabulary:
     size, unk = self.vocab_size, self.unk_id
     clean = [i if 0 <= i < size else unk for i in clean]
     if EOS_ID in clean:
-      clean = clean[:clean.index(EOS_ID) + 1]
+      clean = clean[: clean.index(EOS_ID) + 1]
     return self._sp.DecodeIds(clean)
 
   def decode_batch(self, ids) -> list[str]:
@@ -145,6 +148,7 @@ def set_default_vocabulary(path: str, extra_ids: int = 100) -> None:
 def default_vocabulary() -> SentencePieceVocabulary:
   """The default vocabulary, loaded on first use."""
   if _default_vocabulary["loaded"] is None:
-    _default_vocabulary["loaded"] = SentencePieceVocabulary(_default_vocabulary["path"],
-                                                            _default_vocabulary["extra_ids"])
+    _default_vocabulary["loaded"] = SentencePieceVocabulary(
+      _default_vocabulary["path"], _default_vocabulary["extra_ids"]
+    )
   return _default_vocabulary["loaded"]

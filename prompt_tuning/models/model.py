@@ -52,8 +52,9 @@ class LossConfig:
       raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
 
 
-def cross_entropy_with_z_loss(logits: Array, targets: Array, weights: Array, z_loss: float,
-                              label_smoothing: float) -> tuple[Array, Array]:
+def cross_entropy_with_z_loss(
+  logits: Array, targets: Array, weights: Array, z_loss: float, label_smoothing: float
+) -> tuple[Array, Array]:
   """Per-token cross-entropy [batch, length] and its z-loss part, both weighted.
 
   Label smoothing spreads `label_smoothing` of the target mass uniformly over
@@ -78,8 +79,9 @@ class EncoderDecoderModel:
   module: nn.Module
   loss_config: LossConfig = LossConfig()
 
-  def loss(self, params: Params, batch: dict[str, Array], dropout_rng: Array | None = None
-           ) -> tuple[Array, dict[str, Array]]:
+  def loss(
+    self, params: Params, batch: dict[str, Array], dropout_rng: Array | None = None
+  ) -> tuple[Array, dict[str, Array]]:
     """Training loss of a batch and its metrics (sums over the batch's target tokens).
 
     With `dropout_rng`, dropout is on. Returns (loss, metrics) where metrics
@@ -87,14 +89,21 @@ class EncoderDecoderModel:
     they aggregate exactly across steps and devices.
     """
     rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-    logits = self.module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                               batch["decoder_target_tokens"], deterministic=dropout_rng is None, rngs=rngs,
-                               **_task_kwargs(batch.get("task_ids")))
+    logits = self.module.apply(
+      {"params": params},
+      batch["encoder_input_tokens"],
+      batch["decoder_input_tokens"],
+      batch["decoder_target_tokens"],
+      deterministic=dropout_rng is None,
+      rngs=rngs,
+      **_task_kwargs(batch.get("task_ids")),
+    )
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights")
     weights = (targets > 0).astype(jnp.float32) if weights is None else weights.astype(jnp.float32)
-    token_loss, token_z_loss = cross_entropy_with_z_loss(logits, targets, weights, self.loss_config.z_loss,
-                                                         self.loss_config.label_smoothing)
+    token_loss, token_z_loss = cross_entropy_with_z_loss(
+      logits, targets, weights, self.loss_config.z_loss, self.loss_config.label_smoothing
+    )
     num_tokens = jnp.sum(weights)
     factor = self.loss_config.loss_normalizing_factor
     if factor == "num_real_target_tokens":
@@ -105,20 +114,26 @@ class EncoderDecoderModel:
       denominator = float(factor)
     loss = jnp.sum(token_loss) / denominator
     correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
-    metrics = {"loss_sum": jnp.sum(token_loss), "z_loss_sum": jnp.sum(token_z_loss), "correct_tokens": correct,
-               "num_tokens": num_tokens}
+    metrics = {
+      "loss_sum": jnp.sum(token_loss),
+      "z_loss_sum": jnp.sum(token_z_loss),
+      "correct_tokens": correct,
+      "num_tokens": num_tokens,
+    }
     return loss, metrics
 
-  def score(self, params: Params, encoder_input_tokens: Array, decoder_input_tokens: Array,
-            decoder_target_tokens: Array) -> Array:
+  def score(
+    self, params: Params, encoder_input_tokens: Array, decoder_input_tokens: Array, decoder_target_tokens: Array
+  ) -> Array:
     """Sum of target-token log-probabilities, float32 [batch] (no z-loss, no smoothing)."""
     logits = self.logits(params, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(log_probs, decoder_target_tokens[..., None], axis=-1)[..., 0]
     return jnp.sum(picked * (decoder_target_tokens > 0), axis=-1)
 
-  def rank_classify(self, params: Params, encoder_input_tokens: Array, candidate_targets: Array,
-                    task_ids: Array | None = None) -> Array:
+  def rank_classify(
+    self, params: Params, encoder_input_tokens: Array, candidate_targets: Array, task_ids: Array | None = None
+  ) -> Array:
     """Scores every candidate target for every example: float32 [batch, num_candidates].
 
     Args:
@@ -129,8 +144,9 @@ class EncoderDecoderModel:
     The encoder runs once per example; its output is repeated per candidate.
     """
     batch, num_candidates = encoder_input_tokens.shape[0], candidate_targets.shape[-2]
-    encoded, encoder_mask = self.module.apply({"params": params}, encoder_input_tokens, method="encode_tokens",
-                                              **_task_kwargs(task_ids))
+    encoded, encoder_mask = self.module.apply(
+      {"params": params}, encoder_input_tokens, method="encode_tokens", **_task_kwargs(task_ids)
+    )
     encoded = decoding.flat_batch_beam_expand(encoded, num_candidates)
     encoder_mask = decoding.flat_batch_beam_expand(encoder_mask, num_candidates)
     if candidate_targets.ndim == 2:
@@ -138,14 +154,20 @@ class EncoderDecoderModel:
     else:
       targets = candidate_targets.reshape(batch * num_candidates, -1)
     inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
-    logits = self.module.apply({"params": params}, encoded, encoder_mask, inputs,
-                               decoder_mask=(targets > 0).astype(jnp.int32), method="decode")
+    logits = self.module.apply(
+      {"params": params}, encoded, encoder_mask, inputs, decoder_mask=(targets > 0).astype(jnp.int32), method="decode"
+    )
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
     return jnp.sum(picked * (targets > 0), axis=-1).reshape(batch, num_candidates)
 
-  def logits(self, params: Params, encoder_input_tokens: Array, decoder_input_tokens: Array,
-             decoder_target_tokens: Array | None = None) -> Array:
+  def logits(
+    self,
+    params: Params,
+    encoder_input_tokens: Array,
+    decoder_input_tokens: Array,
+    decoder_target_tokens: Array | None = None,
+  ) -> Array:
     """float32 logits [batch, dec_length, vocab] (deterministic: no dropout)."""
     return self.module.apply({"params": params}, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens)
 
@@ -154,13 +176,23 @@ class EncoderDecoderModel:
     `max_decode_length`, and cross-attention keys/values of `encoded`
     [flat_batch, enc_length, embed]."""
     template = jnp.zeros((encoded.shape[0], max_decode_length), jnp.int32)
-    _, variables = self.module.apply({"params": params}, encoded, encoder_mask, template, decode=True,
-                                     method="decode", mutable=["cache"])
+    _, variables = self.module.apply(
+      {"params": params}, encoded, encoder_mask, template, decode=True, method="decode", mutable=["cache"]
+    )
     return variables["cache"]
 
-  def predict_batch(self, params: Params, encoder_input_tokens: Array, *, max_decode_length: int,
-                    method: str = "greedy", rng: Array | None = None, eos_id: int = 1,
-                    task_ids: Array | None = None, **options: Any) -> decoding.DecodeResult:
+  def predict_batch(
+    self,
+    params: Params,
+    encoder_input_tokens: Array,
+    *,
+    max_decode_length: int,
+    method: str = "greedy",
+    rng: Array | None = None,
+    eos_id: int = 1,
+    task_ids: Array | None = None,
+    **options: Any,
+  ) -> decoding.DecodeResult:
     """Decodes [batch, enc_length] inputs autoregressively.
 
     Args:
@@ -171,17 +203,27 @@ class EncoderDecoderModel:
       DecodeResult with tokens [batch, num_decodes, max_decode_length] (EOS
       included, 0 after it) and scores [batch, num_decodes].
     """
-    encoded, encoder_mask = self.module.apply({"params": params}, encoder_input_tokens, method="encode_tokens",
-                                              **_task_kwargs(task_ids))
+    encoded, encoder_mask = self.module.apply(
+      {"params": params}, encoder_input_tokens, method="encode_tokens", **_task_kwargs(task_ids)
+    )
     expand = options.get("beam_size" if method == "beam" else "num_decodes", 1)
     encoded = decoding.flat_batch_beam_expand(encoded, expand)
     encoder_mask = decoding.flat_batch_beam_expand(encoder_mask, expand)
     cache = self.initial_cache(params, encoded, encoder_mask, max_decode_length)
 
     def tokens_to_logits(tokens: Array, cache: Any) -> tuple[Array, Any]:
-      logits, variables = self.module.apply({"params": params, "cache": cache}, None, encoder_mask, tokens,
-                                            decode=True, method="decode", mutable=["cache"])
+      logits, variables = self.module.apply(
+        {"params": params, "cache": cache}, None, encoder_mask, tokens, decode=True, method="decode", mutable=["cache"]
+      )
       return logits[:, -1, :], variables["cache"]
 
-    return decoding.decode(method, tokens_to_logits, cache, rng=rng, batch_size=encoder_input_tokens.shape[0],
-                           max_decode_length=max_decode_length, eos_id=eos_id, **options)
+    return decoding.decode(
+      method,
+      tokens_to_logits,
+      cache,
+      rng=rng,
+      batch_size=encoder_input_tokens.shape[0],
+      max_decode_length=max_decode_length,
+      eos_id=eos_id,
+      **options,
+    )

@@ -46,10 +46,10 @@ def uniform_init(rng: Array, shape: tuple[int, ...]) -> Array:
 @dataclasses.dataclass(frozen=True)
 class PromptConfig:
   """Attributes:
-    length: p, the number of prompt vectors.
-    placement: 'prefix', 'after_first' or 'suffix' (see the module docstring).
-    num_tasks: None for one prompt [p, embed]; k for a table [k, p, embed]
-      indexed by per-example task ids.
+  length: p, the number of prompt vectors.
+  placement: 'prefix', 'after_first' or 'suffix' (see the module docstring).
+  num_tasks: None for one prompt [p, embed]; k for a table [k, p, embed]
+    indexed by per-example task ids.
   """
 
   length: int
@@ -144,8 +144,10 @@ class Prompt(nn.Module):
     def one(key: Array) -> Array:
       value = self.init_fn(key, one_shape)
       if tuple(np.shape(value)) != one_shape:
-        raise ValueError(f"prompt initializer {getattr(self.init_fn, '__name__', self.init_fn)!r} returned shape "
-                         f"{tuple(np.shape(value))}, expected {one_shape}")
+        raise ValueError(
+          f"prompt initializer {getattr(self.init_fn, '__name__', self.init_fn)!r} returned shape "
+          f"{tuple(np.shape(value))}, expected {one_shape}"
+        )
       return jnp.asarray(value, self.param_dtype)
 
     if len(shape) == 2:
@@ -168,8 +170,9 @@ class Prompt(nn.Module):
     cfg = self.config
     p, d = cfg.length, self.embed_dim
     if embedded.ndim != 3 or embedded.shape[-1] != d or mask.shape != embedded.shape[:2]:
-      raise ValueError(f"Prompt expects embedded [batch, n, {d}] and mask [batch, n], got {embedded.shape} "
-                       f"and {mask.shape}")
+      raise ValueError(
+        f"Prompt expects embedded [batch, n, {d}] and mask [batch, n], got {embedded.shape} and {mask.shape}"
+      )
     if cfg.num_tasks is None:
       prompt = self.param("prompt", nn.with_logical_partitioning(self._init, ("prompt", "embed")), (p, d))
       ids = _concrete(task_ids)
@@ -177,8 +180,9 @@ class Prompt(nn.Module):
         raise ValueError(f"Prompt has a single prompt (num_tasks=None) but got nonzero task_ids {ids.tolist()}")
       prompt = layers.constrain(jnp.asarray(prompt, self.dtype), ("prompt", "embed"))
     else:
-      table = self.param("prompt", nn.with_logical_partitioning(self._init, ("tasks", "prompt", "embed")),
-                         (cfg.num_tasks, p, d))
+      table = self.param(
+        "prompt", nn.with_logical_partitioning(self._init, ("tasks", "prompt", "embed")), (cfg.num_tasks, p, d)
+      )
       if task_ids is None:
         raise ValueError(f"Prompt has a table of {cfg.num_tasks} prompts (num_tasks set): pass task_ids [batch]")
       if np.shape(task_ids) != embedded.shape[:1]:
@@ -215,19 +219,31 @@ class PromptedTransformer(Transformer):
   def setup(self):
     super().setup()
     cfg = self.config
-    self.prompt = Prompt(self.prompt_config, cfg.emb_dim, self.prompt_init, dtype=cfg.activation_dtype,
-                         param_dtype=jnp.dtype(self.prompt_param_dtype))
+    self.prompt = Prompt(
+      self.prompt_config,
+      cfg.emb_dim,
+      self.prompt_init,
+      dtype=cfg.activation_dtype,
+      param_dtype=jnp.dtype(self.prompt_param_dtype),
+    )
 
-  def encode_tokens(self, encoder_input_tokens: Array, *, task_ids: Array | None = None,
-                    deterministic: bool = True) -> tuple[Array, Array]:
+  def encode_tokens(
+    self, encoder_input_tokens: Array, *, task_ids: Array | None = None, deterministic: bool = True
+  ) -> tuple[Array, Array]:
     """Token ids [batch, n] (0 = padding) -> (encoded [batch, p + n, embed], mask [batch, p + n])."""
     mask = (encoder_input_tokens > 0).astype(jnp.int32)
     embedded, mask = self.prompt(self.embed(encoder_input_tokens), mask, task_ids)
     return self.encode(embedded, mask, deterministic=deterministic), mask
 
-  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
-               decoder_target_tokens: Array | None = None, *, task_ids: Array | None = None,
-               deterministic: bool = True) -> Array:
+  def __call__(
+    self,
+    encoder_input_tokens: Array,
+    decoder_input_tokens: Array,
+    decoder_target_tokens: Array | None = None,
+    *,
+    task_ids: Array | None = None,
+    deterministic: bool = True,
+  ) -> Array:
     """Teacher-forced logits, float32 [batch, dec_length, vocab]; see `Transformer.__call__`.
 
     Args:
@@ -235,5 +251,6 @@ class PromptedTransformer(Transformer):
     """
     encoded, encoder_mask = self.encode_tokens(encoder_input_tokens, task_ids=task_ids, deterministic=deterministic)
     decoder_mask = None if decoder_target_tokens is None else (decoder_target_tokens > 0).astype(jnp.int32)
-    return self.decode(encoded, encoder_mask, decoder_input_tokens, decoder_mask=decoder_mask,
-                       deterministic=deterministic)
+    return self.decode(
+      encoded, encoder_mask, decoder_input_tokens, decoder_mask=decoder_mask, deterministic=deterministic
+    )

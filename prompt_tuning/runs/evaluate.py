@@ -23,9 +23,15 @@ def phase_lines(enabled: bool) -> Callable[[str], None]:
   return progress_lib.say if enabled and jax.process_index() == 0 else (lambda message: None)
 
 
-def evaluate(model: ModelSpec, task: TaskSpec, model_dir: str, evaluation: EvaluationSpec = EvaluationSpec(),
-             mesh: MeshSpec = MeshSpec(), checkpoint_step: int | None = None,
-             progress: bool = True) -> dict[str, float]:
+def evaluate(
+  model: ModelSpec,
+  task: TaskSpec,
+  model_dir: str,
+  evaluation: EvaluationSpec = EvaluationSpec(),
+  mesh: MeshSpec = MeshSpec(),
+  checkpoint_step: int | None = None,
+  progress: bool = True,
+) -> dict[str, float]:
   """Scores the trained prompt of MODEL_DIR on `evaluation.split`; writes the metrics to MODEL_DIR.
 
   checkpoint_step: which saved step (None: the latest).
@@ -34,9 +40,17 @@ def evaluate(model: ModelSpec, task: TaskSpec, model_dir: str, evaluation: Evalu
   """
   note = phase_lines(progress)
   setup, step = setup_lib.build_trained(model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note)
-  evaluator = Evaluator(setup.model, setup.task, task.feature_lengths, evaluation.batch_size_or(TrainSpec.batch_size),
-                        decode_method=evaluation.decode_method, decode_options=evaluation.decode_options,
-                        rank_classification=evaluation.rank_classification, mesh=setup.mesh, note=note)
+  evaluator = Evaluator(
+    setup.model,
+    setup.task,
+    task.feature_lengths,
+    evaluation.batch_size_or(TrainSpec.batch_size),
+    decode_method=evaluation.decode_method,
+    decode_options=evaluation.decode_options,
+    rank_classification=evaluation.rank_classification,
+    mesh=setup.mesh,
+    note=note,
+  )
   split = evaluation.split
   metrics = evaluator.evaluate(setup.params, split)
   with MetricsWriter(model_dir) as writer:

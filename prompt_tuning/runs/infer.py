@@ -20,9 +20,17 @@ from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSp
 from prompt_tuning.task_registry import resolve_task
 
 
-def infer(model: ModelSpec, task: TaskSpec, model_dir: str, evaluation: EvaluationSpec = EvaluationSpec(),
-          mesh: MeshSpec = MeshSpec(), checkpoint_step: int | None = None, output_path: str = "",
-          leaderboard_dir: str = "", progress: bool = True) -> str:
+def infer(
+  model: ModelSpec,
+  task: TaskSpec,
+  model_dir: str,
+  evaluation: EvaluationSpec = EvaluationSpec(),
+  mesh: MeshSpec = MeshSpec(),
+  checkpoint_step: int | None = None,
+  output_path: str = "",
+  leaderboard_dir: str = "",
+  progress: bool = True,
+) -> str:
   """Writes predictions as JSONL (input, prediction, score, target); returns the file path.
 
   evaluation: the split, batch size and decoding (rank classification is not used here).
@@ -36,9 +44,16 @@ def infer(model: ModelSpec, task: TaskSpec, model_dir: str, evaluation: Evaluati
     leaderboard_members(resolve_task(task.name, task.module, task.vocabulary_path))
   note = phase_lines(progress)
   setup, step = setup_lib.build_trained(model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note)
-  evaluator = Evaluator(setup.model, setup.task, task.feature_lengths, evaluation.batch_size_or(TrainSpec.batch_size),
-                        decode_method=evaluation.decode_method, decode_options=evaluation.decode_options,
-                        rank_classification=False, mesh=setup.mesh)
+  evaluator = Evaluator(
+    setup.model,
+    setup.task,
+    task.feature_lengths,
+    evaluation.batch_size_or(TrainSpec.batch_size),
+    decode_method=evaluation.decode_method,
+    decode_options=evaluation.decode_options,
+    rank_classification=False,
+    mesh=setup.mesh,
+  )
   split = evaluation.split
   path = output_path or os.path.join(model_dir, "inference", f"{setup.task.name}-{split}-step{step}.jsonl")
   note(f"predicting {setup.task.name} {split} with {evaluator.decoding}")

@@ -68,13 +68,15 @@ def frozen_model(spec: ModelSpec, seed: int = 0) -> tuple[T5Config, dict]:
     config = loader.resolve_config(spec.config)
     config = config.replace(**{k: v for k, v in (("dtype", activation), ("param_dtype", param)) if v is not None})
     params = network.init_params(config, jax.random.PRNGKey(seed))
-  runtime = {k: v for k, v in (("attention_impl", spec.attention_impl), ("remat_policy", spec.remat_policy))
-             if v is not None}
+  runtime = {
+    k: v for k, v in (("attention_impl", spec.attention_impl), ("remat_policy", spec.remat_policy)) if v is not None
+  }
   return (config.replace(**runtime) if runtime else config), params
 
 
-def build(model: ModelSpec, task: TaskSpec, mesh: MeshSpec, *, seed: int = 0,
-          note: Callable[[str], None] = _quiet) -> Setup:
+def build(
+  model: ModelSpec, task: TaskSpec, mesh: MeshSpec, *, seed: int = 0, note: Callable[[str], None] = _quiet
+) -> Setup:
   """The mesh, the task, and the prompted model with its initial parameters (host numpy).
 
   seed: random frozen weights use it, the prompt initializer seed + 1.
@@ -82,8 +84,11 @@ def build(model: ModelSpec, task: TaskSpec, mesh: MeshSpec, *, seed: int = 0,
   """
   device_mesh = mesh.make()
   resolved = resolve_task(task.name, task.module, task.vocabulary_path)
-  note(f"loading the frozen model from {model.checkpoint}" if model.checkpoint else
-       f"initializing the frozen model at random (no initial checkpoint), seed {seed}")
+  note(
+    f"loading the frozen model from {model.checkpoint}"
+    if model.checkpoint
+    else f"initializing the frozen model at random (no initial checkpoint), seed {seed}"
+  )
   config, t5_params = frozen_model(model, seed)
   vocab_size = resolved.vocabulary.vocab_size
   if vocab_size is not None and vocab_size > config.vocab_size:
@@ -99,8 +104,15 @@ def build(model: ModelSpec, task: TaskSpec, mesh: MeshSpec, *, seed: int = 0,
   return Setup(device_mesh, resolved, EncoderDecoderModel(module, model.loss), config, params)
 
 
-def build_trained(model_dir: str, model: ModelSpec, task: TaskSpec, mesh: MeshSpec, *,
-                  checkpoint_step: int | None = None, note: Callable[[str], None] = _quiet) -> tuple[Setup, int]:
+def build_trained(
+  model_dir: str,
+  model: ModelSpec,
+  task: TaskSpec,
+  mesh: MeshSpec,
+  *,
+  checkpoint_step: int | None = None,
+  note: Callable[[str], None] = _quiet,
+) -> tuple[Setup, int]:
   """`build` with the trained subtree of MODEL_DIR's checkpoint (default: the latest) swapped in,
   every parameter placed on the mesh by the logical-axis rules. Returns (setup, the restored step)."""
   # The prompt's value is replaced by the trained one, so the cheapest initializer does.
@@ -110,4 +122,3 @@ def build_trained(model_dir: str, model: ModelSpec, task: TaskSpec, mesh: MeshSp
   note(f"restored the trained parameters of step {step} from {checkpoint_dir(model_dir, step)}")
   shardings = partitioning.logical_to_sharding(network.module_logical_axes(setup.model.module), setup.mesh)
   return dataclasses.replace(setup, params=jax.device_put(params, shardings)), step
-

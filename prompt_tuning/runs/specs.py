@@ -53,8 +53,9 @@ class PromptSpec:
 
   def __post_init__(self):
     _check(_positive_int(self.length), f"PROMPT_LENGTH must be a positive integer, got {self.length!r}")
-    _check(self.placement in _PLACEMENTS,
-           f"PROMPT_PLACEMENT must be one of {', '.join(_PLACEMENTS)}, got {self.placement!r}")
+    _check(
+      self.placement in _PLACEMENTS, f"PROMPT_PLACEMENT must be one of {', '.join(_PLACEMENTS)}, got {self.placement!r}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +90,10 @@ class ModelSpec:
   def __post_init__(self):
     for name, value in (("ACTIVATION_DTYPE", self.activation_dtype), ("PARAM_DTYPE", self.param_dtype)):
       _check(value is None or value in _DTYPES, f"{name} must be None or one of {', '.join(_DTYPES)}, got {value!r}")
-    _check(isinstance(self.checkpoint, str),
-           f"INITIAL_CHECKPOINT_PATH must be a path string ('' for random weights), got {self.checkpoint!r}")
+    _check(
+      isinstance(self.checkpoint, str),
+      f"INITIAL_CHECKPOINT_PATH must be a path string ('' for random weights), got {self.checkpoint!r}",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,12 +112,16 @@ class TaskSpec:
   vocabulary_path: str | None = None
 
   def __post_init__(self):
-    _check(isinstance(self.name, str) and bool(self.name),
-           f"MIXTURE_OR_TASK_NAME must be a task name, got {self.name!r}")
+    _check(
+      isinstance(self.name, str) and bool(self.name), f"MIXTURE_OR_TASK_NAME must be a task name, got {self.name!r}"
+    )
     lengths = self.feature_lengths
-    _check(isinstance(lengths, Mapping) and {"inputs", "targets"} <= set(lengths)
-           and all(_positive_int(lengths[k]) for k in ("inputs", "targets")),
-           f"TASK_FEATURE_LENGTHS must map 'inputs' and 'targets' to positive integers, got {lengths!r}")
+    _check(
+      isinstance(lengths, Mapping)
+      and {"inputs", "targets"} <= set(lengths)
+      and all(_positive_int(lengths[k]) for k in ("inputs", "targets")),
+      f"TASK_FEATURE_LENGTHS must map 'inputs' and 'targets' to positive integers, got {lengths!r}",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +169,10 @@ class EvaluationSpec:
   rank_classification: bool | None = None
 
   def __post_init__(self):
-    _check(self.batch_size is None or _positive_int(self.batch_size),
-           f"EVAL_BATCH_SIZE must be a positive integer, got {self.batch_size!r}")
+    _check(
+      self.batch_size is None or _positive_int(self.batch_size),
+      f"EVAL_BATCH_SIZE must be a positive integer, got {self.batch_size!r}",
+    )
 
   def batch_size_or(self, default: int) -> int:
     return default if self.batch_size is None else self.batch_size

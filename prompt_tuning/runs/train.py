@@ -16,8 +16,13 @@ import numpy as np
 from absl import logging
 
 from prompt_tuning import param_tree, partitioning
-from prompt_tuning.checkpoints.train_state import (RunConfig, TrainCheckpointer, checkpoint_dir, prompt_file,
-                                                   write_run_config)
+from prompt_tuning.checkpoints.train_state import (
+  RunConfig,
+  TrainCheckpointer,
+  checkpoint_dir,
+  prompt_file,
+  write_run_config,
+)
 from prompt_tuning.data.features import BATCH_KEYS
 from prompt_tuning.data.pipeline import BatchIterator
 from prompt_tuning.evaluation import Evaluator
@@ -42,9 +47,15 @@ class TrainResult:
   prompt_path: str | None
 
 
-def train(model: ModelSpec, task: TaskSpec, model_dir: str, training: TrainSpec = TrainSpec(),
-          evaluation: EvaluationSpec = EvaluationSpec(), mesh: MeshSpec = MeshSpec(),
-          progress: bool = True) -> TrainResult:
+def train(
+  model: ModelSpec,
+  task: TaskSpec,
+  model_dir: str,
+  training: TrainSpec = TrainSpec(),
+  evaluation: EvaluationSpec = EvaluationSpec(),
+  mesh: MeshSpec = MeshSpec(),
+  progress: bool = True,
+) -> TrainResult:
   """Trains the parameters `model.trainable_params` selects (default: the prompt only) of a frozen T5.
 
   From Python this is `prompt_tuning.train_prompt(...)`; the CLI builds the same specs from gin
@@ -71,14 +82,15 @@ def train(model: ModelSpec, task: TaskSpec, model_dir: str, training: TrainSpec 
   setup = setup_lib.build(model, task, mesh, seed=training.seed, note=bar.note)
   device_mesh = setup.mesh
   trainable, frozen = param_tree.split_trainable(setup.params, model.trainable_params)
-  _, frozen_axes = param_tree.split_trainable(network.module_logical_axes(setup.model.module),
-                                              model.trainable_params)
+  _, frozen_axes = param_tree.split_trainable(network.module_logical_axes(setup.model.module), model.trainable_params)
   frozen_shardings = partitioning.logical_to_sharding(frozen_axes, device_mesh)
   frozen = jax.device_put(frozen, frozen_shardings)
   tx, schedule = training.optimizer()
   # Placed as the step returns it (replicated), so the second step does not compile again.
-  state = jax.device_put(TrainState.create(jax.tree.map(np.asarray, trainable), tx),
-                         jax.sharding.NamedSharding(device_mesh, jax.sharding.PartitionSpec()))
+  state = jax.device_put(
+    TrainState.create(jax.tree.map(np.asarray, trainable), tx),
+    jax.sharding.NamedSharding(device_mesh, jax.sharding.PartitionSpec()),
+  )
 
   checkpointer = TrainCheckpointer(model_dir, save_period=training.save_period, keep=training.keep)
   position = 0
@@ -92,23 +104,52 @@ def train(model: ModelSpec, task: TaskSpec, model_dir: str, training: TrainSpec 
   if start >= steps:  # resumed a finished run: it reports its evaluation again
     bar.note(f"{model_dir} is already trained to step {start} (TRAIN_STEPS={steps}): nothing to train")
   if jax.process_index() == 0:
-    write_run_config(model_dir, RunConfig(
-        prompt_length=model.prompt.length, prompt_placement=model.prompt.placement,
-        trainable_params=model.trainable_params, task=setup.task.name, mixture_or_task_module=task.module,
-        vocabulary_path=task.vocabulary_path, task_feature_lengths=dict(task.feature_lengths),
-        initial_checkpoint_path=model.checkpoint, model_config=setup.config, seed=training.seed))
+    write_run_config(
+      model_dir,
+      RunConfig(
+        prompt_length=model.prompt.length,
+        prompt_placement=model.prompt.placement,
+        trainable_params=model.trainable_params,
+        task=setup.task.name,
+        mixture_or_task_module=task.module,
+        vocabulary_path=task.vocabulary_path,
+        task_feature_lengths=dict(task.feature_lengths),
+        initial_checkpoint_path=model.checkpoint,
+        model_config=setup.config,
+        seed=training.seed,
+      ),
+    )
 
   shard, shards = partitioning.data_shard(device_mesh)  # processes of one model replica read the same rows
   bar.note(f"reading the train split of {setup.task.name}")
-  batches = BatchIterator(setup.task, "train", task.feature_lengths, training.batch_size, shuffle=True,
-                          seed=training.seed, repeat=True, drop_remainder=True, start_position=position,
-                          process_index=shard, process_count=shards)
+  batches = BatchIterator(
+    setup.task,
+    "train",
+    task.feature_lengths,
+    training.batch_size,
+    shuffle=True,
+    seed=training.seed,
+    repeat=True,
+    drop_remainder=True,
+    start_position=position,
+    process_index=shard,
+    process_count=shards,
+  )
   batches.truncation.report()  # the whole split is tokenized up front: report its truncation once
-  evaluator = Evaluator(setup.model, setup.task, task.feature_lengths, evaluation.batch_size_or(training.batch_size),
-                        decode_method=evaluation.decode_method, decode_options=evaluation.decode_options,
-                        rank_classification=evaluation.rank_classification, mesh=device_mesh, note=bar.note)
-  train_step = step_lib.compile_train_step(step_lib.make_train_step(setup.model, tx, schedule), device_mesh,
-                                           frozen_shardings)
+  evaluator = Evaluator(
+    setup.model,
+    setup.task,
+    task.feature_lengths,
+    evaluation.batch_size_or(training.batch_size),
+    decode_method=evaluation.decode_method,
+    decode_options=evaluation.decode_options,
+    rank_classification=evaluation.rank_classification,
+    mesh=device_mesh,
+    note=bar.note,
+  )
+  train_step = step_lib.compile_train_step(
+    step_lib.make_train_step(setup.model, tx, schedule), device_mesh, frozen_shardings
+  )
 
   def evaluate_now(state: TrainState) -> dict[str, float]:
     return evaluator.evaluate(param_tree.merge_params(state.params, frozen), evaluation.split)
@@ -154,6 +195,11 @@ def train(model: ModelSpec, task: TaskSpec, model_dir: str, training: TrainSpec 
   writer.close()
   checkpointer.close()
   final = int(state.step)
-  return TrainResult(step=final, config=setup.config, trainable=partitioning.to_host(state.params),
-                     frozen=partitioning.to_host(frozen), eval_metrics=eval_metrics,
-                     prompt_path=prompt_file(model_dir, final) if "prompt" in state.params else None)
+  return TrainResult(
+    step=final,
+    config=setup.config,
+    trainable=partitioning.to_host(state.params),
+    frozen=partitioning.to_host(frozen),
+    eval_metrics=eval_metrics,
+    prompt_path=prompt_file(model_dir, final) if "prompt" in state.params else None,
+  )

@@ -11,11 +11,11 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import optax
 
-
 Params = Any
 Schedule = Callable[[Any], Any]
 
 # --- learning-rate schedules ---------------------------------------------------------------------
+
 
 def constant_schedule(learning_rate: float = 0.3) -> Schedule:
   """The paper's schedule: a constant 0.3."""
@@ -33,8 +33,9 @@ def linear_warmup_rsqrt_decay(learning_rate: float = 1.0, warmup_steps: int = 10
   return schedule
 
 
-def warmup_cosine_decay(learning_rate: float = 0.3, warmup_steps: int = 1000, decay_steps: int = 30_000,
-                        end_value: float = 0.0) -> Schedule:
+def warmup_cosine_decay(
+  learning_rate: float = 0.3, warmup_steps: int = 1000, decay_steps: int = 30_000, end_value: float = 0.0
+) -> Schedule:
   return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, decay_steps, end_value)
 
 
@@ -44,27 +45,43 @@ def linear_decay(learning_rate: float = 0.3, decay_steps: int = 30_000, end_valu
 
 # --- optimizers ----------------------------------------------------------------------------------
 
+
 def _as_schedule(learning_rate: float | Schedule) -> Schedule:
   return learning_rate if callable(learning_rate) else optax.constant_schedule(learning_rate)
 
 
-def adafactor(learning_rate: float | Schedule = 0.3, decay_rate: float = 0.8, multiply_by_parameter_scale: bool = False,
-              weight_decay_rate: float | None = 1e-5, clipping_threshold: float | None = 1.0,
-              factored: bool = True) -> tuple[optax.GradientTransformation, Schedule]:
+def adafactor(
+  learning_rate: float | Schedule = 0.3,
+  decay_rate: float = 0.8,
+  multiply_by_parameter_scale: bool = False,
+  weight_decay_rate: float | None = 1e-5,
+  clipping_threshold: float | None = 1.0,
+  factored: bool = True,
+) -> tuple[optax.GradientTransformation, Schedule]:
   """The paper's optimizer: Adafactor, lr 0.3, decay 0.8, no parameter scaling, weight decay 1e-5.
 
   Returns (transformation, schedule); the schedule is reported as learning_rate.
   """
   schedule = _as_schedule(learning_rate)
-  tx = optax.adafactor(learning_rate=schedule, decay_rate=decay_rate,
-                       multiply_by_parameter_scale=multiply_by_parameter_scale,
-                       weight_decay_rate=weight_decay_rate, clipping_threshold=clipping_threshold, factored=factored)
+  tx = optax.adafactor(
+    learning_rate=schedule,
+    decay_rate=decay_rate,
+    multiply_by_parameter_scale=multiply_by_parameter_scale,
+    weight_decay_rate=weight_decay_rate,
+    clipping_threshold=clipping_threshold,
+    factored=factored,
+  )
   return tx, schedule
 
 
-def adamw(learning_rate: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-          weight_decay: float = 1e-5, max_grad_norm: float | None = None
-          ) -> tuple[optax.GradientTransformation, Schedule]:
+def adamw(
+  learning_rate: float | Schedule = 1e-3,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 1e-5,
+  max_grad_norm: float | None = None,
+) -> tuple[optax.GradientTransformation, Schedule]:
   """Adam with decoupled weight decay (optionally after global-norm clipping)."""
   schedule = _as_schedule(learning_rate)
   tx = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
@@ -74,5 +91,9 @@ def adamw(learning_rate: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0
 
 
 OPTIMIZERS = {"adafactor": adafactor, "adamw": adamw}
-SCHEDULES = {"constant_schedule": constant_schedule, "linear_warmup_rsqrt_decay": linear_warmup_rsqrt_decay,
-             "warmup_cosine_decay": warmup_cosine_decay, "linear_decay": linear_decay}
+SCHEDULES = {
+  "constant_schedule": constant_schedule,
+  "linear_warmup_rsqrt_decay": linear_warmup_rsqrt_decay,
+  "warmup_cosine_decay": warmup_cosine_decay,
+  "linear_decay": linear_decay,
+}

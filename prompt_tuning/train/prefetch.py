@@ -29,14 +29,16 @@ class DevicePrefetcher:
   `__next__`, with its own type. `close()` stops the thread (also on `with`).
   """
 
-  def __init__(self, batches: Iterator[Any], place: Callable[[Any], Any], position_of: Callable[[Any], int],
-               size: int = 2):
+  def __init__(
+    self, batches: Iterator[Any], place: Callable[[Any], Any], position_of: Callable[[Any], int], size: int = 2
+  ):
     if size < 1:
       raise ValueError(f"prefetch size must be >= 1, got {size}")
     self._queue: queue.Queue = queue.Queue(maxsize=size)
     self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._fill, args=(batches, place, position_of), daemon=True,
-                                    name="device-prefetch")
+    self._thread = threading.Thread(
+      target=self._fill, args=(batches, place, position_of), daemon=True, name="device-prefetch"
+    )
     self._thread.start()
 
   def _put(self, item: Any) -> bool:

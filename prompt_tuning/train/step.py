@@ -24,8 +24,9 @@ Batch = dict[str, jax.Array]
 METRIC_SUMS = ("loss_sum", "z_loss_sum", "correct_tokens", "num_tokens")
 
 
-def make_train_step(model: EncoderDecoderModel, tx: optax.GradientTransformation,
-                    schedule: Callable[[Any], Any]) -> Callable:
+def make_train_step(
+  model: EncoderDecoderModel, tx: optax.GradientTransformation, schedule: Callable[[Any], Any]
+) -> Callable:
   """(state, frozen, batch, rng) -> (state, metrics). Dropout uses fold_in(rng, step)."""
 
   def train_step(state: TrainState, frozen: Any, batch: Batch, rng: jax.Array) -> tuple[TrainState, dict]:
@@ -37,8 +38,13 @@ def make_train_step(model: EncoderDecoderModel, tx: optax.GradientTransformation
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(sums, loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step),
-                   examples=jnp.asarray(batch["encoder_input_tokens"].shape[0], jnp.float32))
+    metrics = dict(
+      sums,
+      loss=loss,
+      grad_norm=optax.tree.norm(grads),
+      learning_rate=schedule(state.step),
+      examples=jnp.asarray(batch["encoder_input_tokens"].shape[0], jnp.float32),
+    )
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
@@ -48,8 +54,12 @@ def compile_train_step(train_step: Callable, mesh: Mesh, frozen_shardings: Any) 
   """jit with shardings: state replicated (donated), frozen by rules, batch on the data axis."""
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = partitioning.data_sharding(mesh)
-  return jax.jit(train_step, in_shardings=(replicated, frozen_shardings, batch_sharding, replicated),
-                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+  return jax.jit(
+    train_step,
+    in_shardings=(replicated, frozen_shardings, batch_sharding, replicated),
+    out_shardings=(replicated, replicated),
+    donate_argnums=(0,),
+  )
 
 
 def accumulate(total: dict | None, metrics: dict) -> dict:
@@ -66,6 +76,10 @@ def summarize(total: dict) -> dict[str, float]:
   """Host-side scalars for a logging period: per-token loss, z_loss and accuracy."""
   values = jax.device_get(total)
   tokens = max(float(values["num_tokens"]), 1.0)
-  return {"loss": float(values["loss_sum"]) / tokens, "z_loss": float(values["z_loss_sum"]) / tokens,
-          "token_accuracy": float(values["correct_tokens"]) / tokens,
-          "learning_rate": float(values["learning_rate"]), "grad_norm": float(values["grad_norm"])}
+  return {
+    "loss": float(values["loss_sum"]) / tokens,
+    "z_loss": float(values["z_loss_sum"]) / tokens,
+    "token_accuracy": float(values["correct_tokens"]) / tokens,
+    "learning_rate": float(values["learning_rate"]),
+    "grad_norm": float(values["grad_norm"]),
+  }

@@ -18,8 +18,24 @@ from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5.config import get_config
 from support import param_counts
 
-TINY_ARGS = ["--model", "tiny", "--batch", "2", "--input_length", "24", "--target_length", "4",
-             "--prompt_length", "4", "--steps", "2", "--warmup", "1", "--dtype", "float32"]
+TINY_ARGS = [
+  "--model",
+  "tiny",
+  "--batch",
+  "2",
+  "--input_length",
+  "24",
+  "--target_length",
+  "4",
+  "--prompt_length",
+  "4",
+  "--steps",
+  "2",
+  "--warmup",
+  "1",
+  "--dtype",
+  "float32",
+]
 
 
 def _tiny_flops_by_hand() -> int:
@@ -80,8 +96,9 @@ def test_out_of_memory_is_reported_not_raised(monkeypatch):
   def oom(*args, **kwargs):
     raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123 bytes.")
 
-  cfg = BenchConfig(model="tiny", batch=2, input_length=8, target_length=2, prompt_length=2, dtype="float32",
-                    steps=1, warmup=1)
+  cfg = BenchConfig(
+    model="tiny", batch=2, input_length=8, target_length=2, prompt_length=2, dtype="float32", steps=1, warmup=1
+  )
   monkeypatch.setattr(ours, "_run", oom)
   assert ours.run(cfg).error == "out of memory"
   monkeypatch.setattr(peft_baseline, "_time", oom)

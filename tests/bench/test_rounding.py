@@ -35,8 +35,9 @@ def test_model_parallel_gap_is_rounding_at_every_layer():
   """float32: the 1x2 mesh's gap tracks a one-ulp prompt nudge (a sharding bug would be O(1) from
   layer 0). bf16: its gap from one device stays within one device's own bf16-vs-float32 gap, at every
   encoder layer and in the per-example losses. Both gaps grow with depth in a random-weight T5."""
-  result = subprocess.run([sys.executable, "-c", COMPARE_SCRIPT], env=_two_cpu_devices(), capture_output=True,
-                          text=True, timeout=600)
+  result = subprocess.run(
+    [sys.executable, "-c", COMPARE_SCRIPT], env=_two_cpu_devices(), capture_output=True, text=True, timeout=600
+  )
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   report = json.loads(result.stdout.split("REPORT", 1)[1])
   column = {name: i for i, name in enumerate(report["pairs"])}
@@ -57,11 +58,26 @@ def test_model_parallel_gap_is_rounding_at_every_layer():
 @pytest.mark.slow
 def test_check_rounding_command_writes_its_report(tmp_path):
   path = tmp_path / "rounding.json"
-  args = ["-m", "prompt_tuning.cli.bench", "--model", "tiny", "--batch", "2", "--input_length", "24",
-          "--target_length", "4", "--prompt_length", "4", "--num_partitions", "2", "--check_rounding",
-          "--json", str(path)]
-  result = subprocess.run([sys.executable, *args], env=_two_cpu_devices(), capture_output=True, text=True,
-                          timeout=600)
+  args = [
+    "-m",
+    "prompt_tuning.cli.bench",
+    "--model",
+    "tiny",
+    "--batch",
+    "2",
+    "--input_length",
+    "24",
+    "--target_length",
+    "4",
+    "--prompt_length",
+    "4",
+    "--num_partitions",
+    "2",
+    "--check_rounding",
+    "--json",
+    str(path),
+  ]
+  result = subprocess.run([sys.executable, *args], env=_two_cpu_devices(), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "f32_nudged~f32" in result.stdout and "per-example loss, rms gap" in result.stdout
   data = json.loads(path.read_text())

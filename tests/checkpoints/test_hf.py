@@ -67,8 +67,7 @@ def test_old_transformers_config_with_tie_word_embeddings_false(hf_checkpoints, 
   enc, dec_in, _ = padded_batch
   old = prompt_tuning.load_pretrained(path)
   assert not old.config.logits_via_embedding
-  np.testing.assert_allclose(old.logits(enc, dec_in), prompt_tuning.load_pretrained(src).logits(enc, dec_in),
-                             atol=1e-6)
+  np.testing.assert_allclose(old.logits(enc, dec_in), prompt_tuning.load_pretrained(src).logits(enc, dec_in), atol=1e-6)
 
 
 def test_sharded_safetensors_and_pytorch_bin_load_the_same(hf_checkpoints, padded_batch, tmp_path):
@@ -91,12 +90,16 @@ def test_sharded_safetensors_and_pytorch_bin_load_the_same(hf_checkpoints, padde
 def test_mismatches_name_the_parameter_and_shapes(hf_checkpoints, tmp_path):
   _, src = hf_checkpoints["t5_1_1"]
   # A config with a different width than the arrays: the shapes, then the field and the fix.
-  with pytest.raises(CheckpointError, match=r"decoder/decoder_norm/scale has shape \(32,\), "
-                                             r"the config expects \(64,\); the config passed in says emb_dim=64 "
-                                             r"\(the checkpoint's: 32\): leave MODEL_CONFIG / --config / config= "
-                                             r"unset to use the checkpoint's own$"):
-    prompt_tuning.load_pretrained(src, config=hf.config_from_hf(
-        {**json.load(open(os.path.join(src, "config.json"))), "d_model": 64}))
+  with pytest.raises(
+    CheckpointError,
+    match=r"decoder/decoder_norm/scale has shape \(32,\), "
+    r"the config expects \(64,\); the config passed in says emb_dim=64 "
+    r"\(the checkpoint's: 32\): leave MODEL_CONFIG / --config / config= "
+    r"unset to use the checkpoint's own$",
+  ):
+    prompt_tuning.load_pretrained(
+      src, config=hf.config_from_hf({**json.load(open(os.path.join(src, "config.json"))), "d_model": 64})
+    )
   # config.json says more layers than the weights hold.
   path = _copy(src, tmp_path / "deeper")
   _edit_config(path, num_layers=3)

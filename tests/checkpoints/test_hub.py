@@ -10,8 +10,8 @@ import pytest
 
 from prompt_tuning.checkpoints import hub, loader
 from prompt_tuning.checkpoints.structure import CheckpointError
-from prompt_tuning.param_tree import flatten
 from prompt_tuning.cli import main as cli
+from prompt_tuning.param_tree import flatten
 
 REPO_ID = "google/t5-tiny-test"
 COMMITS = ("1f0e3d2c1b0a", "9a8b7c6d5e4f")  # an older snapshot, then the one refs/main names
@@ -51,8 +51,11 @@ def test_model_id_and_cache_folders_resolve_like_huggingface_hub(hub_cache):
   assert hub.resolve(REPO_ID) == main
   # huggingface_hub's own offline lookup finds the same snapshot.
   assert os.path.dirname(try_to_load_from_cache(REPO_ID, "config.json", cache_dir=cache)) == main
-  assert hub.resolve(f"{REPO_ID}@v0") == hub.resolve(f"{REPO_ID}@{COMMITS[0]}") == os.path.join(
-      repo, "snapshots", COMMITS[0])
+  assert (
+    hub.resolve(f"{REPO_ID}@v0")
+    == hub.resolve(f"{REPO_ID}@{COMMITS[0]}")
+    == os.path.join(repo, "snapshots", COMMITS[0])
+  )
   assert hub.resolve(repo) == main  # the repo folder itself
   assert hub.resolve(main) == main  # a snapshot is a plain directory
   assert hub.resolve("gs://bucket/t5x/checkpoint_1") == "gs://bucket/t5x/checkpoint_1"
@@ -79,12 +82,18 @@ def test_cache_location_follows_huggingface_hub(monkeypatch, tmp_path):
 
 def test_absent_model_or_revision_is_one_line(hub_cache, capsys):
   _, cache, repo = hub_cache
-  with pytest.raises(CheckpointError, match=rf"^google/t5-v1_1-small: no such checkpoint directory, and no "
-                                            rf"HuggingFace hub model 'google/t5-v1_1-small' in the local hub cache "
-                                            rf"{cache} \(download it first"):
+  with pytest.raises(
+    CheckpointError,
+    match=rf"^google/t5-v1_1-small: no such checkpoint directory, and no "
+    rf"HuggingFace hub model 'google/t5-v1_1-small' in the local hub cache "
+    rf"{cache} \(download it first",
+  ):
     loader.load_checkpoint("google/t5-v1_1-small")
-  with pytest.raises(CheckpointError, match=rf"no snapshot for revision 'v9' in the hub cache \(snapshots: "
-                                            rf"{COMMITS[0]}, {COMMITS[1]}\)"):
+  with pytest.raises(
+    CheckpointError,
+    match=rf"no snapshot for revision 'v9' in the hub cache \(snapshots: "
+    rf"{COMMITS[0]}, {COMMITS[1]}\)",
+  ):
     hub.resolve(f"{REPO_ID}@v9")
   with pytest.raises(CheckpointError, match=r"^\./missing: checkpoint path does not exist$"):
     hub.resolve("./missing")

@@ -12,8 +12,8 @@ import pytest
 import prompt_tuning
 from prompt_tuning.checkpoints import hf, loader, native, t5x_gin
 from prompt_tuning.checkpoints.structure import CheckpointError
-from prompt_tuning.param_tree import flatten
 from prompt_tuning.cli import main as cli
+from prompt_tuning.param_tree import flatten
 from support import t5x_format
 
 
@@ -63,10 +63,15 @@ def test_t5x_bfloat16_checkpoint_loads_in_float32_and_bfloat16(reference, padded
 def test_t5x_needs_a_config_and_checks_it_against_the_arrays(reference, tmp_path):
   config, params, _ = reference
   step_dir = t5x_format.write_t5x_checkpoint(params, str(tmp_path), 1, zarr_min_size=1024)
-  with pytest.raises(CheckpointError, match=r"carries no model config \(no config.gin beside it\); name it: "
-                                             r"MODEL_CONFIG='t5_1_1_base' \(gin\), --config t5_1_1_base"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"carries no model config \(no config.gin beside it\); name it: "
+    r"MODEL_CONFIG='t5_1_1_base' \(gin\), --config t5_1_1_base",
+  ):
     prompt_tuning.load_pretrained(step_dir)
-  with pytest.raises(CheckpointError, match=r"decoder/decoder_norm/scale has shape \(32,\), the config expects \(512,\)"):
+  with pytest.raises(
+    CheckpointError, match=r"decoder/decoder_norm/scale has shape \(32,\), the config expects \(512,\)"
+  ):
     prompt_tuning.load_pretrained(step_dir, config="t5_1_1_small")
   # A T5 1.0 config for T5 1.1 arrays: the first unknown parameter is named.
   with pytest.raises(CheckpointError, match="missing parameter|unexpected parameter"):
@@ -104,7 +109,9 @@ def test_native_checkpoint_with_missing_or_damaged_params(reference, tmp_path):
   shutil.rmtree(os.path.join(broken, "params"))
   with pytest.raises(CheckpointError, match="no params/ directory"):
     prompt_tuning.load_pretrained(broken)
-  with pytest.raises(CheckpointError, match=r"decoder/decoder_norm/scale has shape \(32,\), the config expects \(48,\)"):
+  with pytest.raises(
+    CheckpointError, match=r"decoder/decoder_norm/scale has shape \(32,\), the config expects \(48,\)"
+  ):
     prompt_tuning.load_pretrained(path, config=config.replace(emb_dim=48))
   damaged = str(tmp_path / "damaged")
   shutil.copytree(path, damaged)
@@ -112,7 +119,9 @@ def test_native_checkpoint_with_missing_or_damaged_params(reference, tmp_path):
     for name in files:
       with open(os.path.join(dirpath, name), "r+b") as f:
         f.truncate(8)
-  with pytest.raises(CheckpointError, match=r"damaged/params: (orbax metadata is missing or incomplete|cannot restore parameters)"):
+  with pytest.raises(
+    CheckpointError, match=r"damaged/params: (orbax metadata is missing or incomplete|cannot restore parameters)"
+  ):
     prompt_tuning.load_pretrained(damaged)
   with open(os.path.join(broken, "t5_config.json"), "w") as f:
     f.write('{"d_model": 3}')
@@ -130,8 +139,9 @@ def test_t5x_relative_attention_comes_from_the_runs_config_gin(hf_checkpoints, t
   assert loader.load_checkpoint(step_dir, wrong)[0] == wrong  # the hazard: nothing in the arrays objects
   assert "max distance 128 (relative attention as configured; no config.gin" in capsys.readouterr().err
   (model_dir / "config.gin").write_text(
-      "relative_position_biases.RelativePositionBiases.max_distance = 12\n"
-      "relative_position_biases.RelativePositionBiases.num_buckets = 8\n")
+    "relative_position_biases.RelativePositionBiases.max_distance = 12\n"
+    "relative_position_biases.RelativePositionBiases.num_buckets = 8\n"
+  )
   assert loader.load_checkpoint(step_dir, wrong)[0] == config
   err = capsys.readouterr().err
   assert f"t5x checkpoint {step_dir}: 3+1 layers, emb_dim 32" in err
@@ -144,9 +154,10 @@ def test_t5x_sizes_come_from_the_runs_config_gin(reference, tmp_path):
   model_dir = tmp_path / "run"
   step_dir = t5x_format.write_t5x_checkpoint(params, str(model_dir), 2, zarr_min_size=1024)
   (model_dir / "config.gin").write_text(
-      "DROPOUT_RATE = 0.1\nnetwork.T5Config:\n" + "".join(
-          f"  {field} = {getattr(config, field)!r}\n" for field in t5x_gin.ARCH_FIELDS) +
-      "  dtype = 'bfloat16'\n  dropout_rate = %DROPOUT_RATE\n")
+    "DROPOUT_RATE = 0.1\nnetwork.T5Config:\n"
+    + "".join(f"  {field} = {getattr(config, field)!r}\n" for field in t5x_gin.ARCH_FIELDS)
+    + "  dtype = 'bfloat16'\n  dropout_rate = %DROPOUT_RATE\n"
+  )
   loaded, _ = loader.load_checkpoint(step_dir)
   assert loaded == config.replace(dropout_rate=0.0)  # dtype and dropout are the run's, not the model's
   with pytest.raises(CheckpointError, match=r"the config says emb_dim=48 but the run's \S+config.gin says 32$"):
@@ -161,8 +172,22 @@ def test_convert_and_generate_take_a_config_file(reference, tmp_path, capsys):
   assert cli.main(["convert", step_dir, native_dir, "--config", os.path.join(hf_dir, "config.json")]) == 0
   assert native.read_native_config(native_dir) == config
   capsys.readouterr()
-  assert cli.main(["generate", "--checkpoint", step_dir, "--config", os.path.join(native_dir, "t5_config.json"),
-                   "--input_ids", "5 9 1", "--max_decode_length", "3"]) == 0
+  assert (
+    cli.main(
+      [
+        "generate",
+        "--checkpoint",
+        step_dir,
+        "--config",
+        os.path.join(native_dir, "t5_config.json"),
+        "--input_ids",
+        "5 9 1",
+        "--max_decode_length",
+        "3",
+      ]
+    )
+    == 0
+  )
   assert f"model: {step_dir} (2+2 layers, emb_dim 32, vocab 96)" in capsys.readouterr().out
   assert cli.main(["generate", "--config", "t5_1_1_bogus"]) == 1
   err = capsys.readouterr().err.strip()

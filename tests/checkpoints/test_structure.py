@@ -9,8 +9,10 @@ from flax.core import FrozenDict
 from prompt_tuning.checkpoints.structure import CheckpointError, check_params
 from prompt_tuning.param_tree import flatten, unflatten
 
-TREE = {"encoder": {"layers_0": {"attention": {"query": {"kernel": np.zeros((2, 3))}}}, "empty": {}},
-        "prompt": {"prompt": np.ones((4, 2))}}
+TREE = {
+  "encoder": {"layers_0": {"attention": {"query": {"kernel": np.zeros((2, 3))}}}, "empty": {}},
+  "prompt": {"prompt": np.ones((4, 2))},
+}
 
 
 def test_flatten_joins_keys_with_slashes_and_drops_empty_dicts():
@@ -22,7 +24,10 @@ def test_flatten_joins_keys_with_slashes_and_drops_empty_dicts():
 def test_unflatten_inverts_flatten():
   tree = unflatten(flatten(TREE))
   assert tree.keys() == {"encoder", "prompt"} and "empty" not in tree["encoder"]
-  assert tree["encoder"]["layers_0"]["attention"]["query"]["kernel"] is TREE["encoder"]["layers_0"]["attention"]["query"]["kernel"]
+  assert (
+    tree["encoder"]["layers_0"]["attention"]["query"]["kernel"]
+    is TREE["encoder"]["layers_0"]["attention"]["query"]["kernel"]
+  )
   assert flatten(tree) == flatten(TREE)
 
 
@@ -38,7 +43,9 @@ def test_is_leaf_keeps_a_dict_whole():
 
 def test_check_params_names_the_first_path_and_both_shapes():
   expected = {"a": {"kernel": np.zeros((2, 3))}, "b": np.zeros(4)}
-  with pytest.raises(CheckpointError, match=r"^ckpt: parameter a/kernel has shape \(3, 2\), the config expects \(2, 3\)$"):
+  with pytest.raises(
+    CheckpointError, match=r"^ckpt: parameter a/kernel has shape \(3, 2\), the config expects \(2, 3\)$"
+  ):
     check_params({"a": {"kernel": np.zeros((3, 2))}, "b": np.zeros(4)}, expected, "ckpt")
   with pytest.raises(CheckpointError, match=r"^ckpt: missing parameter b \(expected shape \(4,\)\)$"):
     check_params({"a": {"kernel": np.zeros((2, 3))}}, expected, "ckpt")

@@ -24,23 +24,32 @@ def _t5_params(seed: int, d_model: int = 16, vocab: int = 40, layers: int = 2) -
   f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
 
   def block(cross: bool) -> dict:
-    out = {"pre_attention_layer_norm": {"scale": f32(d_model)},
-           "attention": {n: {"kernel": f32(d_model, d_model)} for n in ("query", "key", "value", "out")},
-           "pre_mlp_layer_norm": {"scale": f32(d_model)},
-           "mlp": {"wi_0": {"kernel": f32(d_model, 32)}, "wi_1": {"kernel": f32(d_model, 32)},
-                   "wo": {"kernel": f32(32, d_model)}}}
+    out = {
+      "pre_attention_layer_norm": {"scale": f32(d_model)},
+      "attention": {n: {"kernel": f32(d_model, d_model)} for n in ("query", "key", "value", "out")},
+      "pre_mlp_layer_norm": {"scale": f32(d_model)},
+      "mlp": {
+        "wi_0": {"kernel": f32(d_model, 32)},
+        "wi_1": {"kernel": f32(d_model, 32)},
+        "wo": {"kernel": f32(32, d_model)},
+      },
+    }
     if cross:
       out["encoder_decoder_attention"] = {n: {"kernel": f32(d_model, d_model)} for n in ("query", "out")}
     return out
 
   return {
-      "token_embedder": {"embedding": f32(vocab, d_model)},
-      "encoder": {**{f"layers_{i}": block(False) for i in range(layers)},
-                  "encoder_norm": {"scale": f32(d_model)},
-                  "relpos_bias": {"rel_embedding": f32(2, 32)}},
-      "decoder": {**{f"layers_{i}": block(True) for i in range(layers)},
-                  "decoder_norm": {"scale": f32(d_model)},
-                  "logits_dense": {"kernel": f32(d_model, vocab)}},
+    "token_embedder": {"embedding": f32(vocab, d_model)},
+    "encoder": {
+      **{f"layers_{i}": block(False) for i in range(layers)},
+      "encoder_norm": {"scale": f32(d_model)},
+      "relpos_bias": {"rel_embedding": f32(2, 32)},
+    },
+    "decoder": {
+      **{f"layers_{i}": block(True) for i in range(layers)},
+      "decoder_norm": {"scale": f32(d_model)},
+      "logits_dense": {"kernel": f32(d_model, vocab)},
+    },
   }
 
 
@@ -117,8 +126,7 @@ def test_parent_dir_picks_highest_step(legacy, tmp_path):
 
 def test_bfloat16_zarr_comes_back_as_stored(tmp_path):
   params = _t5_params(2)
-  step_dir = t5x_format.write_t5x_checkpoint(params, str(tmp_path), 3, zarr_min_size=ZARR_MIN_SIZE,
-                                             dtype="bfloat16")
+  step_dir = t5x_format.write_t5x_checkpoint(params, str(tmp_path), 3, zarr_min_size=ZARR_MIN_SIZE, dtype="bfloat16")
   loaded = t5x.load_t5x_params(step_dir)
   want = {p: a.astype(ml_dtypes.bfloat16) for p, a in flatten(params).items()}
   _assert_same(loaded, t5x.unflatten(want))
@@ -130,8 +138,9 @@ def test_bfloat16_zarr_comes_back_as_stored(tmp_path):
 @pytest.mark.parametrize("under_optimizer,as_jax", [(False, False), (True, True)])
 def test_orbax_round_trip(tmp_path, under_optimizer, as_jax):
   params = _t5_params(3)
-  step_dir = t5x_format.write_orbax_t5x_checkpoint(params, str(tmp_path), 4, under_optimizer=under_optimizer,
-                                                   as_jax=as_jax)
+  step_dir = t5x_format.write_orbax_t5x_checkpoint(
+    params, str(tmp_path), 4, under_optimizer=under_optimizer, as_jax=as_jax
+  )
   assert os.path.isfile(os.path.join(step_dir, "state", "_METADATA"))
   loaded = t5x.load_t5x_params(str(tmp_path))
   assert all(type(a) is np.ndarray for a in flatten(loaded).values())
@@ -161,6 +170,7 @@ def test_orbax_missing_metadata(tmp_path):
 
 def test_orbax_without_target(tmp_path):
   import orbax.checkpoint as ocp
+
   ocp.PyTreeCheckpointer().save(str(tmp_path / "checkpoint_1" / "state"), {"params": {"w": np.ones(3)}})
   msg = _raises("no 'optimizer/target' or 'target'", tmp_path)
   assert "params" in msg
@@ -170,8 +180,12 @@ def test_orbax_without_target(tmp_path):
 
 
 def test_resolve_spec_gcs_kvstore_path_form():
-  spec = {"driver": "zarr", "dtype": "float32", "metadata": {"shape": [4]},
-          "kvstore": {"driver": "gcs", "bucket": "t5x-dummy-bucket", "path": "target.encoder.x.kernel"}}
+  spec = {
+    "driver": "zarr",
+    "dtype": "float32",
+    "metadata": {"shape": [4]},
+    "kvstore": {"driver": "gcs", "bucket": "t5x-dummy-bucket", "path": "target.encoder.x.kernel"},
+  }
   got = t5x.resolve_ts_spec(spec, "gs://bucket/dir/checkpoint_5")
   assert got["kvstore"] == {"driver": "gcs", "bucket": "bucket", "path": "dir/checkpoint_5/target.encoder.x.kernel"}
   assert got["metadata"] == {"shape": [4]} and "path" not in got
@@ -179,11 +193,19 @@ def test_resolve_spec_gcs_kvstore_path_form():
 
 
 def test_resolve_spec_old_top_level_path_form():
-  spec = {"driver": "zarr", "dtype": "bfloat16", "path": "target.decoder.logits_dense.kernel",
-          "kvstore": {"driver": "gcs", "bucket": "t5x-dummy-bucket"}, "metadata": {}}
+  spec = {
+    "driver": "zarr",
+    "dtype": "bfloat16",
+    "path": "target.decoder.logits_dense.kernel",
+    "kvstore": {"driver": "gcs", "bucket": "t5x-dummy-bucket"},
+    "metadata": {},
+  }
   got = t5x.resolve_ts_spec(spec, "gs://bucket/dir/checkpoint_5/")
-  assert got["kvstore"] == {"driver": "gcs", "bucket": "bucket",
-                            "path": "dir/checkpoint_5/target.decoder.logits_dense.kernel"}
+  assert got["kvstore"] == {
+    "driver": "gcs",
+    "bucket": "bucket",
+    "path": "dir/checkpoint_5/target.decoder.logits_dense.kernel",
+  }
   assert "path" not in got and got["dtype"] == "bfloat16"
 
 
@@ -191,9 +213,14 @@ def test_resolve_spec_old_top_level_path_form():
 def test_resolve_spec_any_known_driver_follows_the_checkpoint(driver):
   spec = {"driver": "zarr", "kvstore": {"driver": driver, "path": "target.a.kernel"}}
   assert t5x.resolve_ts_spec(spec, "gs://b/checkpoint_5")["kvstore"] == {
-      "driver": "gcs", "bucket": "b", "path": "checkpoint_5/target.a.kernel"}
+    "driver": "gcs",
+    "bucket": "b",
+    "path": "checkpoint_5/target.a.kernel",
+  }
   assert t5x.resolve_ts_spec(spec, "/ckpt/checkpoint_5")["kvstore"] == {
-      "driver": "file", "path": "/ckpt/checkpoint_5/target.a.kernel"}
+    "driver": "file",
+    "path": "/ckpt/checkpoint_5/target.a.kernel",
+  }
 
 
 def test_resolve_spec_absolute_path_is_reanchored():
@@ -233,7 +260,7 @@ def test_error_empty_step_dir(tmp_path):
 def test_error_truncated_msgpack(legacy_copy):
   _, step_dir = legacy_copy
   data = (step_dir / "checkpoint").read_bytes()
-  (step_dir / "checkpoint").write_bytes(data[:len(data) // 2])
+  (step_dir / "checkpoint").write_bytes(data[: len(data) // 2])
   _raises("unreadable t5x msgpack checkpoint", step_dir)
 
 

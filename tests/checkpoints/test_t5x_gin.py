@@ -49,20 +49,35 @@ network.T5Config:
 
 def test_relative_position_settings_from_operative_bindings():
   assert t5x_gin.read_model_settings(OPERATIVE, "config.gin") == {
-      "relative_attention_max_distance": 64, "relative_attention_num_buckets": 16}
+    "relative_attention_max_distance": 64,
+    "relative_attention_num_buckets": 16,
+  }
 
 
 def test_network_sizes_from_a_block():
   assert t5x_gin.read_model_settings(BLOCK, "config.gin") == {
-      "vocab_size": 32128, "emb_dim": 768, "num_heads": 12, "num_encoder_layers": 12, "num_decoder_layers": 12,
-      "head_dim": 64, "mlp_dim": 2048, "mlp_activations": ("gelu", "linear"), "logits_via_embedding": False}
+    "vocab_size": 32128,
+    "emb_dim": 768,
+    "num_heads": 12,
+    "num_encoder_layers": 12,
+    "num_decoder_layers": 12,
+    "head_dim": 64,
+    "mlp_dim": 2048,
+    "mlp_activations": ("gelu", "linear"),
+    "logits_via_embedding": False,
+  }
 
 
 def test_scoped_settings_must_agree():
-  text = ("encoder/relative_position_biases.RelativePositionBiases.max_distance = 128\n"
-          "decoder/relative_position_biases.RelativePositionBiases.max_distance = 64\n")
-  with pytest.raises(CheckpointError, match=r"config.gin: different relative_attention_max_distance per scope "
-                                            r"\(decoder/\S+=64, encoder/\S+=128\)"):
+  text = (
+    "encoder/relative_position_biases.RelativePositionBiases.max_distance = 128\n"
+    "decoder/relative_position_biases.RelativePositionBiases.max_distance = 64\n"
+  )
+  with pytest.raises(
+    CheckpointError,
+    match=r"config.gin: different relative_attention_max_distance per scope "
+    r"\(decoder/\S+=64, encoder/\S+=128\)",
+  ):
     t5x_gin.read_model_settings(text, "config.gin")
   same = text.replace("= 64", "= 128")
   assert t5x_gin.read_model_settings(same, "config.gin") == {"relative_attention_max_distance": 128}

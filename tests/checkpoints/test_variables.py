@@ -43,8 +43,9 @@ def test_t5x_legacy_layout(tmp_path, zarr_min_size):
   write_t5x_checkpoint(later, str(tmp_path), 200, zarr_min_size=zarr_min_size)
   np.testing.assert_array_equal(read_checkpoint_variable(str(tmp_path)), PROMPT + 1)
   np.testing.assert_array_equal(read_checkpoint_variable(str(tmp_path), step=100), PROMPT)
-  np.testing.assert_array_equal(read_checkpoint_variable(str(tmp_path / "checkpoint_100"), "encoder/prompt/prompt"),
-                                PROMPT)
+  np.testing.assert_array_equal(
+    read_checkpoint_variable(str(tmp_path / "checkpoint_100"), "encoder/prompt/prompt"), PROMPT
+  )
   with pytest.raises(CheckpointError, match=r"no variable 'decoder/prompt'; available: encoder/prompt/prompt"):
     read_checkpoint_variable(str(tmp_path), "decoder/prompt")
   with pytest.raises(CheckpointError, match=r"checkpoint_100: is a single step directory, not checkpoint_200$"):
@@ -62,8 +63,11 @@ def _save_train_state(directory: str, steps: dict[int, np.ndarray]) -> None:
   """The train-state contract, written with orbax alone (checkpoints/variables.py's docstring)."""
   manager = ocp.CheckpointManager(directory)
   for step, prompt in steps.items():
-    state = {"params": {"prompt": {"prompt": prompt}}, "step": np.int32(step),
-             "opt_state": {"mu": {"prompt": {"prompt": np.zeros_like(prompt)}}}}
+    state = {
+      "params": {"prompt": {"prompt": prompt}},
+      "step": np.int32(step),
+      "opt_state": {"mu": {"prompt": {"prompt": np.zeros_like(prompt)}}},
+    }
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
   manager.wait_until_finished()
   manager.close()
@@ -89,8 +93,11 @@ def test_what_the_trainer_writes(tmp_path):
   checkpointer = TrainCheckpointer(str(tmp_path), save_period=0)
   try:
     for step, prompt in ((1, PROMPT), (2, PROMPT * 3)):
-      state = {"step": np.int32(step), "params": {"prompt": {"prompt": prompt}},
-               "opt_state": {"v": {"prompt": {"prompt": np.ones_like(prompt)}}}}
+      state = {
+        "step": np.int32(step),
+        "params": {"prompt": {"prompt": prompt}},
+        "opt_state": {"v": {"prompt": {"prompt": np.ones_like(prompt)}}},
+      }
       assert checkpointer.save(step, state, data_position=step * 8, force=True)
   finally:
     checkpointer.close()

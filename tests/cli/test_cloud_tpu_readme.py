@@ -15,9 +15,9 @@ import os
 import re
 import shlex
 
-import gin
 import pytest
 
+import gin
 from prompt_tuning.cli import gin_runner
 
 README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
@@ -27,7 +27,7 @@ HEADING = "### Cloud TPU"
 def readme_tpu_commands() -> list[list[str]]:
   """The shell words of each command in the README's Cloud TPU code block (comments dropped)."""
   text = open(README).read()
-  section = text[text.index(HEADING):]
+  section = text[text.index(HEADING) :]
   block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
   return [shlex.split(line, comments=True) for line in block.replace("\\\n", "").splitlines() if line.strip()]
 
@@ -87,10 +87,13 @@ def test_install_names_extras_and_versions_that_exist():
   assert len(pips) == 1
   words = pips[0]
   constraints = words[words.index("-c") + 1]
-  pinned = dict(line.strip().split("==", 1) for line in open(os.path.join(os.path.dirname(README), constraints))
-                if "==" in line and not line.startswith("#"))
+  pinned = dict(
+    line.strip().split("==", 1)
+    for line in open(os.path.join(os.path.dirname(README), constraints))
+    if "==" in line and not line.startswith("#")
+  )
   extras = set(importlib.metadata.metadata("prompt-tuning").get_all("Provides-Extra"))
-  for requirement in words[words.index("-c") + 2:]:
+  for requirement in words[words.index("-c") + 2 :]:
     match = re.fullmatch(r"([.\w-]+)(?:\[([\w,]+)\])?(?:==(.+))?", requirement)
     assert match, requirement
     package, wanted, version = match.groups()
@@ -131,9 +134,18 @@ def test_train_and_eval_agree_on_the_run(clean_gin):
   macros = {}
   for _, argv in worker_commands("prompt-tuning"):
     _parsed(argv[0], argv[1:])
-    macros[argv[0]] = {name: gin_runner.macro(name) for name in (
-        "MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "INITIAL_CHECKPOINT_PATH", "VOCABULARY_PATH",
-        "PROMPT_LENGTH", "BATCH_SIZE")}
+    macros[argv[0]] = {
+      name: gin_runner.macro(name)
+      for name in (
+        "MODEL_DIR",
+        "MIXTURE_OR_TASK_NAME",
+        "TASK_FEATURE_LENGTHS",
+        "INITIAL_CHECKPOINT_PATH",
+        "VOCABULARY_PATH",
+        "PROMPT_LENGTH",
+        "BATCH_SIZE",
+      )
+    }
   assert macros["train"] == macros["evaluate"]
 
 
@@ -155,7 +167,7 @@ def test_train_command_runs_as_two_workers_on_gcs(tmp_path):
   from prompt_tuning.models.t5.config import get_config
   from support import gcs_emulator, processes, t5x_format
 
-  (env, argv), = [(env, argv) for env, argv in worker_commands("prompt-tuning") if argv[0] == "train"]
+  ((env, argv),) = [(env, argv) for env, argv in worker_commands("prompt-tuning") if argv[0] == "train"]
   flags = [flag for flag in argv[1:] if flag != "--multiprocess"]
   assert len(flags) == len(argv) - 2
   model_dir = gin_runner_macro_after(flags, "MODEL_DIR")
@@ -167,17 +179,23 @@ def test_train_command_runs_as_two_workers_on_gcs(tmp_path):
   params = jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
   step_dir = t5x_format.write_t5x_checkpoint(params, str(tmp_path / "t5x"), 1, zarr_min_size=256)
   (tmp_path / "tiny.json").write_text(config.to_json())
-  overrides = [f"--gin.MODEL_CONFIG='{tmp_path / 'tiny.json'}'", "--gin.MIXTURE_OR_TASK_NAME='quickstart_sentiment'",
-               "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.TRAIN_STEPS=2"]
+  overrides = [
+    f"--gin.MODEL_CONFIG='{tmp_path / 'tiny.json'}'",
+    "--gin.MIXTURE_OR_TASK_NAME='quickstart_sentiment'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}",
+    "--gin.TRAIN_STEPS=2",
+  ]
 
   buckets = sorted({path.split("/")[2] for path in (model_dir, checkpoint)})
   with gcs_emulator.running(buckets, str(tmp_path / "fake_gcs_server.log")) as url:
     gcs = gcs_emulator.filesystem(url)
     gcs.put(step_dir, checkpoint.removeprefix("gs://"), recursive=True)
-    outs = processes.run_processes(tmp_path, ["train", *flags, *overrides],
-                                   env={**env, **gcs_emulator.environment(url), "EPATH_USE_TF": "false"})
-    written = sorted(path.removeprefix(model_dir.removeprefix("gs://") + "/")
-                     for path in gcs.find(model_dir.removeprefix("gs://")))
+    outs = processes.run_processes(
+      tmp_path, ["train", *flags, *overrides], env={**env, **gcs_emulator.environment(url), "EPATH_USE_TF": "false"}
+    )
+    written = sorted(
+      path.removeprefix(model_dir.removeprefix("gs://") + "/") for path in gcs.find(model_dir.removeprefix("gs://"))
+    )
     metrics = [json.loads(line) for line in gcs.cat_file(f"{model_dir}/metrics.jsonl").decode().splitlines()]
     prompt = np.load(io.BytesIO(gcs.cat_file(f"{model_dir}/prompts/step_2.npy")))
 

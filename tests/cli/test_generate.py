@@ -35,8 +35,24 @@ def test_generate_text_with_a_checkpoint_and_sentencepiece_vocab(hf_checkpoints,
   # The HF reference models have a 96-token vocabulary: keep inputs inside it via --input_ids,
   # and check text goes through the SentencePiece model end to end with the larger built-in model.
   path = hf_checkpoints["t5_1_0"][1]
-  assert cli.main(["generate", "--checkpoint", path, "--input_ids", "5 9 1", "--method", "beam",
-                   "--beam_size", "2", "--max_decode_length", "4"]) == 0
+  assert (
+    cli.main(
+      [
+        "generate",
+        "--checkpoint",
+        path,
+        "--input_ids",
+        "5 9 1",
+        "--method",
+        "beam",
+        "--beam_size",
+        "2",
+        "--max_decode_length",
+        "4",
+      ]
+    )
+    == 0
+  )
   assert "method: beam" in capsys.readouterr().out
   assert cli.main(["generate", "--vocab", vocab, "--input", "hello world", "--max_decode_length", "3"]) == 0
   out = capsys.readouterr().out
@@ -67,6 +83,7 @@ def test_errors_are_one_line(capsys, tmp_path):
 
 
 def test_console_script_help_runs_as_a_module():
-  out = subprocess.run([sys.executable, "-m", "prompt_tuning.cli.main", "--help"], capture_output=True, text=True,
-                       check=True).stdout
+  out = subprocess.run(
+    [sys.executable, "-m", "prompt_tuning.cli.main", "--help"], capture_output=True, text=True, check=True
+  ).stdout
   assert "convert" in out and "generate" in out

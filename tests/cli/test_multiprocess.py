@@ -20,10 +20,14 @@ import pytest
 from prompt_tuning.cli import main as cli
 from support import processes
 
-FLAGS = ["--gin_file=quickstart.gin", "--gin.BATCH_SIZE=8", "--gin.TrainSpec.save_period=3",
-         "--gin.TrainSpec.log_period=2",
-         # 30 rows over a 4-way data axis: padded to 32; 100 examples: a last, partial batch of 10.
-         "--gin.EVAL_BATCH_SIZE=30"]
+FLAGS = [
+  "--gin_file=quickstart.gin",
+  "--gin.BATCH_SIZE=8",
+  "--gin.TrainSpec.save_period=3",
+  "--gin.TrainSpec.log_period=2",
+  # 30 rows over a 4-way data axis: padded to 32; 100 examples: a last, partial batch of 10.
+  "--gin.EVAL_BATCH_SIZE=30",
+]
 PREDICTIONS = "inference/quickstart_sentiment-validation-step6.jsonl"
 # Prompts of a split job against one device differ by the order of float32 sums. Measured on a
 # 2-core x86 CPU: at most 5.3e-6 apart (4-way data split, 6 steps; one replica over two processes,
@@ -34,18 +38,25 @@ ROUNDING_BOUND = 1e-4
 # --- flags ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(
+  "flags, message",
+  [
     (["--process_index=1"], "--process_index also needs --coordinator_address and --process_count"),
     (["--coordinator_address=localhost:1234", "--process_count=2"], "--process_count also need --process_index"),
-    (["--coordinator_address=localhost:1234", "--process_count=2", "--process_index=2"],
-     "--process_index=2 is not in [0, 2)"),
-    (["--coordinator_address=localhost:1234", "--process_count=0", "--process_index=0"],
-     "--process_count=0 must be >= 1"),
+    (
+      ["--coordinator_address=localhost:1234", "--process_count=2", "--process_index=2"],
+      "--process_index=2 is not in [0, 2)",
+    ),
+    (
+      ["--coordinator_address=localhost:1234", "--process_count=0", "--process_index=0"],
+      "--process_count=0 must be >= 1",
+    ),
     (["--coordinator_address=localhost", "--process_count=2", "--process_index=0"], "is not HOST:PORT"),
     (["--coordinator_address=localhost:99999", "--process_count=2", "--process_index=0"], "is not HOST:PORT"),
     (["--process_count=two"], "argument --process_count: invalid int value: 'two'"),
     (["--coordinator_address"], "argument --coordinator_address: expected one argument"),
-])
+  ],
+)
 def test_bad_multihost_flags_are_one_line_and_start_nothing(flags, message, capsys, monkeypatch):
   monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: pytest.fail("initialize was called"))
   for command, name in (("train", "train"), ("evaluate", "evaluate"), ("eval", "evaluate")):  # eval: the old name
@@ -54,15 +65,22 @@ def test_bad_multihost_flags_are_one_line_and_start_nothing(flags, message, caps
     assert err.count("\n") == 1 and err.startswith(f"prompt-tuning {name}: error: ") and message in err, err
 
 
-@pytest.mark.parametrize("flags, call", [
-    (["--coordinator_address=10.0.0.1:1234", "--process_count=4", "--process_index=3"],
-     (("10.0.0.1:1234",), {"num_processes": 4, "process_id": 3})),
-    (["--coordinator_address=[::1]:8476", "--process_count=1", "--process_index=0", "--multiprocess"],
-     (("[::1]:8476",), {"num_processes": 1, "process_id": 0})),
+@pytest.mark.parametrize(
+  "flags, call",
+  [
+    (
+      ["--coordinator_address=10.0.0.1:1234", "--process_count=4", "--process_index=3"],
+      (("10.0.0.1:1234",), {"num_processes": 4, "process_id": 3}),
+    ),
+    (
+      ["--coordinator_address=[::1]:8476", "--process_count=1", "--process_index=0", "--multiprocess"],
+      (("[::1]:8476",), {"num_processes": 1, "process_id": 0}),
+    ),
     (["--multiprocess"], ((), {})),
     (["--multiprocess_gpu"], ((), {})),  # t5x's name
     ([], None),
-])
+  ],
+)
 def test_flags_reach_jax_distributed_initialize(flags, call, capsys, monkeypatch):
   calls = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
@@ -83,11 +101,20 @@ def test_initialize_failure_is_one_line(capsys, monkeypatch):
 
 
 def test_help_lists_the_multihost_flags():
-  out = subprocess.run([sys.executable, "-m", "prompt_tuning.cli.main", "train", "--help"], capture_output=True,
-                       text=True, timeout=60, cwd=os.path.dirname(__file__)).stdout
+  out = subprocess.run(
+    [sys.executable, "-m", "prompt_tuning.cli.main", "train", "--help"],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    cwd=os.path.dirname(__file__),
+  ).stdout
   assert out.startswith("usage: prompt-tuning train")
-  for flag in ("--multiprocess, --multiprocess_gpu", "--coordinator_address HOST:PORT", "--process_count N",
-               "--process_index I"):
+  for flag in (
+    "--multiprocess, --multiprocess_gpu",
+    "--coordinator_address HOST:PORT",
+    "--process_count N",
+    "--process_index I",
+  ):
     assert flag in out
 
 
@@ -95,8 +122,14 @@ def test_help_lists_the_multihost_flags():
 
 
 def _run_one(cwd, *args) -> str:
-  result = subprocess.run([sys.executable, "-m", "prompt_tuning.cli.main", *args], cwd=cwd,
-                          env=processes.cpu_env(1), capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-m", "prompt_tuning.cli.main", *args],
+    cwd=cwd,
+    env=processes.cpu_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
 
@@ -150,8 +183,7 @@ def test_two_processes_train_resume_and_infer_like_one(tmp_path):
   assert said[0] == said[1] == [f"predictions: {multi}/{PREDICTIONS}"]
   preds = {d: [json.loads(line) for line in open(tmp_path / d / PREDICTIONS)] for d in (single, multi)}
   assert len(preds[multi]) == 100
-  assert [(p["input"], p["prediction"]) for p in preds[multi]] == [(p["input"], p["prediction"])
-                                                                    for p in preds[single]]
+  assert [(p["input"], p["prediction"]) for p in preds[multi]] == [(p["input"], p["prediction"]) for p in preds[single]]
   np.testing.assert_allclose([p["score"] for p in preds[multi]], [p["score"] for p in preds[single]], rtol=1e-4)
 
 
@@ -160,8 +192,9 @@ def test_a_model_replica_spanning_two_processes_trains_like_one_device(tmp_path)
   """NUM_PARTITIONS=2 over two processes of one CPU device each: one model replica across both
   hosts, so both feed the same (whole) batch. Same prompt and evaluation as one device."""
   out_single = _run_one(tmp_path, "train", *FLAGS, "--gin.MODEL_DIR='single'", "--gin.TRAIN_STEPS=4")
-  outs = _run_two(tmp_path, "train", *FLAGS, "--gin.MODEL_DIR='spanning'", "--gin.TRAIN_STEPS=4",
-                  "--gin.NUM_PARTITIONS=2", devices=1)
+  outs = _run_two(
+    tmp_path, "train", *FLAGS, "--gin.MODEL_DIR='spanning'", "--gin.TRAIN_STEPS=4", "--gin.NUM_PARTITIONS=2", devices=1
+  )
   prompts = [np.load(tmp_path / d / "prompts" / "step_4.npy") for d in ("single", "spanning")]
   np.testing.assert_allclose(prompts[1], prompts[0], rtol=0, atol=ROUNDING_BOUND)
   assert _eval_lines(outs[0]) == _eval_lines(outs[1]) == _eval_lines(out_single)

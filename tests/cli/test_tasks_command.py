@@ -12,7 +12,7 @@ from prompt_tuning.cli import main as cli
 from prompt_tuning.cli import tasks as tasks_command
 
 # A module registering a mixture-like object (anything with `tasks`), for --module.
-MIXTURE_MODULE = '''
+MIXTURE_MODULE = """
 from prompt_tuning.data.task import get_task, register_task
 
 class FakeMixture:
@@ -32,7 +32,7 @@ register_task(FakeMixture(), overwrite=True)
 from prompt_tuning.data.mixture import Mixture
 
 register_task(Mixture("listing_test_real_mixture", [get_task("quickstart_sentiment")]), overwrite=True)
-'''
+"""
 
 
 def _lines(out: str) -> list[str]:
@@ -60,8 +60,9 @@ def test_filter_keeps_matching_names_only(capsys):
 def test_json_output_parses(capsys):
   assert tasks_command.main(["--json", "quickstart"]) == 0
   entries = json.loads(capsys.readouterr().out)
-  assert entries == [{"name": "quickstart_sentiment", "kind": "task", "splits": ["train", "validation"],
-                      "metrics": ["accuracy"]}]
+  assert entries == [
+    {"name": "quickstart_sentiment", "kind": "task", "splits": ["train", "validation"], "metrics": ["accuracy"]}
+  ]
 
 
 def test_runs_without_tensorflow_and_lists_mixtures(tmp_path):
@@ -76,8 +77,9 @@ def test_runs_without_tensorflow_and_lists_mixtures(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(tmp_path))
 
   def run(*args):
-    result = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+      [sys.executable, "-c", script, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -87,8 +89,10 @@ def test_runs_without_tensorflow_and_lists_mixtures(tmp_path):
   assert len(mixture_line) == 1
   assert mixture_line[0].startswith("listing_test_mixture  mixture (2 tasks)  splits: train, validation")
   real = _lines(run("--module", "listing_test_tasks", "listing_test_real"))
-  assert real == ["listing_test_real_mixture  mixture (1 task)  splits: train, validation  "
-                  "metrics: quickstart_sentiment/accuracy, average"]
+  assert real == [
+    "listing_test_real_mixture  mixture (1 task)  splits: train, validation  "
+    "metrics: quickstart_sentiment/accuracy, average"
+  ]
   entries = json.loads(run("--module", "listing_test_tasks", "--json"))
   mixture = next(e for e in entries if e["name"] == "listing_test_mixture")
   assert mixture["kind"] == "mixture" and mixture["tasks"] == ["quickstart_sentiment", "listing_test_other"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.char_vocab import CharVocab
 
 from prompt_tuning.data import features
+from support.char_vocab import CharVocab
 
 
 def test_trim_with_eos_keeps_eos_last():
@@ -18,8 +18,11 @@ def test_trim_with_eos_keeps_eos_last():
 
 
 def test_tokenize_counts_truncations():
-  examples = [{"inputs": "abc", "targets": "x"}, {"inputs": "abcdefgh", "targets": "xyz"},
-              {"inputs": "abcd", "targets": "xy"}]
+  examples = [
+    {"inputs": "abc", "targets": "x"},
+    {"inputs": "abcdefgh", "targets": "xyz"},
+    {"inputs": "abcd", "targets": "xy"},
+  ]
   counter = features.TruncationCounter()
   out = features.tokenize(examples, CharVocab(), {"inputs": 5, "targets": 3}, split="train", counter=counter)
   assert [len(ex["inputs_ids"]) for ex in out] == [4, 5, 5]
@@ -28,8 +31,10 @@ def test_tokenize_counts_truncations():
   assert out[0]["inputs"] == "abc" and "inputs_ids" not in examples[0]  # inputs untouched
   assert counter.counts("train", "inputs") == (1, 3)  # "abcd" + EOS fits exactly
   assert counter.counts("train", "targets") == (1, 3)
-  assert counter.messages("train") == ["train: truncated 1 of 3 inputs to 5 tokens (longest 9)",
-                                       "train: truncated 1 of 3 targets to 3 tokens (longest 4)"]
+  assert counter.messages("train") == [
+    "train: truncated 1 of 3 inputs to 5 tokens (longest 9)",
+    "train: truncated 1 of 3 targets to 3 tokens (longest 4)",
+  ]
   logged = []
   assert counter.report(logged.append) == logged and len(logged) == 2
   assert counter.report(logged.append) == []  # once per split
@@ -58,8 +63,9 @@ def test_matches_seqio_append_eos_after_trim_and_enc_dec_converter():
   vocab = seqio.PassThroughVocabulary(size=100, eos_id=1)
   output_features = {k: seqio.Feature(vocab, add_eos=True) for k in lengths}
   ds = tf.data.Dataset.from_generator(
-      lambda: ({"inputs": i, "targets": t} for i, t in raw),
-      output_signature={k: tf.TensorSpec([None], tf.int32) for k in lengths})
+    lambda: ({"inputs": i, "targets": t} for i, t in raw),
+    output_signature={k: tf.TensorSpec([None], tf.int32) for k in lengths},
+  )
   ds = seqio.preprocessors.append_eos_after_trim(ds, output_features, lengths)
   ds = seqio.EncDecFeatureConverter(pack=False)(ds, lengths)
   ref = {k: np.stack([ex[k] for ex in ds.as_numpy_iterator()]) for k in features.BATCH_KEYS}

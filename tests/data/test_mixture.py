@@ -11,28 +11,45 @@ from prompt_tuning.data.mixture import Mixture
 from prompt_tuning.data.pipeline import BatchIterator
 from prompt_tuning.data.task import Task, TextTask
 
-SMALL_MODEL = os.path.join(importlib.util.find_spec("seqio").submodule_search_locations[0],
-                           "test_data/sentencepiece/sentencepiece.model")
-OTHER_MODEL = os.path.join(os.path.dirname(importlib.util.find_spec("prompt_tuning.data").origin),
-                           "quickstart", "sentencepiece.model")
+SMALL_MODEL = os.path.join(
+  importlib.util.find_spec("seqio").submodule_search_locations[0], "test_data/sentencepiece/sentencepiece.model"
+)
+OTHER_MODEL = os.path.join(
+  os.path.dirname(importlib.util.find_spec("prompt_tuning.data").origin), "quickstart", "sentencepiece.model"
+)
 
 
 def sentiment(n_train: int = 10, vocabulary=SMALL_MODEL, name: str = "sent") -> TextTask:
   """Classification: 'review: <i>' -> neg/pos (i odd)."""
+
   def rows(n, offset):
     return lambda: [{"text": f"r{offset + i}", "label": i % 2, "idx": offset + i} for i in range(n)]
 
-  return TextTask(name, vocabulary, {"train": rows(n_train, 0), "validation": rows(4, 100)},
-                  "review: {text}", "label", labels=["neg", "pos"], metrics=("accuracy", "macro_f1"))
+  return TextTask(
+    name,
+    vocabulary,
+    {"train": rows(n_train, 0), "validation": rows(4, 100)},
+    "review: {text}",
+    "label",
+    labels=["neg", "pos"],
+    metrics=("accuracy", "macro_f1"),
+  )
 
 
 def echo(n_train: int = 3) -> TextTask:
   """Generation: 'copy: <w>' -> <w>, with a test split the other task lacks."""
+
   def rows(n, word):
     return lambda: [{"w": f"{word}{i}", "idx": i} for i in range(n)]
 
-  return TextTask("echo", SMALL_MODEL, {"train": rows(n_train, "t"), "validation": rows(2, "v"), "test": rows(2, "x")},
-                  "copy: {w}", "w", metrics=("exact_match",))
+  return TextTask(
+    "echo",
+    SMALL_MODEL,
+    {"train": rows(n_train, "t"), "validation": rows(2, "v"), "test": rows(2, "x")},
+    "copy: {w}",
+    "w",
+    metrics=("exact_match",),
+  )
 
 
 def test_train_split_is_capped_and_proportional():
@@ -44,8 +61,9 @@ def test_train_split_is_capped_and_proportional():
   assert [ex["idx"] for ex in train[4:]] == [0, 1, 2]  # under the cap: all, in order
   again = [ex["idx"] for ex in Mixture("mix", [sentiment(10), echo(3)], cap=4, seed=0).examples("train")][:4]
   assert again == chosen  # deterministic
-  subsets = {tuple(ex["idx"] for ex in list(Mixture("m", [sentiment(10)], cap=4, seed=s).examples("train")))
-             for s in range(6)}
+  subsets = {
+    tuple(ex["idx"] for ex in list(Mixture("m", [sentiment(10)], cap=4, seed=s).examples("train"))) for s in range(6)
+  }
   assert len(subsets) > 1  # the seed picks the subset
   assert len(list(Mixture("mix", [sentiment(10), echo(3)]).examples("train"))) == 13  # no cap
 
@@ -54,8 +72,13 @@ def test_examples_are_tagged_with_task_and_candidates():
   mixture = Mixture("mix", [sentiment(), echo()])
   validation = list(mixture.examples("validation"))
   assert [ex["task"] for ex in validation] == ["sent"] * 4 + ["echo"] * 2  # all of every task, concatenated
-  assert validation[0] == {"inputs": "review: r100", "targets": "neg", "idx": 100, "task": "sent",
-                           "candidates": ["neg", "pos"]}
+  assert validation[0] == {
+    "inputs": "review: r100",
+    "targets": "neg",
+    "idx": 100,
+    "task": "sent",
+    "candidates": ["neg", "pos"],
+  }
   assert "candidates" not in validation[-1]  # generation task: none
   assert mixture.candidates is None and isinstance(mixture, Task)
 
@@ -85,8 +108,12 @@ def test_score_per_task_and_average():
   predictions = ["neg", "pos", "neg", "neg", "v0", "nope"]
   out = mixture.score([{"example": ex, "prediction": p} for ex, p in zip(validation, predictions)])
   # macro F1: neg tp2 fp1 fn0 -> 0.8; pos tp1 fp0 fn1 -> 2/3.
-  assert out == {"sent/accuracy": 75.0, "sent/macro_f1": pytest.approx(100 * (0.8 + 2 / 3) / 2),
-                 "echo/exact_match": 50.0, "average": pytest.approx((75.0 + 50.0) / 2)}
+  assert out == {
+    "sent/accuracy": 75.0,
+    "sent/macro_f1": pytest.approx(100 * (0.8 + 2 / 3) / 2),
+    "echo/exact_match": 50.0,
+    "average": pytest.approx((75.0 + 50.0) / 2),
+  }
   only_echo = mixture.score([{"example": validation[-1], "prediction": "v1"}])
   assert only_echo == {"echo/exact_match": 100.0, "average": 100.0}
   with pytest.raises(ValueError, match="task 'other'"):
@@ -114,8 +141,11 @@ def test_invalid_mixtures():
 
 def test_batches_over_a_mixture():
   mixture = Mixture("mix", [sentiment(10), echo(3)], cap=4)
-  batches = list(BatchIterator(mixture, "train", {"inputs": 16, "targets": 4}, 4, shuffle=True, seed=3,
-                               repeat=False, drop_remainder=False))
+  batches = list(
+    BatchIterator(
+      mixture, "train", {"inputs": 16, "targets": 4}, 4, shuffle=True, seed=3, repeat=False, drop_remainder=False
+    )
+  )
   assert len(batches) == 2 and sum(int(b.arrays["mask"].sum()) for b in batches) == 7
   tasks = [ex["task"] for b in batches for ex in b.text["examples"] if ex]
   assert sorted(tasks) == ["echo"] * 3 + ["sent"] * 4

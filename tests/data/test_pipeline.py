@@ -6,9 +6,10 @@ import itertools
 
 import numpy as np
 import pytest
-from support.char_vocab import CharVocab
 
-from prompt_tuning.data import pipeline, task as task_lib
+from prompt_tuning.data import pipeline
+from prompt_tuning.data import task as task_lib
+from support.char_vocab import CharVocab
 
 LENGTHS = {"inputs": 8, "targets": 4}
 
@@ -50,8 +51,11 @@ def test_epochs_are_seeded_permutations():
   assert_batches_equal(batches, take(make_iter(task), 5))
   assert idxs(take(make_iter(task, seed=4), 5)) != order
   assert idxs(take(make_iter(task, shuffle=False), 5)) == list(range(10)) * 2
-  assert all(set(b.arrays) == {"encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-                               "decoder_loss_weights", "mask"} for b in batches)
+  assert all(
+    set(b.arrays)
+    == {"encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "mask"}
+    for b in batches
+  )
   assert all(v.dtype == np.int32 for v in batches[0].arrays.values())
 
 

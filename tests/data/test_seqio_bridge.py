@@ -22,8 +22,9 @@ def seqio_task():
 
 
 def _dataset(name, lengths=LENGTHS, split="validation"):
-  return seqio.get_mixture_or_task(name).get_dataset(lengths, split=split, shuffle=False, use_cached=False,
-                                                     try_in_mem_cache=False)
+  return seqio.get_mixture_or_task(name).get_dataset(
+    lengths, split=split, shuffle=False, use_cached=False, try_in_mem_cache=False
+  )
 
 
 def test_registered_under_the_same_name_with_our_vocabulary(seqio_task):
@@ -60,7 +61,8 @@ def test_enc_dec_feature_converter_batches_match_make_batch(seqio_task):
   converter = seqio.EncDecFeatureConverter(pack=False)
   batch = next(converter(_dataset(NAME), LENGTHS).batch(4).as_numpy_iterator())
   expected = features.make_batch(
-      features.tokenize(itertools.islice(task.examples("validation"), 4), task.vocabulary, LENGTHS), LENGTHS)
+    features.tokenize(itertools.islice(task.examples("validation"), 4), task.vocabulary, LENGTHS), LENGTHS
+  )
   for key in features.BATCH_KEYS:
     np.testing.assert_array_equal(batch[key], expected[key], err_msg=key)
 
@@ -68,14 +70,20 @@ def test_enc_dec_feature_converter_batches_match_make_batch(seqio_task):
 def test_metric_fn_wraps_task_score(seqio_task):
   (metric_fn,) = seqio_task.predict_metric_fns
   assert metric_fn(["positive", "negative", b"positive"], ["positive", "positive", b"positive"]) == pytest.approx(
-      {"accuracy": 200 / 3})
+    {"accuracy": 200 / 3}
+  )
 
 
 def test_register_all_and_mixtures(tmp_path):
   path = tmp_path / "tiny.jsonl"
   path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')
-  task = TextTask("seqio_bridge_test_tiny", quickstart.vocabulary(), {"train": str(path), "validation": str(path)},
-                  "text: {text}", "label")
+  task = TextTask(
+    "seqio_bridge_test_tiny",
+    quickstart.vocabulary(),
+    {"train": str(path), "validation": str(path)},
+    "text: {text}",
+    "label",
+  )
 
   class Mixture:  # a mixture-like object: members as (task or name, rate)
     name = "seqio_bridge_test_mixture"

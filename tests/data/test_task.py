@@ -11,14 +11,14 @@ from prompt_tuning.data import task as task_lib
 from prompt_tuning.data.quickstart import vocabulary
 
 RECORDS = [
-    {"premise": "a cat sat", "hypothesis": "an animal sat", "label": 0},
-    {"premise": "it rained, hard", "hypothesis": 'the "ground" is dry', "label": 1},
+  {"premise": "a cat sat", "hypothesis": "an animal sat", "label": 0},
+  {"premise": "it rained, hard", "hypothesis": 'the "ground" is dry', "label": 1},
 ]
 LABELS = ["entailment", "not_entailment"]
 TEMPLATE = "premise: {premise} hypothesis: {hypothesis}"
 EXPECTED = [
-    {"inputs": "premise: a cat sat hypothesis: an animal sat", "targets": "entailment", "idx": 0},
-    {"inputs": 'premise: it rained, hard hypothesis: the "ground" is dry', "targets": "not_entailment", "idx": 1},
+  {"inputs": "premise: a cat sat hypothesis: an animal sat", "targets": "entailment", "idx": 0},
+  {"inputs": 'premise: it rained, hard hypothesis: the "ground" is dry', "targets": "not_entailment", "idx": 1},
 ]
 
 

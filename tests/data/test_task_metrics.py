@@ -35,7 +35,7 @@ def test_matthews_corrcoef():
   assert metrics.matthews_corrcoef(list("ab"), list("ba")) == {"matthews_corrcoef": pytest.approx(-100.0)}
   # Predictions that are no label ('x', 'y') are ONE class, T5's -1 (sklearn on class ids [0,0,1,1] vs
   # [0,-1,1,-1]): 4 / sqrt((16 - 6) * (16 - 8)); by default the labels are the targets' strings.
-  want = {"matthews_corrcoef": pytest.approx(400 / 80 ** 0.5)}
+  want = {"matthews_corrcoef": pytest.approx(400 / 80**0.5)}
   assert metrics.matthews_corrcoef(list("aabb"), list("axby")) == want
   assert metrics.matthews_corrcoef(list("aabb"), list("axby"), labels=["a", "b", "c"]) == want
 
@@ -82,8 +82,7 @@ def test_cb_macro_f1_over_all_labels():
   predictions = ["entailment", "entailment", "neutral", "junk"]
   assert metrics.macro_f1(targets, predictions, labels=labels) == {"macro_f1": pytest.approx(50.0)}
   # T5 averages over all three classes, even ones no target has (F1 0): 1 / 3.
-  assert metrics.macro_f1(["entailment"] * 2, ["entailment"] * 2, labels=labels) == {
-      "macro_f1": pytest.approx(100 / 3)}
+  assert metrics.macro_f1(["entailment"] * 2, ["entailment"] * 2, labels=labels) == {"macro_f1": pytest.approx(100 / 3)}
   assert metrics.macro_f1(["entailment"] * 2, ["entailment"] * 2) == {"macro_f1": 100.0}
 
 
@@ -94,9 +93,12 @@ def _multirc(paragraph, question, target, prediction, **extra):
 
 def test_multirc_groups_by_paragraph_and_question():
   records = [
-      _multirc(0, 0, "True", "True"), _multirc(0, 0, "False", "False"), _multirc(0, 0, "True", "False"),
-      _multirc(0, 1, "False", "False"),
-      _multirc(1, 0, "True", "True"), _multirc(1, 0, "True", "maybe"),  # question idx 0 again, other paragraph
+    _multirc(0, 0, "True", "True"),
+    _multirc(0, 0, "False", "False"),
+    _multirc(0, 0, "True", "False"),
+    _multirc(0, 1, "False", "False"),
+    _multirc(1, 0, "True", "True"),
+    _multirc(1, 0, "True", "maybe"),  # question idx 0 again, other paragraph
   ]
   # EM: (0,0) wrong, (0,1) right, (1,0) wrong -> 1/3 (grouping by question idx alone would give 1/2).
   # F1a: tp 2, fp 0, fn 2 (the miss and the invalid 'maybe') -> 4 / 6.

@@ -11,8 +11,14 @@ import pytest
 from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.data.quickstart import data_path
 
-TEXTS = ["hello world", "This is a test <extra_id_0> and <extra_id_5>x", "<extra_id_9> q",
-         "Ünïcödé 北京 !!", "", "  spaces   inside  "]
+TEXTS = [
+  "hello world",
+  "This is a test <extra_id_0> and <extra_id_5>x",
+  "<extra_id_9> q",
+  "Ünïcödé 北京 !!",
+  "",
+  "  spaces   inside  ",
+]
 
 
 def _seqio_model():
@@ -29,8 +35,16 @@ def test_matches_seqio(extra_ids):
   for text in TEXTS:
     assert ours.encode(text) == list(ref.encode(text)), text
   size = ref.vocab_size
-  for ids in ([3, 4, 5, 1, 6, 7], [0, 0, 3, 4, 0], [size - 1, 5, size - 3], [size + 5, 4], [], [1],
-              list(range(0, size, 7)), list(range(size - 1, 2, -3))):
+  for ids in (
+    [3, 4, 5, 1, 6, 7],
+    [0, 0, 3, 4, 0],
+    [size - 1, 5, size - 3],
+    [size + 5, 4],
+    [],
+    [1],
+    list(range(0, size, 7)),
+    list(range(size - 1, 2, -3)),
+  ):
     assert ours.decode(ids) == ref.decode(ids), ids
 
 

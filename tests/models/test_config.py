@@ -10,9 +10,21 @@ from prompt_tuning.param_tree import flatten
 
 # Published sizes (T5 paper and the HF model cards), in parameters.
 PUBLISHED = {
-    "t5_small": 60.5e6, "t5_base": 223e6, "t5_large": 738e6, "t5_3b": 2.85e9, "t5_11b": 11.3e9,
-    "t5_1_1_small": 77e6, "t5_1_1_base": 248e6, "t5_1_1_large": 783e6, "t5_1_1_xl": 2.85e9, "t5_1_1_xxl": 11.1e9,
-    "mt5_small": 300e6, "mt5_base": 582e6, "mt5_large": 1.23e9, "mt5_xl": 3.74e9, "mt5_xxl": 12.9e9,
+  "t5_small": 60.5e6,
+  "t5_base": 223e6,
+  "t5_large": 738e6,
+  "t5_3b": 2.85e9,
+  "t5_11b": 11.3e9,
+  "t5_1_1_small": 77e6,
+  "t5_1_1_base": 248e6,
+  "t5_1_1_large": 783e6,
+  "t5_1_1_xl": 2.85e9,
+  "t5_1_1_xxl": 11.1e9,
+  "mt5_small": 300e6,
+  "mt5_base": 582e6,
+  "mt5_large": 1.23e9,
+  "mt5_xl": 3.74e9,
+  "mt5_xxl": 12.9e9,
 }
 
 
@@ -29,8 +41,14 @@ def analytic_count(c: T5Config) -> int:
   decoder_layer = 2 * attention + mlp + 3 * c.emb_dim
   relpos = 2 * c.num_heads * c.relative_attention_num_buckets
   head = 0 if c.logits_via_embedding else c.emb_dim * c.vocab_size
-  return (c.vocab_size * c.emb_dim + c.num_encoder_layers * encoder_layer + c.num_decoder_layers * decoder_layer
-          + 2 * c.emb_dim + relpos + head)
+  return (
+    c.vocab_size * c.emb_dim
+    + c.num_encoder_layers * encoder_layer
+    + c.num_decoder_layers * decoder_layer
+    + 2 * c.emb_dim
+    + relpos
+    + head
+  )
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

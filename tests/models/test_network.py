@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from prompt_tuning import partitioning
-from prompt_tuning.param_tree import flatten
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.t5 import get_config, layers, network
+from prompt_tuning.param_tree import flatten
 
 CONFIG = get_config("tiny", vocab_size=128)
 
@@ -31,11 +31,19 @@ def _batch():
 
 def test_parameter_tree_uses_t5x_names(params):
   names = set(flatten(params))
-  assert {"token_embedder/embedding", "encoder/relpos_bias/rel_embedding", "decoder/relpos_bias/rel_embedding",
-          "encoder/layers_1/attention/query/kernel", "encoder/layers_0/mlp/wi_0/kernel",
-          "encoder/layers_0/mlp/wi_1/kernel", "decoder/layers_1/encoder_decoder_attention/out/kernel",
-          "decoder/layers_0/pre_cross_attention_layer_norm/scale", "decoder/decoder_norm/scale",
-          "encoder/encoder_norm/scale", "decoder/logits_dense/kernel"} <= names
+  assert {
+    "token_embedder/embedding",
+    "encoder/relpos_bias/rel_embedding",
+    "decoder/relpos_bias/rel_embedding",
+    "encoder/layers_1/attention/query/kernel",
+    "encoder/layers_0/mlp/wi_0/kernel",
+    "encoder/layers_0/mlp/wi_1/kernel",
+    "decoder/layers_1/encoder_decoder_attention/out/kernel",
+    "decoder/layers_0/pre_cross_attention_layer_norm/scale",
+    "decoder/decoder_norm/scale",
+    "encoder/encoder_norm/scale",
+    "decoder/logits_dense/kernel",
+  } <= names
   # t5x stores attention kernels 2-D: [embed, heads * kv].
   assert params["encoder"]["layers_0"]["attention"]["query"]["kernel"].shape == (32, 32)
   assert params["encoder"]["relpos_bias"]["rel_embedding"].shape == (4, 32)
@@ -110,8 +118,15 @@ def test_cached_decoding_steps_equal_teacher_forced_logits(params):
   encoded, mask = model.module.apply({"params": params}, enc, method="encode_tokens")
   cache = model.initial_cache(params, encoded, mask, max_decode_length=dec_in.shape[1])
   for t in range(dec_in.shape[1]):
-    logits, variables = model.module.apply({"params": params, "cache": cache}, None, mask, dec_in[:, t:t + 1],
-                                           decode=True, method="decode", mutable=["cache"])
+    logits, variables = model.module.apply(
+      {"params": params, "cache": cache},
+      None,
+      mask,
+      dec_in[:, t : t + 1],
+      decode=True,
+      method="decode",
+      mutable=["cache"],
+    )
     cache = variables["cache"]
     np.testing.assert_allclose(logits[:, 0], full[:, t], atol=2e-5)
 
@@ -131,7 +146,10 @@ def test_remat_changes_memory_not_results(params, policy):
     return fn(params)
 
   assert jax.tree.structure(network.abstract_params(cfg.replace(remat_policy=policy))) == jax.tree.structure(params)
-  (plain_loss, plain_grad), (remat_loss, remat_grad) = loss_and_grad(cfg), loss_and_grad(cfg.replace(remat_policy=policy))
+  (plain_loss, plain_grad), (remat_loss, remat_grad) = (
+    loss_and_grad(cfg),
+    loss_and_grad(cfg.replace(remat_policy=policy)),
+  )
   np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(remat_grad), jax.tree.leaves(plain_grad)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -150,7 +168,9 @@ def test_fused_attention_call_equals_the_reference():
   np.testing.assert_allclose(fused, reference, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl, platform, dtype, head_dim, dropout, decode, expected", [
+@pytest.mark.parametrize(
+  "impl, platform, dtype, head_dim, dropout, decode, expected",
+  [
     ("auto", "gpu", "bfloat16", 64, False, False, "cudnn"),
     ("auto", "cpu", "bfloat16", 64, False, False, "xla"),
     ("auto", "gpu", "float32", 64, False, False, "xla"),  # float32 keeps the exact reference
@@ -160,22 +180,28 @@ def test_fused_attention_call_equals_the_reference():
     ("xla", "gpu", "bfloat16", 64, False, False, "xla"),
     ("cudnn", "gpu", "float16", 128, False, False, "cudnn"),
     ("cudnn", "gpu", "bfloat16", 64, False, True, "xla"),  # decoding falls back even when required
-])
+  ],
+)
 def test_attention_backend_choice(impl, platform, dtype, head_dim, dropout, decode, expected):
-  assert layers.attention_backend(impl, jnp.dtype(dtype), head_dim, dropout=dropout, decode=decode,
-                                  platform=platform) == expected
+  assert (
+    layers.attention_backend(impl, jnp.dtype(dtype), head_dim, dropout=dropout, decode=decode, platform=platform)
+    == expected
+  )
 
 
 def test_odd_sequence_lengths_keep_the_reference_path():
   """cuDNN's backward pass with a bias refuses odd lengths (seen on an H200: 24 inputs + 5 prompt tokens)."""
   for lengths in ((29, 29), (4, 29), (29, 4)):
-    assert layers.attention_backend("auto", jnp.bfloat16, 64, dropout=False, decode=False, lengths=lengths,
-                                    platform="gpu") == "xla"
+    assert (
+      layers.attention_backend("auto", jnp.bfloat16, 64, dropout=False, decode=False, lengths=lengths, platform="gpu")
+      == "xla"
+    )
     with pytest.raises(ValueError, match=rf"needs even sequence lengths \(query {lengths[0]}, key {lengths[1]}\)"):
-      layers.attention_backend("cudnn", jnp.bfloat16, 64, dropout=False, decode=False, lengths=lengths,
-                               platform="gpu")
-  assert layers.attention_backend("auto", jnp.bfloat16, 64, dropout=False, decode=False, lengths=(4, 30),
-                                  platform="gpu") == "cudnn"
+      layers.attention_backend("cudnn", jnp.bfloat16, 64, dropout=False, decode=False, lengths=lengths, platform="gpu")
+  assert (
+    layers.attention_backend("auto", jnp.bfloat16, 64, dropout=False, decode=False, lengths=(4, 30), platform="gpu")
+    == "cudnn"
+  )
 
 
 def test_required_cudnn_names_what_rules_it_out(params):

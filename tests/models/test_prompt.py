@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from prompt_tuning import partitioning
-from prompt_tuning.param_tree import flatten
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import Prompt, PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import get_config, network
+from prompt_tuning.param_tree import flatten
 
 CONFIG = get_config("tiny", vocab_size=64)
 P = 2  # prompt length in the hand-checked cases
@@ -20,10 +20,12 @@ P = 2  # prompt length in the hand-checked cases
 
 def _fixed_init(values: np.ndarray):
   """An init_fn returning `values` ([p, d]), whatever the rng."""
+
   def init(rng, shape):
     del rng
     assert tuple(shape) == values.shape
     return jnp.asarray(values)
+
   return init
 
 
@@ -40,30 +42,18 @@ def _marked_inputs():
 
 # Prompt vectors are -1, -2. Hand-written expectations: (combined values, combined mask).
 EXPECTED = {
-    "prefix": ([[-1, -2, 1, 2, 3, 4, 0, 0],
-                [-1, -2, 11, 12, 0, 0, 0, 0],
-                [-1, -2, 0, 0, 0, 0, 0, 0],
-                [-1, -2, 31, 0, 0, 0, 0, 0]],
-               [[1, 1, 1, 1, 1, 1, 0, 0],
-                [1, 1, 1, 1, 0, 0, 0, 0],
-                [1, 1, 0, 0, 0, 0, 0, 0],
-                [1, 1, 1, 0, 0, 0, 0, 0]]),
-    "after_first": ([[1, -1, -2, 2, 3, 4, 0, 0],
-                     [11, -1, -2, 12, 0, 0, 0, 0],
-                     [-1, -2, 0, 0, 0, 0, 0, 0],
-                     [31, -1, -2, 0, 0, 0, 0, 0]],
-                    [[1, 1, 1, 1, 1, 1, 0, 0],
-                     [1, 1, 1, 1, 0, 0, 0, 0],
-                     [1, 1, 0, 0, 0, 0, 0, 0],
-                     [1, 1, 1, 0, 0, 0, 0, 0]]),
-    "suffix": ([[1, 2, 3, -1, -2, 4, 0, 0],
-                [11, -1, -2, 12, 0, 0, 0, 0],
-                [-1, -2, 0, 0, 0, 0, 0, 0],
-                [-1, -2, 31, 0, 0, 0, 0, 0]],
-               [[1, 1, 1, 1, 1, 1, 0, 0],
-                [1, 1, 1, 1, 0, 0, 0, 0],
-                [1, 1, 0, 0, 0, 0, 0, 0],
-                [1, 1, 1, 0, 0, 0, 0, 0]]),
+  "prefix": (
+    [[-1, -2, 1, 2, 3, 4, 0, 0], [-1, -2, 11, 12, 0, 0, 0, 0], [-1, -2, 0, 0, 0, 0, 0, 0], [-1, -2, 31, 0, 0, 0, 0, 0]],
+    [[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]],
+  ),
+  "after_first": (
+    [[1, -1, -2, 2, 3, 4, 0, 0], [11, -1, -2, 12, 0, 0, 0, 0], [-1, -2, 0, 0, 0, 0, 0, 0], [31, -1, -2, 0, 0, 0, 0, 0]],
+    [[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]],
+  ),
+  "suffix": (
+    [[1, 2, 3, -1, -2, 4, 0, 0], [11, -1, -2, 12, 0, 0, 0, 0], [-1, -2, 0, 0, 0, 0, 0, 0], [-1, -2, 31, 0, 0, 0, 0, 0]],
+    [[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]],
+  ),
 }
 
 
@@ -84,9 +74,9 @@ def _reference_combine(embedded: np.ndarray, mask: np.ndarray, prompts: np.ndarr
     real = list(embedded[b, :m])
     at = {"prefix": 0, "after_first": min(m, 1), "suffix": max(m - 1, 0)}[placement]
     rows = real[:at] + list(prompts[b]) + real[at:]
-    out[b, :len(rows)] = rows
-    out[b, len(rows):] = embedded[b, m:]  # padding embeddings keep their order, at the end
-    out_mask[b, :len(rows)] = 1
+    out[b, : len(rows)] = rows
+    out[b, len(rows) :] = embedded[b, m:]  # padding embeddings keep their order, at the end
+    out_mask[b, : len(rows)] = 1
   return out, out_mask
 
 
@@ -118,10 +108,10 @@ def test_matches_per_example_reference_and_ignores_extra_right_padding(placement
   pad = rng.randn(batch, 3, d).astype(np.float32)
   wider, wider_mask = np.concatenate([embedded, pad], 1), np.pad(mask, ((0, 0), (0, 3)))
   (combined2, mask2), _ = _apply_prompt(config, wider, wider_mask, _fixed_init(prompt))
-  np.testing.assert_array_equal(mask2[:, :p + n], combined_mask)
-  assert not np.asarray(mask2[:, p + n:]).any()
+  np.testing.assert_array_equal(mask2[:, : p + n], combined_mask)
+  assert not np.asarray(mask2[:, p + n :]).any()
   keep = np.asarray(combined_mask, bool)
-  np.testing.assert_array_equal(np.asarray(combined2)[:, :p + n][keep], np.asarray(combined)[keep])
+  np.testing.assert_array_equal(np.asarray(combined2)[:, : p + n][keep], np.asarray(combined)[keep])
 
 
 def test_prompt_table_gives_each_example_its_task_prompt():
@@ -157,11 +147,14 @@ def test_task_id_errors():
   assert combined.shape == (2, 5, 4)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(length=0), "length"),
     (dict(length=2, placement="middle"), "placement"),
     (dict(length=2, num_tasks=0), "num_tasks"),
-])
+  ],
+)
 def test_prompt_config_validation(kwargs, match):
   with pytest.raises(ValueError, match=match):
     PromptConfig(**kwargs)
@@ -197,8 +190,9 @@ def test_parameter_tree_is_t5_plus_prompt_with_known_axes(prompted):
   assert got["prompt/prompt"].shape == (3, CONFIG.emb_dim)
   enc, dec_in = _batch()
   boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), enc, dec_in))["params"]
-  axes = flatten(jax.tree.map(lambda box: tuple(box.names), boxed,
-                              is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)))
+  axes = flatten(
+    jax.tree.map(lambda box: tuple(box.names), boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  )
   assert axes["prompt/prompt"] == ("prompt", "embed")
   for name, names in axes.items():
     assert set(names) <= partitioning.AXIS_NAMES, (name, names)
@@ -259,6 +253,7 @@ def test_bfloat16_activations_with_a_float32_prompt():
   assert encoded.dtype == jnp.bfloat16
   assert module.apply({"params": params}, enc, dec_in).dtype == jnp.float32  # logits stay float32
   embedded, mask = _marked_inputs()
-  (combined, _), variables = _apply_prompt(PromptConfig(P), embedded, mask,
-                                           _fixed_init(np.array([[-1.0], [-2.0]])), dtype=jnp.bfloat16)
+  (combined, _), variables = _apply_prompt(
+    PromptConfig(P), embedded, mask, _fixed_init(np.array([[-1.0], [-2.0]])), dtype=jnp.bfloat16
+  )
   assert combined.dtype == jnp.bfloat16 and variables["params"]["prompt"].value.dtype == jnp.float32

@@ -15,8 +15,11 @@ KINDS = sorted(hf_models.KINDS)
 
 def _hf_logits(model, enc, dec_in) -> np.ndarray:
   with torch.no_grad():
-    out = model(input_ids=torch.tensor(enc, dtype=torch.long), attention_mask=torch.tensor(enc > 0, dtype=torch.long),
-                decoder_input_ids=torch.tensor(dec_in, dtype=torch.long))
+    out = model(
+      input_ids=torch.tensor(enc, dtype=torch.long),
+      attention_mask=torch.tensor(enc > 0, dtype=torch.long),
+      decoder_input_ids=torch.tensor(dec_in, dtype=torch.long),
+    )
   return out.logits.numpy()
 
 
@@ -41,11 +44,15 @@ def test_greedy_generation_matches_hf_generate(kind, hf_checkpoints, padded_batc
   max_len = 8
   ours = prompt_tuning.load_pretrained(path).generate(enc, max_len)
   with torch.no_grad():
-    hf_out = hf_model.generate(input_ids=torch.tensor(enc, dtype=torch.long),
-                               attention_mask=torch.tensor(enc > 0, dtype=torch.long),
-                               max_new_tokens=max_len, do_sample=False, num_beams=1).numpy()[:, 1:]
+    hf_out = hf_model.generate(
+      input_ids=torch.tensor(enc, dtype=torch.long),
+      attention_mask=torch.tensor(enc > 0, dtype=torch.long),
+      max_new_tokens=max_len,
+      do_sample=False,
+      num_beams=1,
+    ).numpy()[:, 1:]
   want = np.zeros((enc.shape[0], max_len), np.int32)
-  want[:, :hf_out.shape[1]] = hf_out
+  want[:, : hf_out.shape[1]] = hf_out
   np.testing.assert_array_equal(ours, want)
   assert len(set(map(tuple, ours))) > 1  # inputs lead to different outputs
 
@@ -56,8 +63,9 @@ def test_relative_position_buckets_match_hf():
   relative = np.arange(-3000, 3000)
   for bidirectional in (True, False):
     for num_buckets, max_distance in ((32, 128), (8, 12), (64, 256)):
-      want = T5Attention._relative_position_bucket(torch.tensor(relative), bidirectional, num_buckets,
-                                                   max_distance).numpy()
+      want = T5Attention._relative_position_bucket(
+        torch.tensor(relative), bidirectional, num_buckets, max_distance
+      ).numpy()
       got = layers.relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
       np.testing.assert_array_equal(got, want)
 
@@ -72,9 +80,20 @@ def test_transformers5_tied_unscaled_head_matches_hf(padded_batch, tmp_path):
   from transformers import T5Config, T5ForConditionalGeneration
 
   torch.manual_seed(0)
-  hf_model = T5ForConditionalGeneration(T5Config(
-      vocab_size=hf_models.VOCAB, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2, dropout_rate=0.0,
-      feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0)).eval()
+  hf_model = T5ForConditionalGeneration(
+    T5Config(
+      vocab_size=hf_models.VOCAB,
+      d_model=32,
+      d_kv=8,
+      d_ff=48,
+      num_heads=4,
+      num_layers=2,
+      dropout_rate=0.0,
+      feed_forward_proj="gated-gelu",
+      tie_word_embeddings=False,
+      decoder_start_token_id=0,
+    )
+  ).eval()
   hf_model.save_pretrained(str(tmp_path))
   saved = json.load(open(os.path.join(tmp_path, "config.json")))
   with safe_open(os.path.join(tmp_path, "model.safetensors"), "np") as f:

@@ -31,7 +31,9 @@ def _gin_files() -> list[str]:
   return sorted(os.path.join(d, f) for d, _, files in os.walk(GIN_DIR) for f in files if f.endswith(".gin"))
 
 
-@pytest.mark.parametrize("make, message", [
+@pytest.mark.parametrize(
+  "make, message",
+  [
     (lambda: specs.PromptSpec(length=0), "PROMPT_LENGTH must be a positive integer, got 0"),
     (lambda: specs.PromptSpec(placement="before"), "PROMPT_PLACEMENT must be one of prefix, after_first, suffix"),
     (lambda: specs.ModelSpec(activation_dtype="bf16"), "ACTIVATION_DTYPE must be None or one of"),
@@ -41,7 +43,8 @@ def _gin_files() -> list[str]:
     (lambda: specs.TrainSpec(batch_size=0), "BATCH_SIZE must be a positive integer, got 0"),
     (lambda: specs.TrainSpec(log_period=0), "TrainSpec.log_period must be a positive integer, got 0"),
     (lambda: specs.EvaluationSpec(batch_size=-1), "EVAL_BATCH_SIZE must be a positive integer, got -1"),
-])
+  ],
+)
 def test_a_bad_spec_is_one_line_naming_the_macro(make, message):
   with pytest.raises(ValueError) as error:
     make()
@@ -57,8 +60,16 @@ def test_specs_are_frozen_and_default_to_the_paper():
 
 
 def test_entry_points_take_specs_not_loose_arguments():
-  loose = {"prompt_length", "batch_size", "mixture_or_task_name", "initial_checkpoint_path", "num_partitions",
-           "decode_method", "dtype", "train_steps"}
+  loose = {
+    "prompt_length",
+    "batch_size",
+    "mixture_or_task_name",
+    "initial_checkpoint_path",
+    "num_partitions",
+    "decode_method",
+    "dtype",
+    "train_steps",
+  }
   for fn in ENTRY_POINTS:
     names = list(inspect.signature(fn).parameters)
     assert names[:3] == ["model", "task", "model_dir"], fn
@@ -67,8 +78,11 @@ def test_entry_points_take_specs_not_loose_arguments():
 
 def test_no_gin_file_binds_a_name_twice_and_common_uses_each_macro_once():
   for path in _gin_files():
-    bound = collections.Counter(line.split("=", 1)[0].strip() for line in _statements(path)
-                                if "=" in line and not line.startswith(("include", "import", "from")))
+    bound = collections.Counter(
+      line.split("=", 1)[0].strip()
+      for line in _statements(path)
+      if "=" in line and not line.startswith(("include", "import", "from"))
+    )
     assert not [name for name, count in bound.items() if count > 1], path
   # common.gin hands each macro to one spec field (train, evaluate and infer no longer repeat them) ...
   common = _statements(os.path.join(GIN_DIR, "runs", "common.gin"))
@@ -78,12 +92,18 @@ def test_no_gin_file_binds_a_name_twice_and_common_uses_each_macro_once():
   defined = {line.split(" =")[0] for line in common if re.match(r"^[A-Z_]+ =", line)}
   assert defined - set(uses) == {"MODEL_DIR"}  # every other macro reaches a spec; MODEL_DIR the entry points
   # ... and each entry point's file hands it the specs, once.
-  for name, entry in (("prompt_finetune.gin", train.train), ("evaluate.gin", evaluate.evaluate),
-                      ("infer.gin", infer.infer)):
+  for name, entry in (
+    ("prompt_finetune.gin", train.train),
+    ("evaluate.gin", evaluate.evaluate),
+    ("infer.gin", infer.infer),
+  ):
     text = "\n".join(_statements(os.path.join(GIN_DIR, "runs", name)))
-    specs_taken = [p for p in inspect.signature(entry).parameters if p in ("model", "task", "model_dir", "training",
-                                                                           "evaluation", "mesh")]
-    assert re.findall(rf"^{entry.__name__}\.(\w+) =", text, re.M)[:len(specs_taken)] == specs_taken, name
+    specs_taken = [
+      p
+      for p in inspect.signature(entry).parameters
+      if p in ("model", "task", "model_dir", "training", "evaluation", "mesh")
+    ]
+    assert re.findall(rf"^{entry.__name__}\.(\w+) =", text, re.M)[: len(specs_taken)] == specs_taken, name
 
 
 def test_readme_names_every_gin_configurable_with_its_code():
@@ -103,7 +123,6 @@ def test_readme_names_every_gin_configurable_with_its_code():
 def test_shipped_files_parse_with_names_as_the_readme_gives_them(tmp_path):
   """Every shipped file parses (a renamed configurable or spec field would not)."""
   import gin
-
   from prompt_tuning import gin_utils
   from prompt_tuning.cli import gin_runner
 
@@ -120,7 +139,6 @@ def test_include_survives_a_namespace_package_named_like_the_folder(tmp_path, mo
   """gin looks `include 'runs/common.gin'` up as package `runs` too; a `runs/` folder on sys.path
   (a namespace package) made that raise instead of trying the next search path."""
   import gin
-
   from prompt_tuning import gin_utils
   from prompt_tuning.cli import gin_runner
 

@@ -12,10 +12,10 @@ import pytest
 
 from prompt_tuning import param_tree, prompt_init
 from prompt_tuning.checkpoints import hf
-from prompt_tuning.param_tree import flatten
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import get_config
+from prompt_tuning.param_tree import flatten
 from prompt_tuning.runs import specs
 from prompt_tuning.runs.train import train
 from prompt_tuning.train import optimizer
@@ -27,9 +27,14 @@ LENGTHS = {"inputs": 24, "targets": 4}
 def _train(model_dir, steps, task=TASK, progress=False, optimizer_factory=optimizer.adafactor, **model):
   """train() on TASK with a 5-token prompt on the tiny T5 (`model`: ModelSpec fields to replace)."""
   model = specs.ModelSpec(**{"config": "tiny", "prompt": specs.PromptSpec(length=5), **model})
-  return train(model, specs.TaskSpec(task, LENGTHS), str(model_dir),
-               specs.TrainSpec(steps=steps, batch_size=8, save_period=3, log_period=1, optimizer=optimizer_factory),
-               specs.EvaluationSpec(rank_classification=True), progress=progress)
+  return train(
+    model,
+    specs.TaskSpec(task, LENGTHS),
+    str(model_dir),
+    specs.TrainSpec(steps=steps, batch_size=8, save_period=3, log_period=1, optimizer=optimizer_factory),
+    specs.EvaluationSpec(rank_classification=True),
+    progress=progress,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +61,9 @@ def test_prompt_training_keeps_the_loaded_model_bit_identical(hf_checkpoint, tmp
   assert trained.shape == (5, 32) and not np.allclose(trained, initial)
   np.testing.assert_array_equal(np.load(result.prompt_path), trained)
   # The checkpoint holds the prompt and its optimizer state, never the frozen model.
-  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(tmp_path / "run" / "checkpoints")
-             for f in files)
+  size = sum(
+    os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(tmp_path / "run" / "checkpoints") for f in files
+  )
   model_bytes = sum(v.nbytes for v in flatten(loaded).values())
   assert size < model_bytes / 4, (size, model_bytes)
   assert {"decode/accuracy", "rank/accuracy"} <= set(result.eval_metrics)
@@ -80,8 +86,13 @@ def test_resuming_gives_the_same_prompt_as_one_uninterrupted_run(tmp_path, capsy
 @pytest.mark.slow
 def test_model_tuning_with_the_same_trainer_updates_every_weight(tmp_path):
   config = get_config("tiny", vocab_size=256)
-  result = _train(tmp_path / "full", 2, config=config, trainable_params=param_tree.EVERYTHING,
-                  optimizer_factory=functools.partial(optimizer.adafactor, learning_rate=1e-2))
+  result = _train(
+    tmp_path / "full",
+    2,
+    config=config,
+    trainable_params=param_tree.EVERYTHING,
+    optimizer_factory=functools.partial(optimizer.adafactor, learning_rate=1e-2),
+  )
   assert not result.frozen
   from prompt_tuning.models.t5 import network
 
@@ -101,8 +112,11 @@ def test_prompt_gradient_matches_finite_differences():
   enc[1, 4:] = 0
   targets = rng.randint(2, 64, size=(3, 3)).astype(np.int32)
   targets[:, -1] = 1
-  batch = {"encoder_input_tokens": enc, "decoder_target_tokens": targets,
-           "decoder_input_tokens": np.concatenate([np.zeros((3, 1), np.int32), targets[:, :-1]], axis=1)}
+  batch = {
+    "encoder_input_tokens": enc,
+    "decoder_target_tokens": targets,
+    "decoder_input_tokens": np.concatenate([np.zeros((3, 1), np.int32), targets[:, :-1]], axis=1),
+  }
   params = module.init(jax.random.PRNGKey(0), enc, batch["decoder_input_tokens"])["params"]
   params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
   trainable, frozen = param_tree.split_trainable(params, param_tree.PROMPT_ONLY)

@@ -31,8 +31,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for support.*
 
-SENTENCES = {"positive": ["a good film", "great fun", "good acting", "a great plot"],
-             "negative": ["a bad film", "dull fun", "bad acting", "a dull plot"]}
+SENTENCES = {
+  "positive": ["a good film", "great fun", "good acting", "a great plot"],
+  "negative": ["a bad film", "dull fun", "bad acting", "a dull plot"],
+}
 
 
 def missing_gcsfs(tmp: str) -> list:
@@ -57,20 +59,20 @@ def upload(local: str, remote: str) -> None:
 
 def main(sentencepiece_model: str, tmp: str) -> dict:
   out = {"missing_gcsfs": missing_gcsfs(tmp)}
+  import jax
   from etils import epath
 
   from prompt_tuning.checkpoints import t5x
-  from prompt_tuning.param_tree import flatten
   from prompt_tuning.data import vocab
   from prompt_tuning.metrics_writer import MetricsWriter
-  from prompt_tuning.models.t5.config import get_config
   from prompt_tuning.models.t5 import network
-  from prompt_tuning.tasks import byod
+  from prompt_tuning.models.t5.config import get_config
+  from prompt_tuning.param_tree import flatten
   from prompt_tuning.runs import specs
   from prompt_tuning.runs.evaluate import evaluate
   from prompt_tuning.runs.train import train
+  from prompt_tuning.tasks import byod
   from support import t5x_format
-  import jax
 
   # A SentencePiece vocabulary on gs://.
   upload(sentencepiece_model, "gs://bucket/vocab/sentencepiece.model")
@@ -88,28 +90,44 @@ def main(sentencepiece_model: str, tmp: str) -> dict:
   loaded = flatten(t5x.load_t5x_params("gs://bucket/t5x"))
   want = flatten(params)
   out["t5x"] = sorted(set(want) ^ set(loaded)) + [
-      p for p in sorted(set(want) & set(loaded)) if not np.array_equal(want[p], loaded[p])]
+    p for p in sorted(set(want) & set(loaded)) if not np.array_equal(want[p], loaded[p])
+  ]
 
   # Three sessions on a gs:// MODEL_DIR: train, resume, evaluate; data, vocabulary and
   # frozen model all on gs:// too.
   for split, records in (("train", SENTENCES), ("validation", SENTENCES)):
     lines = [json.dumps({"text": s, "label": label}) for label, texts in records.items() for s in texts]
     epath.Path(f"gs://bucket/data/{split}.jsonl").write_text("\n".join(lines) + "\n")
-  task = byod.text_task("cloud_reviews", "gs://bucket/data/train.jsonl", "gs://bucket/data/validation.jsonl",
-                        "review: {text}", "label", labels=["negative", "positive"],
-                        vocabulary_path="gs://bucket/vocab/sentencepiece.model")
+  task = byod.text_task(
+    "cloud_reviews",
+    "gs://bucket/data/train.jsonl",
+    "gs://bucket/data/validation.jsonl",
+    "review: {text}",
+    "label",
+    labels=["negative", "positive"],
+    vocabulary_path="gs://bucket/vocab/sentencepiece.model",
+  )
   model = specs.ModelSpec(config, "gs://bucket/t5x/checkpoint_1", prompt=specs.PromptSpec(length=2))
   data = specs.TaskSpec(task, {"inputs": 24, "targets": 12})
   evaluation = specs.EvaluationSpec(rank_classification=False)  # decoding alone: fewer programs to compile
-  results = [train(model, data, "gs://bucket/run", specs.TrainSpec(steps=steps, batch_size=4, save_period=2,
-                                                                    log_period=1), evaluation, progress=False)
-             for steps in (2, 4)]
+  results = [
+    train(
+      model,
+      data,
+      "gs://bucket/run",
+      specs.TrainSpec(steps=steps, batch_size=4, save_period=2, log_period=1),
+      evaluation,
+      progress=False,
+    )
+    for steps in (2, 4)
+  ]
   out["sessions"] = [result.step for result in results]
   out["prompt"] = [results[-1].prompt_path, epath.Path(results[-1].prompt_path).exists()]
   evaluate(model, data, "gs://bucket/run", dataclasses.replace(evaluation, batch_size=4), progress=False)
   metrics = epath.Path("gs://bucket/run/metrics.jsonl").read_text().splitlines()
-  out["metrics"] = [[record["step"], sorted({k.split("/")[0] for k in record if k != "step"})]
-                    for record in map(json.loads, metrics)]
+  out["metrics"] = [
+    [record["step"], sorted({k.split("/")[0] for k in record if k != "step"})] for record in map(json.loads, metrics)
+  ]
 
   for session in range(3):
     with MetricsWriter("gs://bucket/writer", process_index=0) as writer:

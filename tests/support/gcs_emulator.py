@@ -55,9 +55,25 @@ def running(buckets: Sequence[str], log_path: str) -> Iterator[str]:
   port = free_port()
   url = f"http://127.0.0.1:{port}"
   with open(log_path, "w") as log:
-    server = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-                               "-port", str(port), "-external-url", url, "-log-level", "warn"],
-                              stdout=subprocess.DEVNULL, stderr=log)
+    server = subprocess.Popen(
+      [
+        str(_get_binary_path()),
+        "-scheme",
+        "http",
+        "-backend",
+        "memory",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        str(port),
+        "-external-url",
+        url,
+        "-log-level",
+        "warn",
+      ],
+      stdout=subprocess.DEVNULL,
+      stderr=log,
+    )
   try:
     deadline = time.monotonic() + 20
     while True:
@@ -69,8 +85,12 @@ def running(buckets: Sequence[str], log_path: str) -> Iterator[str]:
           raise RuntimeError(f"fake-gcs-server did not start; its log: {open(log_path).read()[-2000:]}") from None
         time.sleep(0.05)
     for bucket in buckets:
-      create = urllib.request.Request(url + "/storage/v1/b", data=json.dumps({"name": bucket}).encode(),
-                                      headers={"Content-Type": "application/json"}, method="POST")
+      create = urllib.request.Request(
+        url + "/storage/v1/b",
+        data=json.dumps({"name": bucket}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+      )
       urllib.request.urlopen(create, timeout=5).close()
     yield url
   finally:

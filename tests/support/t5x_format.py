@@ -29,30 +29,40 @@ def _zarr_dtype(dtype: np.dtype) -> str:
 def _write_zarr(array: np.ndarray, step_dir: str, name: str) -> dict[str, Any]:
   """Writes `array` to step_dir/name as gzip zarr; returns the *relative* spec t5x stores."""
   metadata = {
-      "shape": list(array.shape),
-      "chunks": [max(1, math.ceil(d / 2)) for d in array.shape],  # several chunks per array
-      "dtype": _zarr_dtype(array.dtype),
-      "compressor": {"id": "gzip", "level": 1},
+    "shape": list(array.shape),
+    "chunks": [max(1, math.ceil(d / 2)) for d in array.shape],  # several chunks per array
+    "dtype": _zarr_dtype(array.dtype),
+    "compressor": {"id": "gzip", "level": 1},
   }
-  spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": os.path.join(step_dir, name)},
-          "metadata": metadata}
+  spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": os.path.join(step_dir, name)}, "metadata": metadata}
   store = ts.open(spec, create=True, delete_existing=True).result()
   store.write(array).result()
-  return {"driver": "zarr", "dtype": np.dtype(array.dtype).name,
-          "kvstore": {"driver": "file", "path": name}, "metadata": metadata}
+  return {
+    "driver": "zarr",
+    "dtype": np.dtype(array.dtype).name,
+    "kvstore": {"driver": "file", "path": name},
+    "metadata": metadata,
+  }
 
 
 def _adafactor_state(array: np.ndarray) -> dict[str, np.ndarray]:
   """Small factored second-moment stand-ins, shaped as t5x's Adafactor stores them."""
   if array.ndim >= 2:
-    return {"v": np.zeros((1,), np.float32), "v_col": np.zeros(array.shape[-1:], np.float32),
-            "v_row": np.zeros(array.shape[:-1], np.float32)}
-  return {"v": np.zeros(array.shape, np.float32), "v_col": np.zeros((1,), np.float32),
-          "v_row": np.zeros((1,), np.float32)}
+    return {
+      "v": np.zeros((1,), np.float32),
+      "v_col": np.zeros(array.shape[-1:], np.float32),
+      "v_row": np.zeros(array.shape[:-1], np.float32),
+    }
+  return {
+    "v": np.zeros(array.shape, np.float32),
+    "v_col": np.zeros((1,), np.float32),
+    "v_row": np.zeros((1,), np.float32),
+  }
 
 
-def write_t5x_checkpoint(params: Mapping[str, Any], model_dir: str, step: int, *, zarr_min_size: int,
-                         dtype: Any = None) -> str:
+def write_t5x_checkpoint(
+  params: Mapping[str, Any], model_dir: str, step: int, *, zarr_min_size: int, dtype: Any = None
+) -> str:
   """Writes `model_dir/checkpoint_<step>` in t5x's legacy msgpack + zarr layout.
 
   Args:
@@ -77,17 +87,28 @@ def write_t5x_checkpoint(params: Mapping[str, Any], model_dir: str, step: int, *
     else:
       target[path] = array
     param_states[path] = _adafactor_state(array)
-  state = {"optimizer": {"target": unflatten(target),
-                         "state": {"step": np.asarray(step, np.int32), "param_states": unflatten(param_states)}},
-           "version": 3}
+  state = {
+    "optimizer": {
+      "target": unflatten(target),
+      "state": {"step": np.asarray(step, np.int32), "param_states": unflatten(param_states)},
+    },
+    "version": 3,
+  }
   with open(os.path.join(step_dir, "checkpoint"), "wb") as f:
     f.write(serialization.msgpack_serialize(state))
   return step_dir
 
 
-def write_orbax_t5x_checkpoint(params: Mapping[str, Any], model_dir: str, step: int, *,
-                               under_optimizer: bool = False, as_jax: bool = False, use_ocdbt: bool = True,
-                               param_states: bool = False) -> str:
+def write_orbax_t5x_checkpoint(
+  params: Mapping[str, Any],
+  model_dir: str,
+  step: int,
+  *,
+  under_optimizer: bool = False,
+  as_jax: bool = False,
+  use_ocdbt: bool = True,
+  param_states: bool = False,
+) -> str:
   """Writes `model_dir/checkpoint_<step>/state` as an orbax PyTree checkpoint.
 
   Args:

@@ -6,10 +6,9 @@ import csv
 import json
 import random
 
-import gin
 import pytest
 
-from prompt_tuning import gin_utils
+import gin
 from prompt_tuning.data import quickstart
 from prompt_tuning.data.task import DataError, get_task
 from prompt_tuning.data.vocab import T5_VOCABULARY_PATH, SentencePieceVocabulary, set_default_vocabulary
@@ -49,13 +48,22 @@ def data(tmp_path_factory):
   """{ext: (train path, validation path)} for jsonl, tsv and csv, with the same records."""
   root = tmp_path_factory.mktemp("byod")
   train, validation = _records(64, 0), _records(24, 1)
-  return {ext: (_write(root / f"train.{ext}", train), _write(root / f"validation.{ext}", validation))
-          for ext in ("jsonl", "tsv", "csv")}
+  return {
+    ext: (_write(root / f"train.{ext}", train), _write(root / f"validation.{ext}", validation))
+    for ext in ("jsonl", "tsv", "csv")
+  }
 
 
 def _task(name, paths, **overrides):
-  kwargs = dict(name=name, train_path=paths[0], validation_path=paths[1], input_template="review: {text}",
-                target_field="y", labels=LABELS, vocabulary_path=VOCAB_PATH)
+  kwargs = dict(
+    name=name,
+    train_path=paths[0],
+    validation_path=paths[1],
+    input_template="review: {text}",
+    target_field="y",
+    labels=LABELS,
+    vocabulary_path=VOCAB_PATH,
+  )
   kwargs.update(overrides)
   return byod.text_task(**kwargs)
 
@@ -66,8 +74,9 @@ def test_text_task_registers_and_reads_every_format(data):
   first = examples["jsonl"][0]
   assert first["inputs"].startswith("review: the ") and first["targets"] == "negative" and first["idx"] == 0
   for ext in ("tsv", "csv"):  # TSV/CSV cells are strings: "0"/"1" still index the labels
-    assert [(e["inputs"], e["targets"]) for e in examples[ext]] == [(e["inputs"], e["targets"])
-                                                                   for e in examples["jsonl"]]
+    assert [(e["inputs"], e["targets"]) for e in examples[ext]] == [
+      (e["inputs"], e["targets"]) for e in examples["jsonl"]
+    ]
   task = get_task(names["jsonl"])
   assert task.splits == ["train", "validation"] and task.candidates == LABELS and task.metrics == ("accuracy",)
   assert task.vocabulary.vocab_size == SentencePieceVocabulary(VOCAB_PATH).vocab_size
@@ -85,7 +94,9 @@ def test_text_task_is_idempotent_and_refuses_conflicts(data):
     _task(quickstart.NAME, paths)
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     ({"train_path": "/nonexistent/train.jsonl"}, "train_path file not found: /nonexistent/train.jsonl"),
     ({"vocabulary_path": "/nonexistent/sp.model"}, "vocabulary_path file not found: /nonexistent/sp.model"),
     ({"metric": ["accuracy", "bleu"]}, "unknown metric 'bleu'; known: accuracy, exact_match, "),
@@ -95,7 +106,8 @@ def test_text_task_is_idempotent_and_refuses_conflicts(data):
     ({"labels": "negative,positive"}, "labels must be a non-empty list"),
     ({"input_template": "review: {}"}, "use named fields"),
     ({"labels": ["negative", "negative"]}, "duplicate labels"),
-])
+  ],
+)
 def test_text_task_errors_are_one_line(data, overrides, message):
   with pytest.raises(ValueError, match=message) as info:
     _task("byod_test_errors", data["jsonl"], **overrides)
@@ -115,9 +127,14 @@ def test_trains_end_to_end_through_the_trainer(data, tmp_path):
   name = _task("byod_test_train", data["jsonl"])
   vocab_size = SentencePieceVocabulary(VOCAB_PATH).vocab_size
   model = specs.ModelSpec(t5.get_config("tiny", vocab_size=vocab_size), prompt=specs.PromptSpec(length=5))
-  result = train(model, specs.TaskSpec(name, {"inputs": 16, "targets": 4}), str(tmp_path / "model"),
-                 specs.TrainSpec(steps=40, batch_size=8, log_period=10, save_period=1000),
-                 specs.EvaluationSpec(rank_classification=True), progress=False)
+  result = train(
+    model,
+    specs.TaskSpec(name, {"inputs": 16, "targets": 4}),
+    str(tmp_path / "model"),
+    specs.TrainSpec(steps=40, batch_size=8, log_period=10, save_period=1000),
+    specs.EvaluationSpec(rank_classification=True),
+    progress=False,
+  )
   assert result.step == 40
   accuracy = result.eval_metrics["rank/accuracy"]
   assert isinstance(accuracy, float) and 0.0 <= accuracy <= 100.0
@@ -132,16 +149,27 @@ def test_trains_through_the_cli_with_byod_gin(data, tmp_path, capsys):
   gin.clear_config()  # registering needs an unlocked config (an earlier in-process run finalizes it)
   train_path, validation_path = data["csv"]
   flags = [
-      "train", "--gin_file=runs/prompt_finetune.gin", "--gin_file=tasks/byod.gin",
-      f"--gin.MODEL_DIR='{tmp_path / 'model'}'", "--gin.INITIAL_CHECKPOINT_PATH=''",
-      "--gin.MODEL_CONFIG=@t5.config.t5_config()", "--gin.t5_config.name='tiny'",
-      f"--gin.t5_config.vocab_size={SentencePieceVocabulary(VOCAB_PATH).vocab_size}",
-      f"--gin.VOCABULARY_PATH='{VOCAB_PATH}'",
-      "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}", "--gin.BATCH_SIZE=8", "--gin.PROMPT_LENGTH=5",
-      "--gin.TRAIN_STEPS=20", "--gin.TrainSpec.log_period=10", "--gin.train.progress=False",
-      "--gin.BYOD_NAME='byod_test_cli'", f"--gin.BYOD_TRAIN='{train_path}'",
-      f"--gin.BYOD_VALIDATION='{validation_path}'", "--gin.BYOD_TEMPLATE='review: {text}'",
-      "--gin.BYOD_TARGET='y'", f"--gin.BYOD_LABELS={LABELS}",
+    "train",
+    "--gin_file=runs/prompt_finetune.gin",
+    "--gin_file=tasks/byod.gin",
+    f"--gin.MODEL_DIR='{tmp_path / 'model'}'",
+    "--gin.INITIAL_CHECKPOINT_PATH=''",
+    "--gin.MODEL_CONFIG=@t5.config.t5_config()",
+    "--gin.t5_config.name='tiny'",
+    f"--gin.t5_config.vocab_size={SentencePieceVocabulary(VOCAB_PATH).vocab_size}",
+    f"--gin.VOCABULARY_PATH='{VOCAB_PATH}'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
+    "--gin.BATCH_SIZE=8",
+    "--gin.PROMPT_LENGTH=5",
+    "--gin.TRAIN_STEPS=20",
+    "--gin.TrainSpec.log_period=10",
+    "--gin.train.progress=False",
+    "--gin.BYOD_NAME='byod_test_cli'",
+    f"--gin.BYOD_TRAIN='{train_path}'",
+    f"--gin.BYOD_VALIDATION='{validation_path}'",
+    "--gin.BYOD_TEMPLATE='review: {text}'",
+    "--gin.BYOD_TARGET='y'",
+    f"--gin.BYOD_LABELS={LABELS}",
   ]
   try:
     assert cli.main(flags) == 0, capsys.readouterr().err

@@ -17,37 +17,73 @@ from prompt_tuning.data import vocab
 from prompt_tuning.data.pipeline import BatchIterator
 from prompt_tuning.tasks import glue
 
-SEQIO_VOCAB = os.path.join(importlib.util.find_spec("seqio").submodule_search_locations[0],
-                           "test_data/sentencepiece/sentencepiece.model")
+SEQIO_VOCAB = os.path.join(
+  importlib.util.find_spec("seqio").submodule_search_locations[0], "test_data/sentencepiece/sentencepiece.model"
+)
 
 # config: (raw tfds record, T5 inputs, T5 targets)
 FORMAT_CASES = {
-    "cola": ({"sentence": "The book was read by me.", "label": 1, "idx": 3},
-             "cola sentence: The book was read by me.", "acceptable"),
-    "sst2": ({"sentence": "a gripping , funny film ", "label": 0, "idx": 7},
-             "sst2 sentence: a gripping , funny film ", "negative"),
-    "mrpc": ({"sentence1": "He said hi.", "sentence2": "He greeted us.", "label": 1, "idx": 0},
-             "mrpc sentence1: He said hi. sentence2: He greeted us.", "equivalent"),
-    "qqp": ({"question1": "How do I cook rice?", "question2": "What is rice?", "label": 0, "idx": 5},
-            "qqp question1: How do I cook rice? question2: What is rice?", "not_duplicate"),
-    "stsb": ({"sentence1": "Three more US soldiers killed in Afghanistan",
-              "sentence2": "NATO Soldier Killed in Afghanistan", "label": 1.8, "idx": 2},
-             "stsb sentence1: Three more US soldiers killed in Afghanistan "
-             "sentence2: NATO Soldier Killed in Afghanistan", "1.8"),
-    "mnli": ({"premise": "A man eats.", "hypothesis": "Nobody eats.", "label": 2, "idx": 9},
-             "mnli hypothesis: Nobody eats. premise: A man eats.", "contradiction"),
-    "mnli_matched": ({"premise": "P.", "hypothesis": "H.", "label": 1, "idx": 0},
-                     "mnli hypothesis: H. premise: P.", "neutral"),
-    "mnli_mismatched": ({"premise": "P.", "hypothesis": "H.", "label": 0, "idx": 0},
-                        "mnli hypothesis: H. premise: P.", "entailment"),
-    "qnli": ({"question": "Who wrote it?", "sentence": "Tolstoy wrote it.", "label": 1, "idx": 4},
-             "qnli question: Who wrote it? sentence: Tolstoy wrote it.", "not_entailment"),
-    "rte": ({"sentence1": "Cats purr.", "sentence2": "Cats make sounds.", "label": 0, "idx": 1},
-            "rte sentence1: Cats purr. sentence2: Cats make sounds.", "entailment"),
-    "wnli": ({"sentence1": "S1.", "sentence2": "S2.", "label": 1, "idx": 6},
-             "wnli sentence1: S1. sentence2: S2.", "entailment"),
-    "ax": ({"premise": "P.", "hypothesis": "H.", "label": -1, "idx": 0},
-           "mnli hypothesis: H. premise: P.", "<unk>"),
+  "cola": (
+    {"sentence": "The book was read by me.", "label": 1, "idx": 3},
+    "cola sentence: The book was read by me.",
+    "acceptable",
+  ),
+  "sst2": (
+    {"sentence": "a gripping , funny film ", "label": 0, "idx": 7},
+    "sst2 sentence: a gripping , funny film ",
+    "negative",
+  ),
+  "mrpc": (
+    {"sentence1": "He said hi.", "sentence2": "He greeted us.", "label": 1, "idx": 0},
+    "mrpc sentence1: He said hi. sentence2: He greeted us.",
+    "equivalent",
+  ),
+  "qqp": (
+    {"question1": "How do I cook rice?", "question2": "What is rice?", "label": 0, "idx": 5},
+    "qqp question1: How do I cook rice? question2: What is rice?",
+    "not_duplicate",
+  ),
+  "stsb": (
+    {
+      "sentence1": "Three more US soldiers killed in Afghanistan",
+      "sentence2": "NATO Soldier Killed in Afghanistan",
+      "label": 1.8,
+      "idx": 2,
+    },
+    "stsb sentence1: Three more US soldiers killed in Afghanistan sentence2: NATO Soldier Killed in Afghanistan",
+    "1.8",
+  ),
+  "mnli": (
+    {"premise": "A man eats.", "hypothesis": "Nobody eats.", "label": 2, "idx": 9},
+    "mnli hypothesis: Nobody eats. premise: A man eats.",
+    "contradiction",
+  ),
+  "mnli_matched": (
+    {"premise": "P.", "hypothesis": "H.", "label": 1, "idx": 0},
+    "mnli hypothesis: H. premise: P.",
+    "neutral",
+  ),
+  "mnli_mismatched": (
+    {"premise": "P.", "hypothesis": "H.", "label": 0, "idx": 0},
+    "mnli hypothesis: H. premise: P.",
+    "entailment",
+  ),
+  "qnli": (
+    {"question": "Who wrote it?", "sentence": "Tolstoy wrote it.", "label": 1, "idx": 4},
+    "qnli question: Who wrote it? sentence: Tolstoy wrote it.",
+    "not_entailment",
+  ),
+  "rte": (
+    {"sentence1": "Cats purr.", "sentence2": "Cats make sounds.", "label": 0, "idx": 1},
+    "rte sentence1: Cats purr. sentence2: Cats make sounds.",
+    "entailment",
+  ),
+  "wnli": (
+    {"sentence1": "S1.", "sentence2": "S2.", "label": 1, "idx": 6},
+    "wnli sentence1: S1. sentence2: S2.",
+    "entailment",
+  ),
+  "ax": ({"premise": "P.", "hypothesis": "H.", "label": -1, "idx": 0}, "mnli hypothesis: H. premise: P.", "<unk>"),
 }
 
 
@@ -78,13 +114,30 @@ def test_t5_format(config):
 
 def test_unlabeled_test_examples_get_unk():
   assert glue.TASKS["glue_sst2_v002"].format_fn({"sentence": "x", "label": -1, "idx": 0})["targets"] == "<unk>"
-  assert glue.TASKS["glue_mnli_v002"].format_fn(
-      {"premise": "p", "hypothesis": "h", "label": -1, "idx": 0})["targets"] == "<unk>"
+  assert (
+    glue.TASKS["glue_mnli_v002"].format_fn({"premise": "p", "hypothesis": "h", "label": -1, "idx": 0})["targets"]
+    == "<unk>"
+  )
 
 
-@pytest.mark.parametrize("label, expected", [
-    (0.0, "0.0"), (0.1, "0.0"), (0.3, "0.4"), (0.5, "0.4"), (1.5, "1.6"), (2.5, "2.4"), (3.7, "3.6"),
-    (3.8, "3.8"), (3.9, "4.0"), (4.9, "4.8"), (4.95, "5.0"), (5.0, "5.0"), (-1.0, "-1.0")])
+@pytest.mark.parametrize(
+  "label, expected",
+  [
+    (0.0, "0.0"),
+    (0.1, "0.0"),
+    (0.3, "0.4"),
+    (0.5, "0.4"),
+    (1.5, "1.6"),
+    (2.5, "2.4"),
+    (3.7, "3.6"),
+    (3.8, "3.8"),
+    (3.9, "4.0"),
+    (4.9, "4.8"),
+    (4.95, "5.0"),
+    (5.0, "5.0"),
+    (-1.0, "-1.0"),
+  ],
+)
 def test_stsb_rounds_like_tf_round_in_float32(label, expected):
   # Pinned against tf.as_string(tf.round(label * 5) / 5, precision=1) on float32 labels
   # (half to even: 0.5 -> 2.5 -> 2 -> "0.4"; float32(3.7) * 5 == 18.5 -> 18 -> "3.6").
@@ -92,8 +145,13 @@ def test_stsb_rounds_like_tf_round_in_float32(label, expected):
 
 
 def test_task_metadata():
-  assert glue.TASKS["glue_mnli_v002"].splits == ["train", "validation_matched", "validation_mismatched",
-                                                  "test_matched", "test_mismatched"]
+  assert glue.TASKS["glue_mnli_v002"].splits == [
+    "train",
+    "validation_matched",
+    "validation_mismatched",
+    "test_matched",
+    "test_mismatched",
+  ]
   assert glue.TASKS["glue_sst2_v002"].splits == ["train", "validation", "test"]
   assert glue.TASKS["glue_ax_v002"].splits == ["test"]
   assert glue.TASKS["glue_sst2_v002"].candidates == ["negative", "positive"]
@@ -112,12 +170,19 @@ def test_task_metadata():
 
 def test_mrpc_from_qqp_mapping():
   task = glue.TASKS["glue_mrpc_from_qqp_v002"]
-  assert (task.tfds_name, task.splits, task.candidates) == ("glue/mrpc:2.0.0", ["validation"],
-                                                            ["not_duplicate", "duplicate"])
+  assert (task.tfds_name, task.splits, task.candidates) == (
+    "glue/mrpc:2.0.0",
+    ["validation"],
+    ["not_duplicate", "duplicate"],
+  )
   record = {"sentence1": "A b.", "sentence2": "A c.", "idx": 4}
   pos, neg = task.format_fn({**record, "label": 1}), task.format_fn({**record, "label": 0})
-  assert pos == {"inputs": "mrpc sentence1: A b. sentence2: A c.", "targets": "duplicate",
-                 "native_target": "equivalent", "idx": 4}
+  assert pos == {
+    "inputs": "mrpc sentence1: A b. sentence2: A c.",
+    "targets": "duplicate",
+    "native_target": "equivalent",
+    "idx": 4,
+  }
   assert (neg["targets"], neg["native_target"]) == ("not_duplicate", "not_equivalent")
   taskless = glue.TASKS["glue_mrpc_from_qqp_v002_taskless"].format_fn({**record, "label": 1})
   assert (taskless["inputs"], taskless["targets"]) == ("sentence1: A b. sentence2: A c.", "duplicate")
@@ -128,8 +193,12 @@ def test_qqp_from_mrpc_mapping():
   assert (task.tfds_name, task.candidates) == ("glue/qqp:2.0.0", ["not_equivalent", "equivalent"])
   record = {"question1": "Q1?", "question2": "Q2?", "idx": 0}
   pos, neg = task.format_fn({**record, "label": 1}), task.format_fn({**record, "label": 0})
-  assert pos == {"inputs": "qqp question1: Q1? question2: Q2?", "targets": "equivalent",
-                 "native_target": "duplicate", "idx": 0}
+  assert pos == {
+    "inputs": "qqp question1: Q1? question2: Q2?",
+    "targets": "equivalent",
+    "native_target": "duplicate",
+    "idx": 0,
+  }
   assert (neg["targets"], neg["native_target"]) == ("not_equivalent", "not_duplicate")
   taskless = glue.TASKS["glue_qqp_from_mrpc_v002_taskless"].format_fn({**record, "label": 0})
   assert taskless["inputs"] == "question1: Q1? question2: Q2?"
@@ -140,13 +209,16 @@ def test_transfer_translates_predictions_then_scores_as_target():
   assert glue.translate_label("duplicate", "qqp", "mrpc") == "equivalent"
   assert glue.translate_label("equivalent", "mrpc", "qqp") == "duplicate"
   task = glue.TASKS["glue_mrpc_from_qqp_v002"]
-  examples = [task.format_fn({"sentence1": "a", "sentence2": "b", "label": y, "idx": i})
-              for i, y in enumerate([1, 1, 0, 0])]
+  examples = [
+    task.format_fn({"sentence1": "a", "sentence2": "b", "label": y, "idx": i}) for i, y in enumerate([1, 1, 0, 0])
+  ]
   # A QQP prompt answers in QQP words; "maybe" is invalid (wrong either way).
   scores = task.score(records(examples, ["duplicate", "not_duplicate", "not_duplicate", "maybe"]))
   direct = glue.TASKS["glue_mrpc_v002"].score(
-      records([{"targets": e["native_target"]} for e in examples],
-              ["equivalent", "not_equivalent", "not_equivalent", "maybe"]))
+    records(
+      [{"targets": e["native_target"]} for e in examples], ["equivalent", "not_equivalent", "not_equivalent", "maybe"]
+    )
+  )
   # tp=1, fn=1, fp=1 ("maybe" on a negative target) -> F1 = 2/4; 2 of 4 right.
   assert scores == direct == pytest.approx({"f1": 50.0, "accuracy": 50.0})
   # Predictions in the target's own words are not translated away (the reference's str.replace).
@@ -180,7 +252,7 @@ def test_cola_matthews():
   # {1: 2, 0: 2, -1: 2} -> (3*6 - (3*2 + 3*2)) / sqrt((36 - 12) * (36 - 18)) = 6 / sqrt(432).
   # Had "junk" and "acceptible" been two classes: 6 / sqrt(468).
   scores = glue.TASKS["glue_cola_v002"].score(records(examples, [a, "junk", "acceptible", u, u, a]))
-  assert scores == pytest.approx({"matthews_corrcoef": 600 / 432 ** 0.5})
+  assert scores == pytest.approx({"matthews_corrcoef": 600 / 432**0.5})
 
 
 def test_stsb_parses_floats():
@@ -189,8 +261,9 @@ def test_stsb_parses_floats():
   scores = glue.TASKS["glue_stsb_v002"].score(records([{"targets": t} for t in targets], predictions))
   t = [1.0, 2.4, 3.0, 4.8, 0.2]
   p = [1.2, 2.4, -1.0, 5.0, 0.4]  # unparseable -> -1.0, as T5's string_to_float
-  assert scores == pytest.approx({"pearson_corrcoef": 100 * stats.pearsonr(t, p)[0],
-                                  "spearman_corrcoef": 100 * stats.spearmanr(t, p)[0]})
+  assert scores == pytest.approx(
+    {"pearson_corrcoef": 100 * stats.pearsonr(t, p)[0], "spearman_corrcoef": 100 * stats.spearmanr(t, p)[0]}
+  )
 
 
 def test_accuracy_tasks():
@@ -209,12 +282,13 @@ def test_every_task_and_split_batches_under_mock_data():
     for name, task in sorted(glue.TASKS.items()):
       splits = task.splits if not name.endswith("_taskless") else task.splits[-1:]
       for split in splits:
-        it = BatchIterator(task, split, {"inputs": 64, "targets": 8}, 3, shuffle=False, seed=0, repeat=False,
-                           drop_remainder=False)
+        it = BatchIterator(
+          task, split, {"inputs": 64, "targets": 8}, 3, shuffle=False, seed=0, repeat=False, drop_remainder=False
+        )
         batches = list(it)
         assert len(batches) == 2 and batches[0].arrays["encoder_input_tokens"].shape == (3, 64), (name, split)
         assert int(sum(b.arrays["mask"].sum() for b in batches)) == 4, (name, split)
-        benchmark = glue.GLUE_CONFIGS[name[len("glue_"):name.index("_v002")].split("_from_")[0]][0]
+        benchmark = glue.GLUE_CONFIGS[name[len("glue_") : name.index("_v002")].split("_from_")[0]][0]
         for ex in batches[0].text["examples"]:
           if task.candidates and not split.startswith("test"):
             assert ex["targets"] in task.candidates, (name, split, ex)

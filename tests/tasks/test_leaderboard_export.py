@@ -34,8 +34,14 @@ def test_infer_writes_rte_submission_file(tmp_path, small_vocabulary):
   with tfds.testing.mock_data(num_examples=6):
     train(model, task, model_dir, specs.TrainSpec(steps=2, batch_size=2, save_period=2, log_period=1), progress=False)
     out_dir = tmp_path / "submission"
-    path = infer(model, task, model_dir, specs.EvaluationSpec(split="test", batch_size=4),
-                 leaderboard_dir=str(out_dir), progress=False)
+    path = infer(
+      model,
+      task,
+      model_dir,
+      specs.EvaluationSpec(split="test", batch_size=4),
+      leaderboard_dir=str(out_dir),
+      progress=False,
+    )
     from prompt_tuning.task_registry import resolve_task
 
     test_idx = [ex["idx"] for ex in resolve_task("super_glue_rte_v102").examples("test")]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import gin
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import gin
 from prompt_tuning import gin_utils
 from prompt_tuning.cli import gin_runner
 from prompt_tuning.train import optimizer
@@ -44,10 +44,16 @@ def gin_config():
 
 
 def test_gin_picks_adam_and_a_schedule(gin_config):
-  gin_utils.parse_gin_flags([], ["TrainSpec.optimizer = @optimizer.adamw",
-                                 "optimizer.adamw.learning_rate = @optimizer.warmup_cosine_decay()",
-                                 "warmup_cosine_decay.learning_rate = 0.01",
-                                 "warmup_cosine_decay.warmup_steps = 5"], finalize=False)
+  gin_utils.parse_gin_flags(
+    [],
+    [
+      "TrainSpec.optimizer = @optimizer.adamw",
+      "optimizer.adamw.learning_rate = @optimizer.warmup_cosine_decay()",
+      "warmup_cosine_decay.learning_rate = 0.01",
+      "warmup_cosine_decay.warmup_steps = 5",
+    ],
+    finalize=False,
+  )
   build = gin.query_parameter("TrainSpec.optimizer").scoped_configurable_fn
   tx, schedule = build()
   np.testing.assert_allclose([schedule(0), schedule(5)], [0.0, 0.01], atol=1e-8)

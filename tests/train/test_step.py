@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from prompt_tuning import param_tree, partitioning
-from prompt_tuning.param_tree import flatten
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig, cross_entropy_with_z_loss
 from prompt_tuning.models.t5 import get_config, network
-from prompt_tuning.train import optimizer, step as step_lib
+from prompt_tuning.param_tree import flatten
+from prompt_tuning.train import optimizer
+from prompt_tuning.train import step as step_lib
 from prompt_tuning.train.state import TrainState
 
 
@@ -31,8 +32,12 @@ def _batch(seed=0, batch=4):
   targets[:, -1] = 1
   targets[1, 2:] = 0
   dec_in = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
-  return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in, "decoder_target_tokens": targets,
-          "decoder_loss_weights": (targets > 0).astype(np.float32)}
+  return {
+    "encoder_input_tokens": enc,
+    "decoder_input_tokens": dec_in,
+    "decoder_target_tokens": targets,
+    "decoder_loss_weights": (targets > 0).astype(np.float32),
+  }
 
 
 def _run(pattern: str, steps: int = 3):
@@ -43,7 +48,8 @@ def _run(pattern: str, steps: int = 3):
   state = TrainState.create(trainable, tx)
   mesh = partitioning.make_mesh(1)
   frozen_shardings = partitioning.logical_to_sharding(
-      param_tree.split_trainable(network.module_logical_axes(network.Transformer(CONFIG)), pattern)[1], mesh)
+    param_tree.split_trainable(network.module_logical_axes(network.Transformer(CONFIG)), pattern)[1], mesh
+  )
   train_step = step_lib.compile_train_step(step_lib.make_train_step(model, tx, schedule), mesh, frozen_shardings)
   for i in range(steps):
     state, metrics = train_step(state, frozen, _batch(i), jax.random.PRNGKey(1))
@@ -98,17 +104,21 @@ def test_loss_matches_a_numpy_reference_with_smoothing_and_z_loss():
   soft = np.full((2, 3, 7), 0.1 / 6)
   np.put_along_axis(soft, targets[..., None], 0.9, axis=-1)
   entropy = -(soft * np.log(soft)).sum(-1)
-  want = (-(soft * (logits - log_z[..., None])).sum(-1) - entropy + 1e-2 * log_z ** 2) * weights
+  want = (-(soft * (logits - log_z[..., None])).sum(-1) - entropy + 1e-2 * log_z**2) * weights
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(z, 1e-2 * log_z ** 2 * weights, rtol=1e-5)
+  np.testing.assert_allclose(z, 1e-2 * log_z**2 * weights, rtol=1e-5)
 
 
 def test_loss_normalization():
   params = network.init_params(CONFIG, jax.random.PRNGKey(0))
   batch = _batch()
   per_token, sums = EncoderDecoderModel(network.Transformer(CONFIG)).loss(params, batch)
-  total, _ = EncoderDecoderModel(network.Transformer(CONFIG), LossConfig(loss_normalizing_factor=None)).loss(params, batch)
-  fixed, _ = EncoderDecoderModel(network.Transformer(CONFIG), LossConfig(loss_normalizing_factor=100.0)).loss(params, batch)
+  total, _ = EncoderDecoderModel(network.Transformer(CONFIG), LossConfig(loss_normalizing_factor=None)).loss(
+    params, batch
+  )
+  fixed, _ = EncoderDecoderModel(network.Transformer(CONFIG), LossConfig(loss_normalizing_factor=100.0)).loss(
+    params, batch
+  )
   np.testing.assert_allclose(per_token * sums["num_tokens"], total, rtol=1e-5)
   np.testing.assert_allclose(fixed * 100.0, total, rtol=1e-5)
   assert float(sums["num_tokens"]) == float((batch["decoder_target_tokens"] > 0).sum())

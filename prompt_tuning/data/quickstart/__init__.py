@@ -27,7 +27,8 @@ def vocabulary() -> SentencePieceVocabulary:
   return SentencePieceVocabulary(data_path("sentencepiece.model"), extra_ids=0)
 
 
-TASK = register_task(TextTask(
+TASK = register_task(
+  TextTask(
     name=NAME,
     vocabulary=vocabulary(),
     splits={"train": data_path("train.jsonl"), "validation": data_path("validation.jsonl")},
@@ -35,4 +36,6 @@ TASK = register_task(TextTask(
     target_field="label",
     labels=LABELS,
     metrics=("accuracy",),
-), overwrite=True)  # overwrite: survive importlib.reload
+  ),
+  overwrite=True,
+)  # overwrite: survive importlib.reload

@@ -26,23 +26,79 @@ LABELS = ("negative", "positive")
 VOCAB_SIZE = 256
 
 ADJECTIVES = {
-    "positive": ["wonderful", "moving", "brilliant", "delightful", "charming", "superb", "excellent", "beautiful",
-                 "funny", "touching", "gripping", "clever", "inspiring", "enjoyable", "lovely", "fantastic"],
-    "negative": ["terrible", "boring", "awful", "dull", "clumsy", "tedious", "dreadful", "bland",
-                 "messy", "painful", "weak", "forgettable", "lifeless", "poor", "annoying", "predictable"],
+  "positive": [
+    "wonderful",
+    "moving",
+    "brilliant",
+    "delightful",
+    "charming",
+    "superb",
+    "excellent",
+    "beautiful",
+    "funny",
+    "touching",
+    "gripping",
+    "clever",
+    "inspiring",
+    "enjoyable",
+    "lovely",
+    "fantastic",
+  ],
+  "negative": [
+    "terrible",
+    "boring",
+    "awful",
+    "dull",
+    "clumsy",
+    "tedious",
+    "dreadful",
+    "bland",
+    "messy",
+    "painful",
+    "weak",
+    "forgettable",
+    "lifeless",
+    "poor",
+    "annoying",
+    "predictable",
+  ],
 }
-SUBJECTS = ["the film", "the movie", "the story", "the acting", "the plot", "the ending", "the soundtrack",
-            "the script", "the cast", "the dialogue", "the show", "the direction", "the pacing", "the finale"]
-FILLERS = ["honestly", "overall", "to me", "from start to finish", "in the second half", "at times",
-           "for most of the running time", "in my opinion", "this time", "on the whole"]
+SUBJECTS = [
+  "the film",
+  "the movie",
+  "the story",
+  "the acting",
+  "the plot",
+  "the ending",
+  "the soundtrack",
+  "the script",
+  "the cast",
+  "the dialogue",
+  "the show",
+  "the direction",
+  "the pacing",
+  "the finale",
+]
+FILLERS = [
+  "honestly",
+  "overall",
+  "to me",
+  "from start to finish",
+  "in the second half",
+  "at times",
+  "for most of the running time",
+  "in my opinion",
+  "this time",
+  "on the whole",
+]
 TEMPLATES = [
-    "{subject} was {adj}",
-    "{subject} was {adj} and {adj2}",
-    "{filler}, {subject} felt {adj}",
-    "i thought {subject} was {adj} {filler}",
-    "{subject} is {adj}, {filler}",
-    "{filler} {subject} seemed {adj} and {adj2}",
-    "what a {adj} experience, {subject} was {adj2}",
+  "{subject} was {adj}",
+  "{subject} was {adj} and {adj2}",
+  "{filler}, {subject} felt {adj}",
+  "i thought {subject} was {adj} {filler}",
+  "{subject} is {adj}, {filler}",
+  "{filler} {subject} seemed {adj} and {adj2}",
+  "what a {adj} experience, {subject} was {adj2}",
 ]
 
 
@@ -78,10 +134,21 @@ def train_sentencepiece(texts: list[str], path: str):
 
   buffer = io.BytesIO()
   sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(texts), model_writer=buffer, vocab_size=VOCAB_SIZE,
-      model_type="bpe", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, num_threads=1,
-      shuffle_input_sentence=False, normalization_rule_name="identity",
-      required_chars=string.ascii_letters + string.digits + string.punctuation, minloglevel=2)
+    sentence_iterator=iter(texts),
+    model_writer=buffer,
+    vocab_size=VOCAB_SIZE,
+    model_type="bpe",
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    character_coverage=1.0,
+    num_threads=1,
+    shuffle_input_sentence=False,
+    normalization_rule_name="identity",
+    required_chars=string.ascii_letters + string.digits + string.punctuation,
+    minloglevel=2,
+  )
   with open(path, "wb") as f:
     f.write(buffer.getvalue())
 

@@ -64,8 +64,16 @@ class T5Config:
     for act in self.mlp_activations:
       if act not in _ACTIVATIONS:
         raise ValueError(f"T5Config.mlp_activations has unknown activation {act!r}: expected {_ACTIVATIONS}")
-    for field in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
-                  "num_decoder_layers", "relative_attention_num_buckets"):
+    for field in (
+      "vocab_size",
+      "emb_dim",
+      "num_heads",
+      "head_dim",
+      "mlp_dim",
+      "num_encoder_layers",
+      "num_decoder_layers",
+      "relative_attention_num_buckets",
+    ):
       if getattr(self, field) < 1:
         raise ValueError(f"T5Config.{field} must be positive, got {getattr(self, field)}")
 
@@ -103,35 +111,50 @@ _MT5 = dict(_T5_1_1, vocab_size=250112)
 
 # (emb_dim, num_heads, head_dim, mlp_dim, num_layers) of the published checkpoints.
 _T5_1_0_SIZES = {
-    "small": (512, 8, 64, 2048, 6),
-    "base": (768, 12, 64, 3072, 12),
-    "large": (1024, 16, 64, 4096, 24),
-    "3b": (1024, 32, 128, 16384, 24),
-    "11b": (1024, 128, 128, 65536, 24),
+  "small": (512, 8, 64, 2048, 6),
+  "base": (768, 12, 64, 3072, 12),
+  "large": (1024, 16, 64, 4096, 24),
+  "3b": (1024, 32, 128, 16384, 24),
+  "11b": (1024, 128, 128, 65536, 24),
 }
 _T5_1_1_SIZES = {
-    "small": (512, 6, 64, 1024, 8),
-    "base": (768, 12, 64, 2048, 12),
-    "large": (1024, 16, 64, 2816, 24),
-    "xl": (2048, 32, 64, 5120, 24),
-    "xxl": (4096, 64, 64, 10240, 24),
+  "small": (512, 6, 64, 1024, 8),
+  "base": (768, 12, 64, 2048, 12),
+  "large": (1024, 16, 64, 2816, 24),
+  "xl": (2048, 32, 64, 5120, 24),
+  "xxl": (4096, 64, 64, 10240, 24),
 }
 
 
 def _sized(family: Mapping[str, Any], size: tuple[int, int, int, int, int]) -> T5Config:
   emb_dim, num_heads, head_dim, mlp_dim, layers = size
-  return T5Config(emb_dim=emb_dim, num_heads=num_heads, head_dim=head_dim, mlp_dim=mlp_dim,
-                  num_encoder_layers=layers, num_decoder_layers=layers, **family)
+  return T5Config(
+    emb_dim=emb_dim,
+    num_heads=num_heads,
+    head_dim=head_dim,
+    mlp_dim=mlp_dim,
+    num_encoder_layers=layers,
+    num_decoder_layers=layers,
+    **family,
+  )
 
 
 NAMED_CONFIGS: dict[str, T5Config] = {
-    # Tiny, for tests and the quick start: a T5 1.1 layout with the T5 vocabulary size.
-    "tiny": T5Config(vocab_size=32128, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
-                     num_encoder_layers=2, num_decoder_layers=2,
-                     mlp_activations=("gelu", "linear"), logits_via_embedding=False),
-    **{f"t5_{name}": _sized(_T5_1_0, size) for name, size in _T5_1_0_SIZES.items()},
-    **{f"t5_1_1_{name}": _sized(_T5_1_1, size) for name, size in _T5_1_1_SIZES.items()},
-    **{f"mt5_{name}": _sized(_MT5, size) for name, size in _T5_1_1_SIZES.items()},
+  # Tiny, for tests and the quick start: a T5 1.1 layout with the T5 vocabulary size.
+  "tiny": T5Config(
+    vocab_size=32128,
+    emb_dim=32,
+    num_heads=4,
+    head_dim=8,
+    mlp_dim=64,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    mlp_activations=("gelu", "linear"),
+    logits_via_embedding=False,
+  ),
+  **{f"t5_{name}": _sized(_T5_1_0, size) for name, size in _T5_1_0_SIZES.items()},
+  **{f"t5_1_1_{name}": _sized(_T5_1_1, size) for name, size in _T5_1_1_SIZES.items()},
+  **{f"mt5_{name}": _sized(_MT5, size) for name, size in _T5_1_1_SIZES.items()},
 }
 # LM-adapted (t5_1_1_lm100k_*) and Flan-T5 checkpoints share the T5 1.1 shapes.
 for _name, _size in _T5_1_1_SIZES.items():

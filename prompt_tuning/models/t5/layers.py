@@ -59,8 +59,9 @@ class DenseGeneral(nn.Module):
     axis = tuple(a % inputs.ndim for a in axis)
     in_shape = tuple(inputs.shape[a] for a in axis)
     stored_shape = (int(np.prod(in_shape)), int(np.prod(features)))
-    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
-                        stored_shape, self.param_dtype)
+    kernel = self.param(
+      "kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes), stored_shape, self.param_dtype
+    )
     kernel = jnp.asarray(kernel, self.dtype).reshape(in_shape + features)
     inputs = jnp.asarray(inputs, self.dtype)
     contract = (axis, tuple(range(len(axis))))
@@ -76,8 +77,12 @@ class Embed(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.embedding = self.param("embedding", nn.with_logical_partitioning(embedding_init, ("vocab", "embed")),
-                                (self.num_embeddings, self.features), self.param_dtype)
+    self.embedding = self.param(
+      "embedding",
+      nn.with_logical_partitioning(embedding_init, ("vocab", "embed")),
+      (self.num_embeddings, self.features),
+      self.param_dtype,
+    )
 
   def __call__(self, tokens: Array) -> Array:
     """[batch, length] int -> [batch, length, embed]."""
@@ -87,8 +92,7 @@ class Embed(nn.Module):
   def attend(self, query: Array) -> Array:
     """[batch, length, embed] -> float32 logits [batch, length, vocab]."""
     embedding = jnp.asarray(self.embedding, self.dtype)
-    return jnp.einsum("ble,ve->blv", jnp.asarray(query, self.dtype), embedding,
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum("ble,ve->blv", jnp.asarray(query, self.dtype), embedding, preferred_element_type=jnp.float32)
 
 
 class RMSNorm(nn.Module):
@@ -103,13 +107,15 @@ class RMSNorm(nn.Module):
     x32 = jnp.asarray(x, jnp.float32)
     variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     normed = jnp.asarray(x32 * jax.lax.rsqrt(variance + self.epsilon), self.dtype)
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                       (x.shape[-1],), self.param_dtype)
+    scale = self.param(
+      "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],), self.param_dtype
+    )
     return normed * jnp.asarray(scale, self.dtype)
 
 
-def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> np.ndarray:
+def relative_position_bucket(
+  relative_position: np.ndarray, bidirectional: bool, num_buckets: int, max_distance: int
+) -> np.ndarray:
   """Mesh-TensorFlow's bucketing of (memory - query) positions, on the host.
 
   Exact buckets for small distances, logarithmic ones up to max_distance.
@@ -126,8 +132,11 @@ def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
   max_exact = num_buckets // 2
   is_small = distance < max_exact
   with np.errstate(divide="ignore"):
-    scaled = (np.log(distance.astype(np.float32) / np.float32(max_exact))
-              / np.float32(np.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact))
+    scaled = (
+      np.log(distance.astype(np.float32) / np.float32(max_exact))
+      / np.float32(np.log(max_distance / max_exact))
+      * np.float32(num_buckets - max_exact)
+    )
   large = max_exact + np.where(is_small, 0, scaled).astype(np.int64)
   large = np.minimum(large, num_buckets - 1)
   return buckets + np.where(is_small, distance, large)
@@ -152,8 +161,12 @@ class RelativePositionBiases(nn.Module):
     context = np.arange(query_length)[:, None]
     memory = np.arange(key_length)[None, :]
     buckets = relative_position_bucket(memory - context, self.bidirectional, self.num_buckets, self.max_distance)
-    table = self.param("rel_embedding", nn.with_logical_partitioning(relpos_init, ("heads", "relpos_buckets")),
-                       (self.num_heads, self.num_buckets), self.param_dtype)
+    table = self.param(
+      "rel_embedding",
+      nn.with_logical_partitioning(relpos_init, ("heads", "relpos_buckets")),
+      (self.num_heads, self.num_buckets),
+      self.param_dtype,
+    )
     one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)  # [q, k, buckets]
     bias = jnp.einsum("hb,qkb->hqk", jnp.asarray(table, jnp.float32), one_hot)
     return bias[None]
@@ -163,8 +176,16 @@ FUSED_HEAD_DIMS = range(8, 129, 8)  # cuDNN's fused attention: head_dim a multip
 FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
-def attention_backend(attention_impl: str, dtype: jnp.dtype, head_dim: int, *, dropout: bool, decode: bool,
-                      lengths: tuple[int, int] = (2, 2), platform: str | None = None) -> str:
+def attention_backend(
+  attention_impl: str,
+  dtype: jnp.dtype,
+  head_dim: int,
+  *,
+  dropout: bool,
+  decode: bool,
+  lengths: tuple[int, int] = (2, 2),
+  platform: str | None = None,
+) -> str:
   """Which kernel a MultiHeadAttention runs: 'cudnn' (fused) or 'xla' (the einsum reference).
 
   'auto' picks cuDNN's fused kernel on a GPU for bfloat16/float16 activations
@@ -174,16 +195,23 @@ def attention_backend(attention_impl: str, dtype: jnp.dtype, head_dim: int, *, d
   """
   platform = platform or jax.default_backend()
   query_length, key_length = lengths
-  reasons = [why for why, bad in (
+  reasons = [
+    why
+    for why, bad in (
       (f"it needs a GPU (this is {platform})", platform not in ("gpu", "cuda")),
       (f"it needs bfloat16 or float16 activations, not {jnp.dtype(dtype).name}", jnp.dtype(dtype) not in FUSED_DTYPES),
       (f"head_dim {head_dim} is not a multiple of 8 up to 128", head_dim not in FUSED_HEAD_DIMS),
       # cuDNN's backward pass with a bias (ours always has one) takes even lengths only; a prompt
       # makes odd encoder lengths easy to reach (24 inputs + 5 prompt tokens).
-      (f"its gradient with a bias needs even sequence lengths (query {query_length}, key {key_length})",
-       query_length % 2 or key_length % 2),
+      (
+        f"its gradient with a bias needs even sequence lengths (query {query_length}, key {key_length})",
+        query_length % 2 or key_length % 2,
+      ),
       ("attention dropout runs only in the reference path", dropout),
-      ("cached decoding runs the reference path", decode)) if bad]
+      ("cached decoding runs the reference path", decode),
+    )
+    if bad
+  ]
   if attention_impl == "xla" or (attention_impl == "auto" and reasons):
     return "xla"
   if attention_impl == "cudnn" and reasons and not decode:  # decoding always falls back
@@ -200,12 +228,14 @@ def fused_attention(query: Array, key: Array, value: Array, bias: Array, impleme
   JAX's own version of the same computation (for tests off GPU).
   """
   bias = jnp.broadcast_to(bias, (query.shape[0], bias.shape[1], query.shape[1], key.shape[1]))
-  return jax.nn.dot_product_attention(query, key, value, bias=bias.astype(query.dtype), scale=1.0,
-                                      implementation=implementation)
+  return jax.nn.dot_product_attention(
+    query, key, value, bias=bias.astype(query.dtype), scale=1.0, implementation=implementation
+  )
 
 
-def dot_product_attention(query: Array, key: Array, value: Array, bias: Array, dropout_rate: float,
-                          dropout_rng: Array | None, dtype: jnp.dtype) -> Array:
+def dot_product_attention(
+  query: Array, key: Array, value: Array, bias: Array, dropout_rate: float, dropout_rng: Array | None, dtype: jnp.dtype
+) -> Array:
   """Unscaled multi-head attention with an additive bias.
 
   Args:
@@ -241,13 +271,27 @@ class MultiHeadAttention(nn.Module):
   attention_impl: str = "auto"  # T5Config.attention_impl
 
   def _project(self, name: str, x: Array, init: Initializer) -> Array:
-    proj = DenseGeneral((self.num_heads, self.head_dim), ("embed", "joined_kv"), dtype=self.dtype,
-                        param_dtype=self.param_dtype, kernel_init=init, name=name)(x)
+    proj = DenseGeneral(
+      (self.num_heads, self.head_dim),
+      ("embed", "joined_kv"),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=init,
+      name=name,
+    )(x)
     return constrain(proj, ("batch", "length", "heads", "kv"))
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array | None, bias: Array, *, deterministic: bool = True,
-               decode: bool = False, cross: bool = False) -> Array:
+  def __call__(
+    self,
+    inputs_q: Array,
+    inputs_kv: Array | None,
+    bias: Array,
+    *,
+    deterministic: bool = True,
+    decode: bool = False,
+    cross: bool = False,
+  ) -> Array:
     """Attends from inputs_q [batch, q_length, embed] to inputs_kv [batch, kv_length, embed].
 
     Args:
@@ -263,8 +307,9 @@ class MultiHeadAttention(nn.Module):
       [batch, q_length, embed].
     """
     # Keep the parameter dtype: a numpy scalar would promote a bfloat16 kernel to float32.
-    query_init = lambda rng, shape, dtype: (attention_kernel_init(rng, shape, dtype)
-                                            / np.sqrt(self.head_dim)).astype(dtype)
+    query_init = lambda rng, shape, dtype: (attention_kernel_init(rng, shape, dtype) / np.sqrt(self.head_dim)).astype(
+      dtype
+    )
     query = self._project("query", inputs_q, query_init)
     if decode and cross:
       key, value = self._cached_cross_kv(inputs_kv)
@@ -274,14 +319,27 @@ class MultiHeadAttention(nn.Module):
       key = self._project("key", inputs_kv, attention_kernel_init)
       value = self._project("value", inputs_kv, attention_kernel_init)
     dropout_rng = None if deterministic or self.dropout_rate == 0.0 else self.make_rng("dropout")
-    backend = attention_backend(self.attention_impl, self.dtype, self.head_dim, dropout=dropout_rng is not None,
-                                decode=decode, lengths=(query.shape[1], key.shape[1]))
+    backend = attention_backend(
+      self.attention_impl,
+      self.dtype,
+      self.head_dim,
+      dropout=dropout_rng is not None,
+      decode=decode,
+      lengths=(query.shape[1], key.shape[1]),
+    )
     if backend == "cudnn":
       out = fused_attention(query, key, value, bias)
     else:  # the reference path, and the only one with attention dropout
       out = dot_product_attention(query, key, value, bias, self.dropout_rate, dropout_rng, self.dtype)
-    out = DenseGeneral(inputs_q.shape[-1], ("joined_kv", "embed"), axis=(-2, -1), dtype=self.dtype,
-                       param_dtype=self.param_dtype, kernel_init=attention_kernel_init, name="out")(out)
+    out = DenseGeneral(
+      inputs_q.shape[-1],
+      ("joined_kv", "embed"),
+      axis=(-2, -1),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=attention_kernel_init,
+      name="out",
+    )(out)
     return constrain(out, ("batch", "length", "embed"))
 
   def _cached_cross_kv(self, encoded: Array | None) -> tuple[Array, Array]:
@@ -357,8 +415,8 @@ class MlpBlock(nn.Module):
 
 
 _ACTIVATION_FNS = {
-    "relu": jax.nn.relu,
-    "gelu": functools.partial(jax.nn.gelu, approximate=True),  # HF "gelu_new"
-    "silu": jax.nn.silu,
-    "linear": lambda x: x,
+  "relu": jax.nn.relu,
+  "gelu": functools.partial(jax.nn.gelu, approximate=True),  # HF "gelu_new"
+  "silu": jax.nn.silu,
+  "linear": lambda x: x,
 }

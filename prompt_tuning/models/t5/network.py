@@ -35,9 +35,9 @@ def _dtypes(config: T5Config) -> dict:
 
 
 _REMAT_POLICIES = {
-    "full": None,  # save nothing: recompute the whole layer
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "full": None,  # save nothing: recompute the whole layer
+  "dots": jax.checkpoint_policies.dots_saveable,
+  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -58,13 +58,14 @@ class EncoderLayer(nn.Module):
     dropout = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic)
     norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, **_dtypes(cfg))
     h = norm(name="pre_attention_layer_norm")(x)
-    h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, **_dtypes(cfg),
-                                  attention_impl=cfg.attention_impl, name="attention")(
-                                      h, h, bias, deterministic=deterministic)
+    h = layers.MultiHeadAttention(
+      cfg.num_heads, cfg.head_dim, cfg.dropout_rate, **_dtypes(cfg), attention_impl=cfg.attention_impl, name="attention"
+    )(h, h, bias, deterministic=deterministic)
     x = x + dropout(h)
     h = norm(name="pre_mlp_layer_norm")(x)
-    h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, **_dtypes(cfg),
-                        name="mlp")(h, deterministic=deterministic)
+    h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, **_dtypes(cfg), name="mlp")(
+      h, deterministic=deterministic
+    )
     return layers.constrain(x + dropout(h), ("batch", "length", "embed"))
 
 
@@ -72,24 +73,33 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, y: Array, encoded: Array | None, self_bias: Array, cross_bias: Array,
-               deterministic: bool, decode: bool) -> Array:
+  def __call__(
+    self, y: Array, encoded: Array | None, self_bias: Array, cross_bias: Array, deterministic: bool, decode: bool
+  ) -> Array:
     """y [batch, length, embed] attends to itself and to encoded [batch, enc_length, embed]."""
     cfg = self.config
     dropout = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic)
     norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, **_dtypes(cfg))
-    attention = functools.partial(layers.MultiHeadAttention, cfg.num_heads, cfg.head_dim, cfg.dropout_rate,
-                                  **_dtypes(cfg), attention_impl=cfg.attention_impl)
+    attention = functools.partial(
+      layers.MultiHeadAttention,
+      cfg.num_heads,
+      cfg.head_dim,
+      cfg.dropout_rate,
+      **_dtypes(cfg),
+      attention_impl=cfg.attention_impl,
+    )
     h = norm(name="pre_self_attention_layer_norm")(y)
     h = attention(name="self_attention")(h, h, self_bias, deterministic=deterministic, decode=decode)
     y = y + dropout(h)
     h = norm(name="pre_cross_attention_layer_norm")(y)
-    h = attention(name="encoder_decoder_attention")(h, encoded, cross_bias, deterministic=deterministic,
-                                                    decode=decode, cross=True)
+    h = attention(name="encoder_decoder_attention")(
+      h, encoded, cross_bias, deterministic=deterministic, decode=decode, cross=True
+    )
     y = y + dropout(h)
     h = norm(name="pre_mlp_layer_norm")(y)
-    h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, **_dtypes(cfg),
-                        name="mlp")(h, deterministic=deterministic)
+    h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, **_dtypes(cfg), name="mlp")(
+      h, deterministic=deterministic
+    )
     return layers.constrain(y + dropout(h), ("batch", "length", "embed"))
 
 
@@ -101,9 +111,14 @@ class Encoder(nn.Module):
     """embedded [batch, length, embed] with mask [batch, length] (1 = token) -> [batch, length, embed]."""
     cfg = self.config
     length = embedded.shape[1]
-    bias = layers.RelativePositionBiases(cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-                                         cfg.num_heads, bidirectional=True, **_dtypes(cfg),
-                                         name="relpos_bias")(length, length)
+    bias = layers.RelativePositionBiases(
+      cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance,
+      cfg.num_heads,
+      bidirectional=True,
+      **_dtypes(cfg),
+      name="relpos_bias",
+    )(length, length)
     bias = bias + layers.padding_mask_bias(mask, mask)
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     x = dropout(jnp.asarray(embedded, cfg.activation_dtype), deterministic=deterministic)
@@ -118,8 +133,17 @@ class Decoder(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, embedded: Array, encoded: Array | None, encoder_mask: Array, *, shared_embedding: layers.Embed,
-               decoder_mask: Array | None = None, deterministic: bool = True, decode: bool = False) -> Array:
+  def __call__(
+    self,
+    embedded: Array,
+    encoded: Array | None,
+    encoder_mask: Array,
+    *,
+    shared_embedding: layers.Embed,
+    decoder_mask: Array | None = None,
+    deterministic: bool = True,
+    decode: bool = False,
+  ) -> Array:
     """Decoder stack and output head.
 
     Args:
@@ -133,8 +157,14 @@ class Decoder(nn.Module):
       float32 logits [batch, length, vocab].
     """
     cfg = self.config
-    relpos = layers.RelativePositionBiases(cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-                                           cfg.num_heads, bidirectional=False, **_dtypes(cfg), name="relpos_bias")
+    relpos = layers.RelativePositionBiases(
+      cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance,
+      cfg.num_heads,
+      bidirectional=False,
+      **_dtypes(cfg),
+      name="relpos_bias",
+    )
     if decode:
       # Bias over the whole cache; each layer's attention picks the current row.
       max_length = self._cache_length(embedded)
@@ -157,7 +187,7 @@ class Decoder(nn.Module):
     y = layers.RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), name="decoder_norm")(y)
     y = dropout(y, deterministic=deterministic)
     if cfg.logits_via_embedding:
-      logits = shared_embedding.attend(y * (cfg.emb_dim ** -0.5))
+      logits = shared_embedding.attend(y * (cfg.emb_dim**-0.5))
     else:
       logits = layers.DenseGeneral(cfg.vocab_size, ("embed", "vocab"), **_dtypes(cfg), name="logits_dense")(y)
       logits = jnp.asarray(logits, jnp.float32)
@@ -199,15 +229,36 @@ class Transformer(nn.Module):
     mask = (encoder_input_tokens > 0).astype(jnp.int32)
     return self.encode(self.embed(encoder_input_tokens), mask, deterministic=deterministic), mask
 
-  def decode(self, encoded: Array | None, encoder_mask: Array, decoder_input_tokens: Array, *,
-             decoder_mask: Array | None = None, deterministic: bool = True, decode: bool = False) -> Array:
+  def decode(
+    self,
+    encoded: Array | None,
+    encoder_mask: Array,
+    decoder_input_tokens: Array,
+    *,
+    decoder_mask: Array | None = None,
+    deterministic: bool = True,
+    decode: bool = False,
+  ) -> Array:
     """Decoder logits, float32 [batch, length, vocab]; see `Decoder`."""
     embedded = self.token_embedder(decoder_input_tokens)
-    return self.decoder(embedded, encoded, encoder_mask, shared_embedding=self.token_embedder,
-                        decoder_mask=decoder_mask, deterministic=deterministic, decode=decode)
+    return self.decoder(
+      embedded,
+      encoded,
+      encoder_mask,
+      shared_embedding=self.token_embedder,
+      decoder_mask=decoder_mask,
+      deterministic=deterministic,
+      decode=decode,
+    )
 
-  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
-               decoder_target_tokens: Array | None = None, *, deterministic: bool = True) -> Array:
+  def __call__(
+    self,
+    encoder_input_tokens: Array,
+    decoder_input_tokens: Array,
+    decoder_target_tokens: Array | None = None,
+    *,
+    deterministic: bool = True,
+  ) -> Array:
     """Teacher-forced logits.
 
     Args:
@@ -220,8 +271,9 @@ class Transformer(nn.Module):
     """
     encoded, encoder_mask = self.encode_tokens(encoder_input_tokens, deterministic=deterministic)
     decoder_mask = None if decoder_target_tokens is None else (decoder_target_tokens > 0).astype(jnp.int32)
-    return self.decode(encoded, encoder_mask, decoder_input_tokens, decoder_mask=decoder_mask,
-                       deterministic=deterministic)
+    return self.decode(
+      encoded, encoder_mask, decoder_input_tokens, decoder_mask=decoder_mask, deterministic=deterministic
+    )
 
 
 def _init_inputs() -> tuple[Array, Array]:
