@@ -228,27 +228,36 @@ def orbax_structure(state_dir: epath.Path) -> Any:
   return getattr(metadata, "tree", metadata)  # TreeMetadata -> nested dict
 
 
+def restore_numpy(item_dir: epath.Path, item: Any) -> Any:
+  """An orbax PyTree item's leaves named by `item` (a tree of placeholders), as host numpy.
+
+  A partial restore reads only those arrays; numpy needs no device mesh, whatever sharding
+  the arrays were saved with. Raises orbax's own errors (callers say which checkpoint).
+  """
+  import jax
+  import orbax.checkpoint as ocp
+
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  checkpointer = ocp.PyTreeCheckpointer()
+  try:
+    return checkpointer.restore(
+      item_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+    )
+  finally:
+    checkpointer.close()
+
+
 def _load_orbax(state_dir: epath.Path) -> dict[str, Any]:
   """Params of an orbax PyTree checkpoint, restored as host numpy arrays."""
-  import jax
-  import orbax.checkpoint as ocp  # deferred: heavy
-
   structure = orbax_structure(state_dir)
   target = _find_target(structure, str(state_dir))
   # Same nesting as on disk, pruned to the params: a partial restore reads only them.
   under_optimizer = isinstance(structure.get("optimizer"), Mapping) and structure["optimizer"].get("target") is target
   item = {"optimizer": {"target": target}} if under_optimizer else {"target": target}
-  # np.ndarray restore needs no device mesh, whatever sharding the arrays were saved with.
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-  checkpointer = ocp.PyTreeCheckpointer()
   try:
-    restored = checkpointer.restore(
-      state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
-    )
+    restored = restore_numpy(state_dir, item)
   except Exception as err:
     raise CheckpointError(f"{state_dir}: cannot restore orbax checkpoint parameters: {first_line(err)}") from err
-  finally:
-    checkpointer.close()
   params = flatten(_find_target(restored, str(state_dir)))
   return unflatten({path: np.asarray(value) for path, value in params.items()})
 

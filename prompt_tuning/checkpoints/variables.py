@@ -23,9 +23,10 @@ import numpy as np
 from etils import epath
 
 from prompt_tuning.checkpoints import t5x
-from prompt_tuning.checkpoints.structure import CheckpointError, flatten
+from prompt_tuning.checkpoints.structure import CheckpointError
 from prompt_tuning.checkpoints.train_state import PARAMS_KEY, STATE_ITEM
 from prompt_tuning.errors import first_line
+from prompt_tuning.param_tree import flatten
 
 DEFAULT_VARIABLE = "prompt/prompt"
 _ALIASES = {DEFAULT_VARIABLE: ("encoder/prompt/prompt",)}  # reference prompt-tuning's t5x path
@@ -87,22 +88,15 @@ def _read_orbax(
   item_dir: epath.Path, prefix: tuple[str, ...], candidates: Sequence[str], variable: str, source: str
 ) -> np.ndarray:
   """One array of an orbax PyTree item; `prefix` keys (e.g. ('target',)) are not part of variable names."""
-  import orbax.checkpoint as ocp
-
   if not item_dir.is_dir():
     raise CheckpointError(f"{source}: no {item_dir.name}/ directory; the checkpoint is incomplete")
   available = {"/".join(k[len(prefix) :]): k for k in _orbax_keys(item_dir) if k[: len(prefix)] == prefix}
   keys = _pick(available, candidates, variable, source)
-  item, restore_args = _partial_item(keys)
-  checkpointer = ocp.PyTreeCheckpointer()
+  item, _ = _partial_item(keys)
   try:
-    restored = checkpointer.restore(
-      item_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
-    )
+    restored = t5x.restore_numpy(item_dir, item)
   except Exception as e:
     raise CheckpointError(f"{source}: cannot restore {'/'.join(keys)} ({first_line(e, typed=True)})") from None
-  finally:
-    checkpointer.close()
   return _leaf(restored, keys)
 
 

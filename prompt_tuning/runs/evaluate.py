@@ -12,10 +12,9 @@ import jax
 from absl import logging
 
 from prompt_tuning import progress as progress_lib
-from prompt_tuning.evaluation import Evaluator
 from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.runs import setup as setup_lib
-from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
+from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec
 
 
 def phase_lines(enabled: bool) -> Callable[[str], None]:
@@ -40,17 +39,7 @@ def evaluate(
   """
   note = phase_lines(progress)
   setup, step = setup_lib.build_trained(model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note)
-  evaluator = Evaluator(
-    setup.model,
-    setup.task,
-    task.feature_lengths,
-    evaluation.batch_size_or(TrainSpec.batch_size),
-    decode_method=evaluation.decode_method,
-    decode_options=evaluation.decode_options,
-    rank_classification=evaluation.rank_classification,
-    mesh=setup.mesh,
-    note=note,
-  )
+  evaluator = setup_lib.evaluator(setup, task, evaluation, note=note)
   split = evaluation.split
   metrics = evaluator.evaluate(setup.params, split)
   with MetricsWriter(model_dir) as writer:

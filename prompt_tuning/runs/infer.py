@@ -13,10 +13,10 @@ import jax
 from absl import logging
 
 from prompt_tuning.data.task import get_leaderboard
-from prompt_tuning.evaluation import Evaluator, write_predictions
+from prompt_tuning.evaluation import write_predictions
 from prompt_tuning.runs import setup as setup_lib
 from prompt_tuning.runs.evaluate import phase_lines
-from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
+from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec
 from prompt_tuning.task_registry import resolve_task
 
 
@@ -44,16 +44,7 @@ def infer(
     leaderboard_members(resolve_task(task.name, task.module, task.vocabulary_path))
   note = phase_lines(progress)
   setup, step = setup_lib.build_trained(model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note)
-  evaluator = Evaluator(
-    setup.model,
-    setup.task,
-    task.feature_lengths,
-    evaluation.batch_size_or(TrainSpec.batch_size),
-    decode_method=evaluation.decode_method,
-    decode_options=evaluation.decode_options,
-    rank_classification=False,
-    mesh=setup.mesh,
-  )
+  evaluator = setup_lib.evaluator(setup, task, evaluation, rank_classification=False)
   split = evaluation.split
   path = output_path or os.path.join(model_dir, "inference", f"{setup.task.name}-{split}-step{step}.jsonl")
   note(f"predicting {setup.task.name} {split} with {evaluator.decoding}")

@@ -19,11 +19,12 @@ from prompt_tuning.checkpoints import loader
 from prompt_tuning.checkpoints.structure import check_params
 from prompt_tuning.checkpoints.train_state import checkpoint_dir, restore_trained
 from prompt_tuning.data.task import Task
+from prompt_tuning.evaluation import Evaluator
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import T5Config
-from prompt_tuning.runs.specs import MeshSpec, ModelSpec, TaskSpec
+from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
 from prompt_tuning.task_registry import resolve_task
 
 
@@ -122,3 +123,30 @@ def build_trained(
   note(f"restored the trained parameters of step {step} from {checkpoint_dir(model_dir, step)}")
   shardings = partitioning.logical_to_sharding(network.module_logical_axes(setup.model.module), setup.mesh)
   return dataclasses.replace(setup, params=jax.device_put(params, shardings)), step
+
+
+def evaluator(
+  setup: Setup,
+  task: TaskSpec,
+  evaluation: EvaluationSpec,
+  *,
+  train_batch_size: int = TrainSpec.batch_size,
+  rank_classification: bool | None = None,
+  note: Callable[[str], None] = _quiet,
+) -> Evaluator:
+  """The Evaluator of `evaluation` on the setup's model, task and mesh.
+
+  train_batch_size: the batch size when `evaluation.batch_size` is None.
+  rank_classification: overrides `evaluation.rank_classification` when given (infer: False).
+  """
+  return Evaluator(
+    setup.model,
+    setup.task,
+    task.feature_lengths,
+    evaluation.batch_size_or(train_batch_size),
+    decode_method=evaluation.decode_method,
+    decode_options=evaluation.decode_options,
+    rank_classification=evaluation.rank_classification if rank_classification is None else rank_classification,
+    mesh=setup.mesh,
+    note=note,
+  )

@@ -25,7 +25,6 @@ from prompt_tuning.checkpoints.train_state import (
 )
 from prompt_tuning.data.features import BATCH_KEYS
 from prompt_tuning.data.pipeline import BatchIterator
-from prompt_tuning.evaluation import Evaluator
 from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import T5Config
@@ -136,17 +135,7 @@ def train(
     process_count=shards,
   )
   batches.truncation.report()  # the whole split is tokenized up front: report its truncation once
-  evaluator = Evaluator(
-    setup.model,
-    setup.task,
-    task.feature_lengths,
-    evaluation.batch_size_or(training.batch_size),
-    decode_method=evaluation.decode_method,
-    decode_options=evaluation.decode_options,
-    rank_classification=evaluation.rank_classification,
-    mesh=device_mesh,
-    note=bar.note,
-  )
+  evaluator = setup_lib.evaluator(setup, task, evaluation, train_batch_size=training.batch_size, note=bar.note)
   train_step = step_lib.compile_train_step(
     step_lib.make_train_step(setup.model, tx, schedule), device_mesh, frozen_shardings
   )

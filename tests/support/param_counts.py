@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from prompt_tuning.bench import flops
-from prompt_tuning.checkpoints.structure import flatten
+from prompt_tuning.param_tree import flatten
 
 # The decoder's cross-attention key/value kernels project the encoder output: encoder-side.
 _CROSS_KV = ("encoder_decoder_attention/key/", "encoder_decoder_attention/value/")
