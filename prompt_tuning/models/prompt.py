@@ -14,6 +14,12 @@ example's m real tokens and P the prompt:
 Padding always stays at the end, prompt positions have mask 1, and an
 all-padding row gets the prompt at position 0.
 
+A table may hold prompts of different lengths (`PromptConfig.task_lengths`):
+task t's prompt is rows [0, p_t) of its [p, embed] slot, and an example of
+task t gets exactly the sequence a p_t-long prompt would give it, followed
+by p - p_t more padding positions (mask 0). Trailing padding changes nothing
+for the real positions, so a mixed batch computes what each task would alone.
+
 `PromptedTransformer` is the T5 `Transformer` with a `Prompt` between
 `embed` and `encode`; its parameter tree is the T5 tree plus `prompt/prompt`.
 """
@@ -50,11 +56,14 @@ class PromptConfig:
   placement: 'prefix', 'after_first' or 'suffix' (see the module docstring).
   num_tasks: None for one prompt [p, embed]; k for a table [k, p, embed]
     indexed by per-example task ids.
+  task_lengths: with a table, each task's own prompt length p_t <= length
+    (the first p_t rows of its slot); None: every task uses all `length`.
   """
 
   length: int
   placement: str = "prefix"
   num_tasks: int | None = None
+  task_lengths: tuple[int, ...] | None = None
 
   def __post_init__(self):
     if not isinstance(self.length, (int, np.integer)) or self.length < 1:
@@ -63,6 +72,12 @@ class PromptConfig:
       raise ValueError(f"PromptConfig.placement={self.placement!r}: expected one of {PLACEMENTS}")
     if self.num_tasks is not None and (not isinstance(self.num_tasks, (int, np.integer)) or self.num_tasks < 1):
       raise ValueError(f"PromptConfig.num_tasks must be None or a positive int, got {self.num_tasks!r}")
+    if self.task_lengths is not None:
+      lengths = tuple(self.task_lengths)
+      if self.num_tasks is None or len(lengths) != self.num_tasks:
+        raise ValueError(f"PromptConfig.task_lengths {lengths} needs num_tasks={len(lengths)} (got {self.num_tasks})")
+      if not all(isinstance(n, (int, np.integer)) and 1 <= n <= self.length for n in lengths):
+        raise ValueError(f"PromptConfig.task_lengths {lengths} must each be in [1, length={self.length}]")
 
 
 def insert_positions(mask: Array, placement: str) -> Array:
@@ -83,7 +98,9 @@ def insert_positions(mask: Array, placement: str) -> Array:
   raise ValueError(f"unknown prompt placement {placement!r}: expected one of {PLACEMENTS}")
 
 
-def combine(embedded: Array, mask: Array, prompt: Array, start: Array) -> tuple[Array, Array]:
+def combine(
+  embedded: Array, mask: Array, prompt: Array, start: Array, prompt_lengths: Array | None = None
+) -> tuple[Array, Array]:
   """Splices the prompt into each example at its own position, by gathers.
 
   Args:
@@ -91,25 +108,32 @@ def combine(embedded: Array, mask: Array, prompt: Array, start: Array) -> tuple[
     mask: [batch, n] (1 = token).
     prompt: [p, embed], shared, or [batch, p, embed], one per example.
     start: int [batch], the combined position of each example's first prompt vector.
+    prompt_lengths: int [batch], how many of the p prompt rows each example uses (its first
+      ones); None: all p.
   Returns:
     (combined [batch, p + n, embed], combined_mask [batch, p + n]) with
-    combined[b, start[b] + i] = prompt[i], the inputs before and after it in order.
+    combined[b, start[b] + i] = prompt[i] for i < prompt_lengths[b], the inputs before and
+    after it in order, then (p - prompt_lengths[b]) positions of padding (mask 0).
   """
   batch, n, dim = embedded.shape
   p = prompt.shape[-2]
   if prompt.ndim == 2:
     prompt = jnp.broadcast_to(prompt, (batch, p, dim))
+  used = jnp.full((batch, 1), p, jnp.int32) if prompt_lengths is None else prompt_lengths.astype(jnp.int32)[:, None]
   if n == 0:
-    return prompt.astype(embedded.dtype), jnp.ones((batch, p), mask.dtype)
+    rows = jnp.arange(p, dtype=jnp.int32)[None]
+    return prompt.astype(embedded.dtype), (rows < used).astype(mask.dtype)
   pos = jnp.arange(p + n, dtype=jnp.int32)[None]  # [1, p + n]
   start = start.astype(jnp.int32)[:, None]  # [batch, 1]
-  in_prompt = (pos >= start) & (pos < start + p)  # [batch, p + n]
-  x_index = jnp.clip(jnp.where(pos < start, pos, pos - p), 0, n - 1)
+  in_prompt = (pos >= start) & (pos < start + used)  # [batch, p + n]
+  past_inputs = pos >= used + n  # the padding a shorter prompt leaves at the end
+  x_index = jnp.clip(jnp.where(pos < start, pos, pos - used), 0, n - 1)
   p_index = jnp.clip(pos - start, 0, p - 1)
   from_x = jnp.take_along_axis(embedded, x_index[..., None], axis=1)
   from_prompt = jnp.take_along_axis(prompt.astype(embedded.dtype), p_index[..., None], axis=1)
-  combined = jnp.where(in_prompt[..., None], from_prompt, from_x)
-  combined_mask = jnp.where(in_prompt, 1, jnp.take_along_axis(mask, x_index, axis=1)).astype(mask.dtype)
+  combined = jnp.where(in_prompt[..., None], from_prompt, jnp.where(past_inputs[..., None], 0, from_x))
+  x_mask = jnp.where(past_inputs, 0, jnp.take_along_axis(mask, x_index, axis=1))
+  combined_mask = jnp.where(in_prompt, 1, x_mask).astype(mask.dtype)
   return combined, combined_mask
 
 
@@ -193,8 +217,11 @@ class Prompt(nn.Module):
       table = jnp.asarray(table, self.dtype)
       prompt = jnp.take(table, jnp.asarray(task_ids, jnp.int32), axis=0, mode="fill", fill_value=jnp.nan)
       prompt = layers.constrain(prompt, ("batch", "prompt", "embed"))
+    lengths = None
+    if cfg.task_lengths is not None:
+      lengths = jnp.take(jnp.asarray(cfg.task_lengths, jnp.int32), jnp.asarray(task_ids, jnp.int32), mode="clip")
     start = insert_positions(mask, cfg.placement)
-    combined, combined_mask = combine(jnp.asarray(embedded, self.dtype), mask, prompt, start)
+    combined, combined_mask = combine(jnp.asarray(embedded, self.dtype), mask, prompt, start, lengths)
     return layers.constrain(combined, ("batch", "length", "embed")), combined_mask
 
 

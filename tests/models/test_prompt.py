@@ -257,3 +257,58 @@ def test_bfloat16_activations_with_a_float32_prompt():
     PromptConfig(P), embedded, mask, _fixed_init(np.array([[-1.0], [-2.0]])), dtype=jnp.bfloat16
   )
   assert combined.dtype == jnp.bfloat16 and variables["params"]["prompt"].value.dtype == jnp.float32
+
+
+def test_prompts_of_different_lengths_splice_like_each_alone():
+  """A table with task lengths (2, 1): each example gets its task's first p_t rows, placed as a
+  p_t-long prompt would be, then the unused width as padding at the end (mask 0)."""
+  embedded, mask = _marked_inputs()
+  table = np.array([[[-1.0], [-2.0]], [[-5.0], [-6.0]]], np.float32)  # task 1 uses only its first row
+  ids = np.array([1, 0, 1, 1], np.int32)
+  for placement in ("prefix", "after_first", "suffix"):
+    module = Prompt(PromptConfig(2, placement, num_tasks=2, task_lengths=(2, 1)), 1)
+    combined, combined_mask = module.apply({"params": {"prompt": table}}, embedded, mask, ids)
+    for b, task in enumerate(ids):
+      p_t = (2, 1)[task]
+      want, want_mask = _reference_combine(embedded[b : b + 1], mask[b : b + 1], table[task][None, :p_t], placement)
+      width = want.shape[1]
+      np.testing.assert_array_equal(np.asarray(combined_mask[b, :width]), want_mask[0], err_msg=placement)
+      assert not np.asarray(combined_mask[b, width:]).any(), placement
+      real = want_mask[0] > 0
+      np.testing.assert_array_equal(np.asarray(combined[b, :width, 0])[real], want[0, :, 0][real], err_msg=placement)
+
+
+@pytest.mark.parametrize("placement", ["prefix", "suffix"])  # after_first: spliced as suffix is, above
+def test_a_mixed_batch_of_prompt_lengths_computes_what_each_task_computes_alone(placement):
+  """Three tasks with prompts of 5, 2 and 3 vectors in one [3, 5, d] table: every example's logits
+  equal those of a model holding only its task's prompt, in any order of the batch."""
+  lengths = (5, 2, 3)
+  rng = np.random.RandomState(0)
+  prompts = [rng.randn(p, CONFIG.emb_dim).astype(np.float32) for p in lengths]
+  table = np.zeros((3, 5, CONFIG.emb_dim), np.float32)
+  for t, prompt in enumerate(prompts):
+    table[t, : len(prompt)] = prompt
+  enc = rng.randint(2, 64, size=(6, 7)).astype(np.int32)
+  enc[[1, 4], 3:] = 0  # right padding, as seqio gives it
+  dec_in = rng.randint(2, 64, size=(6, 4)).astype(np.int32)
+  dec_in[:, 0] = 0
+  ids = np.array([2, 0, 1, 1, 0, 2], np.int32)
+  mixed = PromptedTransformer(CONFIG, PromptConfig(5, placement, num_tasks=3, task_lengths=lengths))
+  params = nn.meta.unbox(mixed.init(jax.random.PRNGKey(0), enc, dec_in, task_ids=ids)["params"])
+  params = {**params, "prompt": {"prompt": table}}
+  logits = np.asarray(mixed.apply({"params": params}, enc, dec_in, task_ids=ids))
+  for t, prompt in enumerate(prompts):
+    alone = PromptedTransformer(CONFIG, PromptConfig(len(prompt), placement))
+    rows = ids == t
+    want = alone.apply({"params": {**params, "prompt": {"prompt": prompt}}}, enc[rows], dec_in[rows])
+    np.testing.assert_allclose(logits[rows], np.asarray(want), atol=2e-5, rtol=1e-5)
+  order = rng.permutation(6)
+  shuffled = mixed.apply({"params": params}, enc[order], dec_in[order], task_ids=ids[order])
+  np.testing.assert_allclose(np.asarray(shuffled), logits[order], atol=2e-5, rtol=1e-5)
+
+
+def test_task_lengths_validation():
+  with pytest.raises(ValueError, match="needs num_tasks=2"):
+    PromptConfig(3, task_lengths=(3, 2))
+  with pytest.raises(ValueError, match=r"must each be in \[1, length=3\]"):
+    PromptConfig(3, num_tasks=2, task_lengths=(4, 2))
