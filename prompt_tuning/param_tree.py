@@ -10,9 +10,11 @@ optimizer state exist for the trainable subtree alone, so a frozen
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, Callable, Mapping
 
+import numpy as np
 from flax import traverse_util
 
 PROMPT_ONLY = r"prompt/prompt"  # prompt tuning: the paper's method
@@ -55,3 +57,24 @@ def split_trainable(params: Mapping[str, Any], trainable_pattern: str) -> tuple[
 def merge_params(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> dict:
   """Inverse of `split_trainable`: `trainable`'s leaves win where both have a path."""
   return unflatten({**flatten(frozen), **flatten(trainable)})
+
+
+def fingerprint(params: Mapping[str, Any], samples_per_array: int = 256) -> str:
+  """A short hash naming a frozen model's weights: every path and shape, and `samples_per_array`
+  evenly spaced values of each array, rounded to bfloat16 so that float32 and bfloat16 copies of
+  one checkpoint agree. Cheap for any size (it reads a few hundred values per array); the prompt
+  ('prompt/...') is left out. Arrays must be host-readable (numpy, or fully addressable).
+  """
+  import ml_dtypes
+
+  digest = hashlib.sha256()
+  for path, value in sorted(flatten(params).items()):
+    if path.split("/", 1)[0] == "prompt":
+      continue
+    array = np.asarray(value)
+    flat = array.reshape(-1)
+    index = np.linspace(0, flat.size - 1, min(flat.size, samples_per_array)).astype(np.int64) if flat.size else []
+    sample = flat[index].astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+    digest.update(f"{path}:{array.shape};".encode())
+    digest.update(sample.tobytes())
+  return digest.hexdigest()[:16]

@@ -1,0 +1,166 @@
+"""Prompt bundles: a trained prompt that says what it belongs to.
+
+A bundle is one safetensors file: the tensor `prompt` [p, embed] (float32) and, in the header's
+string metadata, a JSON record under the key `prompt_tuning`:
+
+  format           'prompt-tuning/bundle/1'
+  model            {'config': the frozen T5Config's architecture, 'fingerprint': of its weights}
+  placement        'prefix' | 'after_first' | 'suffix'
+  task, vocabulary_path, feature_lengths   what the prompt was trained on (may be null)
+  step, metrics    the training step, and its evaluation when there was one
+
+safetensors is what the HuggingFace world reads (PEFT stores its prompt tables in it), and the
+header is plain JSON, so `python -c "import safetensors"` or any JSON tool can inspect a bundle.
+A prompt put on a frozen model other than its own (another fingerprint or width) is refused with
+one line naming both; plain .npy prompts carry no record and load as before (prompted.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+import uuid
+from typing import Any, Mapping
+
+import numpy as np
+from etils import epath
+
+from prompt_tuning.checkpoints.structure import CheckpointError
+from prompt_tuning.models.t5.config import T5Config
+
+FORMAT = "prompt-tuning/bundle/1"
+SUFFIX = ".safetensors"
+_METADATA_KEY = "prompt_tuning"
+_TENSOR = "prompt"
+# T5Config fields that say how, not what, the model computes: a bundle fits whatever they are.
+_RUNTIME_FIELDS = ("dtype", "param_dtype", "dropout_rate", "attention_impl", "remat_policy")
+
+
+def architecture(config: T5Config) -> dict[str, Any]:
+  """The fields of `config` that decide what a prompt means to the model (not dtypes or speed knobs)."""
+  return {k: v for k, v in config.to_dict().items() if k not in _RUNTIME_FIELDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptBundle:
+  """A trained prompt and its record.
+
+  prompt: float32 [p, embed].
+  config: the frozen model's architecture (see `architecture`); fingerprint: param_tree.fingerprint
+    of its weights ('' when unknown).
+  """
+
+  prompt: np.ndarray
+  config: Mapping[str, Any]
+  fingerprint: str
+  placement: str = "prefix"
+  task: str | None = None
+  vocabulary_path: str | None = None
+  feature_lengths: Mapping[str, int] | None = None
+  step: int | None = None
+  metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+  def record(self) -> dict[str, Any]:
+    """The metadata as stored (JSON-ready)."""
+    return {
+      "format": FORMAT,
+      "model": {"config": dict(self.config), "fingerprint": self.fingerprint},
+      "placement": self.placement,
+      "task": self.task,
+      "vocabulary_path": self.vocabulary_path,
+      "feature_lengths": None if self.feature_lengths is None else dict(self.feature_lengths),
+      "step": self.step,
+      "metrics": {k: float(v) for k, v in self.metrics.items()},
+    }
+
+  def to_bytes(self) -> bytes:
+    import safetensors.numpy
+
+    prompt = np.ascontiguousarray(self.prompt, np.float32)
+    if prompt.ndim != 2:
+      raise ValueError(f"a bundle holds one prompt [p, embed], got shape {prompt.shape}")
+    return safetensors.numpy.save({_TENSOR: prompt}, metadata={_METADATA_KEY: json.dumps(self.record())})
+
+  @classmethod
+  def from_bytes(cls, data: bytes, source: str) -> "PromptBundle":
+    """Raises CheckpointError (one line naming `source`) for anything but a bundle."""
+    record = _record(data, source)
+    import safetensors.numpy
+
+    try:
+      prompt = safetensors.numpy.load(data)[_TENSOR]
+    except Exception as e:  # safetensors raises its own error types
+      raise CheckpointError(f"{source}: unreadable prompt bundle ({type(e).__name__}: {e})") from None
+    model = record.get("model") or {}
+    return cls(
+      prompt=np.asarray(prompt, np.float32),
+      config=dict(model.get("config") or {}),
+      fingerprint=str(model.get("fingerprint") or ""),
+      placement=record.get("placement") or "prefix",
+      task=record.get("task"),
+      vocabulary_path=record.get("vocabulary_path"),
+      feature_lengths=record.get("feature_lengths"),
+      step=record.get("step"),
+      metrics=dict(record.get("metrics") or {}),
+    )
+
+
+def _record(data: bytes, source: str) -> dict[str, Any]:
+  """The bundle record in a safetensors header: 8 bytes (little-endian length), then JSON."""
+  try:
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    record = json.loads(header["__metadata__"][_METADATA_KEY])
+  except Exception:
+    raise CheckpointError(f"{source}: not a prompt bundle (a safetensors file with a {_METADATA_KEY} record)") from None
+  if record.get("format") != FORMAT:
+    raise CheckpointError(f"{source}: bundle format {record.get('format')!r} is not {FORMAT!r}")
+  if _TENSOR not in header:
+    raise CheckpointError(f"{source}: the bundle has no {_TENSOR!r} tensor")
+  return record
+
+
+def write_bundle(path: str, bundle: PromptBundle) -> str:
+  """Writes `bundle` to `path` (local or gs://) under a temporary name, then renames it into place:
+  a reader never sees half a bundle. Returns the path."""
+  target = epath.Path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  temporary = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+  temporary.write_bytes(bundle.to_bytes())
+  temporary.rename(target)
+  return os.fspath(target)
+
+
+def read_bundle(path: str) -> PromptBundle:
+  """The bundle at `path`; CheckpointError (one line) when it is missing or is not one."""
+  source = epath.Path(path)
+  if not source.exists():
+    raise CheckpointError(f"{path}: no such prompt bundle")
+  return PromptBundle.from_bytes(source.read_bytes(), str(path))
+
+
+def check_fits(bundle: PromptBundle, config: T5Config, fingerprint: str, source: str) -> None:
+  """Raises CheckpointError unless `bundle` was trained on this frozen model (architecture and weights).
+
+  An empty fingerprint on either side (unknown) checks the architecture alone.
+  """
+  here = json.loads(json.dumps(architecture(config)))  # as stored: tuples are lists
+  if bundle.prompt.shape[-1] != config.emb_dim:
+    raise CheckpointError(
+      f"{source}: the prompt is {bundle.prompt.shape[-1]} wide (trained on a model with emb_dim "
+      f"{bundle.config.get('emb_dim')}), this frozen model's emb_dim is {config.emb_dim}"
+    )
+  differ = sorted(k for k in set(here) | set(bundle.config) if here.get(k) != bundle.config.get(k))
+  if differ:
+    name = differ[0]
+    raise CheckpointError(
+      f"{source}: trained on another architecture ({name}={bundle.config.get(name)!r}; this frozen model "
+      f"has {name}={here.get(name)!r})"
+    )
+  if bundle.fingerprint and fingerprint and bundle.fingerprint != fingerprint:
+    raise CheckpointError(
+      f"{source}: trained on frozen weights {bundle.fingerprint}, this frozen model's are {fingerprint} "
+      "(same architecture, another checkpoint)"
+    )
