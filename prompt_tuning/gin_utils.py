@@ -9,7 +9,8 @@ Command lines look like t5x's:
 is shorthand for `--gin_bindings=X=Y`; cli/gin_runner.py parses a command line with
 them), and `parse_gin_flags` parses the files and bindings, turning gin's multi-line
 exceptions into one-line `GinConfigError`s (file not found, typo in a configurable
-or parameter name, malformed binding, unquoted string, REQUIRED macro left unset).
+or parameter name, malformed binding, unquoted string, REQUIRED macro left unset, macro set but
+unused).
 
 Gin files installed with the package (the repo's top-level gin/ folder, mapped
 to `prompt_tuning.gin`) are always on the search path.
@@ -231,7 +232,7 @@ def parse_gin_flags(
   """Parses gin files (in order; later files win), then bindings (they win over files).
 
   With `finalize` (the default) also checks that no REQUIRED macro or parameter
-  is left unset and no undefined macro is referenced, then locks the config.
+  is left unset, no undefined macro is referenced and no macro is set but unused, then locks the config.
   Without it, call `check_required_macros()` once the last binding is in.
 
   Returns:
@@ -323,9 +324,28 @@ def undefined_macros() -> dict[str, str]:
   return found
 
 
+def unused_macros() -> dict[str, str | None]:
+  """{macro name: the closest macro that is used, or None} for macros bound but used by no binding.
+
+  gin lets any binding define a new macro, so a misspelt `--gin.TRAIN_STEP=2` would define one
+  that nothing reads while the run trains toward TRAIN_STEPS' value. A use is any reference in
+  the parsed config, whether or not this command calls its configurable: runs/common.gin binds
+  every macro to a spec field, so evaluate-only or train-only macros are used in every command.
+  """
+  config = _gin_config._CONFIG
+  used = set()
+  for bindings in dict(config).values():
+    for value in bindings.values():
+      for ref in _gin_config.iterate_references(value):
+        if ref.configurable.wrapped is _gin_config.macro:
+          used.add("/".join(ref.scopes))
+  bound = {scope for scope, selector in dict(config) if selector == "gin.macro"}
+  return {name: _closest(name, used) for name in sorted(bound - used)}
+
+
 def check_required_macros() -> None:
-  """Raises one GinConfigError naming every REQUIRED macro/parameter left unset
-  and every macro that is used but never defined."""
+  """Raises one GinConfigError naming every REQUIRED macro/parameter left unset, every macro
+  that is used but never defined, and every macro that is defined but never used (a typo)."""
   macros, params = missing_required()
   problems = []
   if macros:
@@ -349,6 +369,9 @@ def check_required_macros() -> None:
       f"undefined gin macro{'s' if len(undefined) > 1 else ''} {uses}: "
       f"pass {' '.join(f'--gin.{m}=...' for m in sorted(undefined))} or set it in a gin file"
     )
+  for name, closest in unused_macros().items():
+    hint = f" (did you mean {closest}?)" if closest else ""
+    problems.append(f"gin macro {name} is set but nothing uses it{hint}")
   if problems:
     raise GinConfigError("; ".join(problems))
 

@@ -50,7 +50,9 @@ def search_dir(tmp_path):
   _write(d / "runs" / "base.gin", "toy_train.num_steps = 100\ntoy_train.learning_rate = 0.5\n")
   _write(d / "override.gin", "toy_train.num_steps = 200\n")
   _write(
-    d / "required.gin", "MODEL_DIR = %gin.REQUIRED\nTASK = %gin.REQUIRED\nBATCH = 8\ntoy_train.model_dir = %MODEL_DIR\n"
+    d / "required.gin",
+    "MODEL_DIR = %gin.REQUIRED\nTASK = %gin.REQUIRED\nBATCH = 8\ntoy_train.model_dir = %MODEL_DIR\n"
+    "ToyModel.hidden_size = %BATCH\nToyModel.dropout = %TASK\n",
   )
   return str(d)
 
@@ -199,6 +201,20 @@ def test_required_parameter_and_undefined_macro():
     gin_utils.parse_gin_flags([], ["toy_train.model_dir = %OUT_DIR"], [])
 
 
+def test_a_macro_nothing_uses_is_an_error_naming_the_closest_used_one():
+  """gin lets a binding define a new macro: a misspelt one would be set and silently ignored."""
+  bindings = ["STEPS = 3", "toy_train.num_steps = %STEPS"]
+  with pytest.raises(GinConfigError, match=r"^gin macro STEP is set but nothing uses it \(did you mean STEPS\?\)$"):
+    gin_utils.parse_gin_flags([], [*bindings, "STEP = 2"], [])
+  gin.clear_config()
+  with pytest.raises(GinConfigError, match=r"^gin macro ZZZ is set but nothing uses it$"):
+    gin_utils.parse_gin_flags([], [*bindings, "ZZZ = 2"], [])
+  gin.clear_config()
+  # A macro used only by another macro, or inside a container, is used.
+  gin_utils.parse_gin_flags([], ["RATE = 0.5", "SCALED = [%RATE]", "toy_train.learning_rate = %SCALED"], [])
+  assert gin_utils.unused_macros() == {}
+
+
 def test_unknown_configurable_names_binding_and_closest_match():
   with pytest.raises(GinConfigError) as e:
     gin_utils.parse_gin_flags([], ["toy_trian.num_steps = 3"], [])
@@ -251,7 +267,7 @@ def test_register_configurables_is_idempotent():
 
 
 def test_operative_config_saved(tmp_path):
-  gin_utils.parse_gin_flags([], ["toy_train.num_steps = 42", "MODEL_DIR = 'm'"], [])
+  gin_utils.parse_gin_flags([], ["toy_train.num_steps = 42", "MODEL_DIR = 'm'", "toy_train.model_dir = %MODEL_DIR"], [])
   train()
   path = gin_utils.save_operative_config(str(tmp_path / "model"))
   assert path == str(tmp_path / "model" / "config.gin")

@@ -85,15 +85,20 @@ def detokenize(processor, ids: list[int]) -> str:
 
 def _encode_inputs(args: argparse.Namespace, processor) -> np.ndarray:
   """Token ids [batch, length], EOS-terminated and 0-padded as seqio does."""
-  if args.input:
+  if args.input is not None:
     if processor is None:
       raise ValueError("--input text needs a SentencePiece model: pass --vocab (or use --input_ids)")
+    if not all(text.strip() for text in args.input):  # it would decode from EOS alone: output unrelated to any input
+      raise ValueError("--input is empty: pass the text to decode from")
     rows = [processor.encode(text) + [1] for text in args.input]
   else:
+    ids = DEFAULT_INPUT_IDS if args.input_ids is None else args.input_ids
     try:
-      rows = [[int(t) for t in (args.input_ids or DEFAULT_INPUT_IDS).split()]]
+      rows = [[int(t) for t in ids.split()]]
     except ValueError:
       raise ValueError(f"--input_ids must be space-separated integers, got {args.input_ids!r}") from None
+    if not rows[0]:
+      raise ValueError("--input_ids is empty: pass the token ids to decode from")
   tokens = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
   for i, row in enumerate(rows):
     tokens[i, : len(row)] = row

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import inspect
+import logging as logging_std
+import os
+import re
 import sys
+import traceback
 from typing import Any, Callable
 
 from absl import logging
 
 from prompt_tuning import gin_utils
 from prompt_tuning.cli import compilation_cache, distributed
-from prompt_tuning.errors import first_line
+from prompt_tuning.errors import NotFoundError, RunError, first_line, os_error_line
 
 
 def configurables() -> list[Callable[..., Any]]:
@@ -111,6 +117,14 @@ def parse_command_line(argv: list[str], name: str, description: str | None = Non
   )
 
 
+# What each command needs from the gin files, and the file that provides it.
+_ENTRY_FILES = {
+  "train": "quickstart.gin or runs/prompt_finetune.gin",
+  "evaluate": "runs/evaluate.gin (with the gin files you trained with)",
+  "infer": "runs/infer.gin (with the gin files you trained with)",
+}
+
+
 def parse_gin(command_line: CommandLine) -> dict[str, Callable[..., Any]]:
   """Registers the configurables and parses the gin files and bindings from a clean config.
 
@@ -124,16 +138,142 @@ def parse_gin(command_line: CommandLine) -> dict[str, Callable[..., Any]]:
   return entry
 
 
+def check_entry_point(command: str) -> None:
+  """Raises GinConfigError unless the gin files bind every argument `command` needs (an empty
+  file, or evaluate without runs/evaluate.gin, would otherwise fail inside gin with a TypeError)."""
+  import gin
+  from prompt_tuning.runs import evaluate, infer, train
+
+  fn = {"train": train.train, "evaluate": evaluate.evaluate, "infer": infer.infer}[command]
+  unbound = []
+  for name, parameter in inspect.signature(fn).parameters.items():
+    if parameter.default is inspect.Parameter.empty:
+      try:
+        gin.query_parameter(f"{command}.{name}")
+      except ValueError:
+        unbound.append(f"{command}.{name}")
+  if unbound:
+    raise gin_utils.GinConfigError(
+      f"the gin files do not configure {command} ({', '.join(unbound)} unset): add {_ENTRY_FILES[command]}"
+    )
+
+
+def _traceback_wanted() -> bool:
+  return os.environ.get("PROMPT_TUNING_TRACEBACK", "").lower() not in ("", "0", "false", "no")
+
+
+def _inside(path: str, directory: str) -> bool:
+  if not directory:
+    return False
+  if "://" in directory:
+    return path.startswith(directory.rstrip("/") + "/") or path == directory
+  path, directory = os.path.abspath(path), os.path.abspath(directory)
+  return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+# tensorstore (under orbax) reports an OS error as text: 'Error writing local file "/d/x": ... No space
+# left on device [os_error_code='28']'.
+_OS_ERROR_CODE_RE = re.compile(r"\[os_error_code='(\d+)'\]")
+_QUOTED_PATH_RE = re.compile(r'"(/[^"]+|[a-z0-9]+://[^"]+)"')
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG)
+
+
+def unwrap_gin(error: BaseException) -> BaseException:
+  """The exception gin re-raised: a configurable's exception comes out as a proxy of its class with
+  gin's context added to str(), whose OSError fields (errno, filename) are empty; the original is
+  held by the proxy's __str__."""
+  for cell in getattr(type(error).__str__, "__closure__", None) or ():
+    original = cell.cell_contents
+    if isinstance(original, BaseException) and isinstance(error, type(original)):
+      return original
+  return error
+
+
+def os_error_of(error: BaseException) -> OSError | None:
+  """`error` itself when an OSError, the OS error a tensorstore/orbax message carries, or None."""
+  error = unwrap_gin(error)
+  if isinstance(error, OSError):
+    return error
+  text = str(error)
+  code = _OS_ERROR_CODE_RE.search(text)
+  if not code:
+    return None
+  path = _QUOTED_PATH_RE.search(text)
+  number = int(code.group(1))
+  return OSError(number, os.strerror(number), path.group(1) if path else None)
+
+
+def _inside(path: str, directory: str) -> bool:
+  if "://" in directory:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+  path, directory = os.path.abspath(path), os.path.abspath(directory)
+  return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def storage_error_line(error: OSError, model_dir: str | None, context: str = "") -> str:
+  """One line for an OSError that no phase of the run described: MODEL_DIR's, or the path's."""
+  if error.filename and model_dir and _inside(os.fspath(error.filename), model_dir):
+    lower = context.lower()
+    if error.errno in _WRITE_ERRNOS or "writ" in lower:
+      verb = "write"
+    elif error.errno == errno.ENOENT or "read" in lower:
+      verb = "read"
+    else:
+      verb = "use"
+    return f"cannot {verb} MODEL_DIR {model_dir}: {os_error_line(error)}"
+  return os_error_line(error)
+
+
+class _OrbaxThreadErrors(logging_std.Filter):
+  """Drops orbax's log of an exception in its writer thread (a traceback on stderr): orbax raises
+  the same exception in the calling thread, which reports it in one line."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return "_SignalingThread.run() raised an exception" not in str(record.msg)
+
+
+def report(error: Exception, model_dir: str | None) -> tuple[str, bool]:
+  """(the one error line for `error`, whether it is a bug whose traceback should be shown).
+
+  By what the user did: a gin, checkpoint, data or run problem (our one-line errors, each naming
+  what was being done), storage (an OSError, or one that orbax/tensorstore carries in its text:
+  MODEL_DIR or the path named), a bad value (ValueError). Anything else is a bug in this package.
+  """
+  from prompt_tuning.checkpoints.structure import CheckpointError
+  from prompt_tuning.data.task import DataError
+
+  if isinstance(error, (gin_utils.GinConfigError, CheckpointError, DataError, RunError, NotFoundError)):
+    return str(error).strip() or type(error).__name__, False
+  storage = os_error_of(error)
+  if storage is not None:
+    return storage_error_line(storage, model_dir if isinstance(model_dir, str) else None, str(error)), False
+  if isinstance(error, ValueError):  # the specs' checks and other bad values
+    return str(error).strip() or type(error).__name__, False
+  return (
+    f"internal error ({first_line(error, typed=True)}): a bug in prompt-tuning, not in your input; "
+    "please report it with the traceback above"
+  ), True
+
+
 def run(argv: list[str], command: str, describe: Callable[[Any], None], description: str | None = None) -> int:
   """Parses gin and multi-host flags, runs the registered `command` ('train' | 'evaluate' | 'infer'), reports.
 
   `description` heads --help (the command module's docstring).
 
+  Failures are reported by what the user did, in one line: a gin problem (GinConfigError), a
+  checkpoint, data or storage problem of a phase of the run (CheckpointError, DataError, RunError,
+  an OSError naming a path), a bad value (ValueError). Anything else is a bug in this package: its
+  traceback is printed, then the line. PROMPT_TUNING_TRACEBACK=1 prints the traceback of every
+  failure (where the one line came from).
+
   Returns the exit status: 0, 1 (the run failed), 2 (bad flags; nothing was started).
   """
   name = command
+  show_traceback = _traceback_wanted()
 
-  def fail(message: str, status: int) -> int:
+  def fail(message: str, status: int, error: BaseException | None = None) -> int:
+    if error is not None and show_traceback:
+      traceback.print_exception(error)
     print(f"prompt-tuning {name}: error: {first_line(message) or message}", file=sys.stderr)
     return status
 
@@ -146,17 +286,26 @@ def run(argv: list[str], command: str, describe: Callable[[Any], None], descript
   try:
     distributed.initialize(command_line.distributed)  # before anything touches a JAX backend
   except Exception as e:  # jax raises RuntimeError/ValueError/XlaRuntimeError with long messages
-    return fail(f"jax.distributed.initialize failed: {str(e).strip() or type(e).__name__}", 1)
-  from prompt_tuning.checkpoints.structure import CheckpointError
-  from prompt_tuning.data.task import DataError
+    return fail(f"jax.distributed.initialize failed: {str(e).strip() or type(e).__name__}", 1, e)
 
+  model_dir = None
+  quiet = None if show_traceback else _OrbaxThreadErrors()
+  if quiet:
+    logging_std.getLogger("absl").addFilter(quiet)
   try:
     fn = parse_gin(command_line)[command]
+    check_entry_point(command)
+    model_dir = macro("MODEL_DIR")
     result = fn()
-  except (gin_utils.GinConfigError, CheckpointError, DataError, ValueError, FileNotFoundError) as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)  # KeyError's str() adds quotes
-    return fail(str(message) if str(message).strip() else type(e).__name__, 1)
-  describe(result)
+    describe(result)
+  except Exception as e:
+    line, bug = report(e, model_dir)
+    if bug and not show_traceback:
+      traceback.print_exception(e)
+    return fail(line, 1, e)
+  finally:
+    if quiet:
+      logging_std.getLogger("absl").removeFilter(quiet)
   return 0
 
 

@@ -10,6 +10,7 @@ import os
 import sys
 
 from prompt_tuning.cli import gin_runner
+from prompt_tuning.errors import doing
 
 
 def _describe(result) -> None:
@@ -19,7 +20,8 @@ def _describe(result) -> None:
 
   model_dir = gin_runner.macro("MODEL_DIR")
   if jax.process_index() == 0:  # multi-host: one writer
-    config_path = gin_utils.save_operative_config(model_dir)
+    with doing(f"write MODEL_DIR {model_dir}"):
+      config_path = gin_utils.save_operative_config(model_dir)
   else:
     config_path = os.path.join(model_dir, "config.gin")
   cfg = result.config

@@ -21,6 +21,8 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from prompt_tuning.errors import NotFoundError
+
 _PUNCTUATION = frozenset(string.punctuation)
 MetricFn = Callable[[Sequence[str], Sequence[str]], "dict[str, float]"]
 
@@ -185,7 +187,7 @@ METRICS: dict[str, MetricFn] = {
 
 def get_metric(name: str) -> MetricFn:
   if name not in METRICS:
-    raise KeyError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
+    raise NotFoundError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
   return METRICS[name]
 
 

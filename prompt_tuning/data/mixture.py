@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from prompt_tuning.data.task import Example, Task, Vocabulary
+from prompt_tuning.errors import NotFoundError
 
 TRAIN_SPLIT = "train"
 
@@ -111,7 +112,7 @@ class Mixture:
   def examples(self, split: str) -> Iterator[Example]:
     tasks = [t for t in self.tasks if split in t.splits]
     if not tasks:
-      raise KeyError(f"mixture {self.name} has no split {split!r}; splits: {', '.join(self.splits)}")
+      raise NotFoundError(f"mixture {self.name} has no split {split!r}; splits: {', '.join(self.splits)}")
     for task in tasks:
       if split == TRAIN_SPLIT:
         chosen = self.subsample(task, list(task.examples(split)))

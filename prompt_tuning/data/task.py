@@ -12,6 +12,7 @@ Example: {"inputs": str, "targets": str, "idx": any} (idx: the record's own
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import os
@@ -20,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequenc
 
 from prompt_tuning.data import metrics as metrics_lib
 from prompt_tuning.data.vocab import SentencePieceVocabulary, read_bytes
+from prompt_tuning.errors import NotFoundError
 
 Example = dict[str, Any]
 SplitSource = Union[str, os.PathLike, Callable[[], Iterable[Mapping[str, Any]]]]
@@ -74,7 +76,15 @@ class Task(Protocol):
 
 
 def _read_text(path: str) -> str:
-  return read_bytes(path).decode("utf-8-sig")  # -sig: tolerate a byte-order mark
+  data = read_bytes(path)
+  try:
+    return data.decode("utf-8-sig")  # -sig: tolerate a byte-order mark
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    raise DataError(
+      f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); save the file as UTF-8"
+    ) from None
 
 
 def read_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -222,7 +232,7 @@ class TextTask:
   def _records(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(location for errors, record) pairs."""
     if split not in self._sources:
-      raise KeyError(f"task {self.name} has no split {split!r}; splits: {', '.join(self.splits)}")
+      raise NotFoundError(f"task {self.name} has no split {split!r}; splits: {', '.join(self.splits)}")
     source = self._sources[split]
     if callable(source):
       for i, record in enumerate(source(), 1):
@@ -274,7 +284,11 @@ def register_task(task: Task, *, overwrite: bool = False) -> Task:
 def get_task(name: str) -> Task:
   """The task registered as `name` (only what has been imported: see prompt_tuning.task_registry)."""
   if name not in _TASKS:
-    raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_TASKS)) or '(none)'}")
+    close = difflib.get_close_matches(str(name), list(_TASKS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise NotFoundError(
+      f"unknown task {name!r}{hint}; `prompt-tuning tasks` lists the {len(_TASKS)} known tasks and mixtures"
+    )
   return _TASKS[name]
 
 

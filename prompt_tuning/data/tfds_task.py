@@ -15,6 +15,7 @@ import numpy as np
 
 from prompt_tuning.data.task import Example, Vocabulary
 from prompt_tuning.data.vocab import default_vocabulary
+from prompt_tuning.errors import NotFoundError
 
 FormatFn = Callable[[Mapping[str, Any]], "Example | Iterable[Example] | None"]
 ScoreFn = Callable[[Sequence[Mapping[str, Any]]], dict]
@@ -93,7 +94,7 @@ class TfdsTask:
 
   def examples(self, split: str) -> Iterator[Example]:
     if split not in self._splits:
-      raise KeyError(f"task {self.name} has no split {split!r}; splits: {', '.join(self._splits)}")
+      raise NotFoundError(f"task {self.name} has no split {split!r}; splits: {', '.join(self._splits)}")
     for record in tfds_records(self.tfds_name, self._splits[split], self.data_dir):
       formatted = self.format_fn(record)
       if formatted is None:

@@ -12,7 +12,9 @@ import jax
 from absl import logging
 
 from prompt_tuning import progress as progress_lib
+from prompt_tuning.errors import doing
 from prompt_tuning.metrics_writer import MetricsWriter
+from prompt_tuning.runs import preflight
 from prompt_tuning.runs import setup as setup_lib
 from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec
 
@@ -38,11 +40,15 @@ def evaluate(
   Returns the metrics (see Evaluator.evaluate) and 'step' (an int).
   """
   note = phase_lines(progress)
-  setup, step = setup_lib.build_trained(model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note)
-  evaluator = setup_lib.evaluator(setup, task, evaluation, note=note)
+  # Before loading anything: the metrics go to MODEL_DIR, so a read-only one fails now, not after scoring.
+  preflight.writable_model_dir(preflight.trained_model_dir(model_dir))
   split = evaluation.split
+  setup, step = setup_lib.build_trained(
+    model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note, splits=[split]
+  )
+  evaluator = setup_lib.evaluator(setup, task, evaluation, note=note)
   metrics = evaluator.evaluate(setup.params, split)
-  with MetricsWriter(model_dir) as writer:
+  with doing(f"write MODEL_DIR {model_dir}"), MetricsWriter(model_dir) as writer:
     writer.write(step, metrics, prefix=f"eval_{split}" if split != "validation" else "eval")
   logging.info("step %d %s: %s", step, split, metrics)
   return {"step": step, **metrics}

@@ -13,7 +13,9 @@ import jax
 from absl import logging
 
 from prompt_tuning.data.task import get_leaderboard
+from prompt_tuning.errors import doing
 from prompt_tuning.evaluation import write_predictions
+from prompt_tuning.runs import preflight
 from prompt_tuning.runs import setup as setup_lib
 from prompt_tuning.runs.evaluate import phase_lines
 from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec
@@ -43,17 +45,24 @@ def infer(
   if leaderboard_dir:  # before loading anything, on every process
     leaderboard_members(resolve_task(task.name, task.module, task.vocabulary_path))
   note = phase_lines(progress)
-  setup, step = setup_lib.build_trained(model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note)
-  evaluator = setup_lib.evaluator(setup, task, evaluation, rank_classification=False)
+  preflight.trained_model_dir(model_dir)
+  if not output_path:  # the predictions go to MODEL_DIR: a read-only one fails now, not after decoding
+    preflight.writable_model_dir(model_dir)
   split = evaluation.split
+  setup, step = setup_lib.build_trained(
+    model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note, splits=[split]
+  )
+  evaluator = setup_lib.evaluator(setup, task, evaluation, rank_classification=False)
   path = output_path or os.path.join(model_dir, "inference", f"{setup.task.name}-{split}-step{step}.jsonl")
   note(f"predicting {setup.task.name} {split} with {evaluator.decoding}")
   records = list(evaluator.predictions(setup.params, split))
-  count = write_predictions(iter(records), path)
+  with doing(f"write the predictions to {path}"):
+    count = write_predictions(iter(records), path)
   logging.info("wrote %d predictions to %s", count, path)
   if leaderboard_dir and jax.process_index() == 0:  # every process holds all records; one writes
-    for written in write_leaderboards(setup.task, records, leaderboard_dir):
-      logging.info("wrote leaderboard file %s", written)
+    with doing(f"write the leaderboard files to {leaderboard_dir}"):
+      for written in write_leaderboards(setup.task, records, leaderboard_dir):
+        logging.info("wrote leaderboard file %s", written)
   return path
 
 

@@ -8,7 +8,7 @@ MODEL_DIR, placed on the mesh by the logical-axis rules (for `evaluate` and `inf
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -18,12 +18,14 @@ from prompt_tuning import partitioning, prompt_init
 from prompt_tuning.checkpoints import loader
 from prompt_tuning.checkpoints.structure import check_params
 from prompt_tuning.checkpoints.train_state import checkpoint_dir, restore_trained
-from prompt_tuning.data.task import Task
+from prompt_tuning.data.task import DataError, Task
+from prompt_tuning.errors import doing
 from prompt_tuning.evaluation import Evaluator
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import T5Config
+from prompt_tuning.runs import preflight
 from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
 from prompt_tuning.task_registry import resolve_task
 
@@ -61,7 +63,8 @@ def frozen_model(spec: ModelSpec, seed: int = 0) -> tuple[T5Config, dict]:
   """The frozen T5's config (in the run's dtypes and runtime settings) and weights (host numpy)."""
   activation, param = run_dtypes(spec)
   if spec.checkpoint:
-    config, params = loader.load_checkpoint(spec.checkpoint, spec.config, dtype=activation, param_dtype=param)
+    with doing(f"read INITIAL_CHECKPOINT_PATH {spec.checkpoint}"):
+      config, params = loader.load_checkpoint(spec.checkpoint, spec.config, dtype=activation, param_dtype=param)
     logging.info("loaded frozen model weights from %s", spec.checkpoint)
   else:
     if spec.config is None:
@@ -76,21 +79,42 @@ def frozen_model(spec: ModelSpec, seed: int = 0) -> tuple[T5Config, dict]:
 
 
 def build(
-  model: ModelSpec, task: TaskSpec, mesh: MeshSpec, *, seed: int = 0, note: Callable[[str], None] = _quiet
+  model: ModelSpec,
+  task: TaskSpec,
+  mesh: MeshSpec,
+  *,
+  seed: int = 0,
+  note: Callable[[str], None] = _quiet,
+  splits: Sequence[str] = (),
+  trained_in: str | None = None,
 ) -> Setup:
   """The mesh, the task, and the prompted model with its initial parameters (host numpy).
 
   seed: random frozen weights use it, the prompt initializer seed + 1.
   note: prints a line before the slow part (loading the checkpoint).
+  splits: the task's splits the run reads, checked before the model is loaded.
+  trained_in: a MODEL_DIR whose training this run continues or reads: its prompt settings are
+    checked before the model is loaded, the frozen model's architecture after (preflight.same_run).
   """
   device_mesh = mesh.make()
-  resolved = resolve_task(task.name, task.module, task.vocabulary_path)
+  if trained_in is not None:
+    preflight.same_run(trained_in, model.prompt.length, model.prompt.placement, model.trainable_params)
+  with doing(f"read the data of task {task.name}"):
+    resolved = resolve_task(task.name, task.module, task.vocabulary_path)
+  missing = [split for split in dict.fromkeys(splits) if split not in resolved.splits]
+  if missing:
+    raise DataError(
+      f"task {resolved.name} has no split {missing[0]!r} (splits: {', '.join(resolved.splits)}); "
+      f"set EvaluationSpec.split to one of them"
+    )
   note(
     f"loading the frozen model from {model.checkpoint}"
     if model.checkpoint
     else f"initializing the frozen model at random (no initial checkpoint), seed {seed}"
   )
   config, t5_params = frozen_model(model, seed)
+  if trained_in is not None:
+    preflight.same_run(trained_in, model.prompt.length, model.prompt.placement, model.trainable_params, config)
   vocab_size = resolved.vocabulary.vocab_size
   if vocab_size is not None and vocab_size > config.vocab_size:
     raise ValueError(f"the task vocabulary has {vocab_size} ids but the model only {config.vocab_size}")
@@ -113,12 +137,17 @@ def build_trained(
   *,
   checkpoint_step: int | None = None,
   note: Callable[[str], None] = _quiet,
+  splits: Sequence[str] = (),
 ) -> tuple[Setup, int]:
   """`build` with the trained subtree of MODEL_DIR's checkpoint (default: the latest) swapped in,
-  every parameter placed on the mesh by the logical-axis rules. Returns (setup, the restored step)."""
+  every parameter placed on the mesh by the logical-axis rules. Returns (setup, the restored step).
+
+  splits: the task's splits the run reads, checked before anything is loaded.
+  """
+  preflight.trained_model_dir(model_dir)  # before loading: a mistyped MODEL_DIR is not created
   # The prompt's value is replaced by the trained one, so the cheapest initializer does.
   cheap = dataclasses.replace(model, prompt=dataclasses.replace(model.prompt, init=prompt_init.random_uniform))
-  setup = build(cheap, task, mesh, note=note)
+  setup = build(cheap, task, mesh, note=note, splits=splits, trained_in=model_dir)
   params, step = restore_trained(model_dir, setup.params, model.trainable_params, checkpoint_step)
   note(f"restored the trained parameters of step {step} from {checkpoint_dir(model_dir, step)}")
   shardings = partitioning.logical_to_sharding(network.module_logical_axes(setup.model.module), setup.mesh)

@@ -38,6 +38,10 @@ def _positive_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _natural(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptSpec:
   """The soft prompt P [length, embed] and where it goes.
@@ -131,7 +135,8 @@ class TrainSpec:
   steps: the last step (gin: TRAIN_STEPS); batch_size: examples per step over all devices and hosts.
   optimizer: () -> (optax transformation, schedule), e.g. prompt_tuning.train.optimizer.adafactor.
   seed: the data order, the prompt initialization and random frozen weights.
-  save_period / keep: a checkpoint every this many steps (and at the end), keeping the last `keep`.
+  save_period / keep: a checkpoint every this many steps (0: only at the end), keeping the last `keep`
+    (None: all).
   log_period: steps per metrics record and progress line.
   eval_period: evaluate every this many steps (0: only at the end).
   prefetch_batches: training batches read and copied to the devices ahead of the step.
@@ -148,8 +153,16 @@ class TrainSpec:
   prefetch_batches: int = 2
 
   def __post_init__(self):
+    # TRAIN_STEPS=0 or keep=0 would run (and exit 0) yet leave no trained prompt behind.
+    _check(_positive_int(self.steps), f"TRAIN_STEPS must be a positive integer, got {self.steps!r}")
     _check(_positive_int(self.batch_size), f"BATCH_SIZE must be a positive integer, got {self.batch_size!r}")
     _check(_positive_int(self.log_period), f"TrainSpec.log_period must be a positive integer, got {self.log_period!r}")
+    _check(
+      self.keep is None or _positive_int(self.keep),
+      f"TrainSpec.keep must be a positive integer (or None: keep every checkpoint), got {self.keep!r}",
+    )
+    for name, value in (("save_period", self.save_period), ("eval_period", self.eval_period)):
+      _check(_natural(value), f"TrainSpec.{name} must be a non-negative integer (0: only at the end), got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,10 +25,12 @@ from prompt_tuning.checkpoints.train_state import (
 )
 from prompt_tuning.data.features import BATCH_KEYS
 from prompt_tuning.data.pipeline import BatchIterator
+from prompt_tuning.errors import RunError
 from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import T5Config
 from prompt_tuning.progress import ProgressBar
+from prompt_tuning.runs import preflight
 from prompt_tuning.runs import setup as setup_lib
 from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
 from prompt_tuning.train import step as step_lib
@@ -76,9 +78,22 @@ def train(
     (host numpy), the last evaluation and the path of the prompt .npy.
   """
   steps = training.steps
+  # Before anything is built or written: a MODEL_DIR that cannot be written, a batch the devices
+  # do not split; resuming, the prompt and frozen model MODEL_DIR was trained with (in build).
+  preflight.writable_model_dir(model_dir)
+  preflight.batch_divides(training.batch_size, mesh.make())
+  resuming = preflight.has_checkpoints(model_dir)
   # Process 0 alone prints: the phase lines, the progress bar, and (below) writes metrics and prompts.
   bar = ProgressBar(steps, enabled=progress and jax.process_index() == 0)
-  setup = setup_lib.build(model, task, mesh, seed=training.seed, note=bar.note)
+  setup = setup_lib.build(
+    model,
+    task,
+    mesh,
+    seed=training.seed,
+    note=bar.note,
+    splits=["train", evaluation.split],
+    trained_in=model_dir if resuming else None,
+  )
   device_mesh = setup.mesh
   trainable, frozen = param_tree.split_trainable(setup.params, model.trainable_params)
   _, frozen_axes = param_tree.split_trainable(network.module_logical_axes(setup.model.module), model.trainable_params)
@@ -99,6 +114,12 @@ def train(
     state = TrainState.from_checkpoint(restored)
     bar.note(f"resuming at step {int(state.step)} from checkpoint {checkpoint_dir(model_dir, latest)}")
   start = int(state.step)
+  if start > steps:  # legal but odd: say so and change nothing (no evaluation, no metrics written)
+    checkpointer.close()
+    raise RunError(
+      f"MODEL_DIR {model_dir} is already trained to step {start}, past TRAIN_STEPS={steps}: nothing was done "
+      f"(set TRAIN_STEPS above {start} to train on, or use another MODEL_DIR)"
+    )
   bar.restart_clock(start)
   if start >= steps:  # resumed a finished run: it reports its evaluation again
     bar.note(f"{model_dir} is already trained to step {start} (TRAIN_STEPS={steps}): nothing to train")

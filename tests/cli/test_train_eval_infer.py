@@ -158,7 +158,8 @@ def test_missing_macros_and_typos_are_one_line(capsys, tmp_path):
     )
     == 1
   )
-  assert "no train checkpoint" in capsys.readouterr().err
+  assert "empty does not exist: train first" in capsys.readouterr().err
+  assert not (tmp_path / "empty").exists()  # evaluate creates nothing
 
 
 @pytest.mark.slow

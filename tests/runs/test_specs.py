@@ -135,6 +135,26 @@ def test_shipped_files_parse_with_names_as_the_readme_gives_them(tmp_path):
     gin.clear_config()
 
 
+@pytest.mark.parametrize("command_file", ["", "runs/evaluate.gin", "runs/infer.gin"])
+def test_every_macro_a_shipped_file_sets_is_used(command_file):
+  """Each shipped file on top of a training config, for train, evaluate and infer: none sets a macro
+  that nothing uses (that is an error, to catch misspelt macros), e.g. an evaluate-only one."""
+  import gin
+  from prompt_tuning import gin_utils
+  from prompt_tuning.cli import gin_runner
+
+  base = ["runs/model_finetune.gin", "quickstart.gin"]
+  try:
+    for path in _gin_files():
+      gin.clear_config()
+      gin_runner.register_all()
+      files = [*base, os.path.relpath(path, GIN_DIR), *([command_file] if command_file else [])]
+      gin_utils.parse_gin_flags(files, [], finalize=False)
+      assert gin_utils.unused_macros() == {}, files
+  finally:
+    gin.clear_config()
+
+
 def test_include_survives_a_namespace_package_named_like_the_folder(tmp_path, monkeypatch):
   """gin looks `include 'runs/common.gin'` up as package `runs` too; a `runs/` folder on sys.path
   (a namespace package) made that raise instead of trying the next search path."""
