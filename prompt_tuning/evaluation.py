@@ -40,6 +40,9 @@ class Evaluator:
     mesh: where batches run, split over its 'data' axis (default: every device
       of every process, partitioning.make_mesh()). A batch whose size the data
       axis does not divide is padded with empty rows.
+    prompt_ids: for a model with a prompt table, {task name: its row}; each example
+      (of a mixture: tagged with its task) runs with its task's prompt, so one batch
+      mixes tasks. None: a model with one prompt.
   """
 
   def __init__(
@@ -54,8 +57,10 @@ class Evaluator:
     rank_classification: bool | None = None,
     mesh: Mesh | None = None,
     note: Callable[[str], None] | None = None,
+    prompt_ids: Mapping[str, int] | None = None,
   ):
     self.task, self.feature_lengths, self.batch_size = task, dict(feature_lengths), batch_size
+    self.prompt_ids = None if prompt_ids is None else dict(prompt_ids)
     self.decoding = describe_decoding(decode_method, decode_options)
     self._note = note or (lambda message: None)
     self.vocabulary = task.vocabulary
@@ -65,8 +70,14 @@ class Evaluator:
     options = dict(decode_options or {})
     max_length = self.feature_lengths["targets"]
     self._predict = jax.jit(
-      lambda params, tokens: model.predict_batch(
-        params, tokens, max_decode_length=max_length, method=decode_method, rng=jax.random.PRNGKey(0), **options
+      lambda params, tokens, task_ids: model.predict_batch(
+        params,
+        tokens,
+        max_decode_length=max_length,
+        method=decode_method,
+        rng=jax.random.PRNGKey(0),
+        task_ids=task_ids,
+        **options,
       ),
       out_shardings=replicated,
     )
@@ -91,7 +102,21 @@ class Evaluator:
   def _candidate_table(self, rows_of_candidates: list[list[str]]) -> np.ndarray:
     return candidate_table(self.vocabulary, rows_of_candidates, self._max_target_length)
 
-  def _ranks(self, params: Any, tokens: jax.Array, examples: list) -> tuple[list, np.ndarray] | None:
+  def _task_ids(self, examples: list) -> jax.Array | None:
+    """Each row's prompt-table row (padding rows: 0), placed as the tokens are; None without a table."""
+    if self.prompt_ids is None:
+      return None
+    ids = []
+    for example in examples:
+      name = example.get("task", self.task.name) if example else None
+      if name is not None and name not in self.prompt_ids:
+        raise ValueError(f"no prompt for task {name!r}; prompts are for {', '.join(sorted(self.prompt_ids))}")
+      ids.append(0 if name is None else self.prompt_ids[name])
+    return self._global(np.asarray(ids, np.int32))
+
+  def _ranks(
+    self, params: Any, tokens: jax.Array, examples: list, task_ids: jax.Array | None = None
+  ) -> tuple[list, np.ndarray] | None:
     """(candidates per row, scores [batch, candidates]) or None when rank classification is off.
 
     `tokens`: the global [padded batch, n] array; `examples`: the batch's len(examples) real and padding rows."""
@@ -104,12 +129,12 @@ class Evaluator:
       rows = [list(c) if c else (self.candidates or []) for c in per_example]
       rows = [r if r else [""] for r in rows]
       table = self._candidate_table(rows)
-      scores = np.asarray(self._rank(params, tokens, self._global(table)))[: len(examples)]
+      scores = np.asarray(self._rank(params, tokens, self._global(table), task_ids))[: len(examples)]
       scores = np.where(table.any(axis=-1), scores, -np.inf)  # padding candidates never win
       return rows, scores
     if not self.candidates:
       return None
-    scores = np.asarray(self._rank(params, tokens, self._candidate_tokens))[: len(examples)]
+    scores = np.asarray(self._rank(params, tokens, self._candidate_tokens, task_ids))[: len(examples)]
     return [self.candidates] * len(examples), scores
 
   def _batches(self, split: str) -> Iterator:
@@ -135,9 +160,10 @@ class Evaluator:
     for batch in self._batches(split):
       size = len(batch.arrays["mask"])
       tokens = self._global(batch.arrays["encoder_input_tokens"])
-      decoded = self._predict(params, tokens)
+      task_ids = self._task_ids(batch.text["examples"])
+      decoded = self._predict(params, tokens, task_ids)
       out_tokens, out_scores = np.asarray(decoded.tokens)[:size, 0], np.asarray(decoded.scores)[:size, 0]
-      ranked = self._ranks(params, tokens, batch.text["examples"])
+      ranked = self._ranks(params, tokens, batch.text["examples"], task_ids)
       for i, real in enumerate(batch.arrays["mask"]):
         if not real:
           continue

@@ -134,3 +134,59 @@ def test_a_batch_split_over_four_devices_scores_like_one_device():
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "MATCH" in result.stdout, result.stdout
+
+
+@pytest.mark.slow
+def test_a_batch_mixing_three_tasks_gives_each_task_its_single_task_results():
+  """Three tasks with prompts of 4, 2 and 3 vectors in one table, evaluated as one mixture whose
+  batches straddle tasks: every example's decode, decode score and rank scores equal those of its
+  task evaluated alone with its own prompt."""
+  import json
+
+  from prompt_tuning.data.mixture import Mixture
+  from prompt_tuning.data.quickstart import data_path
+  from prompt_tuning.data.task import TextTask
+
+  base = resolve_task("quickstart_sentiment")
+  rows = [json.loads(line) for line in open(data_path("validation.jsonl"))]
+  specs = [
+    ("mixed_a", "sentence: {sentence}", ["negative", "positive"], 5),
+    ("mixed_b", "review: {sentence}", ["bad", "good"], 4),
+    ("mixed_c", "{sentence} overall:", ["no", "yes", "unsure"], 3),
+  ]
+  tasks, start = [], 0
+  for name, template, labels, count in specs:
+    chosen = [dict(r, label=int(r["label"] == "positive")) for r in rows[start : start + count]]
+    start += count
+    tasks.append(TextTask(name, base.vocabulary, {"validation": lambda c=chosen: c}, template, "label", labels))
+  lengths = (4, 2, 3)
+  config = get_config("tiny", vocab_size=256)
+  table_model = EncoderDecoderModel(
+    PromptedTransformer(config, prompt_config=PromptConfig(4, num_tasks=3, task_lengths=lengths))
+  )
+  tokens, ids = np.ones((1, 4), np.int32), np.zeros((1,), np.int32)
+  params = table_model.module.init(jax.random.PRNGKey(0), tokens, tokens, task_ids=ids)["params"]
+  params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
+  table = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (3, 4, config.emb_dim)))
+  params = {**params, "prompt": {"prompt": table}}
+
+  mixture = Mixture("mixed_abc", tasks)
+  evaluator = Evaluator(
+    table_model, mixture, LENGTHS, batch_size=6, prompt_ids={t.name: i for i, t in enumerate(tasks)}
+  )
+  mixed = list(evaluator.predictions(params, "validation"))
+  assert [r["example"]["task"] for r in mixed] == ["mixed_a"] * 5 + ["mixed_b"] * 4 + ["mixed_c"] * 3
+  for t, task in enumerate(tasks):
+    alone_model = EncoderDecoderModel(PromptedTransformer(config, prompt_config=PromptConfig(lengths[t])))
+    alone_params = {**params, "prompt": {"prompt": table[t, : lengths[t]]}}
+    alone = list(Evaluator(alone_model, task, LENGTHS, batch_size=6).predictions(alone_params, "validation"))
+    ours = [r for r in mixed if r["example"]["task"] == task.name]
+    assert [r["prediction"] for r in ours] == [r["prediction"] for r in alone]
+    np.testing.assert_allclose([r["score"] for r in ours], [r["score"] for r in alone], atol=1e-4)
+    for mine, theirs in zip(ours, alone):
+      assert mine["rank_prediction"] == theirs["rank_prediction"]
+      np.testing.assert_allclose(
+        [mine["rank_scores"][c] for c in task.labels], [theirs["rank_scores"][c] for c in task.labels], atol=1e-4
+      )
+  metrics = evaluator.evaluate(params, "validation")
+  assert {"decode/mixed_a/accuracy", "rank/mixed_c/accuracy", "decode/average"} <= set(metrics)
