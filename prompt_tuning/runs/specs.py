@@ -135,6 +135,9 @@ class TrainSpec:
   log_period: steps per metrics record and progress line.
   eval_period: evaluate every this many steps (0: only at the end).
   prefetch_batches: training batches read and copied to the devices ahead of the step.
+  skip_nonfinite_steps: a step whose loss, gradient norm or update is not finite is never applied;
+    0 (default): it stops the run (one line, nothing of it written); N: up to N such steps in a row
+    are skipped (counted as train/skipped_steps), one more stops the run (train/guard.py).
   """
 
   steps: int = 30000
@@ -146,10 +149,17 @@ class TrainSpec:
   log_period: int = 10
   eval_period: int = 0
   prefetch_batches: int = 2
+  skip_nonfinite_steps: int = 0
 
   def __post_init__(self):
     _check(_positive_int(self.batch_size), f"BATCH_SIZE must be a positive integer, got {self.batch_size!r}")
     _check(_positive_int(self.log_period), f"TrainSpec.log_period must be a positive integer, got {self.log_period!r}")
+    _check(
+      isinstance(self.skip_nonfinite_steps, int)
+      and not isinstance(self.skip_nonfinite_steps, bool)
+      and self.skip_nonfinite_steps >= 0,
+      f"TrainSpec.skip_nonfinite_steps must be an integer >= 0, got {self.skip_nonfinite_steps!r}",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
