@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from prompt_tuning import param_tree
+from prompt_tuning import faults, param_tree
 from prompt_tuning.checkpoints.structure import CheckpointError, check_params
 from prompt_tuning.errors import first_line
 from prompt_tuning.models.t5.config import T5Config
@@ -131,6 +131,7 @@ class TrainCheckpointer:
       force=True,
     )
     self.manager.wait_until_finished()
+    faults.point("checkpoint_committed", step)  # test-only (prompt_tuning/faults.py)
     self._export_prompt(step, state_tree[PARAMS_KEY])
     return True
 

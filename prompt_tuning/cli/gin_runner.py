@@ -266,8 +266,17 @@ def run(argv: list[str], command: str, describe: Callable[[Any], None], descript
   traceback is printed, then the line. PROMPT_TUNING_TRACEBACK=1 prints the traceback of every
   failure (where the one line came from).
 
-  Returns the exit status: 0, 1 (the run failed), 2 (bad flags; nothing was started).
+  Returns the exit status: 0, 1 (the run failed), 2 (bad flags; nothing was started), 130 (Ctrl-C), or
+  128 + the signal's number when training saved a checkpoint and stopped on a signal (143: SIGTERM).
   """
+  try:
+    return _run(argv, command, describe, description)
+  except KeyboardInterrupt as e:  # Ctrl-C, or training's runs.preemption.Preempted (saved, then stopped)
+    print(f"prompt-tuning {command}: {first_line(e) if str(e) else 'interrupted (Ctrl-C)'}", file=sys.stderr)
+    return getattr(e, "exit_status", 130)
+
+
+def _run(argv: list[str], command: str, describe: Callable[[Any], None], description: str | None) -> int:
   name = command
   show_traceback = _traceback_wanted()
 

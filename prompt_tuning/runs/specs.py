@@ -140,6 +140,9 @@ class TrainSpec:
   log_period: steps per metrics record and progress line.
   eval_period: evaluate every this many steps (0: only at the end).
   prefetch_batches: training batches read and copied to the devices ahead of the step.
+  skip_nonfinite_steps: a step whose loss, gradient norm or update is not finite is never applied;
+    0 (default): it stops the run (one line, nothing of it written); N: up to N such steps in a row
+    are skipped (counted as train/skipped_steps), one more stops the run (train/guard.py).
   """
 
   steps: int = 30000
@@ -151,6 +154,7 @@ class TrainSpec:
   log_period: int = 10
   eval_period: int = 0
   prefetch_batches: int = 2
+  skip_nonfinite_steps: int = 0
 
   def __post_init__(self):
     # TRAIN_STEPS=0 or keep=0 would run (and exit 0) yet leave no trained prompt behind.
@@ -163,6 +167,10 @@ class TrainSpec:
     )
     for name, value in (("save_period", self.save_period), ("eval_period", self.eval_period)):
       _check(_natural(value), f"TrainSpec.{name} must be a non-negative integer (0: only at the end), got {value!r}")
+    _check(
+      _natural(self.skip_nonfinite_steps),
+      f"TrainSpec.skip_nonfinite_steps must be an integer >= 0, got {self.skip_nonfinite_steps!r}",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

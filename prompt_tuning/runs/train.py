@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from prompt_tuning import param_tree, partitioning
+from prompt_tuning import faults, param_tree, partitioning
 from prompt_tuning.checkpoints.train_state import (
   RunConfig,
   TrainCheckpointer,
@@ -30,9 +30,10 @@ from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import T5Config
 from prompt_tuning.progress import ProgressBar
-from prompt_tuning.runs import preflight
+from prompt_tuning.runs import preemption, preflight
 from prompt_tuning.runs import setup as setup_lib
 from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
+from prompt_tuning.train import guard as guard_lib
 from prompt_tuning.train import step as step_lib
 from prompt_tuning.train.prefetch import DevicePrefetcher
 from prompt_tuning.train.state import TrainState
@@ -96,6 +97,7 @@ def train(
   )
   device_mesh = setup.mesh
   trainable, frozen = param_tree.split_trainable(setup.params, model.trainable_params)
+  guard_lib.check_initial(trainable)  # an inf in the initial prompt: stop before MODEL_DIR is touched
   _, frozen_axes = param_tree.split_trainable(network.module_logical_axes(setup.model.module), model.trainable_params)
   frozen_shardings = partitioning.logical_to_sharding(frozen_axes, device_mesh)
   frozen = jax.device_put(frozen, frozen_shardings)
@@ -158,7 +160,7 @@ def train(
   batches.truncation.report()  # the whole split is tokenized up front: report its truncation once
   evaluator = setup_lib.evaluator(setup, task, evaluation, train_batch_size=training.batch_size, note=bar.note)
   train_step = step_lib.compile_train_step(
-    step_lib.make_train_step(setup.model, tx, schedule), device_mesh, frozen_shardings
+    step_lib.make_train_step(setup.model, tx, schedule, training.skip_nonfinite_steps), device_mesh, frozen_shardings
   )
 
   def evaluate_now(state: TrainState) -> dict[str, float]:
@@ -168,42 +170,77 @@ def train(
     return partitioning.to_global_batch({k: batch.arrays[k] for k in BATCH_KEYS}, device_mesh)
 
   rng = jax.random.PRNGKey(training.seed)
+  skip_limit = training.skip_nonfinite_steps
+
+  def stop_if_diverged(state: TrainState) -> None:
+    """Raises DivergenceError when the guard says so; called before anything of a step is written."""
+    problem = guard_lib.diverged(state.guard, skip_limit)
+    if problem is None:
+      return
+    last = checkpointer.latest_step()
+    kept = (
+      f"the last good checkpoint, {checkpoint_dir(model_dir, last)}, is untouched"
+      if last is not None
+      else "no checkpoint was written"
+    )
+    raise guard_lib.DivergenceError(
+      f"training diverged {problem}; stopped before writing anything of it: {kept}. Lower the learning "
+      f"rate{'' if skip_limit else ', or skip such steps with TrainSpec.skip_nonfinite_steps=N'}"
+    )
+
   # Every process runs the same steps; only process 0 writes metrics, the progress bar and the prompt .npy.
   writer = MetricsWriter(model_dir)
   totals, period_start, eval_metrics = None, time.time(), {}
   uncounted = 0.0  # examples of the compiling first step, left out of the first period's rate
-  with DevicePrefetcher(batches, place, lambda it: it.position, size=training.prefetch_batches) as prefetcher:
-    for step in range(start, steps):
-      position, batch = next(prefetcher)  # position: where the stream resumes after this batch
-      if step == start:
-        bar.note("compiling the train step")
-      state, metrics = train_step(state, frozen, batch, rng)
-      totals = step_lib.accumulate(totals, metrics)  # stays on device: no host sync per step
-      done = step + 1
-      first = step == start and done < steps
-      if first:  # it compiled (seconds to minutes): measure the ETA from its end
-        jax.block_until_ready(state.step)
-        bar.restart_clock(done)
-      if done % training.log_period == 0 or done == steps:
-        summary = step_lib.summarize(totals)
-        seconds = max(time.time() - period_start, 1e-9)
-        summary["examples_per_s"] = (float(jax.device_get(totals["examples"])) - uncounted) / seconds
-        writer.write(done, summary, prefix="train")
-        bar.update(done, loss=summary["loss"], examples_per_s=summary["examples_per_s"])
-        totals, period_start, uncounted = None, time.time(), 0.0
-      elif first:  # and out of the throughput: this period's rate counts from the second step
-        period_start, uncounted = time.time(), float(jax.device_get(metrics["examples"]))
-      if done == steps or (training.eval_period and done % training.eval_period == 0):
-        eval_metrics = evaluate_now(state)
-        writer.write(done, eval_metrics, prefix="eval")
-        logging.info("step %d eval: %s", done, eval_metrics)
-      # On every process: orbax coordinates the hosts (and writes each array once).
-      checkpointer.save(done, state.to_checkpoint(), position, force=done == steps)
-  bar.close()
+  try:
+    with (
+      DevicePrefetcher(batches, place, lambda it: it.position, size=training.prefetch_batches) as prefetcher,
+      preemption.Preemption() as preempt,  # SIGTERM / SIGINT: save at the step boundary, then stop
+    ):
+      for step in range(start, steps):
+        position, batch = next(prefetcher)  # position: where the stream resumes after this batch
+        if step == start:
+          bar.note("compiling the train step")
+        state, metrics = train_step(state, frozen, batch, rng)
+        totals = step_lib.accumulate(totals, metrics)  # stays on device: no host sync per step
+        done = step + 1
+        faults.point("step_done", done)  # test-only (prompt_tuning/faults.py)
+        first = step == start and done < steps
+        if first:  # it compiled (seconds to minutes): measure the ETA from its end
+          jax.block_until_ready(state.step)
+          bar.restart_clock(done)
+        stop = preempt.requested(done)
+        log = stop or done % training.log_period == 0 or done == steps
+        # Preempted: no evaluation (the grace period is short); the resumed run evaluates at its end.
+        evaluate = not stop and (done == steps or (training.eval_period and done % training.eval_period == 0))
+        save = stop or done == steps or (training.save_period > 0 and done % training.save_period == 0)
+        if log or evaluate or save:  # about to write: the guard first (one small read from the device)
+          stop_if_diverged(state)
+        if log:
+          summary = step_lib.summarize(totals)
+          if not skip_limit:  # without skipping, a non-finite step never gets this far
+            summary.pop("skipped_steps")
+          seconds = max(time.time() - period_start, 1e-9)
+          summary["examples_per_s"] = (float(jax.device_get(totals["examples"])) - uncounted) / seconds
+          writer.write(done, summary, prefix="train")
+          bar.update(done, loss=summary.get("loss"), examples_per_s=summary["examples_per_s"])
+          totals, period_start, uncounted = None, time.time(), 0.0
+        elif first:  # and out of the throughput: this period's rate counts from the second step
+          period_start, uncounted = time.time(), float(jax.device_get(metrics["examples"]))
+        if evaluate:
+          eval_metrics = evaluate_now(state)
+          writer.write(done, eval_metrics, prefix="eval")
+          logging.info("step %d eval: %s", done, eval_metrics)
+        # On every process: orbax coordinates the hosts (and writes each array once).
+        checkpointer.save(done, state.to_checkpoint(), position, force=done == steps or stop)
+        if stop:
+          raise preempt.stopped(done, checkpoint_dir(model_dir, done))
+  finally:  # also on divergence or preemption: what was written is flushed, orbax shuts down
+    bar.close()
+    writer.close()
+    checkpointer.close()
   if start >= steps:
     eval_metrics = evaluate_now(state)
-  writer.close()
-  checkpointer.close()
   final = int(state.step)
   return TrainResult(
     step=final,

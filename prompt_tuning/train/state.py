@@ -6,6 +6,7 @@ never re-saved): a prompt checkpoint of a T5-Base run is ~300 KB, not 1 GB.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.struct
@@ -13,14 +14,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from prompt_tuning.train.guard import Guard
+
 
 @flax.struct.dataclass
 class TrainState:
-  """step: int32 scalar; params: the trainable subtree; opt_state: optimizer state of it alone."""
+  """step: int32 scalar; params: the trainable subtree; opt_state: optimizer state of it alone.
+
+  guard: the divergence guard's scalars (train/guard.py); not checkpointed, it starts afresh.
+  """
 
   step: jax.Array
   params: Any
   opt_state: Any
+  guard: Guard = dataclasses.field(default_factory=Guard.create)
 
   @classmethod
   def create(cls, params: Any, tx: optax.GradientTransformation) -> "TrainState":

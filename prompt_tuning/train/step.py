@@ -12,12 +12,14 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import partitioning
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.param_tree import merge_params
+from prompt_tuning.train import guard as guard_lib
 from prompt_tuning.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -25,9 +27,15 @@ METRIC_SUMS = ("loss_sum", "z_loss_sum", "correct_tokens", "num_tokens")
 
 
 def make_train_step(
-  model: EncoderDecoderModel, tx: optax.GradientTransformation, schedule: Callable[[Any], Any]
+  model: EncoderDecoderModel, tx: optax.GradientTransformation, schedule: Callable[[Any], Any], skip_nonfinite: int = 0
 ) -> Callable:
-  """(state, frozen, batch, rng) -> (state, metrics). Dropout uses fold_in(rng, step)."""
+  """(state, frozen, batch, rng) -> (state, metrics). Dropout uses fold_in(rng, step).
+
+  A step whose loss, gradient norm or updated state is not finite is not applied: the state keeps
+  its parameters and optimizer state (its step still advances), the step's metric sums count as
+  zero, metrics['skipped_steps'] is 1, and state.guard records it (train/guard.py; with
+  `skip_nonfinite` = N, the (N+1)-th such step in a row marks the run to stop).
+  """
 
   def train_step(state: TrainState, frozen: Any, batch: Batch, rng: jax.Array) -> tuple[TrainState, dict]:
     dropout_rng = jax.random.fold_in(rng, state.step)
@@ -38,14 +46,32 @@ def make_train_step(
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    learning_rate = schedule(state.step)
+    reason, value = guard_lib.check_step(loss, grad_norm, params, opt_state)
+    applied = reason == 0
+
+    # Not applied when non-finite: the state stays the last good one, so whatever the loop writes
+    # at its next boundary is finite, with no copy of the state and no host sync per step.
+    def if_applied(new, old):
+      return jnp.where(applied, new, old)
+
+    guard = guard_lib.advance(state.guard, reason, value, state.step + 1, learning_rate, skip_nonfinite)
     metrics = dict(
-      sums,
+      jax.tree.map(lambda x: if_applied(x, jnp.zeros_like(x)), sums),
       loss=loss,
-      grad_norm=optax.tree.norm(grads),
-      learning_rate=schedule(state.step),
+      grad_norm=grad_norm,
+      learning_rate=learning_rate,
       examples=jnp.asarray(batch["encoder_input_tokens"].shape[0], jnp.float32),
+      skipped_steps=1.0 - applied.astype(jnp.float32),
     )
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    new_state = TrainState(
+      step=state.step + 1,
+      params=jax.tree.map(if_applied, params, state.params),
+      opt_state=jax.tree.map(if_applied, opt_state, state.opt_state),
+      guard=guard,
+    )
+    return new_state, metrics
 
   return train_step
 
@@ -63,23 +89,36 @@ def compile_train_step(train_step: Callable, mesh: Mesh, frozen_shardings: Any) 
 
 
 def accumulate(total: dict | None, metrics: dict) -> dict:
-  """Running metric sums on device (no host sync); last values for loss/lr/grad_norm."""
+  """Running metric sums on device (no host sync); last values for loss/lr/grad_norm.
+
+  A skipped (non-finite) step's sums are zero, and the last values stay those of the last
+  applied step, so a period's summary is over the steps applied.
+  """
   if total is None:
     return dict(metrics)
   out = dict(metrics)
-  for key in (*METRIC_SUMS, "examples"):
+  for key in (*METRIC_SUMS, "examples", "skipped_steps"):
     out[key] = total[key] + metrics[key]
+  skipped = metrics["skipped_steps"] > 0
+  for key in ("loss", "grad_norm"):
+    out[key] = jnp.where(skipped, total[key], metrics[key])
   return out
 
 
 def summarize(total: dict) -> dict[str, float]:
-  """Host-side scalars for a logging period: per-token loss, z_loss and accuracy."""
+  """Host-side scalars for a logging period: per-token loss, z_loss and accuracy, and skipped steps.
+
+  A period whose steps were all skipped has no loss, accuracy or gradient norm to report.
+  """
   values = jax.device_get(total)
-  tokens = max(float(values["num_tokens"]), 1.0)
-  return {
-    "loss": float(values["loss_sum"]) / tokens,
-    "z_loss": float(values["z_loss_sum"]) / tokens,
-    "token_accuracy": float(values["correct_tokens"]) / tokens,
-    "learning_rate": float(values["learning_rate"]),
-    "grad_norm": float(values["grad_norm"]),
-  }
+  out = {"learning_rate": float(values["learning_rate"]), "skipped_steps": int(values["skipped_steps"])}
+  tokens = float(values["num_tokens"])
+  if tokens > 0:
+    out.update(
+      loss=float(values["loss_sum"]) / tokens,
+      z_loss=float(values["z_loss_sum"]) / tokens,
+      token_accuracy=float(values["correct_tokens"]) / tokens,
+    )
+  if np.isfinite(values["grad_norm"]):
+    out["grad_norm"] = float(values["grad_norm"])
+  return out

@@ -42,6 +42,10 @@ def _gin_files() -> list[str]:
     (lambda: specs.TaskSpec("", {"inputs": 8, "targets": 2}), "MIXTURE_OR_TASK_NAME must be a task name"),
     (lambda: specs.TrainSpec(batch_size=0), "BATCH_SIZE must be a positive integer, got 0"),
     (lambda: specs.TrainSpec(log_period=0), "TrainSpec.log_period must be a positive integer, got 0"),
+    (
+      lambda: specs.TrainSpec(skip_nonfinite_steps=-1),
+      "TrainSpec.skip_nonfinite_steps must be an integer >= 0, got -1",
+    ),
     (lambda: specs.EvaluationSpec(batch_size=-1), "EVAL_BATCH_SIZE must be a positive integer, got -1"),
   ],
 )

@@ -18,7 +18,7 @@ from prompt_tuning.models.t5 import get_config
 from prompt_tuning.param_tree import flatten
 from prompt_tuning.runs import specs
 from prompt_tuning.runs.train import train
-from prompt_tuning.train import optimizer
+from prompt_tuning.train import guard, optimizer
 
 TASK = "quickstart_sentiment"
 LENGTHS = {"inputs": 24, "targets": 4}
@@ -144,3 +144,14 @@ def test_bad_inputs_give_one_clear_error(tmp_path, hf_checkpoint):
     _train(tmp_path / "b", 1, checkpoint=small, config=None)
   with pytest.raises(KeyError, match="no_such_task"):
     _train(tmp_path / "c", 1, task="no_such_task")
+
+
+def test_an_inf_in_the_initial_prompt_stops_before_model_dir_is_touched(tmp_path):
+  path = tmp_path / "prompt.npy"
+  prompt = np.zeros((5, 32), np.float32)
+  prompt[0, 3] = np.inf
+  np.save(path, prompt)
+  init = functools.partial(prompt_init.from_npy, path=str(path))
+  with pytest.raises(guard.DivergenceError, match=r"^the initial value of prompt/prompt \[5, 32\] holds 1 non-finite"):
+    _train(tmp_path / "run", 2, config=get_config("tiny", vocab_size=256), prompt=specs.PromptSpec(length=5, init=init))
+  assert not (tmp_path / "run").exists()
