@@ -97,7 +97,8 @@ def train(
   if latest is not None:
     restored, position = checkpointer.restore(jax.tree.map(np.asarray, state.to_checkpoint()))
     state = TrainState.from_checkpoint(restored)
-    bar.note(f"resuming at step {int(state.step)} from checkpoint {checkpoint_dir(model_dir, latest)}")
+    # The newest good checkpoint: a corrupt latest one is skipped with a warning (checkpoints/integrity.py).
+    bar.note(f"resuming at step {int(state.step)} from checkpoint {checkpoint_dir(model_dir, int(state.step))}")
   start = int(state.step)
   bar.restart_clock(start)
   if start >= steps:  # resumed a finished run: it reports its evaluation again
