@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from prompt_tuning import param_tree, partitioning
+from prompt_tuning.checkpoints import lock
 from prompt_tuning.checkpoints.train_state import (
   RunConfig,
   TrainCheckpointer,
@@ -46,6 +47,7 @@ class TrainResult:
   prompt_path: str | None
 
 
+@lock.one_writer  # holds MODEL_DIR/train.lock throughout: one trainer per MODEL_DIR (checkpoints/lock.py)
 def train(
   model: ModelSpec,
   task: TaskSpec,
