@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-# Tails that libraries append to a message's first line: tensorstore adds the whole spec as JSON.
-_TAILS = (" [tensorstore_spec=",)
+# Tails that libraries append to a message's first line: tensorstore adds the whole spec as JSON
+# (`[tensorstore_spec[1]=...` when it is one of several).
+_TAILS = (" [tensorstore_spec=", " [tensorstore_spec[")
 
 
 def first_line(error_or_text: BaseException | str, *, typed: bool = False) -> str:

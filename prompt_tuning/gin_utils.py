@@ -489,13 +489,14 @@ def _describe(e: BaseException, statement: str | None = None) -> str:
 
 
 def save_operative_config(model_dir: str, filename: str = "config.gin") -> str:
-  """Writes `gin.operative_config_str()` to `model_dir/filename` (local or gs://); returns the path."""
+  """Writes `gin.operative_config_str()` to `model_dir/filename` (local or gs://), whole or not at all
+  (prompt_tuning/atomic.py); returns the path."""
   from etils import epath
 
-  directory = epath.Path(model_dir)
-  directory.mkdir(parents=True, exist_ok=True)
-  path = directory / filename
-  path.write_text(gin.operative_config_str())
+  from prompt_tuning import atomic
+
+  path = epath.Path(model_dir) / filename
+  atomic.write_text(path, gin.operative_config_str())
   return os.fspath(path)
 
 

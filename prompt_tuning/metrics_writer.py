@@ -45,10 +45,12 @@ class _AppendFile:
     elif self._pending:
       from etils import epath
 
+      from prompt_tuning import atomic
+
       remote = epath.Path(self._path)
       # Read at every flush, not once: another session may have appended meanwhile.
       earlier = remote.read_bytes() if remote.exists() else b""
-      remote.write_bytes(earlier + bytes(self._pending))
+      atomic.write_bytes(self._path, earlier + bytes(self._pending))  # a kill keeps the old copy whole
       self._pending.clear()
 
   def close(self) -> None:

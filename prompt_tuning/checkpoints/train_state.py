@@ -3,6 +3,7 @@
 Layout under MODEL_DIR:
   checkpoints/<step>/state/   orbax StandardSave of {'step', 'params' (trainable subtree), 'opt_state'}
   checkpoints/<step>/data/    JSON {'position': examples consumed by the train iterator}
+  checksums/step_<step>.json  SHA-256 of every leaf of that step's state (checkpoints/integrity.py)
   prompts/step_<step>.npy     the prompt [p, d] (or table [k, p, d]) of that step, for other tools
   run_config.json             `RunConfig`: what was trained, to rebuild it without gin (load_pretrained)
 
@@ -11,20 +12,25 @@ The frozen model is never saved here: it is restored from its own checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
-from typing import Any, Mapping
+import sys
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import numpy as np
 from etils import epath
 
-from prompt_tuning import faults, param_tree
+from prompt_tuning import atomic, faults, param_tree, partitioning
+from prompt_tuning.checkpoints import integrity, t5x
 from prompt_tuning.checkpoints.structure import CheckpointError, check_params
 from prompt_tuning.errors import first_line
 from prompt_tuning.models.t5.config import T5Config
 from prompt_tuning.param_tree import flatten
+from prompt_tuning.progress import say
 
 CHECKPOINTS_DIR = "checkpoints"
 PROMPTS_DIR = "prompts"
@@ -81,10 +87,8 @@ class RunConfig:
 
 
 def write_run_config(model_dir: str, run: RunConfig) -> None:
-  """Writes MODEL_DIR/run_config.json (call on process 0 only)."""
-  directory = epath.Path(model_dir)
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / RUN_CONFIG_FILE).write_text(run.to_json())
+  """Writes MODEL_DIR/run_config.json, whole or not at all (call on process 0 only)."""
+  atomic.write_text(epath.Path(model_dir) / RUN_CONFIG_FILE, run.to_json())
 
 
 def read_run_config(model_dir: str) -> RunConfig | None:
@@ -95,17 +99,76 @@ def read_run_config(model_dir: str) -> RunConfig | None:
   return RunConfig.from_json(path.read_text(), str(path))
 
 
-class TrainCheckpointer:
-  """Saves every `save_period` steps (and on demand), keeping the newest `keep`."""
+class _Untrusted(Exception):
+  """A checkpoint that cannot be used (unreadable, corrupt): the caller tries the next older one."""
 
-  def __init__(self, model_dir: str, *, save_period: int, keep: int | None = 3):
+
+@contextlib.contextmanager
+def _quiet_closed_event_loop() -> Iterator[None]:
+  """Drops the 'Event loop is closed' tracebacks of a failed orbax restore; other unraisables pass on.
+
+  When tensorstore fails a read, orbax's asyncio loop is closed before tensorstore's
+  callbacks for the other arrays run; each prints a traceback through sys.unraisablehook,
+  which would bury the one warning line of a skipped checkpoint.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable) -> None:
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous
+
+
+def _say(message: str) -> None:
+  if jax.process_index() == 0:
+    say(message)
+
+
+class TrainCheckpointer:
+  """Saves every `save_period` steps (and on demand), keeping the newest `keep`; restores the newest good one.
+
+  Each save first records the checksums of the saved tree (checkpoints/integrity.py), so a
+  restore verifies what it read. A latest checkpoint that is corrupt, truncated or unreadable
+  is skipped with one warning line and the newest good one is restored instead.
+
+  Args:
+    model_dir: MODEL_DIR (local or gs://).
+    save_period: `save` writes at multiples of it (0: only when forced).
+    keep: the newest checkpoints kept (None: all). Rotation runs after a save completes and
+      never counts a checkpoint found corrupt, so the last good one is never rotated away.
+    read_only: for evaluate and infer: creates no directory, deletes and rewrites nothing.
+    warn: where the one-line warnings and notes go (default: stderr, process 0 only).
+  """
+
+  def __init__(
+    self,
+    model_dir: str,
+    *,
+    save_period: int,
+    keep: int | None = 3,
+    read_only: bool = False,
+    warn: Callable[[str], None] = _say,
+  ):
     import orbax.checkpoint as ocp
 
     self._ocp = ocp
     # orbax wants absolute paths; MODEL_DIR may be relative on the command line.
     self.model_dir = epath.Path(model_dir if "://" in model_dir else os.path.abspath(model_dir))
     self.save_period = save_period
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    self.keep = keep
+    self.read_only = read_only
+    self._warn = warn
+    self._untrusted: set[int] = set()  # steps this process found bad: replaced by a new save, never kept
+    # Rotation is ours (`_rotate`), not orbax's: orbax would delete before the new step's files
+    # are complete, and would count checkpoints found corrupt.
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=None, create=not read_only, read_only=read_only, enable_async_checkpointing=False
+    )
     self.manager = ocp.CheckpointManager(
       self.model_dir / CHECKPOINTS_DIR, options=options, item_names=(STATE_ITEM, DATA_ITEM)
     )
@@ -114,11 +177,18 @@ class TrainCheckpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state_tree: dict, data_position: int, *, force: bool = False) -> bool:
-    """Saves at multiples of save_period (or when forced); also writes the prompt .npy."""
+    """Saves at multiples of save_period (or when forced): checksums, the orbax checkpoint, the prompt .npy."""
     if not force and (self.save_period <= 0 or step % self.save_period):
       return False
     if step in self.manager.all_steps():
-      return False
+      if step not in self._untrusted:
+        return False
+      self.manager.delete(step)  # the corrupt one this run fell back from, now retrained
+      self._untrusted.discard(step)
+    host_tree = partitioning.to_host(state_tree)  # on every process: it may gather (a collective)
+    if jax.process_index() == 0:
+      # Before orbax commits: a committed checkpoint always has its manifest (integrity.py says why).
+      integrity.write_manifest(self.model_dir, step, host_tree, data_position)
     ocp = self._ocp
     self.manager.save(
       step,
@@ -132,67 +202,180 @@ class TrainCheckpointer:
     )
     self.manager.wait_until_finished()
     faults.point("checkpoint_committed", step)  # test-only (prompt_tuning/faults.py)
-    self._export_prompt(step, state_tree[PARAMS_KEY])
+    self._export_prompt(step, host_tree[PARAMS_KEY])
+    self._rotate()
     return True
 
+  def _rotate(self) -> None:
+    """Deletes all but the newest `keep` checkpoints (and their manifests); bad ones are not counted."""
+    if self.keep is None or self.keep < 1:
+      return
+    good = sorted(s for s in self.manager.all_steps() if s not in self._untrusted)
+    for step in good[: -self.keep]:
+      self.manager.delete(step)  # on every process: orbax deletes once and synchronizes
+      if jax.process_index() == 0:
+        integrity.remove_manifest(self.model_dir, step)
+
   def restore(self, abstract_state: dict, step: int | None = None) -> tuple[dict, int]:
-    """Restores (state_tree, data_position) of `step` (default: latest) into `abstract_state`'s structure."""
+    """Restores (state_tree, data_position) of the newest good checkpoint (or of `step`) into
+    `abstract_state`'s structure; then (unless read-only) rewrites any prompt .npy of a kept
+    checkpoint that is missing or unreadable. Call on every process.
+
+    Raises:
+      CheckpointError: no checkpoint, none good, or they hold another model, prompt or optimizer.
+    """
     ocp = self._ocp
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}: no train checkpoint to restore")
-    try:
-      restored = self.manager.restore(
-        step,
-        args=ocp.args.Composite(
-          **{STATE_ITEM: ocp.args.StandardRestore(abstract_state), DATA_ITEM: ocp.args.JsonRestore()}
-        ),
-      )
-    except Exception as e:  # orbax raises many types; one line names the step and the cause
-      raise CheckpointError(
-        f"{self.model_dir / CHECKPOINTS_DIR}/{step}: cannot restore the train state "
-        f"({first_line(e, typed=True)}); was the run started with another "
-        f"model, prompt length or optimizer?"
-      ) from None
-    return restored[STATE_ITEM], int(restored[DATA_ITEM]["position"])
+
+    def attempt(step: int) -> tuple[dict, int]:
+      manifest = self._manifest(step, abstract_state, within="")
+      try:
+        restored = self.manager.restore(
+          step,
+          args=ocp.args.Composite(
+            **{STATE_ITEM: ocp.args.StandardRestore(abstract_state), DATA_ITEM: ocp.args.JsonRestore()}
+          ),
+        )
+      except Exception as e:  # orbax raises many types; one line names the cause
+        raise _Untrusted(self._unreadable(e, manifest)) from None
+      state, position = restored[STATE_ITEM], int(restored[DATA_ITEM]["position"])
+      self._verify(manifest, state, position)
+      return state, position
+
+    (state, position), step = self._newest_good(attempt, step, "resuming from")
+    if not self.read_only:
+      self._repair_prompts(step, state[PARAMS_KEY])
+    return state, position
 
   def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
-    """Restores only the trained parameters of `step` (default latest), as host numpy arrays.
+    """Restores only the trained parameters of the newest good checkpoint (or of `step`), as host numpy.
 
     For eval and inference, which need no optimizer state (and may not know the optimizer).
     """
-    ocp = self._ocp
-    step = self.latest_step() if step is None else step
-    if step is None or step not in self.manager.all_steps():
+    all_steps = self.manager.all_steps()
+    if not all_steps or (step is not None and step not in all_steps):
       raise CheckpointError(
         f"{self.model_dir / CHECKPOINTS_DIR}: no train checkpoint "
-        f"{'at all' if step is None else f'at step {step}'}; train first or check MODEL_DIR"
+        f"{'at all' if step is None or not all_steps else f'at step {step}'}; train first or check MODEL_DIR"
       )
+    return self._newest_good(lambda s: self._restore_params_at(abstract_params, s), step, "using")
+
+  def _restore_params_at(self, abstract_params: Any, step: int) -> Any:
+    # A PyTree restore of the params alone, outside the manager: a manager that restored the whole
+    # state (StandardRestore) refuses another kind of restore of the same item.
     item = {PARAMS_KEY: abstract_params}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    manifest = self._manifest(step, item, within=f"{PARAMS_KEY}/")
     try:
-      restored = self.manager.restore(
-        step,
-        args=ocp.args.Composite(
-          **{STATE_ITEM: ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)}
-        ),
-      )
-    except Exception as e:
+      restored = t5x.restore_numpy(self._step_dir(step) / STATE_ITEM, jax.tree.map(lambda _: 0, item))
+    except Exception as e:  # orbax raises many types; one line names the cause
+      raise _Untrusted(self._unreadable(e, manifest)) from None
+    self._verify(manifest, restored)
+    return restored[PARAMS_KEY]
+
+  def _newest_good(self, attempt: Callable[[int], Any], step: int | None, continuing: str) -> tuple[Any, int]:
+    """attempt(step) on `step`, or from the latest step down until one is good; one warning line per
+    checkpoint skipped. Returns (what attempt returned, its step)."""
+    steps = sorted(self.manager.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
+      raise CheckpointError(f"{self.model_dir / CHECKPOINTS_DIR}: no train checkpoint to restore")
+    skipped = []
+    for candidate in steps:
+      try:
+        with _quiet_closed_event_loop():
+          value = attempt(candidate)
+      except _Untrusted as e:
+        skipped.append((candidate, str(e)))
+        continue
+      for bad, why in skipped:
+        self._warn(f"warning: checkpoint {self._step_dir(bad)} {why}; {continuing} step {candidate}")
+      self._untrusted.update(bad for bad, _ in skipped)
+      return value, candidate
+    bad, why = skipped[0]
+    if step is not None:
+      then = "pass another step, or none for the newest good one"
+    elif len(skipped) > 1:
+      then = f"the {len(skipped) - 1} older one(s) are not good either"
+    else:
+      then = "there is no older checkpoint to fall back to"
+    raise CheckpointError(f"checkpoint {self._step_dir(bad)} {why}; {then}")
+
+  def _manifest(self, step: int, abstract: Any, within: str) -> dict | None:
+    """The step's checksum manifest after checking it describes `abstract`'s tree; None for an
+    earlier version's checkpoint (said in one line: it restores unverified)."""
+    try:
+      manifest = integrity.read_manifest(self.model_dir, step)
+    except CheckpointError as e:
+      raise _Untrusted(f"is untrusted: {e}") from None
+    if manifest is None:
+      self._warn(f"note: checkpoint {self._step_dir(step)} has no checksums (an earlier version wrote it): unverified")
+      return None
+    mismatch = integrity.structure_mismatch(manifest, abstract, within)
+    if mismatch:  # not corruption: every checkpoint of this run would differ alike, so stop here
       raise CheckpointError(
-        f"{self.model_dir / CHECKPOINTS_DIR}/{step}: cannot restore the trained parameters "
-        f"({first_line(e, typed=True)}); is TRAINABLE_PARAMS / PROMPT_LENGTH as in "
-        f"training?"
-      ) from None
-    return restored[STATE_ITEM][PARAMS_KEY], step
+        f"checkpoint {self._step_dir(step)} does not fit this run: {mismatch}; was MODEL_DIR trained with "
+        f"another model, prompt length, TRAINABLE_PARAMS or optimizer?"
+      )
+    return manifest
+
+  def _unreadable(self, error: Exception, manifest: dict | None) -> str:
+    # Without a manifest a failed read may also be another run's tree; say so as before.
+    hint = "" if manifest else " (or was the run started with another model, prompt length or optimizer?)"
+    return f"cannot be read ({first_line(error, typed=True)}){hint}"
+
+  def _verify(self, manifest: dict | None, restored: Any, position: int | None = None) -> None:
+    problem = manifest and integrity.verify(manifest, restored, position)
+    if problem:
+      raise _Untrusted(f"is corrupt: {problem}")
+
+  def _repair_prompts(self, restored_step: int, restored_params: Any) -> None:
+    """Rewrites the prompt .npy of every kept checkpoint whose file is missing, unreadable or differs.
+
+    A kill between a checkpoint's commit and its .npy write leaves exactly that. The decision is
+    taken on every process alike (a restore is collective); process 0 writes.
+    """
+    prompt = flatten(restored_params).get("prompt/prompt")
+    if prompt is None:
+      return
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), restored_params)
+    broken = []
+    for step in sorted(self.manager.all_steps()):
+      if step in self._untrusted or step > restored_step:
+        continue
+      try:
+        manifest = integrity.read_manifest(self.model_dir, step)
+      except CheckpointError:
+        continue  # an older checkpoint found bad later; nothing to rewrite from
+      expected = manifest["leaves"].get(integrity.PROMPT_LEAF) if manifest else None
+      problem = integrity.prompt_file_problem(self._prompt_path(step), expected, np.shape(prompt))
+      if problem:
+        broken.append((step, problem))
+    if broken and jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("prompt_tuning:prompt_files_checked")  # read before anyone writes
+    for step, problem in broken:
+      try:
+        params = restored_params if step == restored_step else self._restore_params_at(abstract, step)
+      except (_Untrusted, CheckpointError) as e:
+        self._warn(f"warning: cannot rewrite {self._prompt_path(step)} ({problem}): checkpoint {step} {e}")
+        continue
+      if jax.process_index() == 0:
+        self._export_prompt(step, params)
+      self._warn(f"note: rewrote {self._prompt_path(step)} ({problem}) from checkpoint {self._step_dir(step)}")
 
   def _export_prompt(self, step: int, trainable: Any) -> None:
+    """Writes prompts/step_<step>.npy, whole or not at all (process 0)."""
     prompt = flatten(trainable).get("prompt/prompt")
     if prompt is None or jax.process_index() != 0:
       return
-    out = self.model_dir / PROMPTS_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / f"step_{step}.npy").open("wb") as f:
-      np.save(f, np.asarray(jax.device_get(prompt), np.float32))
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(prompt, np.float32))
+    atomic.write_bytes(self._prompt_path(step), buffer.getvalue())
+
+  def _prompt_path(self, step: int) -> epath.Path:
+    return self.model_dir / PROMPTS_DIR / f"step_{step}.npy"
+
+  def _step_dir(self, step: int) -> epath.Path:
+    return self.model_dir / CHECKPOINTS_DIR / str(step)
 
   def close(self) -> None:
     self.manager.close()
@@ -206,7 +389,7 @@ def restore_trained(model_dir: str, params: dict, trainable_params: str, step: i
   """
   trainable, frozen = param_tree.split_trainable(params, trainable_params)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), trainable)
-  checkpointer = TrainCheckpointer(model_dir, save_period=0, keep=None)
+  checkpointer = TrainCheckpointer(model_dir, save_period=0, keep=None, read_only=True)
   try:
     restored, step = checkpointer.restore_params(abstract, step)
   finally:

@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from prompt_tuning import faults, param_tree, partitioning
+from prompt_tuning.checkpoints import lock
 from prompt_tuning.checkpoints.train_state import (
   RunConfig,
   TrainCheckpointer,
@@ -78,11 +79,25 @@ def train(
     TrainResult: the final step, the frozen model's config, the trained and frozen parameters
     (host numpy), the last evaluation and the path of the prompt .npy.
   """
-  steps = training.steps
   # Before anything is built or written: a MODEL_DIR that cannot be written, a batch the devices
   # do not split; resuming, the prompt and frozen model MODEL_DIR was trained with (in build).
   preflight.writable_model_dir(model_dir)
   preflight.batch_divides(training.batch_size, mesh.make())
+  with lock.hold(model_dir):  # MODEL_DIR/train.lock throughout: one trainer per MODEL_DIR (checkpoints/lock.py)
+    return _train(model, task, model_dir, training, evaluation, mesh, progress)
+
+
+def _train(
+  model: ModelSpec,
+  task: TaskSpec,
+  model_dir: str,
+  training: TrainSpec,
+  evaluation: EvaluationSpec,
+  mesh: MeshSpec,
+  progress: bool,
+) -> TrainResult:
+  """train()'s work, holding MODEL_DIR's lock."""
+  steps = training.steps
   resuming = preflight.has_checkpoints(model_dir)
   # Process 0 alone prints: the phase lines, the progress bar, and (below) writes metrics and prompts.
   bar = ProgressBar(steps, enabled=progress and jax.process_index() == 0)
@@ -114,7 +129,8 @@ def train(
   if latest is not None:
     restored, position = checkpointer.restore(jax.tree.map(np.asarray, state.to_checkpoint()))
     state = TrainState.from_checkpoint(restored)
-    bar.note(f"resuming at step {int(state.step)} from checkpoint {checkpoint_dir(model_dir, latest)}")
+    # The newest good checkpoint: a corrupt latest one is skipped with a warning (checkpoints/integrity.py).
+    bar.note(f"resuming at step {int(state.step)} from checkpoint {checkpoint_dir(model_dir, int(state.step))}")
   start = int(state.step)
   if start > steps:  # legal but odd: say so and change nothing (no evaluation, no metrics written)
     checkpointer.close()

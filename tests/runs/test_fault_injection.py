@@ -158,9 +158,6 @@ def test_kill_9_anywhere_then_resume_ends_bit_identical(runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-  strict=True, reason="the resumed run's prompt repair is survive-files' (issue 12, item 3): remove on merge"
-)
 def test_kill_9_between_commit_and_prompt_write_leaves_every_checkpoint_its_prompt(runs):
   model_dir, committed = runs["killed"], runs["committed"]
   assert committed in _checkpoint_steps(model_dir)

@@ -120,7 +120,7 @@ def test_readme_names_every_gin_configurable_with_its_code():
     row = rows.get(fn.__module__)
     assert row is not None, f"README's gin names table lacks {fn.__module__}"
     assert f"`{fn.__name__}`" in row, (fn.__module__, fn.__name__)
-    path = inspect.getsourcefile(fn)
+    path = inspect.getsourcefile(inspect.unwrap(fn))
     assert row.rstrip(" |").endswith("`") and os.path.basename(path) in row, (row, path)
 
 
