@@ -39,13 +39,12 @@ FORMAT = "prompt-tuning/bundle/1"
 SUFFIX = ".safetensors"
 _METADATA_KEY = "prompt_tuning"
 _TENSOR = "prompt"
-# T5Config fields that say how, not what, the model computes: a bundle fits whatever they are.
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "dropout_rate", "attention_impl", "remat_policy")
 
 
 def architecture(config: T5Config) -> dict[str, Any]:
-  """The fields of `config` that decide what a prompt means to the model (not dtypes or speed knobs)."""
-  return {k: v for k, v in config.to_dict().items() if k not in _RUNTIME_FIELDS}
+  """The fields of `config` that decide what a prompt means to the model (not dtypes or speed knobs), as
+  JSON stores them."""
+  return json.loads(json.dumps(config.architecture()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +159,7 @@ def check_fits(bundle: PromptBundle, config: T5Config, fingerprint: str, source:
 
   An empty fingerprint on either side (unknown) checks the architecture alone.
   """
-  here = json.loads(json.dumps(architecture(config)))  # as stored: tuples are lists
+  here = architecture(config)
   if bundle.prompt.shape[-1] != config.emb_dim:
     raise CheckpointError(
       f"{source}: the prompt is {bundle.prompt.shape[-1]} wide (trained on a model with emb_dim "

@@ -15,7 +15,6 @@ run's config.gin names the sizes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -34,7 +33,6 @@ from prompt_tuning.param_tree import flatten
 
 ConfigSpec = str | T5Config | RandomInitConfig | None
 # Fields that describe how a run computes, not the checkpoint's architecture.
-_RUN_FIELDS = ("dropout_rate", "dtype", "param_dtype", "attention_impl", "remat_policy")
 
 _STEP_DIR = re.compile(r"^checkpoint_\d+$")
 
@@ -109,9 +107,7 @@ def _announce(message: str) -> None:
 
 def _architecture_diff(given: T5Config, own: T5Config) -> list[str]:
   return [
-    f"{f.name}={getattr(given, f.name)!r} (the checkpoint's: {getattr(own, f.name)!r})"
-    for f in dataclasses.fields(T5Config)
-    if f.name not in _RUN_FIELDS and getattr(given, f.name) != getattr(own, f.name)
+    f"{name}={mine!r} (the checkpoint's: {theirs!r})" for name, mine, theirs in given.architecture_differences(own)
   ]
 
 

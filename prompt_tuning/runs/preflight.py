@@ -16,7 +16,6 @@ write failures are reported when they happen.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 from typing import Any
@@ -27,24 +26,9 @@ from etils import epath
 from prompt_tuning import partitioning
 from prompt_tuning.checkpoints.train_state import CHECKPOINTS_DIR, read_run_config
 from prompt_tuning.errors import RunError, doing
-from prompt_tuning.models.t5.config import T5Config
 
 # What MODEL_DIR's own files and folders are: each that exists must be writable too.
 _WRITTEN = (CHECKPOINTS_DIR, "prompts", "tensorboard", "metrics.jsonl", "run_config.json", "config.gin")
-# The T5Config fields that make a frozen model another model (dtypes and speed knobs do not).
-ARCHITECTURE_FIELDS = (
-  "vocab_size",
-  "emb_dim",
-  "num_heads",
-  "head_dim",
-  "mlp_dim",
-  "num_encoder_layers",
-  "num_decoder_layers",
-  "mlp_activations",
-  "logits_via_embedding",
-  "relative_attention_num_buckets",
-  "relative_attention_max_distance",
-)
 
 
 def _remote(path: str) -> bool:
@@ -157,7 +141,7 @@ def same_run(model_dir: str, prompt_length: int, prompt_placement: str, trainabl
       )
   if config is None:
     return
-  for field, was, now in _architecture_differences(previous.model_config, config):
+  for field, was, now in previous.model_config.architecture_differences(config):
     source = (
       f"INITIAL_CHECKPOINT_PATH={previous.initial_checkpoint_path!r}"
       if previous.initial_checkpoint_path
@@ -167,13 +151,3 @@ def same_run(model_dir: str, prompt_length: int, prompt_placement: str, trainabl
       f"MODEL_DIR {model_dir} was trained on a frozen model with {field}={was!r} ({source}), "
       f"this run's has {field}={now!r}: use the model it was trained with (or another MODEL_DIR)"
     )
-
-
-def _architecture_differences(was: T5Config, now: T5Config) -> list[tuple[str, Any, Any]]:
-  before, after = dataclasses.asdict(was), dataclasses.asdict(now)
-  normal = lambda value: tuple(value) if isinstance(value, list) else value  # noqa: E731 - JSON has lists
-  return [
-    (field, before[field], after[field])
-    for field in ARCHITECTURE_FIELDS
-    if normal(before[field]) != normal(after[field])
-  ]

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 _DTYPES = ("float32", "bfloat16", "float16")
+# Fields that say how a model runs, not which model it is: a checkpoint or a prompt fits whatever they are.
+RUNTIME_FIELDS = ("dtype", "param_dtype", "dropout_rate", "attention_impl", "remat_policy")
 _ACTIVATIONS = ("relu", "gelu", "silu", "linear")
 _ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 _REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -84,6 +86,15 @@ class T5Config:
   @property
   def parameter_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.param_dtype)
+
+  def architecture(self) -> dict[str, Any]:
+    """The fields that make it this model (all but RUNTIME_FIELDS: dtypes, dropout, speed knobs)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUNTIME_FIELDS}
+
+  def architecture_differences(self, other: "T5Config") -> list[tuple[str, Any, Any]]:
+    """[(field, self's value, other's value)] for every architecture field where they differ."""
+    mine, theirs = self.architecture(), other.architecture()
+    return [(name, mine[name], theirs[name]) for name in mine if mine[name] != theirs[name]]
 
   def replace(self, **changes: Any) -> "T5Config":
     return dataclasses.replace(self, **changes)
