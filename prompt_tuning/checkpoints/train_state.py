@@ -25,6 +25,7 @@ import numpy as np
 from etils import epath
 
 from prompt_tuning import atomic, faults, param_tree, partitioning
+from prompt_tuning.checkpoints import bundle as bundle_lib
 from prompt_tuning.checkpoints import integrity, t5x
 from prompt_tuning.checkpoints.structure import CheckpointError, check_params
 from prompt_tuning.errors import first_line
@@ -143,6 +144,8 @@ class TrainCheckpointer:
       never counts a checkpoint found corrupt, so the last good one is never rotated away.
     read_only: for evaluate and infer: creates no directory, deletes and rewrites nothing.
     warn: where the one-line warnings and notes go (default: stderr, process 0 only).
+    bundle: the record of the run's prompt (checkpoints/bundle.py; its `prompt` is ignored): with
+      it, every saved prompt is also written as prompts/step_<n>.safetensors, a bundle.
   """
 
   def __init__(
@@ -153,6 +156,7 @@ class TrainCheckpointer:
     keep: int | None = 3,
     read_only: bool = False,
     warn: Callable[[str], None] = _say,
+    bundle: bundle_lib.PromptBundle | None = None,
   ):
     import orbax.checkpoint as ocp
 
@@ -163,6 +167,7 @@ class TrainCheckpointer:
     self.keep = keep
     self.read_only = read_only
     self._warn = warn
+    self._bundle = bundle
     self._untrusted: set[int] = set()  # steps this process found bad: replaced by a new save, never kept
     # Rotation is ours (`_rotate`), not orbax's: orbax would delete before the new step's files
     # are complete, and would count checkpoints found corrupt.
@@ -176,8 +181,11 @@ class TrainCheckpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state_tree: dict, data_position: int, *, force: bool = False) -> bool:
-    """Saves at multiples of save_period (or when forced): checksums, the orbax checkpoint, the prompt .npy."""
+  def save(
+    self, step: int, state_tree: dict, data_position: int, *, force: bool = False, metrics: dict | None = None
+  ) -> bool:
+    """Saves at multiples of save_period (or when forced): checksums, the orbax checkpoint, the prompt .npy
+    (and bundle, with `metrics`: the evaluation of this step, if there was one)."""
     if not force and (self.save_period <= 0 or step % self.save_period):
       return False
     if step in self.manager.all_steps():
@@ -202,7 +210,7 @@ class TrainCheckpointer:
     )
     self.manager.wait_until_finished()
     faults.point("checkpoint_committed", step)  # test-only (prompt_tuning/faults.py)
-    self._export_prompt(step, host_tree[PARAMS_KEY])
+    self._export_prompt(step, host_tree[PARAMS_KEY], metrics)
     self._rotate()
     return True
 
@@ -346,6 +354,7 @@ class TrainCheckpointer:
         continue  # an older checkpoint found bad later; nothing to rewrite from
       expected = manifest["leaves"].get(integrity.PROMPT_LEAF) if manifest else None
       problem = integrity.prompt_file_problem(self._prompt_path(step), expected, np.shape(prompt))
+      problem = problem or self._bundle_problem(step, expected)
       if problem:
         broken.append((step, problem))
     if broken and jax.process_count() > 1:
@@ -362,17 +371,40 @@ class TrainCheckpointer:
         self._export_prompt(step, params)
       self._warn(f"note: rewrote {self._prompt_path(step)} ({problem}) from checkpoint {self._step_dir(step)}")
 
-  def _export_prompt(self, step: int, trainable: Any) -> None:
-    """Writes prompts/step_<step>.npy, whole or not at all (process 0)."""
+  def _export_prompt(self, step: int, trainable: Any, metrics: dict | None = None) -> None:
+    """Writes prompts/step_<step>.npy and, with a bundle record, its bundle; each whole or not at all
+    (process 0)."""
     prompt = flatten(trainable).get("prompt/prompt")
     if prompt is None or jax.process_index() != 0:
       return
+    prompt = np.asarray(prompt, np.float32)
     buffer = io.BytesIO()
-    np.save(buffer, np.asarray(prompt, np.float32))
+    np.save(buffer, prompt)
     atomic.write_bytes(self._prompt_path(step), buffer.getvalue())
+    if self._bundle is not None and prompt.ndim == 2:
+      bundle = dataclasses.replace(self._bundle, prompt=prompt, step=step, metrics=dict(metrics or {}))
+      atomic.write_bytes(self._bundle_path(step), bundle.to_bytes())
+
+  def _bundle_problem(self, step: int, expected: Any) -> str | None:
+    """Why prompts/step_<step>.safetensors must be rewritten (missing, unreadable, another prompt), or None."""
+    if self._bundle is None:
+      return None
+    path = self._bundle_path(step)
+    if not path.exists():
+      return "its bundle is missing"
+    try:
+      prompt = bundle_lib.PromptBundle.from_bytes(path.read_bytes(), str(path)).prompt
+    except (CheckpointError, OSError) as e:
+      return f"its bundle is unreadable: {first_line(e)}"
+    if expected is not None and integrity.leaf_checksum(prompt)["sha256"] != expected["sha256"]:
+      return "its bundle holds another prompt"
+    return None
 
   def _prompt_path(self, step: int) -> epath.Path:
     return self.model_dir / PROMPTS_DIR / f"step_{step}.npy"
+
+  def _bundle_path(self, step: int) -> epath.Path:
+    return self.model_dir / PROMPTS_DIR / f"step_{step}{bundle_lib.SUFFIX}"
 
   def _step_dir(self, step: int) -> epath.Path:
     return self.model_dir / CHECKPOINTS_DIR / str(step)

@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from prompt_tuning import faults, param_tree, partitioning
+from prompt_tuning.checkpoints import bundle as bundle_lib
 from prompt_tuning.checkpoints import lock
 from prompt_tuning.checkpoints.train_state import (
   RunConfig,
@@ -123,7 +124,17 @@ def _train(
     jax.sharding.NamedSharding(device_mesh, jax.sharding.PartitionSpec()),
   )
 
-  checkpointer = TrainCheckpointer(model_dir, save_period=training.save_period, keep=training.keep)
+  # Every saved prompt also travels as a bundle: the record of the frozen model it belongs to.
+  record = bundle_lib.PromptBundle(
+    prompt=np.zeros((0, setup.config.emb_dim), np.float32),
+    config=bundle_lib.architecture(setup.config),
+    fingerprint=param_tree.fingerprint(setup.params),
+    placement=model.prompt.placement,
+    task=setup.task.name,
+    vocabulary_path=getattr(setup.task.vocabulary, "path", None) or task.vocabulary_path,
+    feature_lengths=dict(task.feature_lengths),
+  )
+  checkpointer = TrainCheckpointer(model_dir, save_period=training.save_period, keep=training.keep, bundle=record)
   position = 0
   latest = checkpointer.latest_step()
   if latest is not None:
@@ -248,7 +259,9 @@ def _train(
           writer.write(done, eval_metrics, prefix="eval")
           logging.info("step %d eval: %s", done, eval_metrics)
         # On every process: orbax coordinates the hosts (and writes each array once).
-        checkpointer.save(done, state.to_checkpoint(), position, force=done == steps or stop)
+        checkpointer.save(
+          done, state.to_checkpoint(), position, force=done == steps or stop, metrics=eval_metrics if evaluate else None
+        )
         if stop:
           raise preempt.stopped(done, checkpoint_dir(model_dir, done))
   finally:  # also on divergence or preemption: what was written is flushed, orbax shuts down

@@ -100,3 +100,24 @@ def test_what_is_not_a_bundle_is_one_line(frozen, tmp_path):
     with pytest.raises(CheckpointError) as error:
       bundle_lib.read_bundle(str(path))
     assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_training_checkpoints_write_bundles_and_resume_rewrites_a_lost_one(frozen, tmp_path):
+  from prompt_tuning.checkpoints.train_state import TrainCheckpointer
+
+  record = _bundle(frozen, step=None, metrics={})
+  tree = {"step": np.asarray(1, np.int32), "params": {"prompt": {"prompt": record.prompt}}, "opt_state": ()}
+  checkpointer = TrainCheckpointer(str(tmp_path), save_period=1, keep=None, warn=lambda m: None, bundle=record)
+  checkpointer.save(1, tree, 0, metrics={"decode/accuracy": 50.0})
+  checkpointer.close()
+  path = tmp_path / "prompts" / "step_1.safetensors"
+  written = bundle_lib.read_bundle(str(path))
+  assert (written.step, written.metrics, written.task) == (1, {"decode/accuracy": 50.0}, "quickstart_sentiment")
+  np.testing.assert_array_equal(written.prompt, record.prompt)
+  path.unlink()  # a kill between the checkpoint's commit and its bundle
+  notes = []
+  checkpointer = TrainCheckpointer(str(tmp_path), save_period=1, keep=None, warn=notes.append, bundle=record)
+  checkpointer.restore(tree)
+  checkpointer.close()
+  np.testing.assert_array_equal(bundle_lib.read_bundle(str(path)).prompt, record.prompt)
+  assert len(notes) == 1 and "its bundle is missing" in notes[0], notes

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import faults
+from prompt_tuning.checkpoints import bundle as bundle_lib
 from prompt_tuning.checkpoints.train_state import CHECKPOINTS_DIR, PROMPTS_DIR, STATE_ITEM
 
 STEPS, SAVE_PERIOD = 12, 3
@@ -153,7 +154,8 @@ def test_kill_9_anywhere_then_resume_ends_bit_identical(runs):
   model_dir = runs["killed"]
   _assert_same_end(model_dir, runs["straight"])
   for name in os.listdir(os.path.join(model_dir, PROMPTS_DIR)):  # every prompt file there loads
-    prompt = np.load(os.path.join(model_dir, PROMPTS_DIR, name), allow_pickle=False)
+    path = os.path.join(model_dir, PROMPTS_DIR, name)
+    prompt = bundle_lib.read_bundle(path).prompt if name.endswith(".safetensors") else np.load(path, allow_pickle=False)
     assert prompt.shape == (4, 128) and np.isfinite(prompt).all(), name
 
 
@@ -200,6 +202,8 @@ def test_an_infinite_learning_rate_stops_before_writing_anything_non_finite(runs
     for name in files:
       if name.endswith(".npy"):
         assert np.isfinite(np.load(os.path.join(root, name))).all(), name
+      if name.endswith(".safetensors"):
+        assert np.isfinite(bundle_lib.read_bundle(os.path.join(root, name)).prompt).all(), name
   for step in _checkpoint_steps(diverging):
     for name, value in _checkpoint_arrays(diverging, step).items():
       assert not np.issubdtype(value.dtype, np.floating) or np.isfinite(value).all(), (step, name)

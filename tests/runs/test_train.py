@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import param_tree, prompt_init
+from prompt_tuning.checkpoints import bundle as bundle_lib
 from prompt_tuning.checkpoints import hf
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
@@ -60,6 +61,13 @@ def test_prompt_training_keeps_the_loaded_model_bit_identical(hf_checkpoint, tmp
   trained = result.trainable["prompt"]["prompt"]
   assert trained.shape == (5, 32) and not np.allclose(trained, initial)
   np.testing.assert_array_equal(np.load(result.prompt_path), trained)
+  # The same prompt as a bundle, with the record of the frozen model and the run (issue 13).
+  bundle = bundle_lib.read_bundle(str(tmp_path / "run" / "prompts" / "step_4.safetensors"))
+  np.testing.assert_array_equal(bundle.prompt, trained)
+  assert (bundle.task, bundle.step, bundle.placement) == (TASK, 4, "prefix")
+  assert bundle.fingerprint == param_tree.fingerprint(loaded) and bundle.feature_lengths == LENGTHS
+  assert bundle.metrics == result.eval_metrics  # the evaluation of the step it was saved at
+  bundle_lib.check_fits(bundle, result.config, param_tree.fingerprint(loaded), "step_4")
   # The checkpoint holds the prompt and its optimizer state, never the frozen model.
   size = sum(
     os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(tmp_path / "run" / "checkpoints") for f in files
@@ -80,7 +88,12 @@ def test_resuming_gives_the_same_prompt_as_one_uninterrupted_run(tmp_path, capsy
   assert f"resuming at step 3 from checkpoint {tmp_path / 'split' / 'checkpoints' / '3'}" in said  # announced
   assert resumed.step == whole.step == 6
   np.testing.assert_array_equal(resumed.trainable["prompt"]["prompt"], whole.trainable["prompt"]["prompt"])
-  assert sorted(os.listdir(tmp_path / "split" / "prompts")) == ["step_3.npy", "step_6.npy"]
+  assert sorted(os.listdir(tmp_path / "split" / "prompts")) == [
+    "step_3.npy",
+    "step_3.safetensors",
+    "step_6.npy",
+    "step_6.safetensors",
+  ]
 
 
 @pytest.mark.slow
