@@ -13,6 +13,7 @@ COMMANDS = {
   "evaluate": ("prompt_tuning.cli.evaluate", "score the trained prompt in MODEL_DIR with the task's metrics"),
   "infer": ("prompt_tuning.cli.infer", "write predictions of the trained prompt as JSONL"),
   "convert": ("prompt_tuning.cli.convert", "convert an HF or t5x checkpoint to the native format"),
+  "export": ("prompt_tuning.cli.export", "write a trained prompt as a HuggingFace PEFT adapter"),
   "generate": ("prompt_tuning.cli.generate", "decode inputs with a checkpoint (default: built-in tiny model)"),
   "tasks": ("prompt_tuning.cli.tasks", "list registered tasks and mixtures (with splits and metrics)"),
   "bench": ("prompt_tuning.cli.bench", "time one prompt-tuning step: ours vs HF PEFT, same config"),

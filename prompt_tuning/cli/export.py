@@ -1,0 +1,63 @@
+"""`prompt-tuning export --peft SRC OUT`: a trained prompt as a HuggingFace PEFT prompt-tuning adapter.
+
+SRC is a prompt bundle (prompts/step_<n>.safetensors, written by training) or a MODEL_DIR (its
+latest bundle). OUT is a new folder holding adapter_config.json and adapter_model.safetensors,
+which `PeftModel.from_pretrained(t5, OUT)` loads; on the same frozen T5 it computes what we do.
+
+  prompt-tuning export --peft quickstart_model ./quickstart_peft --base_model ./t5-small-hf
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from etils import epath
+
+from prompt_tuning.checkpoints import bundle as bundle_lib
+from prompt_tuning.checkpoints.structure import CheckpointError
+from prompt_tuning.checkpoints.train_state import PROMPTS_DIR
+
+_STEP = re.compile(r"^step_(\d+)" + re.escape(bundle_lib.SUFFIX) + "$")
+
+
+def latest_bundle(source: str) -> str:
+  """`source` if it is a bundle (or a PEFT adapter folder), else a MODEL_DIR's newest bundle."""
+  path = epath.Path(source)
+  prompts = path / PROMPTS_DIR
+  if not path.is_dir() or (path / bundle_lib.PEFT_CONFIG).exists() or not prompts.is_dir():
+    return source
+  steps = sorted((int(m.group(1)), p.name) for p in prompts.iterdir() if (m := _STEP.match(p.name)))
+  if not steps:
+    raise CheckpointError(f"{prompts}: no prompt bundle (step_<n>{bundle_lib.SUFFIX}); was it trained by 0.2 or later?")
+  return str(prompts / steps[-1][1])
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+    prog="prompt-tuning export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument("--peft", action="store_true", required=True, help="write a PEFT prompt-tuning adapter")
+  parser.add_argument("src", help="a prompt bundle, or a MODEL_DIR (its latest bundle)")
+  parser.add_argument("out", help="new folder for the adapter")
+  parser.add_argument("--base_model", default="", help="recorded as the adapter's base_model_name_or_path")
+  return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+  args = parse(argv)
+  try:
+    source = latest_bundle(args.src)
+    bundle = bundle_lib.read_bundle(source)
+    out = bundle_lib.export_peft(bundle, args.out, base_model_name_or_path=args.base_model)
+  except (CheckpointError, OSError) as e:
+    print(f"prompt-tuning export: error: {e}", file=sys.stderr)
+    return 1
+  step = f" (step {bundle.step})" if bundle.step is not None else ""
+  print(f"wrote PEFT adapter {out} from {source}{step}: {bundle.prompt.shape[0]} virtual tokens")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
