@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import struct
 import uuid
 from typing import Any, Mapping
@@ -152,6 +153,19 @@ def read_bundle(path: str) -> PromptBundle:
   if source.is_dir():
     raise CheckpointError(f"{path}: a folder without {PEFT_CONFIG}, neither a bundle nor a PEFT adapter")
   return PromptBundle.from_bytes(source.read_bytes(), str(path))
+
+
+def latest_bundle(source: str, prompts_dir: str = "prompts") -> str:
+  """`source` if it is a bundle (or a PEFT adapter folder), else the newest bundle of MODEL_DIR `source`."""
+  path = epath.Path(source)
+  prompts = path / prompts_dir
+  if not path.is_dir() or (path / PEFT_CONFIG).exists() or not prompts.is_dir():
+    return source
+  pattern = re.compile(r"^step_(\d+)" + re.escape(SUFFIX) + "$")
+  steps = sorted((int(m.group(1)), p.name) for p in prompts.iterdir() if (m := pattern.match(p.name)))
+  if not steps:
+    raise CheckpointError(f"{prompts}: no prompt bundle (step_<n>{SUFFIX}); was it trained by 0.2 or later?")
+  return os.fspath(prompts / steps[-1][1])
 
 
 def check_fits(bundle: PromptBundle, config: T5Config, fingerprint: str, source: str) -> None:

@@ -10,28 +10,11 @@ which `PeftModel.from_pretrained(t5, OUT)` loads; on the same frozen T5 it compu
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-
-from etils import epath
 
 from prompt_tuning.checkpoints import bundle as bundle_lib
 from prompt_tuning.checkpoints.structure import CheckpointError
 from prompt_tuning.checkpoints.train_state import PROMPTS_DIR
-
-_STEP = re.compile(r"^step_(\d+)" + re.escape(bundle_lib.SUFFIX) + "$")
-
-
-def latest_bundle(source: str) -> str:
-  """`source` if it is a bundle (or a PEFT adapter folder), else a MODEL_DIR's newest bundle."""
-  path = epath.Path(source)
-  prompts = path / PROMPTS_DIR
-  if not path.is_dir() or (path / bundle_lib.PEFT_CONFIG).exists() or not prompts.is_dir():
-    return source
-  steps = sorted((int(m.group(1)), p.name) for p in prompts.iterdir() if (m := _STEP.match(p.name)))
-  if not steps:
-    raise CheckpointError(f"{prompts}: no prompt bundle (step_<n>{bundle_lib.SUFFIX}); was it trained by 0.2 or later?")
-  return str(prompts / steps[-1][1])
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -48,7 +31,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
   args = parse(argv)
   try:
-    source = latest_bundle(args.src)
+    source = bundle_lib.latest_bundle(args.src, PROMPTS_DIR)
     bundle = bundle_lib.read_bundle(source)
     out = bundle_lib.export_peft(bundle, args.out, base_model_name_or_path=args.base_model)
   except (CheckpointError, OSError) as e:

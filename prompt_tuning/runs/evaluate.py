@@ -39,6 +39,8 @@ def evaluate(
   progress: a line on stderr before each quiet phase (loading, evaluating), on process 0.
   Returns the metrics (see Evaluator.evaluate) and 'step' (an int).
   """
+  if model.bundles:  # not silently MODEL_DIR's prompt instead
+    raise ValueError("PROMPT_BUNDLES is read by infer (one batch, many prompts); evaluate scores MODEL_DIR's prompt")
   note = phase_lines(progress)
   # Before loading anything: the metrics go to MODEL_DIR, so a read-only one fails now, not after scoring.
   preflight.writable_model_dir(preflight.trained_model_dir(model_dir))

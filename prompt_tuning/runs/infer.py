@@ -15,6 +15,7 @@ from absl import logging
 from prompt_tuning.data.task import get_leaderboard
 from prompt_tuning.errors import doing
 from prompt_tuning.evaluation import write_predictions
+from prompt_tuning.runs import bundles as bundles_lib
 from prompt_tuning.runs import preflight
 from prompt_tuning.runs import setup as setup_lib
 from prompt_tuning.runs.evaluate import phase_lines
@@ -37,7 +38,8 @@ def infer(
 
   evaluation: the split, batch size and decoding (rank classification is not used here).
   checkpoint_step: which saved step (None: the latest).
-  output_path: default MODEL_DIR/inference/<task>-<split>-step<N>.jsonl.
+  output_path: default MODEL_DIR/inference/<task>-<split>-step<N>.jsonl (with model.bundles:
+    <task>-<split>-bundles.jsonl; MODEL_DIR then needs no checkpoint).
   leaderboard_dir: SuperGLUE tasks (alone or in a mixture) also get their submission files there
     (BoolQ.jsonl, CB.jsonl, ...), from the same predictions.
   progress: a line on stderr before each quiet phase (loading, decoding), on process 0.
@@ -45,15 +47,20 @@ def infer(
   if leaderboard_dir:  # before loading anything, on every process
     leaderboard_members(resolve_task(task.name, task.module, task.vocabulary_path))
   note = phase_lines(progress)
-  preflight.trained_model_dir(model_dir)
+  if not model.bundles:
+    preflight.trained_model_dir(model_dir)
   if not output_path:  # the predictions go to MODEL_DIR: a read-only one fails now, not after decoding
     preflight.writable_model_dir(model_dir)
   split = evaluation.split
-  setup, step = setup_lib.build_trained(
-    model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note, splits=[split]
-  )
+  if model.bundles:  # several trained prompts, one table, batches mixing the tasks
+    setup, name = bundles_lib.build(model, task, mesh, note=note, splits=[split]), "bundles"
+  else:
+    setup, step = setup_lib.build_trained(
+      model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note, splits=[split]
+    )
+    name = f"step{step}"
   evaluator = setup_lib.evaluator(setup, task, evaluation, rank_classification=False)
-  path = output_path or os.path.join(model_dir, "inference", f"{setup.task.name}-{split}-step{step}.jsonl")
+  path = output_path or os.path.join(model_dir, "inference", f"{setup.task.name}-{split}-{name}.jsonl")
   note(f"predicting {setup.task.name} {split} with {evaluator.decoding}")
   records = list(evaluator.predictions(setup.params, split))
   with doing(f"write the predictions to {path}"):

@@ -37,6 +37,7 @@ class Setup:
   params: the T5 weights (t5x names) plus {'prompt': {'prompt': [p, embed] float32}}; host numpy
     from `build`, placed on `mesh` from `build_trained`.
   config: the frozen model's T5Config, in the run's dtypes.
+  prompt_ids: with a table of prompts ([k, p, embed], runs/bundles.py), {task name: its row}.
   """
 
   mesh: jax.sharding.Mesh
@@ -44,6 +45,7 @@ class Setup:
   model: EncoderDecoderModel
   config: T5Config
   params: dict
+  prompt_ids: dict[str, int] | None = None
 
 
 def _quiet(message: str) -> None:
@@ -178,4 +180,5 @@ def evaluator(
     rank_classification=evaluation.rank_classification if rank_classification is None else rank_classification,
     mesh=setup.mesh,
     note=note,
+    prompt_ids=setup.prompt_ids,
   )

@@ -79,6 +79,9 @@ class ModelSpec:
   loss: z-loss, label smoothing and normalization.
   attention_impl, remat_policy: how (not what) the model computes (see T5Config); None keeps the
     config's.
+  bundles: trained prompts to run instead of MODEL_DIR's, {task name: a prompt bundle, a MODEL_DIR
+    (its latest bundle) or a PEFT adapter folder}; `infer` puts them in one table and runs batches
+    mixing the tasks (runs/bundles.py). gin: PROMPT_BUNDLES.
   """
 
   config: str | T5Config | RandomInitConfig | None = None
@@ -90,6 +93,7 @@ class ModelSpec:
   loss: LossConfig = LossConfig()
   attention_impl: str | None = None
   remat_policy: str | None = None
+  bundles: Mapping[str, str] | None = None
 
   def __post_init__(self):
     for name, value in (("ACTIVATION_DTYPE", self.activation_dtype), ("PARAM_DTYPE", self.param_dtype)):
@@ -97,6 +101,12 @@ class ModelSpec:
     _check(
       isinstance(self.checkpoint, str),
       f"INITIAL_CHECKPOINT_PATH must be a path string ('' for random weights), got {self.checkpoint!r}",
+    )
+    bundles = self.bundles
+    _check(
+      bundles is None
+      or (isinstance(bundles, Mapping) and bool(bundles) and all(isinstance(v, str) for v in bundles.values())),
+      f"PROMPT_BUNDLES must map task names to bundle paths, e.g. {{'rte': '/runs/rte'}}, got {bundles!r}",
     )
 
 

@@ -280,6 +280,13 @@ def _init_inputs() -> tuple[Array, Array]:
   return jnp.ones((1, 1), jnp.int32), jnp.ones((1, 1), jnp.int32)
 
 
+def _init(module: nn.Module, rng: Array) -> dict:
+  """module.init on one-token inputs; a prompted module with a table of prompts gets task ids too."""
+  prompt_config = getattr(module, "prompt_config", None)
+  extra = {"task_ids": jnp.zeros((1,), jnp.int32)} if getattr(prompt_config, "num_tasks", None) else {}
+  return module.init(rng, *_init_inputs(), **extra)
+
+
 def init_params(config: T5Config, rng: Array) -> dict:
   """Randomly initialized parameters (t5x initializers), unboxed: a plain nested dict."""
   variables = Transformer(config).init(rng, *_init_inputs())
@@ -289,13 +296,13 @@ def init_params(config: T5Config, rng: Array) -> dict:
 def abstract_module_params(module: nn.Module) -> dict:
   """The parameter tree of a Transformer (or a subclass, e.g. the prompted one) as
   jax.ShapeDtypeStructs, computed without allocating memory."""
-  boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *_init_inputs()))["params"]
+  boxed = jax.eval_shape(lambda: _init(module, jax.random.PRNGKey(0)))["params"]
   return nn.meta.unbox(boxed)
 
 
 def module_logical_axes(module: nn.Module) -> dict:
   """The logical axis names of every parameter, e.g. ('embed', 'joined_kv'), as a nested dict."""
-  boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *_init_inputs()))["params"]
+  boxed = jax.eval_shape(lambda: _init(module, jax.random.PRNGKey(0)))["params"]
   return jax.tree.map(lambda box: tuple(box.names), boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
