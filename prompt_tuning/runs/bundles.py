@@ -19,13 +19,11 @@ from prompt_tuning.checkpoints import bundle as bundle_lib
 from prompt_tuning.checkpoints.structure import check_params
 from prompt_tuning.checkpoints.train_state import PROMPTS_DIR
 from prompt_tuning.data.task import DataError
-from prompt_tuning.errors import doing
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import network
-from prompt_tuning.runs.setup import Setup, frozen_model
+from prompt_tuning.runs.setup import Setup, frozen_model, task_with_splits
 from prompt_tuning.runs.specs import MeshSpec, ModelSpec, TaskSpec
-from prompt_tuning.task_registry import resolve_task
 
 
 def read_bundles(sources: dict[str, str], names: Sequence[str]) -> dict[str, bundle_lib.PromptBundle]:
@@ -44,11 +42,7 @@ def build(
 ) -> Setup:
   """The mesh, the task, and the frozen model with every task's trained prompt in one table (placed)."""
   device_mesh = mesh.make()
-  with doing(f"read the data of task {task.name}"):
-    resolved = resolve_task(task.name, task.module, task.vocabulary_path)
-  missing = [split for split in dict.fromkeys(splits) if split not in resolved.splits]
-  if missing:
-    raise DataError(f"task {resolved.name} has no split {missing[0]!r} (splits: {', '.join(resolved.splits)})")
+  resolved = task_with_splits(task, splits)
   names = [t.name for t in getattr(resolved, "tasks", [resolved])]
   bundles = read_bundles(dict(model.bundles or {}), names)
   placements = sorted({b.placement for b in bundles.values()})

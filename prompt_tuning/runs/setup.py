@@ -80,6 +80,19 @@ def frozen_model(spec: ModelSpec, seed: int = 0) -> tuple[T5Config, dict]:
   return (config.replace(**runtime) if runtime else config), params
 
 
+def task_with_splits(task: TaskSpec, splits: Sequence[str]) -> Task:
+  """The registered task of `task`, checked to have `splits` before anything is loaded (one line if not)."""
+  with doing(f"read the data of task {task.name}"):
+    resolved = resolve_task(task.name, task.module, task.vocabulary_path)
+  missing = [split for split in dict.fromkeys(splits) if split not in resolved.splits]
+  if missing:
+    raise DataError(
+      f"task {resolved.name} has no split {missing[0]!r} (splits: {', '.join(resolved.splits)}); "
+      f"set EvaluationSpec.split to one of them"
+    )
+  return resolved
+
+
 def build(
   model: ModelSpec,
   task: TaskSpec,
@@ -101,14 +114,7 @@ def build(
   device_mesh = mesh.make()
   if trained_in is not None:
     preflight.same_run(trained_in, model.prompt.length, model.prompt.placement, model.trainable_params)
-  with doing(f"read the data of task {task.name}"):
-    resolved = resolve_task(task.name, task.module, task.vocabulary_path)
-  missing = [split for split in dict.fromkeys(splits) if split not in resolved.splits]
-  if missing:
-    raise DataError(
-      f"task {resolved.name} has no split {missing[0]!r} (splits: {', '.join(resolved.splits)}); "
-      f"set EvaluationSpec.split to one of them"
-    )
+  resolved = task_with_splits(task, splits)
   note(
     f"loading the frozen model from {model.checkpoint}"
     if model.checkpoint
