@@ -155,8 +155,9 @@ def read_bundle(path: str) -> PromptBundle:
   return PromptBundle.from_bytes(source.read_bytes(), str(path))
 
 
-def latest_bundle(source: str, prompts_dir: str = "prompts") -> str:
-  """`source` if it is a bundle (or a PEFT adapter folder), else the newest bundle of MODEL_DIR `source`."""
+def latest_bundle(source: str, prompts_dir: str) -> str:
+  """`source` if it is a bundle (or a PEFT adapter folder), else the newest bundle in MODEL_DIR `source`'s
+  `prompts_dir` (train_state.PROMPTS_DIR)."""
   path = epath.Path(source)
   prompts = path / prompts_dir
   if not path.is_dir() or (path / PEFT_CONFIG).exists() or not prompts.is_dir():
