@@ -1,6 +1,8 @@
-"""`prompt-tuning bench`: one prompt-tuning optimizer step, ours vs HF PEFT, same config, same run.
+"""`prompt-tuning bench`: one prompt-tuning optimizer step, ours vs HF PEFT, same config, same run;
+or (--mode infer) decoding and rank classification with one prompt vs a batch mixing k tasks.
 
   prompt-tuning bench                                    # t5_1_1_base, batch 32, 512 = 100 prompt + 412 tokens
+  prompt-tuning bench --mode infer --tasks 8             # greedy decode 8 + rank 2 candidates, 1 vs 8 tasks
   prompt-tuning bench --model t5_1_1_xxl --batch 8 --peft eager --json xxl.json
   prompt-tuning bench --model t5_1_1_xxl --batch 8 --num_partitions 2 --check_rounding
   python -m prompt_tuning.cli.bench --model tiny --dtype float32 --peft none
@@ -91,6 +93,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
     action="store_true",
     help="instead of timing: per-layer gaps of a 1 x --num_partitions mesh vs one device, "
     "float32 and bf16, against a one-ulp prompt nudge (prompt_tuning.bench.rounding)",
+  )
+  parser.add_argument(
+    "--mode",
+    choices=("train", "infer"),
+    default="train",
+    help="train: the optimizer step, ours vs PEFT; infer: decoding (--target_length tokens) and rank "
+    "classification, one prompt vs a table of --tasks prompts mixed in one batch (prompt_tuning.bench.inference)",
+  )
+  parser.add_argument("--tasks", type=int, default=8, help="infer: prompts in the mixed batch")
+  parser.add_argument("--candidates", type=int, default=2, help="infer: rank-classification candidates per example")
+  parser.add_argument(
+    "--vary_prompt_lengths",
+    action="store_true",
+    help="infer: the mixed prompts have lengths spread over [p/2, p], padded and masked",
   )
   parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here as JSON")
   parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -235,6 +251,65 @@ def _check_rounding(cfg: BenchConfig, json_path: str | None) -> int:
   return 0
 
 
+def format_infer_table(data: dict[str, Any]) -> str:
+  cfg, infer, env = data["config"], data["inference"], data["environment"]
+  versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+  lengths = "lengths spread over [p/2, p]" if infer["vary_prompt_lengths"] else "all of the same length"
+  lines = [
+    (
+      f"prompt-tuning bench --mode infer: {cfg['model']} {cfg['dtype']} (attention {cfg['attention_impl']}), "
+      f"batch {cfg['batch']}, input {cfg['input_length']} (prompt {cfg['prompt_length']} + "
+      f"{cfg['input_length'] - cfg['prompt_length']} tokens); greedy decode of {cfg['target_length']} tokens, "
+      f"rank classification of {infer['candidates']} candidates of {cfg['target_length']} "
+      f"tokens; 1 prompt vs {infer['tasks']} prompts ({lengths}) mixed in the batch; "
+      f"{cfg['steps']} timed calls after {cfg['warmup']} warmup"
+    ),
+    f"jax device: {env['jax_device']} x{env['jax_devices']} ({env['jax_platform']}); versions: {versions}",
+    "",
+    f"{'':18s} {'call ms':>10s} {'examples/s':>11s} {'peak GiB':>9s} {'1st call s':>11s}",
+  ]
+  for name, r in data["results"].items():
+    label = name.replace("_", " ")
+    if r["error"]:
+      lines.append(f"{label:18s} {r['error']}")
+      continue
+    lines.append(
+      f"{label:18s} {_cell(r['step_ms'], '10.2f')} {_cell(r['examples_per_s'], '11.2f')} "
+      f"{_cell(r['peak_gib'], '9.2f')} {_cell(r['compile_s'], '11.1f')}"
+    )
+  lines.append("")
+  for name, ratio in data["ratios"].items():
+    lines.append(
+      f"{name + ':':28s} {'-' if ratio is None else f'{ratio:.3f}'}  (examples/s; 1.0: mixing costs nothing)"
+    )
+  return "\n".join(lines)
+
+
+def _infer(cfg: BenchConfig, args: argparse.Namespace) -> int:
+  from prompt_tuning.bench import inference
+
+  if args.peft not in (None, "none"):
+    print("prompt-tuning bench: --mode infer has no PEFT baseline; leave --peft out", file=sys.stderr)
+    return 2
+  try:
+    infer = inference.InferenceConfig(args.tasks, args.candidates, args.vary_prompt_lengths)
+  except ValueError as e:
+    print(f"prompt-tuning bench: {e}", file=sys.stderr)
+    return 2
+  results = inference.run(cfg, infer)
+  data = {
+    "config": dataclasses.asdict(cfg),
+    "inference": dataclasses.asdict(infer),
+    "environment": _environment(peft_ran=False),
+    "results": {_key(r.name): r.to_dict() for r in results},
+    "ratios": inference.ratios(results, infer),
+    "ratio_definition": "examples/s with k tasks mixed in the batch / examples/s with one prompt (1.0: no cost)",
+  }
+  print(format_infer_table(data))
+  _write_json(data, args.json)
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   args = parse(sys.argv[1:] if argv is None else argv)
   # Before JAX initializes a backend: take device memory as needed, so torch is not starved.
@@ -266,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
   if problem:
     print(f"prompt-tuning bench: {problem}", file=sys.stderr)
     return 2
+  if args.mode == "infer":
+    return _infer(cfg, args)
   peft_mode = args.peft or ("both" if peft_baseline.available() else "none")
   if peft_mode != "none" and not peft_baseline.available():
     print(f"prompt-tuning bench: --peft {peft_mode} needs torch, transformers and peft installed", file=sys.stderr)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning.bench import BenchConfig, RunResult, flops, ours, peft_baseline
+from prompt_tuning.bench import BenchConfig, RunResult, flops, inference, ours, peft_baseline
 from prompt_tuning.cli import main as cli
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5.config import get_config
@@ -117,7 +117,7 @@ def test_imports_without_tensorflow_seqio_or_gin():
       for name in ("tensorflow", "seqio", "gin", "tensorflow_datasets"):
         sys.modules[name] = None  # importing any of these now raises ImportError
       import prompt_tuning.cli.bench
-      from prompt_tuning.bench import ours, peft_baseline, flops
+      from prompt_tuning.bench import ours, peft_baseline, flops, inference
       assert "torch" not in sys.modules, "torch must be imported lazily"
       assert not any(m.startswith(("prompt_tuning.data", "prompt_tuning.tasks", "prompt_tuning.gin_utils"))
                      for m in sys.modules)
@@ -148,3 +148,33 @@ def test_random_weights_and_first_loss_do_not_depend_on_the_mesh():
   losses = [float(loss) for _, loss in rows]
   assert losses[0] > 5.0  # ~ln(vocab) for random weights: a real loss, not a placeholder
   np.testing.assert_allclose(losses[1:], losses[0], rtol=1e-5)
+
+
+def test_task_ids_cover_every_task_shuffled():
+  ids = inference.task_ids(32, 8, seed=0)
+  assert np.bincount(ids).tolist() == [4] * 8
+  assert not np.array_equal(ids, np.arange(32) % 8)
+  assert inference.InferenceConfig(tasks=4, vary_prompt_lengths=True).task_lengths(10) == (5, 7, 8, 10)
+
+
+@pytest.mark.slow
+def test_bench_infer_mode_reports_one_and_many_tasks(tmp_path, capsys):
+  """--mode infer: decode and rank rows for 1 prompt and for a table of 3 prompts of mixed lengths,
+  every row decoded to the full target length, and the ratios the rows give."""
+  path = tmp_path / "infer.json"
+  args = [a if a != "2" else "1" for a in TINY_ARGS]  # one timed call: compiling is most of it
+  argv = ["bench", "--mode", "infer", *args, "--tasks", "3", "--vary_prompt_lengths", "--json", str(path)]
+  assert cli.main(argv) == 0
+  data = json.loads(path.read_text())
+  results = data["results"]
+  assert set(results) == {"decode_1_task", "rank_1_task", "decode_3_tasks", "rank_3_tasks"}
+  assert all(r["error"] is None and r["examples_per_s"] > 0 for r in results.values())
+  assert results["decode_3_tasks"]["extra"]["task_lengths"] == [2, 3, 4]
+  assert results["decode_1_task"]["extra"]["decoded_tokens_per_row"] == 4  # random weights: never EOS
+  ratio = data["ratios"]["decode: 3 tasks / 1 task"]
+  assert ratio == pytest.approx(
+    results["decode_3_tasks"]["examples_per_s"] / results["decode_1_task"]["examples_per_s"]
+  )
+  assert "rank: 3 tasks / 1 task" in capsys.readouterr().out
+  assert cli.main(["bench", "--mode", "infer", *args, "--tasks", "1"]) == 2
+  assert "--tasks must be >= 2" in capsys.readouterr().err
