@@ -195,7 +195,7 @@ def test_eval_command_ensembles_gin_prompt_bundles(tmp_path, capsys):
   config = get_config("tiny", vocab_size=256, emb_dim=128, head_dim=32, mlp_dim=256)
   paths = _write_prompts(str(tmp_path), config, (4, 4, 4))
   flags = [
-    "evaluate",
+    "eval",  # the name for `evaluate`
     "--gin_file=quickstart.gin",
     "--gin_file=runs/evaluate.gin",
     f"--gin.MODEL_DIR='{tmp_path / 'out'}'",
