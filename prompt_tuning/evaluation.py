@@ -189,13 +189,18 @@ class Evaluator:
     records = list(self.predictions(params, split))
     if not records:
       raise ValueError(f"task {self.task.name} split {split} has no examples to evaluate")
-    out = {f"decode/{k}": v for k, v in self.task.score(records).items()}
-    if any("rank_prediction" in r for r in records):
-      # Examples without candidates keep their decoded prediction.
-      ranked = [dict(r, prediction=r.get("rank_prediction", r["prediction"])) for r in records]
-      out.update({f"rank/{k}": v for k, v in self.task.score(ranked).items()})
-    out["examples"] = len(records)
-    return out
+    return {**score_records(self.task, records), "examples": len(records)}
+
+
+def score_records(task: Task, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+  """The task's metrics of records (see Evaluator.predictions): 'decode/<metric>' from 'prediction',
+  'rank/<metric>' from 'rank_prediction' when some record has one."""
+  out = {f"decode/{k}": v for k, v in task.score(records).items()}
+  if any("rank_prediction" in r for r in records):
+    # Examples without candidates keep their decoded prediction.
+    ranked = [dict(r, prediction=r.get("rank_prediction", r["prediction"])) for r in records]
+    out.update({f"rank/{k}": v for k, v in task.score(ranked).items()})
+  return out
 
 
 def describe_decoding(method: str, options: Mapping[str, Any] | None = None) -> str:

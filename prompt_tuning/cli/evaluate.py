@@ -11,7 +11,8 @@ from prompt_tuning.cli import gin_runner
 
 
 def _describe(metrics) -> None:
-  print(f"evaluated step {metrics['step']} {gin_runner.describe_evaluation(metrics)}")
+  which = f"step {metrics['step']}" if "step" in metrics else "PROMPT_BUNDLES"  # bundles have no step
+  print(f"evaluated {which} {gin_runner.describe_evaluation(metrics)}")
   print("\n".join(gin_runner.metric_lines({k: v for k, v in metrics.items() if k != "step"})))
 
 

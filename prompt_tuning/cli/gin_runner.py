@@ -341,7 +341,10 @@ def describe_evaluation(metrics: dict[str, Any]) -> str:
     binding("EvaluationSpec.decode_method", EvaluationSpec.decode_method),
     binding("EvaluationSpec.decode_options", EvaluationSpec.decode_options),
   )
-  ranked = "; rank/ by rank classification" if any(name.startswith("rank/") for name in metrics) else ""
+  # An ensemble's metrics are 'member_<m>/rank/...' and 'ensemble/rank/...'.
+  ranked = (
+    "; rank/ by rank classification" if any(name.startswith("rank/") or "/rank/" in name for name in metrics) else ""
+  )
   return f"on {binding('EvaluationSpec.split', EvaluationSpec.split)}: decode/ by {decoding}{ranked}"
 
 

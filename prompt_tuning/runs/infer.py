@@ -39,7 +39,9 @@ def infer(
   evaluation: the split, batch size and decoding (rank classification is not used here).
   checkpoint_step: which saved step (None: the latest).
   output_path: default MODEL_DIR/inference/<task>-<split>-step<N>.jsonl (with model.bundles:
-    <task>-<split>-bundles.jsonl; MODEL_DIR then needs no checkpoint).
+    <task>-<split>-bundles.jsonl; MODEL_DIR then needs no checkpoint). A task mapped to a list of
+    bundles (an ensemble): <task>-<split>-ensemble.jsonl, 'prediction' the members' majority vote
+    and each member's in 'member_predictions' (prompt_tuning/ensemble.py).
   leaderboard_dir: SuperGLUE tasks (alone or in a mixture) also get their submission files there
     (BoolQ.jsonl, CB.jsonl, ...), from the same predictions.
   progress: a line on stderr before each quiet phase (loading, decoding), on process 0.
@@ -53,7 +55,8 @@ def infer(
     preflight.writable_model_dir(model_dir)
   split = evaluation.split
   if model.bundles:  # several trained prompts, one table, batches mixing the tasks
-    setup, name = bundles_lib.build(model, task, mesh, note=note, splits=[split]), "bundles"
+    setup = bundles_lib.build(model, task, mesh, note=note, splits=[split])
+    name = "bundles" if setup.ensemble is None else "ensemble"
   else:
     setup, step = setup_lib.build_trained(
       model_dir, model, task, mesh, checkpoint_step=checkpoint_step, note=note, splits=[split]

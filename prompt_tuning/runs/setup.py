@@ -19,6 +19,7 @@ from prompt_tuning.checkpoints import loader
 from prompt_tuning.checkpoints.structure import check_params
 from prompt_tuning.checkpoints.train_state import checkpoint_dir, restore_trained
 from prompt_tuning.data.task import DataError, Task
+from prompt_tuning.ensemble import EnsembleEvaluator
 from prompt_tuning.errors import doing
 from prompt_tuning.evaluation import Evaluator
 from prompt_tuning.models.model import EncoderDecoderModel
@@ -38,6 +39,7 @@ class Setup:
     from `build`, placed on `mesh` from `build_trained`.
   config: the frozen model's T5Config, in the run's dtypes.
   prompt_ids: with a table of prompts ([k, p, embed], runs/bundles.py), {task name: its row}.
+  ensemble: the table rows of an ensemble's members (its task runs with each; prompt_tuning/ensemble.py).
   """
 
   mesh: jax.sharding.Mesh
@@ -46,6 +48,7 @@ class Setup:
   config: T5Config
   params: dict
   prompt_ids: dict[str, int] | None = None
+  ensemble: tuple[int, ...] | None = None
 
 
 def _quiet(message: str) -> None:
@@ -171,12 +174,14 @@ def evaluator(
   rank_classification: bool | None = None,
   note: Callable[[str], None] = _quiet,
 ) -> Evaluator:
-  """The Evaluator of `evaluation` on the setup's model, task and mesh.
+  """The Evaluator of `evaluation` on the setup's model, task and mesh (an EnsembleEvaluator for an
+  ensemble's setup).
 
   train_batch_size: the batch size when `evaluation.batch_size` is None.
   rank_classification: overrides `evaluation.rank_classification` when given (infer: False).
   """
-  return Evaluator(
+  members = {} if setup.ensemble is None else {"members": setup.ensemble}
+  return (Evaluator if setup.ensemble is None else EnsembleEvaluator)(
     setup.model,
     setup.task,
     task.feature_lengths,
@@ -187,4 +192,5 @@ def evaluator(
     mesh=setup.mesh,
     note=note,
     prompt_ids=setup.prompt_ids,
+    **members,
   )

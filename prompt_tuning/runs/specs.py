@@ -16,7 +16,7 @@ plain constructors:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 
@@ -40,6 +40,11 @@ def _positive_int(value: Any) -> bool:
 
 def _natural(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _bundle_paths(value: Any) -> bool:
+  """A bundle path, or a list (tuple) of them: an ensemble (empty: caught with its own message)."""
+  return isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +85,9 @@ class ModelSpec:
   attention_impl, remat_policy: how (not what) the model computes (see T5Config); None keeps the
     config's.
   bundles: trained prompts to run instead of MODEL_DIR's, {task name: a prompt bundle, a MODEL_DIR
-    (its latest bundle) or a PEFT adapter folder}; `infer` puts them in one table and runs batches
-    mixing the tasks (runs/bundles.py). gin: PROMPT_BUNDLES.
+    (its latest bundle) or a PEFT adapter folder}; `infer` and `evaluate` put them in one table and
+    run batches mixing the tasks (runs/bundles.py). A task mapped to a list of them is an ensemble
+    of those prompts (prompt_tuning/ensemble.py). gin: PROMPT_BUNDLES.
   """
 
   config: str | T5Config | RandomInitConfig | None = None
@@ -93,7 +99,7 @@ class ModelSpec:
   loss: LossConfig = LossConfig()
   attention_impl: str | None = None
   remat_policy: str | None = None
-  bundles: Mapping[str, str] | None = None
+  bundles: Mapping[str, str | Sequence[str]] | None = None
 
   def __post_init__(self):
     for name, value in (("ACTIVATION_DTYPE", self.activation_dtype), ("PARAM_DTYPE", self.param_dtype)):
@@ -105,9 +111,15 @@ class ModelSpec:
     bundles = self.bundles
     _check(
       bundles is None
-      or (isinstance(bundles, Mapping) and bool(bundles) and all(isinstance(v, str) for v in bundles.values())),
-      f"PROMPT_BUNDLES must map task names to bundle paths, e.g. {{'rte': '/runs/rte'}}, got {bundles!r}",
+      or (isinstance(bundles, Mapping) and bool(bundles) and all(_bundle_paths(v) for v in bundles.values())),
+      f"PROMPT_BUNDLES must map task names to bundle paths, e.g. {{'rte': '/runs/rte'}} (or to a list of them: an "
+      f"ensemble), got {bundles!r}",
     )
+    for name, value in (bundles or {}).items():
+      _check(
+        isinstance(value, str) or bool(value),
+        f"PROMPT_BUNDLES[{name!r}] is an empty list; an ensemble needs at least one bundle path",
+      )
 
 
 @dataclasses.dataclass(frozen=True)
