@@ -3,7 +3,8 @@
   GET    /health             {"status": "ok", "tasks": k, "queued": rows waiting, "batches", "rows",
                               "mixed_batches": device batches so far, their rows, those mixing tasks}
   GET    /tasks              {"tasks": [{"task", "prompt_length", "source", "feature_lengths", ...}]}
-  POST   /predict            {"task", "inputs": str | [str], "method"?: "greedy" | "beam", "truncate"?: bool}
+  POST   /predict            {"task", "inputs": str | [str], "method"?: "greedy" | "beam", "truncate"?: bool,
+                              "max_decode_length"?: int (default: the task's targets length)}
                              -> {"task", "predictions": [str], "scores": [float], "truncated": [bool]}
   POST   /score              {"task", "input": str, "candidates": [str], "truncate"?: bool}
                              -> {"task", "scores": [float], "best": str, "truncated": bool}
@@ -14,8 +15,9 @@ Inputs are the model's input text (what infer's JSONL "input" holds), tokenized 
 infer do: ids + EOS, at most the task's inputs feature length. An input longer than that is
 refused (422) unless the request says "truncate": true; then it is cut as infer cuts it (seqio's
 append_eos_after_trim) and "truncated" says which were. Candidates likewise, against the targets
-length. Every request is checked before it is queued, so a bad one gets its own 4xx
-({"error": one line}) and never touches the batch its neighbours run in.
+length. A max_decode_length other than a served task's targets length compiles its programs on
+first use (the worker waits for that once). Every request is checked before it is queued, so a
+bad one gets its own 4xx ({"error": one line}) and never touches the batch its neighbours run in.
 """
 
 from __future__ import annotations
@@ -87,7 +89,18 @@ class Server:
       ids, was_cut = self._encode(text, prompt.feature_lengths["inputs"], field, "inputs", prompt.name, truncate)
       rows.append(PredictRow(prompt, np.asarray(ids, np.int32)))
       cut.append(was_cut)
-    return prompt.name, rows, cut, predict_key(method, prompt.feature_lengths["targets"])
+    return prompt.name, rows, cut, predict_key(method, self._decode_length(body, prompt.feature_lengths["targets"]))
+
+  def _decode_length(self, body: dict, default: int) -> int:
+    """The request's max_decode_length (default: the task's targets length, as infer decodes)."""
+    if "max_decode_length" not in body:
+      return default
+    value, most = body["max_decode_length"], self.registry.limits.targets_length
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise PromptError(f"max_decode_length must be a positive integer, got {value!r}", 400)
+    if value > most:
+      raise PromptError(f"max_decode_length {value} is more than this server's {most} (--max_targets_length)", 422)
+    return value
 
   def score_rows(self, body: dict) -> tuple[str, list[ScoreRow], list[str], bool]:
     prompt = self.registry.get(_field(body, "task", str))

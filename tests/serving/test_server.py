@@ -22,6 +22,7 @@ from prompt_tuning.evaluation import Evaluator
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import get_config, network
+from prompt_tuning.serving.engine import PredictRow
 from prompt_tuning.serving.start import ServerThread, build_server
 
 pytestmark = pytest.mark.slow  # one server start and three single-task references: ~30 s on 2 cores
@@ -85,7 +86,9 @@ def served(tmp_path_factory):
     alone = EncoderDecoderModel(PromptedTransformer(CONFIG, prompt_config=PromptConfig(length)))
     evaluator = Evaluator(alone, task, lengths, 8, rank_classification=True)
     references[name] = list(evaluator.predictions({**params, "prompt": {"prompt": bundle.prompt}}, "validation"))
-  server = build_server(CONFIG, params, sources, max_batch_size=8, batch_buckets=(4, 8), max_wait_ms=20, max_prompts=6)
+  server = build_server(
+    CONFIG, params, sources, batch_buckets=(4, 8), max_wait_ms=20, max_prompts=6, methods=("greedy", "beam")
+  )
   with ServerThread(server) as running:
     yield running.url, server, references, sources, params, root
 
@@ -129,7 +132,9 @@ def test_concurrent_mixed_requests_get_the_single_task_answers_and_bad_ones_thei
     ("/predict", {"task": "sst2_like", "inputs": 7}, 400, "inputs must be a string or a list"),
     ("/predict", {"task": "sst2_like", "inputs": ["ok", 3]}, 400, "inputs[1] must be a string"),
     ("/predict", {"inputs": "x"}, 400, "missing field 'task'"),
-    ("/predict", {"task": "sst2_like", "inputs": "x", "method": "beam"}, 400, "method must be one of greedy"),
+    ("/predict", {"task": "sst2_like", "inputs": "x", "method": "sample"}, 400, "method must be one of greedy, beam"),
+    ("/predict", {"task": "sst2_like", "inputs": "x", "max_decode_length": 0}, 400, "must be a positive integer"),
+    ("/predict", {"task": "sst2_like", "inputs": "x", "max_decode_length": 9}, 422, "more than this server's 4"),
     ("/predict", b"{not json", 400, "the request body is not JSON"),
     ("/predict", [1, 2], 400, "must be a JSON object"),
     ("/score", {"task": "cola_like", "input": "fine"}, 400, "missing field 'candidates'"),
@@ -249,6 +254,31 @@ def test_prompts_come_and_go_at_run_time_without_a_recompile(served):
   assert {name: decoder._cache_size() for name, decoder in server.engine._decoders.items()} == compiled
   assert server.engine._rank._cache_size() == ranked
   assert _get(url, "/health")[1]["tasks"] == 3
+
+
+def test_beam_answers_and_shorter_decodes(served):
+  url, server, references, sources, params, _ = served
+  vocabulary = SentencePieceVocabulary(data_path("sentencepiece.model"))
+  rows = [json.loads(line) for line in open(data_path("validation.jsonl"))][:8]
+  template, length, lengths = TASKS["cola_like"]
+  task = TextTask("cola_like", vocabulary, {"validation": lambda: rows}, template, "label", LABELS)
+  alone = EncoderDecoderModel(PromptedTransformer(CONFIG, prompt_config=PromptConfig(length)))
+  options = {"beam_size": 4, "alpha": 0.6}  # build_server's defaults
+  evaluator = Evaluator(alone, task, lengths, 8, decode_method="beam", decode_options=options)
+  prompt = bundle_lib.read_bundle(sources["cola_like"]).prompt
+  want = list(evaluator.predictions({**params, "prompt": {"prompt": prompt}}, "validation"))[:5]
+  status, answer = _post(url, "/predict", {"task": "cola_like", "inputs": [r["input"] for r in want], "method": "beam"})
+  assert status == 200
+  _check_predict(answer, want)
+  # A shorter max_decode_length: greedy decoding is causal, so its tokens begin the full decode's.
+  status, answer = _post(url, "/predict", {"task": "cola_like", "inputs": [want[0]["input"]], "max_decode_length": 2})
+  assert status == 200 and len(answer["predictions"]) == 1
+  served_prompt = server.registry.get("cola_like")
+  ids = np.asarray(vocabulary.encode(want[0]["input"]) + [1], np.int32)
+  (full, _), (short, _) = (
+    server.engine.run(("predict", "greedy", n), [PredictRow(served_prompt, ids)])[0] for n in (4, 2)
+  )
+  assert short == full[:2] and answer["predictions"] == [vocabulary.decode(short)]
 
 
 def test_the_load_generator_measures_the_running_server(served):
