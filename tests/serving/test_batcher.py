@@ -27,7 +27,7 @@ class Recorder:
 
 def test_rows_queued_together_run_as_full_batches_of_one_key():
   run = Recorder()
-  batcher = Batcher(run, max_batch_size=4, max_wait_s=5.0)  # a long wait: only full batches run early
+  batcher = Batcher(run, max_batch_size=4, max_wait_s=0.5)  # only a full batch runs before the wait is over
   futures = batcher.submit("a", [1, 2, 3]) + batcher.submit("b", [4]) + batcher.submit("a", [5, 6])
   batcher.start()
   try:
