@@ -69,6 +69,8 @@ setuptools.setup(
     # The data layer (seqio tasks, tfds) brings TensorFlow; the core never imports it.
     # tfds imports importlib_resources when it prepares a dataset but does not declare it.
     "data": ["importlib_resources", "seqio", "tensorflow-datasets", "tensorflow"],
+    # `prompt-tuning serve`: an ASGI app (Starlette) served by uvicorn; neither needs TensorFlow or gin.
+    "serve": ["starlette", "uvicorn"],
     # To view the event files: `tensorboard --logdir MODEL_DIR/tensorboard`.
     "tensorboard": ["tensorboard"],
     # tensorboard: the tests read our event files back with TensorBoard's own reader;

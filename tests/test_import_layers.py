@@ -2,8 +2,9 @@
 
 The task modules (tasks/, installed as prompt_tuning.tasks) import the registry in
 prompt_tuning.data; nothing in the package imports them back except the task
-registry's loader (prompt_tuning/task_registry.py) and the CLI. Imports inside
-functions count, as do module names handed to importlib as strings.
+registry's loader (prompt_tuning/task_registry.py) and the CLI; the server
+(prompt_tuning/serving) imports none of the entry points. Imports inside functions count,
+as do module names handed to importlib as strings.
 """
 
 from __future__ import annotations
@@ -107,3 +108,13 @@ def test_the_check_sees_every_form_of_import(source, module, is_package):
 def test_the_check_ignores_mentions_in_text():
   source = '"""Tasks register on importing prompt_tuning.tasks."""\nimport prompt_tuning.task_registry\n'
   assert not any(_within(m, (TASKS,)) for m in imported_modules(source, "prompt_tuning.x"))
+
+
+# The server (prompt_tuning/serving) runs the model, checkpoints and decoding, below the entry points:
+# it imports no command, no trainer, no run setup (gin specs), and no task modules.
+SERVING_FORBIDDEN = ("prompt_tuning.cli", "prompt_tuning.train", "prompt_tuning.runs", *DATA_FORBIDDEN)
+
+
+def test_the_server_sits_below_the_entry_points():
+  assert "prompt_tuning.serving.app" in package_modules()
+  assert _offenders("prompt_tuning.serving", SERVING_FORBIDDEN) == {}

@@ -26,9 +26,11 @@ Array = jax.Array
 Params = Any
 
 
-def _task_kwargs(task_ids: Array | None) -> dict[str, Array]:
-  """task_ids [batch] pick each example's prompt from a prompt table; plain T5 takes none."""
-  return {} if task_ids is None else {"task_ids": task_ids}
+def _task_kwargs(task_ids: Array | None, prompt_lengths: Array | None = None) -> dict[str, Array]:
+  """task_ids [batch] pick each example's prompt from a prompt table, prompt_lengths [batch] (optional)
+  how many of its rows it uses; plain T5 takes none."""
+  kwargs = {} if task_ids is None else {"task_ids": task_ids}
+  return kwargs if prompt_lengths is None else {**kwargs, "prompt_lengths": prompt_lengths}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +134,12 @@ class EncoderDecoderModel:
     return jnp.sum(picked * (decoder_target_tokens > 0), axis=-1)
 
   def rank_classify(
-    self, params: Params, encoder_input_tokens: Array, candidate_targets: Array, task_ids: Array | None = None
+    self,
+    params: Params,
+    encoder_input_tokens: Array,
+    candidate_targets: Array,
+    task_ids: Array | None = None,
+    prompt_lengths: Array | None = None,
   ) -> Array:
     """Scores every candidate target for every example: float32 [batch, num_candidates].
 
@@ -141,11 +148,12 @@ class EncoderDecoderModel:
       candidate_targets: token ids, EOS-terminated, 0-padded: [num_candidates,
         dec_length] shared by all examples, or [batch, num_candidates, dec_length]
         per example (an all-zero row scores 0; callers mask such padding).
+      task_ids, prompt_lengths: [batch] prompt-table rows and their lengths (PromptedTransformer).
     The encoder runs once per example; its output is repeated per candidate.
     """
     batch, num_candidates = encoder_input_tokens.shape[0], candidate_targets.shape[-2]
     encoded, encoder_mask = self.module.apply(
-      {"params": params}, encoder_input_tokens, method="encode_tokens", **_task_kwargs(task_ids)
+      {"params": params}, encoder_input_tokens, method="encode_tokens", **_task_kwargs(task_ids, prompt_lengths)
     )
     encoded = decoding.flat_batch_beam_expand(encoded, num_candidates)
     encoder_mask = decoding.flat_batch_beam_expand(encoder_mask, num_candidates)
@@ -191,6 +199,7 @@ class EncoderDecoderModel:
     rng: Array | None = None,
     eos_id: int = 1,
     task_ids: Array | None = None,
+    prompt_lengths: Array | None = None,
     **options: Any,
   ) -> decoding.DecodeResult:
     """Decodes [batch, enc_length] inputs autoregressively.
@@ -199,12 +208,14 @@ class EncoderDecoderModel:
       method: 'greedy', 'beam' (options beam_size, alpha) or 'sample'
         (options temperature, top_k, top_p, num_decodes).
       task_ids: [batch] prompt-table rows, for a model serving several tasks.
+      prompt_lengths: [batch] how many rows of its prompt each example uses (default: the
+        table's task_lengths), for a server whose table changes at run time.
     Returns:
       DecodeResult with tokens [batch, num_decodes, max_decode_length] (EOS
       included, 0 after it) and scores [batch, num_decodes].
     """
     encoded, encoder_mask = self.module.apply(
-      {"params": params}, encoder_input_tokens, method="encode_tokens", **_task_kwargs(task_ids)
+      {"params": params}, encoder_input_tokens, method="encode_tokens", **_task_kwargs(task_ids, prompt_lengths)
     )
     expand = options.get("beam_size" if method == "beam" else "num_decodes", 1)
     encoded = decoding.flat_batch_beam_expand(encoded, expand)

@@ -179,7 +179,9 @@ class Prompt(nn.Module):
     return jnp.stack([one(key) for key in jax.random.split(rng, shape[0])])
 
   @nn.compact
-  def __call__(self, embedded: Array, mask: Array, task_ids: Array | None = None) -> tuple[Array, Array]:
+  def __call__(
+    self, embedded: Array, mask: Array, task_ids: Array | None = None, prompt_lengths: Array | None = None
+  ) -> tuple[Array, Array]:
     """Inserts the prompt.
 
     Args:
@@ -188,6 +190,9 @@ class Prompt(nn.Module):
       task_ids: int [batch], each example's row of the table; required with
         `num_tasks`, else it must be None or all zero. Out-of-range ids are
         an error when the ids are concrete; under jit they give NaN prompts.
+      prompt_lengths: int [batch], each example's own prompt length (its first rows of its
+        slot), given as data rather than `task_lengths`: a server whose table changes at run
+        time (prompt_tuning.serving) then never recompiles. None: `task_lengths` (or all p).
     Returns:
       (combined [batch, p + n, embed], combined_mask [batch, p + n]).
     """
@@ -217,8 +222,8 @@ class Prompt(nn.Module):
       table = jnp.asarray(table, self.dtype)
       prompt = jnp.take(table, jnp.asarray(task_ids, jnp.int32), axis=0, mode="fill", fill_value=jnp.nan)
       prompt = layers.constrain(prompt, ("batch", "prompt", "embed"))
-    lengths = None
-    if cfg.task_lengths is not None:
+    lengths = None if prompt_lengths is None else jnp.asarray(prompt_lengths, jnp.int32)
+    if lengths is None and cfg.task_lengths is not None:
       lengths = jnp.take(jnp.asarray(cfg.task_lengths, jnp.int32), jnp.asarray(task_ids, jnp.int32), mode="clip")
     start = insert_positions(mask, cfg.placement)
     combined, combined_mask = combine(jnp.asarray(embedded, self.dtype), mask, prompt, start, lengths)
@@ -255,11 +260,18 @@ class PromptedTransformer(Transformer):
     )
 
   def encode_tokens(
-    self, encoder_input_tokens: Array, *, task_ids: Array | None = None, deterministic: bool = True
+    self,
+    encoder_input_tokens: Array,
+    *,
+    task_ids: Array | None = None,
+    prompt_lengths: Array | None = None,
+    deterministic: bool = True,
   ) -> tuple[Array, Array]:
-    """Token ids [batch, n] (0 = padding) -> (encoded [batch, p + n, embed], mask [batch, p + n])."""
+    """Token ids [batch, n] (0 = padding) -> (encoded [batch, p + n, embed], mask [batch, p + n]).
+
+    prompt_lengths: int [batch], see `Prompt.__call__`."""
     mask = (encoder_input_tokens > 0).astype(jnp.int32)
-    embedded, mask = self.prompt(self.embed(encoder_input_tokens), mask, task_ids)
+    embedded, mask = self.prompt(self.embed(encoder_input_tokens), mask, task_ids, prompt_lengths)
     return self.encode(embedded, mask, deterministic=deterministic), mask
 
   def __call__(

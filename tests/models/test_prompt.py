@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -276,6 +278,30 @@ def test_prompts_of_different_lengths_splice_like_each_alone():
       assert not np.asarray(combined_mask[b, width:]).any(), placement
       real = want_mask[0] > 0
       np.testing.assert_array_equal(np.asarray(combined[b, :width, 0])[real], want[0, :, 0][real], err_msg=placement)
+
+
+def _apply_with_lengths(module, table, embedded, mask, ids, lengths):
+  return module.apply({"params": {"prompt": table}}, embedded, mask, ids, lengths)
+
+
+def test_prompt_lengths_given_as_data_splice_as_task_lengths_do():
+  """Per-example prompt_lengths (a server's table changing at run time) give what task_lengths give,
+  and under jit they are data: other lengths, same program."""
+  embedded, mask = _marked_inputs()
+  table = np.array([[[-1.0], [-2.0]], [[-5.0], [-6.0]]], np.float32)
+  ids = np.array([1, 0, 1, 1], np.int32)
+  for placement in ("prefix", "after_first", "suffix"):
+    static = Prompt(PromptConfig(2, placement, num_tasks=2, task_lengths=(2, 1)), 1)
+    want = static.apply({"params": {"prompt": table}}, embedded, mask, ids)
+    dynamic = Prompt(PromptConfig(2, placement, num_tasks=2), 1)
+    apply = jax.jit(functools.partial(_apply_with_lengths, dynamic, table, embedded, mask, ids))
+    got = apply(np.array([1, 2, 1, 1], np.int32))
+    for w, g in zip(want, got):
+      np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=placement)
+    everything = apply(np.array([2, 2, 2, 2], np.int32))  # every row: the whole slot, as without lengths
+    full = dynamic.apply({"params": {"prompt": table}}, embedded, mask, ids)
+    np.testing.assert_array_equal(np.asarray(everything[1]), np.asarray(full[1]), err_msg=placement)
+    assert apply._cache_size() == 1
 
 
 @pytest.mark.parametrize("placement", ["prefix", "suffix"])  # after_first: spliced as suffix is, above
