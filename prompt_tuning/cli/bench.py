@@ -1,8 +1,10 @@
 """`prompt-tuning bench`: one prompt-tuning optimizer step, ours vs HF PEFT, same config, same run;
-or (--mode infer) decoding and rank classification with one prompt vs a batch mixing k tasks.
+or (--mode infer) decoding and rank classification with one prompt vs a batch mixing k tasks; or
+(--mode serve) `prompt-tuning serve`'s requests/s under a bounded local load (needs the serve extra).
 
   prompt-tuning bench                                    # t5_1_1_base, batch 32, 512 = 100 prompt + 412 tokens
   prompt-tuning bench --mode infer --tasks 8             # greedy decode 8 + rank 2 candidates, 1 vs 8 tasks
+  prompt-tuning bench --mode serve --tasks 8 --requests 2000 --concurrency 64   # the HTTP server's requests/s
   prompt-tuning bench --model t5_1_1_xxl --batch 8 --peft eager --json xxl.json
   prompt-tuning bench --model t5_1_1_xxl --batch 8 --num_partitions 2 --check_rounding
   python -m prompt_tuning.cli.bench --model tiny --dtype float32 --peft none
@@ -96,12 +98,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
   )
   parser.add_argument(
     "--mode",
-    choices=("train", "infer"),
+    choices=("train", "infer", "serve"),
     default="train",
     help="train: the optimizer step, ours vs PEFT; infer: decoding (--target_length tokens) and rank "
-    "classification, one prompt vs a table of --tasks prompts mixed in one batch (prompt_tuning.bench.inference)",
+    "classification, one prompt vs a table of --tasks prompts mixed in one batch (prompt_tuning.bench.inference); "
+    "serve: the HTTP server of --tasks prompts under --requests at --concurrency (prompt_tuning.bench.serving)",
   )
-  parser.add_argument("--tasks", type=int, default=8, help="infer: prompts in the mixed batch")
+  parser.add_argument("--tasks", type=int, default=8, help="infer: prompts in the mixed batch; serve: prompts served")
+  parser.add_argument("--requests", type=int, default=2000, help="serve: requests timed")
+  parser.add_argument("--concurrency", type=int, default=64, help="serve: requests in flight at most")
+  parser.add_argument("--max_wait_ms", type=float, default=5.0, help="serve: how long a batch waits to fill")
+  parser.add_argument("--endpoint", choices=("predict", "score"), default="predict", help="serve: what is requested")
   parser.add_argument("--candidates", type=int, default=2, help="infer: rank-classification candidates per example")
   parser.add_argument(
     "--vary_prompt_lengths",
@@ -310,6 +317,34 @@ def _infer(cfg: BenchConfig, args: argparse.Namespace) -> int:
   return 0
 
 
+def _serve(cfg: BenchConfig, args: argparse.Namespace) -> int:
+  try:
+    from prompt_tuning.bench import serving
+  except ImportError as e:
+    print(
+      f"prompt-tuning bench: --mode serve needs the serve extra (pip install prompt-tuning[serve]): {e}",
+      file=sys.stderr,
+    )
+    return 2
+  if args.peft not in (None, "none"):
+    print("prompt-tuning bench: --mode serve has no PEFT baseline; leave --peft out", file=sys.stderr)
+    return 2
+  try:
+    load = serving.LoadConfig(args.tasks, args.requests, args.concurrency, args.max_wait_ms, args.endpoint)
+  except ValueError as e:
+    print(f"prompt-tuning bench: {e}", file=sys.stderr)
+    return 2
+  data = {
+    "config": dataclasses.asdict(cfg),
+    "load": dataclasses.asdict(load),
+    "environment": _environment(peft_ran=False),
+    "result": serving.run(cfg, load),
+  }
+  print(serving.format_report(data))
+  _write_json(data, args.json)
+  return 0 if set(data["result"]["status"]) == {"200"} else 1
+
+
 def main(argv: list[str] | None = None) -> int:
   args = parse(sys.argv[1:] if argv is None else argv)
   # Before JAX initializes a backend: take device memory as needed, so torch is not starved.
@@ -343,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   if args.mode == "infer":
     return _infer(cfg, args)
+  if args.mode == "serve":
+    return _serve(cfg, args)
   peft_mode = args.peft or ("both" if peft_baseline.available() else "none")
   if peft_mode != "none" and not peft_baseline.available():
     print(f"prompt-tuning bench: --peft {peft_mode} needs torch, transformers and peft installed", file=sys.stderr)

@@ -164,7 +164,11 @@ class ServerThread:
   def __init__(self, server: Server, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
     import uvicorn
 
-    self._uvicorn = uvicorn.Server(uvicorn.Config(make_app(server), host=host, port=port, log_level=log_level))
+    # log_config=None: uvicorn's own logging config would go through logging.config.dictConfig, which
+    # closes every handler the host process has (a notebook's, pytest's log capture); its loggers then
+    # propagate to the host's.
+    config = uvicorn.Config(make_app(server), host=host, port=port, log_level=log_level, log_config=None)
+    self._uvicorn = uvicorn.Server(config)
     self._thread = threading.Thread(target=self._uvicorn.run, name="prompt-tuning-server", daemon=True)
     self.url = ""
 
