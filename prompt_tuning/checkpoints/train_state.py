@@ -61,6 +61,8 @@ class RunConfig:
     initial_checkpoint_path: the frozen model's checkpoint, as given ('': random init from `seed`).
     model_config: the frozen model's T5Config as used.
     seed: the run's seed (random frozen weights are initialized from it).
+    prompt_tasks: a multi-task run's tasks, by prompt row (runs/multitask.py); None: one prompt.
+    shared_prompt_length, shared_prompt_combine: its shared prompt part (PromptConfig).
   """
 
   prompt_length: int
@@ -73,6 +75,9 @@ class RunConfig:
   initial_checkpoint_path: str
   model_config: T5Config
   seed: int
+  prompt_tasks: tuple[str, ...] | None = None
+  shared_prompt_length: int = 0
+  shared_prompt_combine: str = "concat"
 
   def to_json(self) -> str:
     values = dataclasses.asdict(self)
@@ -84,6 +89,8 @@ class RunConfig:
     try:
       values = json.loads(text)
       values["model_config"] = T5Config.from_dict(values["model_config"])
+      if values.get("prompt_tasks") is not None:
+        values["prompt_tasks"] = tuple(values["prompt_tasks"])
       return cls(**values)
     except (ValueError, KeyError, TypeError) as e:  # json errors are ValueErrors
       raise CheckpointError(f"{source}: not a run config written by train() ({first_line(e, typed=True)})") from None

@@ -116,13 +116,15 @@ def build(
     checked before the model is loaded, the frozen model's architecture after (preflight.same_run).
   """
   device_mesh = mesh.make()
-  if trained_in is not None:
-    preflight.same_run(trained_in, model.prompt.length, model.prompt.placement, model.trainable_params)
   resolved = task_with_splits(task, splits)
+  tasks = None
   if model.prompt.per_task:  # before the model is loaded: a single task is refused in one line
-    multitask.member_tasks(resolved)
+    tasks = tuple(multitask.member_tasks(resolved))
     if "train" in splits:
       multitask.check_splits(resolved)
+  same = dict(prompt_tasks=tasks, shared_length=model.prompt.shared_length)
+  if trained_in is not None:
+    preflight.same_run(trained_in, model.prompt.length, model.prompt.placement, model.trainable_params, **same)
   note(
     f"loading the frozen model from {model.checkpoint}"
     if model.checkpoint
@@ -130,7 +132,7 @@ def build(
   )
   config, t5_params = frozen_model(model, seed)
   if trained_in is not None:
-    preflight.same_run(trained_in, model.prompt.length, model.prompt.placement, model.trainable_params, config)
+    preflight.same_run(trained_in, model.prompt.length, model.prompt.placement, model.trainable_params, config, **same)
   vocab_size = resolved.vocabulary.vocab_size
   if vocab_size is not None and vocab_size > config.vocab_size:
     raise ValueError(f"the task vocabulary has {vocab_size} ids but the model only {config.vocab_size}")

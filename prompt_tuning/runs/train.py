@@ -177,6 +177,9 @@ def _train(
         initial_checkpoint_path=model.checkpoint,
         model_config=setup.config,
         seed=training.seed,
+        prompt_tasks=tasks or None,
+        shared_prompt_length=model.prompt.shared_length,
+        shared_prompt_combine=model.prompt.shared_combine,
       ),
     )
 
