@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -9,19 +10,21 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning import param_tree
+from prompt_tuning import load_pretrained, param_tree
 from prompt_tuning.checkpoints import bundle as bundle_lib
 from prompt_tuning.checkpoints.structure import CheckpointError
+from prompt_tuning.checkpoints.train_state import RunConfig, write_run_config
 from prompt_tuning.data.mixture import Mixture
 from prompt_tuning.data.pipeline import BatchIterator
 from prompt_tuning.data.quickstart import data_path
 from prompt_tuning.data.task import DataError, TextTask, register_task
+from prompt_tuning.errors import RunError
 from prompt_tuning.evaluation import Evaluator
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import Prompt, PromptConfig, PromptedTransformer, task_prompts
 from prompt_tuning.models.t5 import get_config, network
 from prompt_tuning.runs import bundles as bundles_lib
-from prompt_tuning.runs import multitask, specs
+from prompt_tuning.runs import multitask, preflight, specs
 from prompt_tuning.runs import setup as setup_lib
 from prompt_tuning.runs.train import train
 from prompt_tuning.task_registry import resolve_task
@@ -192,6 +195,19 @@ def test_bad_input_gives_one_line(mixture, tmp_path):
     bundle_lib.latest_bundle(str(tmp_path), "prompts")
 
 
+def test_resuming_with_other_multi_task_settings_stops_in_one_line(tmp_path):
+  run = RunConfig(5, "prefix", "prompt/.*", "mt_ab", None, None, LENGTHS, "", CONFIG, 0, ("mt_a", "mt_b"), 2)
+  write_run_config(str(tmp_path), run)
+  same = functools.partial(preflight.same_run, str(tmp_path), 5, "prefix", "prompt/.*")
+  same(prompt_tasks=("mt_a", "mt_b"), shared_length=2)  # the same run: no error
+  with pytest.raises(RunError, match="MULTI_TASK_PROMPTS=True, this run has MULTI_TASK_PROMPTS=False"):
+    same(shared_length=2)
+  with pytest.raises(RunError, match="SHARED_PROMPT_LENGTH=2, this run has SHARED_PROMPT_LENGTH=0"):
+    same(prompt_tasks=("mt_a", "mt_b"))
+  with pytest.raises(RunError, match="tasks mt_a, mt_b .in this order., this mixture has mt_b, mt_a"):
+    same(prompt_tasks=("mt_b", "mt_a"), shared_length=2)
+
+
 @pytest.mark.slow
 def test_a_multi_task_run_resumes_and_its_task_bundles_serve_like_its_own_table(mixture, tmp_path):
   model_dir = str(tmp_path / "run")
@@ -249,3 +265,8 @@ def test_a_multi_task_run_resumes_and_its_task_bundles_serve_like_its_own_table(
   )
   assert [r["prediction"] for r in got] == [r["prediction"] for r in want]
   np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], atol=1e-5)
+  # The Python API takes the task's whole prompt from the MODEL_DIR too.
+  loaded = load_pretrained(prompt=model_dir, task="mt_b")
+  np.testing.assert_array_equal(loaded.params["prompt"]["prompt"], whole[1])
+  with pytest.raises(ValueError, match=r"trained a prompt per task \(mt_a, mt_b\): pass task= one of them"):
+    load_pretrained(prompt=model_dir)
