@@ -22,7 +22,7 @@ import jax
 
 from prompt_tuning import param_tree, partitioning, prompt_init
 from prompt_tuning.models.model import LossConfig
-from prompt_tuning.models.prompt import check_shared
+from prompt_tuning.models.prompt import SHARED_COMBINES
 from prompt_tuning.models.t5.config import RandomInitConfig, T5Config
 from prompt_tuning.train import optimizer as optimizer_lib
 
@@ -80,11 +80,22 @@ class PromptSpec:
       not self.shared_length or self.per_task,
       f"SHARED_PROMPT_LENGTH={self.shared_length} needs MULTI_TASK_PROMPTS = True (a part shared by task prompts)",
     )
-    if self.per_task:  # the same one-line checks the prompt layer makes, named by their macros
-      try:
-        check_shared(self.length, self.shared_length, self.shared_combine, 1, "PromptSpec")
-      except ValueError as e:
-        raise ValueError(str(e).replace("PromptSpec.shared_length", "SHARED_PROMPT_LENGTH")) from None
+    _check(
+      self.shared_combine in SHARED_COMBINES,
+      f"PromptSpec.shared_combine must be one of {', '.join(SHARED_COMBINES)}, got {self.shared_combine!r}",
+    )
+    if self.shared_length and self.shared_combine == "concat":
+      _check(
+        self.shared_length < self.length,
+        f"SHARED_PROMPT_LENGTH={self.shared_length} must be below PROMPT_LENGTH={self.length} (each task keeps "
+        f"PROMPT_LENGTH - SHARED_PROMPT_LENGTH vectors of its own)",
+      )
+    if self.shared_length and self.shared_combine == "add":
+      _check(
+        self.shared_length == self.length,
+        f"SHARED_PROMPT_LENGTH={self.shared_length}: an added shared part (PromptSpec.shared_combine='add') spans "
+        f"the whole prompt, so it must be PROMPT_LENGTH={self.length}",
+      )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -174,9 +174,9 @@ def test_per_task_losses_equal_each_prompt_alone(mixture):
 def test_bad_input_gives_one_line(mixture, tmp_path):
   with pytest.raises(ValueError, match="SHARED_PROMPT_LENGTH=2 needs MULTI_TASK_PROMPTS = True"):
     specs.PromptSpec(length=4, shared_length=2)
-  with pytest.raises(ValueError, match="shared_length=4 must be below the prompt length 4"):
+  with pytest.raises(ValueError, match="SHARED_PROMPT_LENGTH=4 must be below PROMPT_LENGTH=4"):
     specs.PromptSpec(length=4, per_task=True, shared_length=4)
-  with pytest.raises(ValueError, match="must be 4"):
+  with pytest.raises(ValueError, match="so it must be PROMPT_LENGTH=4"):
     specs.PromptSpec(length=4, per_task=True, shared_length=2, shared_combine="add")
   with pytest.raises(ValueError, match="leaves the shared prompt part .* frozen"):
     specs.ModelSpec("tiny", prompt=specs.PromptSpec(length=4, per_task=True, shared_length=2))
