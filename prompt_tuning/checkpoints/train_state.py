@@ -4,7 +4,7 @@ Layout under MODEL_DIR:
   checkpoints/<step>/state/   orbax StandardSave of {'step', 'params' (trainable subtree), 'opt_state'}
   checkpoints/<step>/data/    JSON {'position': examples consumed by the train iterator}
   checksums/step_<step>.json  SHA-256 of every leaf of that step's state (checkpoints/integrity.py)
-  prompts/step_<step>.npy     the prompt [p, d] (or table [k, p, d]) of that step, for other tools
+  prompts/step_<step>.npy     the prompt [p, d] (or table [k, p, d]; a multi-task run: its task parts) of that step
   prompts/step_<step>.safetensors        its bundle (checkpoints/bundle.py); a multi-task run instead:
   prompts/step_<step>/<task>.safetensors  one bundle per task, its whole prompt (runs/multitask.py)
   run_config.json             `RunConfig`: what was trained, to rebuild it without gin (load_pretrained)
