@@ -302,7 +302,10 @@ def attach_prompt(
     )
   params = {k: v for k, v in model.params.items() if k != "prompt"}
   d = model.config.emb_dim
-  if source.value is None:  # a MODEL_DIR: restore what was trained (the prompt, or more for model tuning)
+  if source.value is None and run.prompt_tasks is not None:  # a multi-task run: the task's whole prompt
+    params["prompt"], restored_step = _task_prompt(source.model_dir, run, params, task, step)
+    length = run.prompt_length
+  elif source.value is None:  # a MODEL_DIR: restore what was trained (the prompt, or more for model tuning)
     from prompt_tuning.checkpoints.train_state import restore_trained
 
     template = {**params, "prompt": {"prompt": np.zeros((run.prompt_length, d), np.float32)}}
@@ -333,12 +336,37 @@ def attach_prompt(
   )
 
 
+def _task_prompt(model_dir: str, run: RunConfig, frozen: dict, task: str | None, step: int | None) -> tuple[dict, int]:
+  """{'prompt': [p, d]}: task `task`'s whole prompt (shared part combined in) from a multi-task run's
+  checkpoint, and the restored step."""
+  from prompt_tuning.checkpoints.train_state import restore_trained
+  from prompt_tuning.models.prompt import task_prompts
+
+  tasks = run.prompt_tasks
+  if task not in tasks:
+    raise ValueError(f"{model_dir} trained a prompt per task ({', '.join(tasks)}): pass task= one of them")
+  config = PromptConfig(
+    run.prompt_length,
+    num_tasks=len(tasks),
+    shared_length=run.shared_prompt_length,
+    shared_combine=run.shared_prompt_combine,
+  )
+  d = frozen["token_embedder"]["embedding"].shape[-1]
+  prompt = {"prompt": np.zeros((len(tasks), config.task_length, d), np.float32)}
+  if config.shared_length:
+    prompt["shared_prompt"] = np.zeros((config.shared_length, d), np.float32)
+  restored, restored_step = restore_trained(model_dir, {**frozen, "prompt": prompt}, run.trainable_params, step)
+  trained = restored["prompt"]
+  whole = task_prompts(np.asarray(trained["prompt"]), trained.get("shared_prompt"), config.shared_combine)
+  return {"prompt": np.asarray(whole[tasks.index(task)], np.float32)}, restored_step
+
+
 def _task(name: str | None, run: RunConfig | None):
   if not name:
     return None
   from prompt_tuning.task_registry import resolve_task
 
-  if run is not None and name == run.task:  # found as in training: its module, its default vocabulary
+  if run is not None and (name == run.task or name in (run.prompt_tasks or ())):  # found as in training
     return resolve_task(name, run.mixture_or_task_module, run.vocabulary_path)
   return resolve_task(name)
 

@@ -155,18 +155,27 @@ def read_bundle(path: str) -> PromptBundle:
   return PromptBundle.from_bytes(source.read_bytes(), str(path))
 
 
-def latest_bundle(source: str, prompts_dir: str) -> str:
+def latest_bundle(source: str, prompts_dir: str, task: str | None = None) -> str:
   """`source` if it is a bundle (or a PEFT adapter folder), else the newest bundle in MODEL_DIR `source`'s
-  `prompts_dir` (train_state.PROMPTS_DIR)."""
+  `prompts_dir` (train_state.PROMPTS_DIR): step_<n>.safetensors, or of a multi-task run
+  step_<n>/<task>.safetensors, the bundle of `task` (one line when the run has none of it)."""
   path = epath.Path(source)
   prompts = path / prompts_dir
   if not path.is_dir() or (path / PEFT_CONFIG).exists() or not prompts.is_dir():
     return source
-  pattern = re.compile(r"^step_(\d+)" + re.escape(SUFFIX) + "$")
-  steps = sorted((int(m.group(1)), p.name) for p in prompts.iterdir() if (m := pattern.match(p.name)))
-  if not steps:
+  pattern = re.compile(r"^step_(\d+)(" + re.escape(SUFFIX) + ")?$")
+  found = [(int(m.group(1)), p) for p in prompts.iterdir() if (m := pattern.match(p.name))]
+  found = [(step, p) for step, p in found if p.name.endswith(SUFFIX) or p.is_dir()]  # not step_<n>.npy's kin
+  if not found:
     raise CheckpointError(f"{prompts}: no prompt bundle (step_<n>{SUFFIX}); was it trained by 0.2 or later?")
-  return os.fspath(prompts / steps[-1][1])
+  _, newest = max(found, key=lambda item: (item[0], item[1].name))
+  if not newest.is_dir():
+    return os.fspath(newest)
+  tasks = sorted(p.name[: -len(SUFFIX)] for p in newest.iterdir() if p.name.endswith(SUFFIX))
+  if task is None or task not in tasks:
+    which = "name the task" if task is None else f"it has no prompt of task {task}"
+    raise CheckpointError(f"{source}: a multi-task run with prompts of {', '.join(tasks) or 'no task'}; {which}")
+  return os.fspath(newest / f"{task}{SUFFIX}")
 
 
 def check_fits(bundle: PromptBundle, config: T5Config, fingerprint: str, source: str) -> None:

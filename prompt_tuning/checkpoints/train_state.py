@@ -4,7 +4,9 @@ Layout under MODEL_DIR:
   checkpoints/<step>/state/   orbax StandardSave of {'step', 'params' (trainable subtree), 'opt_state'}
   checkpoints/<step>/data/    JSON {'position': examples consumed by the train iterator}
   checksums/step_<step>.json  SHA-256 of every leaf of that step's state (checkpoints/integrity.py)
-  prompts/step_<step>.npy     the prompt [p, d] (or table [k, p, d]) of that step, for other tools
+  prompts/step_<step>.npy     the prompt [p, d] (or table [k, p, d]; a multi-task run: its task parts) of that step
+  prompts/step_<step>.safetensors        its bundle (checkpoints/bundle.py); a multi-task run instead:
+  prompts/step_<step>/<task>.safetensors  one bundle per task, its whole prompt (runs/multitask.py)
   run_config.json             `RunConfig`: what was trained, to rebuild it without gin (load_pretrained)
 
 The frozen model is never saved here: it is restored from its own checkpoint.
@@ -59,6 +61,8 @@ class RunConfig:
     initial_checkpoint_path: the frozen model's checkpoint, as given ('': random init from `seed`).
     model_config: the frozen model's T5Config as used.
     seed: the run's seed (random frozen weights are initialized from it).
+    prompt_tasks: a multi-task run's tasks, by prompt row (runs/multitask.py); None: one prompt.
+    shared_prompt_length, shared_prompt_combine: its shared prompt part (PromptConfig).
   """
 
   prompt_length: int
@@ -71,6 +75,9 @@ class RunConfig:
   initial_checkpoint_path: str
   model_config: T5Config
   seed: int
+  prompt_tasks: tuple[str, ...] | None = None
+  shared_prompt_length: int = 0
+  shared_prompt_combine: str = "concat"
 
   def to_json(self) -> str:
     values = dataclasses.asdict(self)
@@ -82,6 +89,8 @@ class RunConfig:
     try:
       values = json.loads(text)
       values["model_config"] = T5Config.from_dict(values["model_config"])
+      if values.get("prompt_tasks") is not None:
+        values["prompt_tasks"] = tuple(values["prompt_tasks"])
       return cls(**values)
     except (ValueError, KeyError, TypeError) as e:  # json errors are ValueErrors
       raise CheckpointError(f"{source}: not a run config written by train() ({first_line(e, typed=True)})") from None
@@ -146,6 +155,9 @@ class TrainCheckpointer:
     warn: where the one-line warnings and notes go (default: stderr, process 0 only).
     bundle: the record of the run's prompt (checkpoints/bundle.py; its `prompt` is ignored): with
       it, every saved prompt is also written as prompts/step_<n>.safetensors, a bundle.
+    task_prompts: a multi-task run's trainable tree -> {task: its whole prompt [p, d]} for each of its
+      `tasks`: with it (and `bundle`), each task's goes to prompts/step_<n>/<task>.safetensors, with
+      its own metrics.
   """
 
   def __init__(
@@ -157,6 +169,8 @@ class TrainCheckpointer:
     read_only: bool = False,
     warn: Callable[[str], None] = _say,
     bundle: bundle_lib.PromptBundle | None = None,
+    task_prompts: Callable[[Any], Mapping[str, np.ndarray]] | None = None,
+    tasks: tuple[str, ...] = (),
   ):
     import orbax.checkpoint as ocp
 
@@ -168,6 +182,8 @@ class TrainCheckpointer:
     self.read_only = read_only
     self._warn = warn
     self._bundle = bundle
+    self._task_prompts = task_prompts
+    self._tasks = tuple(tasks)
     self._untrusted: set[int] = set()  # steps this process found bad: replaced by a new save, never kept
     # Rotation is ours (`_rotate`), not orbax's: orbax would delete before the new step's files
     # are complete, and would count checkpoints found corrupt.
@@ -381,13 +397,31 @@ class TrainCheckpointer:
     buffer = io.BytesIO()
     np.save(buffer, prompt)
     atomic.write_bytes(self._prompt_path(step), buffer.getvalue())
-    if self._bundle is not None and prompt.ndim == 2:
+    if self._bundle is not None and self._task_prompts is not None:
+      for task, whole in self._task_prompts(trainable).items():
+        # The mixture's evaluation names a task's metrics 'decode/<task>/accuracy': the task's own
+        # are named as a single-task run's ('decode/accuracy').
+        own = {
+          "/".join(p for p in k.split("/") if p != task): v for k, v in (metrics or {}).items() if task in k.split("/")
+        }
+        bundle = dataclasses.replace(
+          self._bundle, prompt=np.asarray(whole, np.float32), task=task, step=step, metrics=own
+        )
+        atomic.write_bytes(self._task_bundle_path(step, task), bundle.to_bytes())
+    elif self._bundle is not None and prompt.ndim == 2:
       bundle = dataclasses.replace(self._bundle, prompt=prompt, step=step, metrics=dict(metrics or {}))
       atomic.write_bytes(self._bundle_path(step), bundle.to_bytes())
 
   def _bundle_problem(self, step: int, expected: Any) -> str | None:
     """Why prompts/step_<step>.safetensors must be rewritten (missing, unreadable, another prompt), or None."""
     if self._bundle is None:
+      return None
+    if self._task_prompts is not None:  # per task: each must be there and readable
+      for path in self._task_bundle_paths(step):
+        try:
+          bundle_lib.PromptBundle.from_bytes(path.read_bytes(), str(path))
+        except (CheckpointError, OSError) as e:
+          return f"the bundle {path.name} is missing or unreadable: {first_line(e)}"
       return None
     path = self._bundle_path(step)
     if not path.exists():
@@ -405,6 +439,12 @@ class TrainCheckpointer:
 
   def _bundle_path(self, step: int) -> epath.Path:
     return self.model_dir / PROMPTS_DIR / f"step_{step}{bundle_lib.SUFFIX}"
+
+  def _task_bundle_path(self, step: int, task: str) -> epath.Path:
+    return self.model_dir / PROMPTS_DIR / f"step_{step}" / f"{task}{bundle_lib.SUFFIX}"
+
+  def _task_bundle_paths(self, step: int) -> list[epath.Path]:
+    return [self._task_bundle_path(step, task) for task in self._tasks]
 
   def _step_dir(self, step: int) -> epath.Path:
     return self.model_dir / CHECKPOINTS_DIR / str(step)

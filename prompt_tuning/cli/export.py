@@ -24,6 +24,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--peft", action="store_true", required=True, help="write a PEFT prompt-tuning adapter")
   parser.add_argument("src", help="a prompt bundle, or a MODEL_DIR (its latest bundle)")
   parser.add_argument("out", help="new folder for the adapter")
+  parser.add_argument("--task", default=None, help="the task's prompt, when src is a multi-task run's MODEL_DIR")
   parser.add_argument("--base_model", default="", help="recorded as the adapter's base_model_name_or_path")
   return parser.parse_args(argv)
 
@@ -31,7 +32,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
   args = parse(argv)
   try:
-    source = bundle_lib.latest_bundle(args.src, PROMPTS_DIR)
+    source = bundle_lib.latest_bundle(args.src, PROMPTS_DIR, args.task)
     bundle = bundle_lib.read_bundle(source)
     out = bundle_lib.export_peft(bundle, args.out, base_model_name_or_path=args.base_model)
   except (CheckpointError, OSError) as e:

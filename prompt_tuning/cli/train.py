@@ -36,7 +36,12 @@ def _describe(result) -> None:
   if result.eval_metrics:
     print(f"evaluated {gin_runner.describe_evaluation(result.eval_metrics)}")
     print("\n".join(gin_runner.metric_lines(result.eval_metrics, prefix="eval ")))
-  if result.prompt_path:
+  bundles = os.path.join(model_dir, "prompts", f"step_{result.step}")
+  if os.path.isdir(bundles):  # a multi-task run (runs/multitask.py): a bundle per task
+    print(
+      f"prompts:      {bundles}/<task>.safetensors ({', '.join(sorted(n[: -len('.safetensors')] for n in os.listdir(bundles)))})"
+    )
+  elif result.prompt_path:
     print(f"prompt:       {result.prompt_path}")
   print(f"checkpoints:  {os.path.join(model_dir, 'checkpoints')}")
   print(f"metrics:      {os.path.join(model_dir, 'metrics.jsonl')}")

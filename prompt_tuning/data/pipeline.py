@@ -34,7 +34,8 @@ class Batch(NamedTuple):
     arrays: int32 numpy arrays, b = batch_size // process_count rows:
       encoder_input_tokens [b, n], decoder_input_tokens [b, m],
       decoder_target_tokens [b, m], decoder_loss_weights [b, m], mask [b]
-      (1 = real example, 0 = padding row).
+      (1 = real example, 0 = padding row); with the iterator's `task_ids`, also
+      task_ids [b] (each example's prompt row; 0 for padding rows).
     text: {"inputs": list[str], "targets": list[str], "idx": list, "examples":
       list[dict]} of length b; padding rows hold "", "", None and None.
   """
@@ -66,6 +67,9 @@ class BatchIterator:
       (jax.process_index() / jax.process_count()).
     counter: a `TruncationCounter` to record into (default: a new one, see
       `truncation`).
+    task_ids: {task name: prompt row}: batches carry arrays['task_ids'], each
+      example's row by its mixture tag (`task`); an example of another task is
+      an error.
   """
 
   def __init__(
@@ -83,6 +87,7 @@ class BatchIterator:
     process_index: int = 0,
     process_count: int = 1,
     counter: features_lib.TruncationCounter | None = None,
+    task_ids: Mapping[str, int] | None = None,
   ):
     if batch_size < 1 or batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} must be >= 1 and divisible by process_count {process_count}")
@@ -103,6 +108,14 @@ class BatchIterator:
     if repeat and not self._examples:
       raise ValueError(f"task {task.name} split {split} is empty; cannot repeat it")
     self._position = int(start_position)
+    self.task_ids = None if task_ids is None else dict(task_ids)
+    if self.task_ids is not None:
+      unknown = sorted({str(ex.get("task")) for ex in self._examples} - set(self.task_ids))
+      if unknown:
+        raise ValueError(
+          f"task {task.name} split {split}: examples of task {unknown[0]} have no prompt row "
+          f"(rows: {', '.join(self.task_ids)})"
+        )
     self._perms: dict[int, np.ndarray] = {}
 
   @property
@@ -113,6 +126,14 @@ class BatchIterator:
   @property
   def num_examples(self) -> int:
     return len(self._examples)
+
+  def task_counts(self) -> dict[str, int]:
+    """{task tag: examples} of the split (a mixture tags each example with its task; else {})."""
+    counts: dict[str, int] = {}
+    for ex in self._examples:
+      if "task" in ex:
+        counts[ex["task"]] = counts.get(ex["task"], 0) + 1
+    return counts
 
   @property
   def num_batches(self) -> int | None:
@@ -152,6 +173,9 @@ class BatchIterator:
     mask = np.zeros(self.local_batch_size, np.int32)
     mask[: len(rows)] = 1
     arrays["mask"] = mask
+    if self.task_ids is not None:
+      arrays["task_ids"] = np.zeros(self.local_batch_size, np.int32)
+      arrays["task_ids"][: len(rows)] = [self.task_ids[ex["task"]] for ex in rows]
     pad = self.local_batch_size - len(rows)
     text: dict[str, list[Any]] = {
       "inputs": [ex["inputs"] for ex in rows] + [""] * pad,

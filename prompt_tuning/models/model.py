@@ -82,13 +82,15 @@ class EncoderDecoderModel:
   loss_config: LossConfig = LossConfig()
 
   def loss(
-    self, params: Params, batch: dict[str, Array], dropout_rng: Array | None = None
+    self, params: Params, batch: dict[str, Array], dropout_rng: Array | None = None, num_tasks: int | None = None
   ) -> tuple[Array, dict[str, Array]]:
     """Training loss of a batch and its metrics (sums over the batch's target tokens).
 
     With `dropout_rng`, dropout is on. Returns (loss, metrics) where metrics
     holds the summed loss, z_loss, correct-token count and token count, so
-    they aggregate exactly across steps and devices.
+    they aggregate exactly across steps and devices. With `num_tasks` k (and
+    batch['task_ids'] [batch]), also the same sums per task: task_loss_sum,
+    task_correct_tokens and task_num_tokens, each float32 [k].
     """
     rngs = None if dropout_rng is None else {"dropout": dropout_rng}
     logits = self.module.apply(
@@ -122,6 +124,17 @@ class EncoderDecoderModel:
       "correct_tokens": correct,
       "num_tokens": num_tokens,
     }
+    if num_tasks is not None:
+      ids = batch["task_ids"]
+
+      def per_task(per_token: Array) -> Array:  # [batch, length] -> [k]
+        return jax.ops.segment_sum(jnp.sum(per_token, axis=-1), ids, num_segments=num_tasks)
+
+      metrics.update(
+        task_loss_sum=per_task(token_loss),
+        task_correct_tokens=per_task((jnp.argmax(logits, axis=-1) == targets) * weights),
+        task_num_tokens=per_task(weights),
+      )
     return loss, metrics
 
   def score(

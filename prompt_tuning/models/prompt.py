@@ -20,6 +20,13 @@ task t gets exactly the sequence a p_t-long prompt would give it, followed
 by p - p_t more padding positions (mask 0). Trailing padding changes nothing
 for the real positions, so a mixed batch computes what each task would alone.
 
+A table may also have a part shared by every task (`PromptConfig.shared_length`), as the
+reference repository's multi-task prompts (prompt_tuning/extended/multitask_prompts.py):
+'concat' puts the shared [s, embed] part before the task's own [p - s, embed] part
+(its ConcatMultiTaskPrompt), 'add' sums a shared [p, embed] and the task's [p, embed]
+(its AddMultiTaskPrompt). The parameters are then `prompt` (the task parts, [k, p_t, embed])
+and `shared_prompt`; `task_prompts` gives every task's whole prompt [k, p, embed].
+
 `PromptedTransformer` is the T5 `Transformer` with a `Prompt` between
 `embed` and `encode`; its parameter tree is the T5 tree plus `prompt/prompt`.
 """
@@ -42,6 +49,7 @@ Array = jax.Array
 PromptInit = Callable[[Array, tuple[int, int]], Array]
 
 PLACEMENTS = ("prefix", "after_first", "suffix")
+SHARED_COMBINES = ("concat", "add")
 
 
 def uniform_init(rng: Array, shape: tuple[int, ...]) -> Array:
@@ -58,12 +66,17 @@ class PromptConfig:
     indexed by per-example task ids.
   task_lengths: with a table, each task's own prompt length p_t <= length
     (the first p_t rows of its slot); None: every task uses all `length`.
+  shared_length: with a table, s > 0 adds a part shared by all tasks (see the module docstring):
+    'concat': 0 < s < length, each task owning length - s vectors; 'add': s = length.
+  shared_combine: 'concat' ([shared; task]) or 'add' (shared + task).
   """
 
   length: int
   placement: str = "prefix"
   num_tasks: int | None = None
   task_lengths: tuple[int, ...] | None = None
+  shared_length: int = 0
+  shared_combine: str = "concat"
 
   def __post_init__(self):
     if not isinstance(self.length, (int, np.integer)) or self.length < 1:
@@ -78,6 +91,47 @@ class PromptConfig:
         raise ValueError(f"PromptConfig.task_lengths {lengths} needs num_tasks={len(lengths)} (got {self.num_tasks})")
       if not all(isinstance(n, (int, np.integer)) and 1 <= n <= self.length for n in lengths):
         raise ValueError(f"PromptConfig.task_lengths {lengths} must each be in [1, length={self.length}]")
+    check_shared(self.length, self.shared_length, self.shared_combine, self.num_tasks, "PromptConfig")
+    if self.shared_length and self.task_lengths is not None:
+      raise ValueError("PromptConfig: a shared prompt part and per-task task_lengths cannot be combined")
+
+  @property
+  def task_length(self) -> int:
+    """The length of each task's own part: p - s with a concatenated shared part, else p."""
+    return self.length - self.shared_length if self.shared_combine == "concat" else self.length
+
+
+def check_shared(length: int, shared_length: int, combine: str, num_tasks: int | None, owner: str) -> None:
+  """One line (ValueError) unless a shared part of `shared_length` fits a prompt of `length`."""
+  if not isinstance(shared_length, (int, np.integer)) or shared_length < 0:
+    raise ValueError(f"{owner}.shared_length must be an integer >= 0, got {shared_length!r}")
+  if combine not in SHARED_COMBINES:
+    raise ValueError(f"{owner}.shared_combine={combine!r}: expected one of {SHARED_COMBINES}")
+  if not shared_length:
+    return
+  if num_tasks is None:
+    raise ValueError(f"{owner}: a shared prompt part (shared_length={shared_length}) needs a table of task prompts")
+  if combine == "concat" and shared_length >= length:
+    raise ValueError(
+      f"{owner}: shared_length={shared_length} must be below the prompt length {length} "
+      f"(each task keeps length - shared_length vectors of its own)"
+    )
+  if combine == "add" and shared_length != length:
+    raise ValueError(f"{owner}: an added shared part spans the whole prompt: shared_length must be {length}")
+
+
+def task_prompts(table: Array, shared: Array | None, combine: str = "concat") -> Array:
+  """Every task's whole prompt: table [k, p_t, embed] and shared [s, embed] -> [k, p, embed].
+
+  'concat': [shared; table[t]] (p = s + p_t); 'add': shared + table[t] (p = s = p_t); no shared
+  part: the table itself.
+  """
+  if shared is None:
+    return table
+  if combine == "add":
+    return table + shared[None].astype(table.dtype)
+  k = table.shape[0]
+  return jnp.concatenate([jnp.broadcast_to(shared.astype(table.dtype)[None], (k, *shared.shape)), table], axis=1)
 
 
 def insert_positions(mask: Array, placement: str) -> Array:
@@ -210,8 +264,16 @@ class Prompt(nn.Module):
       prompt = layers.constrain(jnp.asarray(prompt, self.dtype), ("prompt", "embed"))
     else:
       table = self.param(
-        "prompt", nn.with_logical_partitioning(self._init, ("tasks", "prompt", "embed")), (cfg.num_tasks, p, d)
+        "prompt",
+        nn.with_logical_partitioning(self._init, ("tasks", "prompt", "embed")),
+        (cfg.num_tasks, cfg.task_length, d),
       )
+      shared = None
+      if cfg.shared_length:
+        shared = self.param(
+          "shared_prompt", nn.with_logical_partitioning(self._init, ("prompt", "embed")), (cfg.shared_length, d)
+        )
+        shared = jnp.asarray(shared, self.dtype)
       if task_ids is None:
         raise ValueError(f"Prompt has a table of {cfg.num_tasks} prompts (num_tasks set): pass task_ids [batch]")
       if np.shape(task_ids) != embedded.shape[:1]:
@@ -219,7 +281,9 @@ class Prompt(nn.Module):
       ids = _concrete(task_ids)
       if ids is not None and (np.any(ids < 0) or np.any(ids >= cfg.num_tasks)):
         raise ValueError(f"task_ids {ids.tolist()} out of range for num_tasks={cfg.num_tasks}")
-      table = jnp.asarray(table, self.dtype)
+      # The whole table is combined before the gather: k is small, and each example's gradient then
+      # reaches only its own task's row (and the shared part).
+      table = task_prompts(jnp.asarray(table, self.dtype), shared, cfg.shared_combine)
       prompt = jnp.take(table, jnp.asarray(task_ids, jnp.int32), axis=0, mode="fill", fill_value=jnp.nan)
       prompt = layers.constrain(prompt, ("batch", "prompt", "embed"))
     lengths = None if prompt_lengths is None else jnp.asarray(prompt_lengths, jnp.int32)

@@ -1,8 +1,8 @@
 """Many trained prompts on one frozen model: bundles -> one prompt table, placed on the mesh.
 
-ModelSpec.bundles maps each task to its trained prompt (a bundle, a MODEL_DIR's latest bundle,
-or a PEFT adapter folder). Every bundle is checked against the frozen model (architecture and
-weight fingerprint); the prompts, of any lengths, fill one [k, p_max, embed] table
+ModelSpec.bundles maps each task to its trained prompt (a bundle, a MODEL_DIR's latest bundle (of a
+multi-task run: the task's own), or a PEFT adapter folder). Every bundle is checked against the
+frozen model (architecture and weight fingerprint); the prompts, of any lengths, fill one [k, p_max, embed] table
 (PromptConfig.task_lengths), and each example of the task (a mixture: of its member tasks) runs
 with its own row, so one batch mixes tasks and computes what each task would alone. A task
 mapped to a list of bundles is an ensemble: a row per member, every example run with each
@@ -72,7 +72,7 @@ def build(
   names = [t.name for t in getattr(resolved, "tasks", [resolved])]
   sources = dict(model.bundles or {})
   rows = table_rows(sources, names)
-  bundles = [bundle_lib.read_bundle(bundle_lib.latest_bundle(path, PROMPTS_DIR)) for _, path, _ in rows]
+  bundles = [bundle_lib.read_bundle(bundle_lib.latest_bundle(path, PROMPTS_DIR, name)) for name, path, _ in rows]
   placements = sorted({b.placement for b in bundles})
   if len(placements) > 1:
     raise ValueError(f"the prompt bundles mix placements ({', '.join(placements)}); one table needs one placement")

@@ -118,11 +118,22 @@ def batch_divides(batch_size: int, mesh: jax.sharding.Mesh) -> None:
     )
 
 
-def same_run(model_dir: str, prompt_length: int, prompt_placement: str, trainable_params: str, config=None) -> None:
+def same_run(
+  model_dir: str,
+  prompt_length: int,
+  prompt_placement: str,
+  trainable_params: str,
+  config=None,
+  *,
+  prompt_tasks: tuple[str, ...] | None = None,
+  shared_length: int = 0,
+) -> None:
   """Raises RunError when MODEL_DIR's run_config.json records another prompt or frozen model.
 
   config: the frozen model's T5Config, once loaded (None: check the prompt settings only, before
   loading it). A MODEL_DIR without run_config.json (another tool's) is not checked.
+  prompt_tasks, shared_length: a multi-task run's tasks by prompt row (None: one prompt) and its
+  shared part.
   """
   with doing(f"read MODEL_DIR {model_dir}"):
     previous = read_run_config(model_dir)
@@ -132,6 +143,8 @@ def same_run(model_dir: str, prompt_length: int, prompt_placement: str, trainabl
     ("PROMPT_LENGTH", previous.prompt_length, prompt_length),
     ("PROMPT_PLACEMENT", previous.prompt_placement, prompt_placement),
     ("TRAINABLE_PARAMS", previous.trainable_params, trainable_params),
+    ("MULTI_TASK_PROMPTS", previous.prompt_tasks is not None, prompt_tasks is not None),
+    ("SHARED_PROMPT_LENGTH", previous.shared_prompt_length, shared_length),
   )
   for name, was, now in settings:
     if was != now:
@@ -139,6 +152,11 @@ def same_run(model_dir: str, prompt_length: int, prompt_placement: str, trainabl
         f"MODEL_DIR {model_dir} was trained with {name}={was!r}, this run has {name}={now!r}: "
         f"use the same setting (or another MODEL_DIR)"
       )
+  if prompt_tasks is not None and previous.prompt_tasks is not None and previous.prompt_tasks != prompt_tasks:
+    raise RunError(
+      f"MODEL_DIR {model_dir} trained prompts for tasks {', '.join(previous.prompt_tasks)} (in this order), "
+      f"this mixture has {', '.join(prompt_tasks)}: use the same mixture (or another MODEL_DIR)"
+    )
   if config is None:
     return
   for field, was, now in previous.model_config.architecture_differences(config):

@@ -26,7 +26,7 @@ from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import T5Config
-from prompt_tuning.runs import preflight
+from prompt_tuning.runs import multitask, preflight
 from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
 from prompt_tuning.task_registry import resolve_task
 
@@ -38,7 +38,8 @@ class Setup:
   params: the T5 weights (t5x names) plus {'prompt': {'prompt': [p, embed] float32}}; host numpy
     from `build`, placed on `mesh` from `build_trained`.
   config: the frozen model's T5Config, in the run's dtypes.
-  prompt_ids: with a table of prompts ([k, p, embed], runs/bundles.py), {task name: its row}.
+  prompt_ids: with a table of prompts ([k, p, embed]: runs/bundles.py, or a multi-task run's,
+    runs/multitask.py), {task name: its row}.
   ensemble: the table rows of an ensemble's members (its task runs with each; prompt_tuning/ensemble.py).
   """
 
@@ -115,9 +116,15 @@ def build(
     checked before the model is loaded, the frozen model's architecture after (preflight.same_run).
   """
   device_mesh = mesh.make()
-  if trained_in is not None:
-    preflight.same_run(trained_in, model.prompt.length, model.prompt.placement, model.trainable_params)
   resolved = task_with_splits(task, splits)
+  tasks = None
+  if model.prompt.per_task:  # before the model is loaded: a single task is refused in one line
+    tasks = tuple(multitask.member_tasks(resolved))
+    if "train" in splits:
+      multitask.check_splits(resolved)
+  same = dict(prompt_tasks=tasks, shared_length=model.prompt.shared_length)
+  if trained_in is not None:
+    preflight.same_run(trained_in, model.prompt.length, model.prompt.placement, model.trainable_params, **same)
   note(
     f"loading the frozen model from {model.checkpoint}"
     if model.checkpoint
@@ -125,19 +132,25 @@ def build(
   )
   config, t5_params = frozen_model(model, seed)
   if trained_in is not None:
-    preflight.same_run(trained_in, model.prompt.length, model.prompt.placement, model.trainable_params, config)
+    preflight.same_run(trained_in, model.prompt.length, model.prompt.placement, model.trainable_params, config, **same)
   vocab_size = resolved.vocabulary.vocab_size
   if vocab_size is not None and vocab_size > config.vocab_size:
     raise ValueError(f"the task vocabulary has {vocab_size} ids but the model only {config.vocab_size}")
   embedding = np.asarray(t5_params["token_embedder"]["embedding"], np.float32)
   init_fn = model.prompt.init(embedding=embedding, tokenize=resolved.vocabulary.encode)
-  prompt = PromptConfig(model.prompt.length, model.prompt.placement)
-  # The prompt is kept in float32 whatever the frozen weights are (PromptedTransformer.prompt_param_dtype).
-  prompt_value = np.asarray(init_fn(jax.random.PRNGKey(seed + 1), (prompt.length, config.emb_dim)), np.float32)
+  prompt_ids = None
+  if model.prompt.per_task:  # a table, one row per task of the mixture (runs/multitask.py)
+    prompt, prompt_params, prompt_ids = multitask.initial_prompt(model.prompt, resolved, init_fn, config.emb_dim, seed)
+  else:
+    prompt = PromptConfig(model.prompt.length, model.prompt.placement)
+    # The prompt is kept in float32 whatever the frozen weights are (PromptedTransformer.prompt_param_dtype).
+    prompt_params = {
+      "prompt": np.asarray(init_fn(jax.random.PRNGKey(seed + 1), (prompt.length, config.emb_dim)), np.float32)
+    }
   module = PromptedTransformer(config, prompt_config=prompt)
-  params = {**t5_params, "prompt": {"prompt": prompt_value}}
+  params = {**t5_params, "prompt": prompt_params}
   check_params(params, network.abstract_module_params(module), "prompted model")
-  return Setup(device_mesh, resolved, EncoderDecoderModel(module, model.loss), config, params)
+  return Setup(device_mesh, resolved, EncoderDecoderModel(module, model.loss), config, params, prompt_ids)
 
 
 def build_trained(

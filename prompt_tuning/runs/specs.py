@@ -22,6 +22,7 @@ import jax
 
 from prompt_tuning import param_tree, partitioning, prompt_init
 from prompt_tuning.models.model import LossConfig
+from prompt_tuning.models.prompt import SHARED_COMBINES
 from prompt_tuning.models.t5.config import RandomInitConfig, T5Config
 from prompt_tuning.train import optimizer as optimizer_lib
 
@@ -54,17 +55,47 @@ class PromptSpec:
   length: p, the number of prompt vectors (gin: PROMPT_LENGTH).
   placement: 'prefix' ([P; X], the paper's), 'after_first' (after the first token) or 'suffix'.
   init: an initializer factory from prompt_tuning.prompt_init (gin/prompts/*.gin pick one).
+  per_task: training on a mixture, one prompt per member task, each example training its own task's
+    (gin: MULTI_TASK_PROMPTS; runs/multitask.py).
+  shared_length: with per_task, the length of a part shared by all tasks (gin: SHARED_PROMPT_LENGTH);
+    'concat': [shared; task], 0 < shared_length < length; 'add': shared + task, shared_length = length.
+  shared_combine: 'concat' or 'add', the reference repository's ConcatMultiTaskPrompt / AddMultiTaskPrompt.
   """
 
   length: int = 100
   placement: str = "prefix"
   init: Callable[..., Callable] = prompt_init.random_uniform
+  per_task: bool = False
+  shared_length: int = 0
+  shared_combine: str = "concat"
 
   def __post_init__(self):
     _check(_positive_int(self.length), f"PROMPT_LENGTH must be a positive integer, got {self.length!r}")
     _check(
       self.placement in _PLACEMENTS, f"PROMPT_PLACEMENT must be one of {', '.join(_PLACEMENTS)}, got {self.placement!r}"
     )
+    _check(isinstance(self.per_task, bool), f"MULTI_TASK_PROMPTS must be True or False, got {self.per_task!r}")
+    _check(_natural(self.shared_length), f"SHARED_PROMPT_LENGTH must be an integer >= 0, got {self.shared_length!r}")
+    _check(
+      not self.shared_length or self.per_task,
+      f"SHARED_PROMPT_LENGTH={self.shared_length} needs MULTI_TASK_PROMPTS = True (a part shared by task prompts)",
+    )
+    _check(
+      self.shared_combine in SHARED_COMBINES,
+      f"PromptSpec.shared_combine must be one of {', '.join(SHARED_COMBINES)}, got {self.shared_combine!r}",
+    )
+    if self.shared_length and self.shared_combine == "concat":
+      _check(
+        self.shared_length < self.length,
+        f"SHARED_PROMPT_LENGTH={self.shared_length} must be below PROMPT_LENGTH={self.length} (each task keeps "
+        f"PROMPT_LENGTH - SHARED_PROMPT_LENGTH vectors of its own)",
+      )
+    if self.shared_length and self.shared_combine == "add":
+      _check(
+        self.shared_length == self.length,
+        f"SHARED_PROMPT_LENGTH={self.shared_length}: an added shared part (PromptSpec.shared_combine='add') spans "
+        f"the whole prompt, so it must be PROMPT_LENGTH={self.length}",
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +139,18 @@ class ModelSpec:
       isinstance(self.checkpoint, str),
       f"INITIAL_CHECKPOINT_PATH must be a path string ('' for random weights), got {self.checkpoint!r}",
     )
+    if self.prompt.shared_length:  # a shared part left out of TRAINABLE_PARAMS would silently stay at its init
+      import re
+
+      try:
+        selects = re.fullmatch(self.trainable_params, "prompt/shared_prompt") is not None
+      except re.error:
+        selects = True  # param_tree.split_trainable names the bad regex
+      _check(
+        selects,
+        f"TRAINABLE_PARAMS={self.trainable_params!r} leaves the shared prompt part (prompt/shared_prompt) frozen; "
+        f"set TRAINABLE_PARAMS = 'prompt/.*' (runs/multitask.gin does)",
+      )
     bundles = self.bundles
     _check(
       bundles is None

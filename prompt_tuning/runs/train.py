@@ -32,11 +32,12 @@ from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import T5Config
 from prompt_tuning.progress import ProgressBar
-from prompt_tuning.runs import preemption, preflight
+from prompt_tuning.runs import multitask, preemption, preflight
 from prompt_tuning.runs import setup as setup_lib
 from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
 from prompt_tuning.train import guard as guard_lib
 from prompt_tuning.train import step as step_lib
+from prompt_tuning.train.per_task import per_task_rows
 from prompt_tuning.train.prefetch import DevicePrefetcher
 from prompt_tuning.train.state import TrainState
 
@@ -118,6 +119,9 @@ def _train(
   frozen_shardings = partitioning.logical_to_sharding(frozen_axes, device_mesh)
   frozen = jax.device_put(frozen, frozen_shardings)
   tx, schedule = training.optimizer()
+  tasks = tuple(setup.prompt_ids or ())  # a multi-task run's tasks, by prompt row (runs/multitask.py)
+  if tasks:  # each task's row moved only by its own examples, its optimizer state too
+    tx = per_task_rows(tx)
   # Placed as the step returns it (replicated), so the second step does not compile again.
   state = jax.device_put(
     TrainState.create(jax.tree.map(np.asarray, trainable), tx),
@@ -134,7 +138,14 @@ def _train(
     vocabulary_path=getattr(setup.task.vocabulary, "path", None) or task.vocabulary_path,
     feature_lengths=dict(task.feature_lengths),
   )
-  checkpointer = TrainCheckpointer(model_dir, save_period=training.save_period, keep=training.keep, bundle=record)
+  checkpointer = TrainCheckpointer(
+    model_dir,
+    save_period=training.save_period,
+    keep=training.keep,
+    bundle=record,
+    task_prompts=multitask.prompts_of(setup.model.module.prompt_config, tasks) if tasks else None,
+    tasks=tasks,
+  )
   position = 0
   latest = checkpointer.latest_step()
   if latest is not None:
@@ -166,6 +177,9 @@ def _train(
         initial_checkpoint_path=model.checkpoint,
         model_config=setup.config,
         seed=training.seed,
+        prompt_tasks=tasks or None,
+        shared_prompt_length=model.prompt.shared_length,
+        shared_prompt_combine=model.prompt.shared_combine,
       ),
     )
 
@@ -183,18 +197,24 @@ def _train(
     start_position=position,
     process_index=shard,
     process_count=shards,
+    task_ids=setup.prompt_ids,
   )
+  if tasks:
+    multitask.check_examples(batches.task_counts(), setup.prompt_ids)
   batches.truncation.report()  # the whole split is tokenized up front: report its truncation once
   evaluator = setup_lib.evaluator(setup, task, evaluation, train_batch_size=training.batch_size, note=bar.note)
   train_step = step_lib.compile_train_step(
-    step_lib.make_train_step(setup.model, tx, schedule, training.skip_nonfinite_steps), device_mesh, frozen_shardings
+    step_lib.make_train_step(setup.model, tx, schedule, training.skip_nonfinite_steps, len(tasks) or None),
+    device_mesh,
+    frozen_shardings,
   )
 
   def evaluate_now(state: TrainState) -> dict[str, float]:
     return evaluator.evaluate(param_tree.merge_params(state.params, frozen), evaluation.split)
 
   def place(batch) -> dict[str, jax.Array]:
-    return partitioning.to_global_batch({k: batch.arrays[k] for k in BATCH_KEYS}, device_mesh)
+    keys = (*BATCH_KEYS, "task_ids") if tasks else BATCH_KEYS
+    return partitioning.to_global_batch({k: batch.arrays[k] for k in keys}, device_mesh)
 
   rng = jax.random.PRNGKey(training.seed)
   skip_limit = training.skip_nonfinite_steps
@@ -244,7 +264,7 @@ def _train(
         if log or evaluate or save:  # about to write: the guard first (one small read from the device)
           stop_if_diverged(state)
         if log:
-          summary = step_lib.summarize(totals)
+          summary = step_lib.summarize(totals, tasks)  # with tasks, also '<task>/loss' and '<task>/token_accuracy'
           if not skip_limit:  # without skipping, a non-finite step never gets this far
             summary.pop("skipped_steps")
           seconds = max(time.time() - period_start, 1e-9)

@@ -76,9 +76,10 @@ class Limits:
   placement: str
 
 
-def read_source(source: str) -> bundle_lib.PromptBundle:
-  """The bundle of `source`: a bundle file, a MODEL_DIR (its latest bundle) or a PEFT adapter folder."""
-  return bundle_lib.read_bundle(bundle_lib.latest_bundle(source, PROMPTS_DIR))
+def read_source(source: str, task: str | None = None) -> bundle_lib.PromptBundle:
+  """The bundle of `source`: a bundle file, a MODEL_DIR (its latest bundle; of a multi-task run, task
+  `task`'s) or a PEFT adapter folder."""
+  return bundle_lib.read_bundle(bundle_lib.latest_bundle(source, PROMPTS_DIR, task))
 
 
 def _digest(path: str) -> str:
@@ -154,7 +155,7 @@ class PromptRegistry:
         raise PromptError(f"task {name} is served already (from {self._prompts[name].source}); DELETE it first", 409)
     if bundle is None:
       try:
-        bundle = read_source(source)
+        bundle = read_source(source, str(name))
       except CheckpointError as e:
         raise PromptError(str(e)) from None
     lengths = self._check(bundle, f"the prompt bundle of task {name} ({source})")

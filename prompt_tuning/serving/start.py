@@ -35,7 +35,7 @@ def read_bundles(sources: Mapping[str, str]) -> dict[str, Any]:
   bundles = {}
   for name, source in sources.items():
     try:
-      bundles[name] = read_source(source)
+      bundles[name] = read_source(source, name)
     except CheckpointError as e:
       raise PromptError(f"task {name}: {e}") from None
   return bundles

@@ -8,7 +8,7 @@ donates the state buffers. One device is a 1x1 mesh.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +24,20 @@ from prompt_tuning.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 METRIC_SUMS = ("loss_sum", "z_loss_sum", "correct_tokens", "num_tokens")
+TASK_SUMS = ("task_loss_sum", "task_correct_tokens", "task_num_tokens")  # [k] each, multi-task runs only
 
 
 def make_train_step(
-  model: EncoderDecoderModel, tx: optax.GradientTransformation, schedule: Callable[[Any], Any], skip_nonfinite: int = 0
+  model: EncoderDecoderModel,
+  tx: optax.GradientTransformation,
+  schedule: Callable[[Any], Any],
+  skip_nonfinite: int = 0,
+  num_tasks: int | None = None,
 ) -> Callable:
   """(state, frozen, batch, rng) -> (state, metrics). Dropout uses fold_in(rng, step).
+
+  With `num_tasks` k (a multi-task prompt table; batches carry task_ids), the metrics also hold
+  the sums per task (TASK_SUMS, each [k]), for `summarize`'s per-task loss and accuracy.
 
   A step whose loss, gradient norm or updated state is not finite is not applied: the state keeps
   its parameters and optimizer state (its step still advances), the step's metric sums count as
@@ -41,7 +49,7 @@ def make_train_step(
     dropout_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(trainable):
-      return model.loss(merge_params(trainable, frozen), batch, dropout_rng)
+      return model.loss(merge_params(trainable, frozen), batch, dropout_rng, num_tasks)
 
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -97,7 +105,7 @@ def accumulate(total: dict | None, metrics: dict) -> dict:
   if total is None:
     return dict(metrics)
   out = dict(metrics)
-  for key in (*METRIC_SUMS, "examples", "skipped_steps"):
+  for key in (*METRIC_SUMS, *(k for k in TASK_SUMS if k in metrics), "examples", "skipped_steps"):
     out[key] = total[key] + metrics[key]
   skipped = metrics["skipped_steps"] > 0
   for key in ("loss", "grad_norm"):
@@ -105,10 +113,12 @@ def accumulate(total: dict | None, metrics: dict) -> dict:
   return out
 
 
-def summarize(total: dict) -> dict[str, float]:
+def summarize(total: dict, task_names: Sequence[str] = ()) -> dict[str, float]:
   """Host-side scalars for a logging period: per-token loss, z_loss and accuracy, and skipped steps.
 
   A period whose steps were all skipped has no loss, accuracy or gradient norm to report.
+  task_names: with per-task sums, the name of each row: '<task>/loss' and '<task>/token_accuracy'
+  for every task with target tokens in the period.
   """
   values = jax.device_get(total)
   out = {"learning_rate": float(values["learning_rate"]), "skipped_steps": int(values["skipped_steps"])}
@@ -119,6 +129,13 @@ def summarize(total: dict) -> dict[str, float]:
       z_loss=float(values["z_loss_sum"]) / tokens,
       token_accuracy=float(values["correct_tokens"]) / tokens,
     )
+  if task_names and "task_num_tokens" in values:
+    for name, tokens, loss_sum, correct in zip(
+      task_names, values["task_num_tokens"], values["task_loss_sum"], values["task_correct_tokens"]
+    ):
+      if tokens > 0:
+        out[f"{name}/loss"] = float(loss_sum) / float(tokens)
+        out[f"{name}/token_accuracy"] = float(correct) / float(tokens)
   if np.isfinite(values["grad_norm"]):
     out["grad_norm"] = float(values["grad_norm"])
   return out
