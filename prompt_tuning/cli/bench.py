@@ -4,7 +4,7 @@ or (--mode infer) decoding and rank classification with one prompt vs a batch mi
 
   prompt-tuning bench                                    # t5_1_1_base, batch 32, 512 = 100 prompt + 412 tokens
   prompt-tuning bench --mode infer --tasks 8             # greedy decode 8 + rank 2 candidates, 1 vs 8 tasks
-  prompt-tuning bench --mode serve --tasks 8 --requests 2000 --concurrency 64   # the HTTP server's requests/s
+  prompt-tuning bench --mode serve --tasks 8 --concurrency 1,64  # the HTTP server's requests/s
   prompt-tuning bench --model t5_1_1_xxl --batch 8 --peft eager --json xxl.json
   prompt-tuning bench --model t5_1_1_xxl --batch 8 --num_partitions 2 --check_rounding
   python -m prompt_tuning.cli.bench --model tiny --dtype float32 --peft none
@@ -38,6 +38,14 @@ from prompt_tuning.bench import BenchConfig, RunResult, flops
 from prompt_tuning.models.t5.config import NAMED_CONFIGS
 
 PEFT_CHOICES = {"none": (), "eager": ("eager",), "compile": ("compile",), "both": ("eager", "compile")}
+
+
+def _concurrency_levels(text: str) -> tuple[int, ...]:
+  """'1,32,64' -> (1, 32, 64); argparse turns the ValueError into one usage line."""
+  return tuple(int(x) for x in text.split(","))
+
+
+_concurrency_levels.__name__ = "comma-separated integers"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -106,7 +114,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
   )
   parser.add_argument("--tasks", type=int, default=8, help="infer: prompts in the mixed batch; serve: prompts served")
   parser.add_argument("--requests", type=int, default=2000, help="serve: requests timed")
-  parser.add_argument("--concurrency", type=int, default=64, help="serve: requests in flight at most")
+  parser.add_argument(
+    "--concurrency",
+    type=_concurrency_levels,
+    default=(64,),
+    help="serve: requests in flight at most; several levels as 1,32,64 (one load each, same server)",
+  )
   parser.add_argument("--max_wait_ms", type=float, default=5.0, help="serve: how long a batch waits to fill")
   parser.add_argument("--endpoint", choices=("predict", "score"), default="predict", help="serve: what is requested")
   parser.add_argument("--candidates", type=int, default=2, help="infer: rank-classification candidates per example")
@@ -338,11 +351,11 @@ def _serve(cfg: BenchConfig, args: argparse.Namespace) -> int:
     "config": dataclasses.asdict(cfg),
     "load": dataclasses.asdict(load),
     "environment": _environment(peft_ran=False),
-    "result": serving.run(cfg, load),
+    "results": serving.run(cfg, load),
   }
   print(serving.format_report(data))
   _write_json(data, args.json)
-  return 0 if set(data["result"]["status"]) == {"200"} else 1
+  return 0 if all(set(r["status"]) == {"200"} for r in data["results"]) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -186,11 +186,12 @@ def test_bench_serve_mode_loads_the_real_server(tmp_path, capsys):
   batches that mix the tasks."""
   path = tmp_path / "serve.json"
   args = ["--model", "tiny", "--batch", "2", "--input_length", "12", "--target_length", "2", "--prompt_length", "2"]
-  load = ["--tasks", "2", "--requests", "12", "--concurrency", "4", "--max_wait_ms", "50"]
+  load = ["--tasks", "2", "--requests", "12", "--concurrency", "1,4", "--max_wait_ms", "50"]
   assert cli.main(["bench", "--mode", "serve", *args, "--dtype", "float32", *load, "--json", str(path)]) == 0
-  result = json.loads(path.read_text())["result"]
-  assert result["status"] == {"200": 12} and result["requests_per_s"] > 0
-  assert result["batches"] >= 6 and result["mixed_batches"] >= 1  # 12 rows in batches of <= 2
+  single, concurrent = json.loads(path.read_text())["results"]
+  assert single["concurrency"] == 1 and single["batches"] == 12 and single["mixed_batches"] == 0
+  assert concurrent["status"] == {"200": 12} and concurrent["requests_per_s"] > 0
+  assert concurrent["batches"] >= 6 and concurrent["mixed_batches"] >= 1  # 12 rows in batches of <= 2
   assert "requests/s" in capsys.readouterr().out
   assert cli.main(["bench", "--mode", "serve", *args, "--requests", "0"]) == 2
   assert "--requests must be >= 1" in capsys.readouterr().err
