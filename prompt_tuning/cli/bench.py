@@ -191,7 +191,24 @@ def report(cfg: BenchConfig, results: list[RunResult], environment: dict[str, An
 
 
 def _cell(value: float | None, spec: str) -> str:
-  return "-" if value is None else format(value, spec)
+  """`value` formatted by `spec` ('10.2f'); a missing one as '-' in the same width."""
+  return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0] or 0))
+
+
+# How each RunResult field is printed in the tables.
+_FORMATS = {"step_ms": "10.2f", "examples_per_s": "11.2f", "tflops": "9.2f", "peak_gib": "9.2f", "compile_s": "11.1f"}
+
+
+def _result_rows(results: dict[str, dict], width: int, fields: tuple[str, ...]) -> list[str]:
+  """One line per result: its name, then `fields` (or its error)."""
+  lines = []
+  for name, r in results.items():
+    label = f"{name.replace('_', ' '):{width}s}"
+    if r["error"]:
+      lines.append(f"{label} {r['error']}")
+    else:
+      lines.append(label + " " + " ".join(_cell(r[field], _FORMATS[field]) for field in fields))
+  return lines
 
 
 def format_table(data: dict[str, Any]) -> str:
@@ -212,15 +229,7 @@ def format_table(data: dict[str, Any]) -> str:
     "",
     f"{'':14s} {'step ms':>10s} {'examples/s':>11s} {'TFLOP/s':>9s} {'peak GiB':>9s} {'1st step s':>11s}",
   ]
-  for name, r in data["results"].items():
-    label = name.replace("_", " ")
-    if r["error"]:
-      lines.append(f"{label:14s} {r['error']}")
-      continue
-    lines.append(
-      f"{label:14s} {_cell(r['step_ms'], '10.2f')} {_cell(r['examples_per_s'], '11.2f')} "
-      f"{_cell(r['tflops'], '9.2f')} {_cell(r['peak_gib'], '9.2f')} {_cell(r['compile_s'], '11.1f')}"
-    )
+  lines += _result_rows(data["results"], 14, ("step_ms", "examples_per_s", "tflops", "peak_gib", "compile_s"))
   if data["ratios"]:
     lines.append("")
     for name, ratio in data["ratios"].items():
@@ -288,15 +297,7 @@ def format_infer_table(data: dict[str, Any]) -> str:
     "",
     f"{'':18s} {'call ms':>10s} {'examples/s':>11s} {'peak GiB':>9s} {'1st call s':>11s}",
   ]
-  for name, r in data["results"].items():
-    label = name.replace("_", " ")
-    if r["error"]:
-      lines.append(f"{label:18s} {r['error']}")
-      continue
-    lines.append(
-      f"{label:18s} {_cell(r['step_ms'], '10.2f')} {_cell(r['examples_per_s'], '11.2f')} "
-      f"{_cell(r['peak_gib'], '9.2f')} {_cell(r['compile_s'], '11.1f')}"
-    )
+  lines += _result_rows(data["results"], 18, ("step_ms", "examples_per_s", "peak_gib", "compile_s"))
   lines.append("")
   for name, ratio in data["ratios"].items():
     lines.append(
