@@ -148,3 +148,24 @@ def test_run_configs_bind_t5s_pretraining_settings(run_file, objective, step_off
     ) == (0.8, True, None, 1.0)
   finally:
     gin.clear_config()
+
+
+@pytest.mark.slow
+def test_a_partly_trained_run_takes_the_rest_from_its_initial_model(tmp_path):
+  """TRAINABLE_PARAMS covering some T5 weights: those come from the checkpoint, the others from the
+  run's own initial model (here its random init, seed 0), the prompt from neither."""
+  result = train(
+    specs.ModelSpec(config=CONFIG, prompt=specs.PromptSpec(length=2), trainable_params="decoder/.*|prompt/prompt"),
+    specs.TaskSpec("quickstart_sentiment", {"inputs": 16, "targets": 4}),
+    str(tmp_path),
+    specs.TrainSpec(steps=1, batch_size=4, save_period=1, log_period=1),
+    specs.EvaluationSpec(batch_size=100, rank_classification=False),
+    progress=False,
+  )
+  _, params = loader.load_checkpoint(str(tmp_path))
+  loaded, trained, frozen = (param_tree.flatten(t) for t in (params, result.trainable, result.frozen))
+  assert set(loaded) == (set(trained) - {"prompt/prompt"}) | set(frozen) and any(
+    k.startswith("decoder/") for k in trained
+  )
+  for key, value in loaded.items():
+    np.testing.assert_array_equal(value, np.asarray((trained if key in trained else frozen)[key]), err_msg=key)
