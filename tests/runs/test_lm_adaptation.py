@@ -4,6 +4,7 @@ corpus lowers the held-out loss, and the run's MODEL_DIR then serves as INITIAL_
 from __future__ import annotations
 
 import functools
+import json
 
 import jax
 import numpy as np
@@ -169,3 +170,45 @@ def test_a_partly_trained_run_takes_the_rest_from_its_initial_model(tmp_path):
   )
   for key, value in loaded.items():
     np.testing.assert_array_equal(value, np.asarray((trained if key in trained else frozen)[key]), err_msg=key)
+
+
+@pytest.mark.slow
+def test_span_corruption_pretrains_a_tiny_model(tmp_path):
+  """runs/span_corruption.gin's objective through the trainer: sentinels from the vocabulary's extra ids."""
+  lengths = {"inputs": 32, "targets": 8}
+  name = lm.text_corpus_task(
+    "span_corruption_test",
+    data_path("corpus_train.txt"),
+    data_path("corpus_validation.txt"),
+    objective="span_corruption",
+    feature_lengths=lengths,
+    vocabulary_path=data_path("sentencepiece.model"),
+    extra_ids=8,  # ids 256..263; a 34-token segment uses 3 of them
+    eval_examples=8,
+  )
+  train(
+    specs.ModelSpec(
+      config=get_config("tiny", vocab_size=264), prompt=specs.PromptSpec(length=1), trainable_params=".*"
+    ),
+    specs.TaskSpec(name, lengths),
+    str(tmp_path),
+    specs.TrainSpec(
+      steps=40,
+      batch_size=8,
+      save_period=40,
+      log_period=10,
+      eval_period=0,
+      optimizer=functools.partial(
+        optimizer.adafactor,
+        learning_rate=optimizer.rsqrt_decay(1.0, warmup_steps=100),
+        multiply_by_parameter_scale=True,
+        weight_decay_rate=None,
+      ),
+    ),
+    specs.EvaluationSpec(batch_size=8),
+    progress=False,
+  )
+  losses = [r["train/loss"] for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if "train/loss" in r]
+  assert len(losses) == 4 and losses[-1] < losses[0] - 1.0, losses
+  example = next(resolve_task(name).examples("validation"))
+  assert 263 in example["inputs_ids"] and example["targets_ids"][0] == 263  # <extra_id_0> = the last id
