@@ -87,7 +87,7 @@ def test_prefix_lm_lowers_held_out_loss_and_the_run_is_a_checkpoint(tmp_path):
     specs.TaskSpec("quickstart_sentiment", {"inputs": 32, "targets": 4}),
     str(tmp_path / "prompt"),
     specs.TrainSpec(steps=2, batch_size=8, save_period=2, log_period=1),
-    specs.EvaluationSpec(batch_size=100),
+    specs.EvaluationSpec(batch_size=100, rank_classification=False),
     progress=False,
   )
   assert tuned.step == 2 and set(param_tree.flatten(tuned.trainable)) == {"prompt/prompt"}
