@@ -40,7 +40,7 @@ setuptools.setup(
   package_dir={"prompt_tuning.gin": "gin", "prompt_tuning.tasks": "tasks"},
   package_data={
     "prompt_tuning.gin": _data_files("gin", (".gin",)),
-    "prompt_tuning.data": ["quickstart/*.jsonl", "quickstart/*.model"],
+    "prompt_tuning.data": ["quickstart/*.jsonl", "quickstart/*.model", "quickstart/*.txt"],
   },
   install_requires=[
     "absl-py",

@@ -6,6 +6,8 @@ Formats:
           model id or hub-cache folder resolved offline (see hub.py)
   t5x     checkpoint_<step>/ (msgpack + zarr, or orbax state/), or its parent (see t5x.py);
           model settings from the run's saved config.gin when present (see t5x_gin.py)
+  run     a MODEL_DIR of ours whose run trained the T5 weights (model tuning, LM adaptation),
+          or its checkpoints/<step>/ (see trained_run.py)
 
 Whose config wins: HF and native checkpoints carry their own; a config passed
 in replaces it (it must fit the arrays), except a `RandomInitConfig`, which only
@@ -25,7 +27,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from prompt_tuning.checkpoints import hf, hub, native
+from prompt_tuning.checkpoints import hf, hub, native, trained_run
 from prompt_tuning.checkpoints.structure import CheckpointError, check_params
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import NAMED_CONFIGS, RandomInitConfig, T5Config, get_config
@@ -38,10 +40,10 @@ _STEP_DIR = re.compile(r"^checkpoint_\d+$")
 
 
 def detect_format(path: str) -> str:
-  """Returns 'native', 'hf' or 't5x' for a checkpoint path (or hub id); CheckpointError if none fits."""
+  """Returns 'native', 'hf', 't5x' or 'run' for a checkpoint path (or hub id); CheckpointError if none fits."""
   path = hub.resolve(path)
-  if path.startswith("gs://"):
-    return "t5x"  # remote checkpoints are t5x's public ones; HF and native are local directories
+  if path.startswith("gs://"):  # remote checkpoints are t5x's public ones or our runs; HF and native are local
+    return "run" if trained_run.split_path(path) is not None else "t5x"
   if not os.path.exists(path):
     raise CheckpointError(f"{path}: checkpoint path does not exist")
   if os.path.isfile(path):
@@ -50,6 +52,8 @@ def detect_format(path: str) -> str:
     raise CheckpointError(f"{path}: is a file; pass the checkpoint directory")
   if native.is_native_checkpoint(path):
     return "native"
+  if trained_run.split_path(path) is not None:
+    return "run"
   if hf.is_hf_checkpoint(path):
     return "hf"
   if (
@@ -151,6 +155,8 @@ def load_checkpoint(
   own = None
   if fmt == "native":
     own = native.read_native_config(path)
+  elif fmt == "run":
+    own, params = trained_run.load_trained_run(path)
   elif fmt == "hf":
     own, params = hf.load_hf(path)
   else:

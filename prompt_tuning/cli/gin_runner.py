@@ -34,7 +34,7 @@ def configurables() -> list[Callable[..., Any]]:
   from prompt_tuning.models.model import LossConfig
   from prompt_tuning.models.t5.config import random_init_config, t5_config
   from prompt_tuning.runs import evaluate, infer, specs, train
-  from prompt_tuning.tasks import byod
+  from prompt_tuning.tasks import byod, lm
   from prompt_tuning.train import optimizer
 
   return [
@@ -54,6 +54,7 @@ def configurables() -> list[Callable[..., Any]]:
     t5_config,
     random_init_config,
     *byod.CONFIGURABLES.values(),
+    *lm.CONFIGURABLES.values(),
   ]
 
 

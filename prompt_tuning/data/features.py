@@ -100,6 +100,9 @@ def tokenize(
 ) -> list[Example]:
   """Adds `inputs_ids` / `targets_ids` (lists of int): tokens + EOS, trimmed to length.
 
+  An example that already has `inputs_ids` / `targets_ids` (tokens without EOS) keeps them
+  (EOS still appended and trimmed); its text is not encoded.
+
   Returns new dicts (text fields kept); truncations go to `counter` under `split`.
   """
   lengths = check_feature_lengths(feature_lengths)
@@ -107,9 +110,12 @@ def tokenize(
   eos = vocabulary.eos_id
   out = [dict(ex) for ex in examples]
   for feature in FEATURES:
-    texts = [ex[feature] for ex in examples]
+    # An example may bring its ids (data/corpus.py: objectives work on tokens); the rest are encoded.
+    todo = [i for i, ex in enumerate(examples) if f"{feature}_ids" not in ex]
+    texts = [examples[i][feature] for i in todo]
     encode_batch = getattr(vocabulary, "encode_batch", None)
-    ids = encode_batch(texts) if encode_batch else [vocabulary.encode(t) for t in texts]
+    encoded = iter(encode_batch(texts) if encode_batch else [vocabulary.encode(t) for t in texts])
+    ids = [list(ex[f"{feature}_ids"]) if f"{feature}_ids" in ex else next(encoded) for ex in examples]
     if counter is not None:
       counter.add(split, feature, [len(x) + 1 for x in ids], lengths[feature])
     for ex, x in zip(out, ids):

@@ -8,6 +8,7 @@ latest checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -185,8 +186,9 @@ def _train(
 
   shard, shards = partitioning.data_shard(device_mesh)  # processes of one model replica read the same rows
   bar.note(f"reading the train split of {setup.task.name}")
-  batches = BatchIterator(
-    setup.task,
+  # A text corpus streams its documents (data/corpus.py: LM adaptation); other tasks are read whole.
+  make_batches = getattr(setup.task, "batch_iterator", None) or functools.partial(BatchIterator, setup.task)
+  batches = make_batches(
     "train",
     task.feature_lengths,
     training.batch_size,

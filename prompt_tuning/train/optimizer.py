@@ -33,6 +33,22 @@ def linear_warmup_rsqrt_decay(learning_rate: float = 1.0, warmup_steps: int = 10
   return schedule
 
 
+def rsqrt_decay(learning_rate: float = 1.0, warmup_steps: int = 10_000, step_offset: int = 0) -> Schedule:
+  """T5 / t5x pre-training's schedule ('constant * rsqrt_decay'): lr / sqrt(max(step + step_offset, warmup_steps)).
+
+  From scratch (offset 0): lr / sqrt(warmup) (0.01) for the first warmup_steps, then inverse square
+  root decay. Continuing a checkpoint as T5 did (LM adaptation went on from T5 1.1's step 1M, so its
+  rate was ~0.001), step_offset = the checkpoint's step keeps the rate where T5's was.
+  """
+  warmup = float(max(warmup_steps, 1))
+
+  def schedule(step):
+    s = jnp.asarray(step, jnp.float32) + float(step_offset)
+    return learning_rate / jnp.sqrt(jnp.maximum(s, warmup))
+
+  return schedule
+
+
 def warmup_cosine_decay(
   learning_rate: float = 0.3, warmup_steps: int = 1000, decay_steps: int = 30_000, end_value: float = 0.0
 ) -> Schedule:
@@ -94,6 +110,7 @@ OPTIMIZERS = {"adafactor": adafactor, "adamw": adamw}
 SCHEDULES = {
   "constant_schedule": constant_schedule,
   "linear_warmup_rsqrt_decay": linear_warmup_rsqrt_decay,
+  "rsqrt_decay": rsqrt_decay,
   "warmup_cosine_decay": warmup_cosine_decay,
   "linear_decay": linear_decay,
 }

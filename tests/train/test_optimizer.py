@@ -17,6 +17,9 @@ def test_schedules():
   np.testing.assert_allclose(optimizer.constant_schedule(0.3)(1234), 0.3)
   rsqrt = optimizer.linear_warmup_rsqrt_decay(1.0, warmup_steps=100)
   np.testing.assert_allclose([rsqrt(49), rsqrt(99), rsqrt(399)], [0.5 / 10, 1 / 10, 1 / 20], rtol=1e-6)
+  t5 = optimizer.rsqrt_decay(1.0, warmup_steps=100)  # t5x's 'constant * rsqrt_decay': no linear warm-up
+  np.testing.assert_allclose([t5(0), t5(100), t5(400)], [1 / 10, 1 / 10, 1 / 20], rtol=1e-6)
+  np.testing.assert_allclose(optimizer.rsqrt_decay(1.0, 10_000, step_offset=1_000_000)(0), 1e-3, rtol=1e-6)
   cosine = optimizer.warmup_cosine_decay(0.3, warmup_steps=10, decay_steps=110)
   np.testing.assert_allclose([cosine(0), cosine(10), cosine(110)], [0.0, 0.3, 0.0], atol=1e-7)
   np.testing.assert_allclose(optimizer.linear_decay(0.3, decay_steps=100)(50), 0.15, rtol=1e-6)
