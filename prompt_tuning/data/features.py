@@ -97,9 +97,12 @@ def tokenize(
   *,
   split: str = "",
   counter: TruncationCounter | None = None,
+  target_prefix: Sequence[int] = (),
 ) -> list[Example]:
   """Adds `inputs_ids` / `targets_ids` (lists of int): tokens + EOS, trimmed to length.
 
+  target_prefix: ids put before every target's tokens, before trimming (the reference's token
+    preprocessors run before append_eos_after_trim): the sentinel of data/sentinel.py.
   Returns new dicts (text fields kept); truncations go to `counter` under `split`.
   """
   lengths = check_feature_lengths(feature_lengths)
@@ -110,6 +113,8 @@ def tokenize(
     texts = [ex[feature] for ex in examples]
     encode_batch = getattr(vocabulary, "encode_batch", None)
     ids = encode_batch(texts) if encode_batch else [vocabulary.encode(t) for t in texts]
+    if feature == "targets" and target_prefix:
+      ids = [[*target_prefix, *x] for x in ids]
     if counter is not None:
       counter.add(split, feature, [len(x) + 1 for x in ids], lengths[feature])
     for ex, x in zip(out, ids):

@@ -173,12 +173,15 @@ class TaskSpec:
   feature_lengths: {'inputs': n, 'targets': m}; longer texts are cut, EOS kept.
   module: a module to import first, registering more tasks (t5x's MIXTURE_OR_TASK_MODULE).
   vocabulary_path: SentencePiece model of tasks that name none (None: T5's).
+  target_sentinel: put `<extra_id_0>` before every target, and strip it from predictions before
+    scoring: the paper's "span corruption + sentinel" setting (data/sentinel.py; gin: TARGET_SENTINEL).
   """
 
   name: str
   feature_lengths: Mapping[str, int]
   module: str | None = None
   vocabulary_path: str | None = None
+  target_sentinel: bool = False
 
   def __post_init__(self):
     _check(
@@ -190,6 +193,9 @@ class TaskSpec:
       and {"inputs", "targets"} <= set(lengths)
       and all(_positive_int(lengths[k]) for k in ("inputs", "targets")),
       f"TASK_FEATURE_LENGTHS must map 'inputs' and 'targets' to positive integers, got {lengths!r}",
+    )
+    _check(
+      isinstance(self.target_sentinel, bool), f"TARGET_SENTINEL must be True or False, got {self.target_sentinel!r}"
     )
 
 
