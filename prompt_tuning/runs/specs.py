@@ -5,6 +5,7 @@
   TrainSpec       steps, batch, optimizer, seed and the save/log/eval periods
   EvaluationSpec  which split, in what batches, scored how (decoding, rank classification)
   MeshSpec        the device mesh
+  PromptDesignSpec  evaluate's prompt-design baseline: a text template and k demonstrations, no prompt
 
 `train`, `evaluate` and `infer` (prompt_tuning.runs) take these. gin/runs/common.gin builds them
 once from the t5x-style macros (MODEL_DIR, MIXTURE_OR_TASK_NAME, ...), and from Python they are
@@ -21,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 
 from prompt_tuning import param_tree, partitioning, prompt_init
+from prompt_tuning.data.design import template_fields
 from prompt_tuning.models.model import LossConfig
 from prompt_tuning.models.prompt import SHARED_COMBINES
 from prompt_tuning.models.t5.config import RandomInitConfig, T5Config
@@ -268,6 +270,33 @@ class EvaluationSpec:
 
   def batch_size_or(self, default: int) -> int:
     return default if self.batch_size is None else self.batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptDesignSpec:
+  """The paper's prompt-design baseline (GPT-3 style) for `evaluate`: the frozen model alone, each input
+  written into a text template after k demonstrations of the training split (data/design.py).
+
+  template: str.format template over example fields, '{inputs}' being the task's input text, e.g.
+    'Review: {inputs} Sentiment:' (gin: PROMPT_DESIGN_TEMPLATE).
+  shots: demonstrations per example, each the template filled with a training example followed by
+    its target (gin: PROMPT_DESIGN_SHOTS); dropped, the earliest first, when the input would not fit.
+  seed: which demonstrations each example draws.
+  separator: between demonstrations, and before the query.
+  demonstration_split: the split demonstrations come from.
+  """
+
+  template: str = "{inputs}"
+  shots: int = 0
+  seed: int = 0
+  separator: str = " "
+  demonstration_split: str = "train"
+
+  def __post_init__(self):
+    template_fields(self.template)  # one line for a bad template
+    _check(_natural(self.shots), f"PROMPT_DESIGN_SHOTS must be an integer >= 0, got {self.shots!r}")
+    _check(_natural(self.seed), f"PromptDesignSpec.seed must be an integer >= 0, got {self.seed!r}")
+    _check(isinstance(self.separator, str), f"PromptDesignSpec.separator must be a string, got {self.separator!r}")
 
 
 @dataclasses.dataclass(frozen=True)
