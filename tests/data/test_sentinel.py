@@ -15,7 +15,7 @@ from prompt_tuning.data.pipeline import BatchIterator
 from prompt_tuning.data.sentinel import TargetSentinel, strip_target_prefix
 from prompt_tuning.data.task import DataError, TextTask, read_records
 from prompt_tuning.data.vocab import SentencePieceVocabulary
-from prompt_tuning.evaluation import Evaluator
+from prompt_tuning.evaluation import Evaluator, score_records
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.t5 import get_config, network
 from prompt_tuning.param_tree import flatten, unflatten
@@ -124,18 +124,19 @@ def test_predictions_lose_the_sentinel_and_candidates_gain_it_in_the_evaluator()
   assert {r["prediction"] for r in records} == {"positive"}  # ... and what the metrics see
   targets = [r["target"] for r in records]
   assert set(targets) == {"negative", "positive"}
-  metrics = marked.evaluate(params, "validation")
+  metrics = score_records(marked.task, records)  # what Evaluator.evaluate reports, from these records
   expected = 100.0 * targets.count("positive") / len(targets)
-  assert metrics["decode/accuracy"] == pytest.approx(expected)
-  assert plain.evaluate(params)["decode/accuracy"] == 0.0  # unstripped, no prediction is a label
-  # Rank classification scored each candidate with the sentinel first, as training's targets.
-  for record in records:
-    encoder = np.zeros((1, LENGTHS["inputs"]), np.int32)
+  assert metrics["decode/accuracy"] == pytest.approx(expected) == metrics["rank/accuracy"]
+  assert score_records(plain.task, raw)["decode/accuracy"] == 0.0  # unstripped, no prediction is a label
+  # Rank classification scored each candidate with the sentinel first, as training's targets: by hand,
+  # every (example, candidate) pair as one row of one call of the model's score function.
+  pairs = [(r, c) for r in records for c in r["rank_scores"]]
+  encoder = np.zeros((len(pairs), LENGTHS["inputs"]), np.int32)
+  target = np.zeros((len(pairs), LENGTHS["targets"]), np.int32)
+  for row, (record, candidate) in enumerate(pairs):
     ids = trim_with_eos(VOCAB.encode(record["input"]), LENGTHS["inputs"])
-    encoder[0, : len(ids)] = ids
-    for candidate, score in record["rank_scores"].items():
-      target = np.array([[SENTINEL, *VOCAB.encode(candidate), 1]], np.int32)
-      by_hand = float(model.score(params, encoder, shift_right(target), target)[0])
-      np.testing.assert_allclose(score, by_hand, rtol=1e-5, atol=1e-4)
-    assert record["rank_prediction"] == "positive"
-  assert metrics["rank/accuracy"] == pytest.approx(expected)
+    encoder[row, : len(ids)] = ids
+    target[row] = [SENTINEL, *VOCAB.encode(candidate), 1]
+  by_hand = np.asarray(model.score(params, encoder, shift_right(target), target))
+  np.testing.assert_allclose([r["rank_scores"][c] for r, c in pairs], by_hand, rtol=1e-5, atol=1e-4)
+  assert {r["rank_prediction"] for r in records} == {"positive"}
