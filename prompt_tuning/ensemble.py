@@ -79,7 +79,7 @@ class EnsembleEvaluator(Evaluator):
         if not real:
           continue
         example = examples[i]
-        members = [self.vocabulary.decode(out_tokens[m, i].tolist()) for m in range(n)]
+        members = [self._decode(out_tokens[m, i].tolist()) for m in range(n)]
         winner = majority_vote(members)
         record = {
           "input": batch.text["inputs"][i],

@@ -22,6 +22,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import partitioning
+from prompt_tuning.data import sentinel
 from prompt_tuning.data.features import TruncationCounter, trim_with_eos
 from prompt_tuning.data.pipeline import BatchIterator
 from prompt_tuning.data.task import Task
@@ -64,6 +65,8 @@ class Evaluator:
     self.decoding = describe_decoding(decode_method, decode_options)
     self._note = note or (lambda message: None)
     self.vocabulary = task.vocabulary
+    # TARGET_SENTINEL (data/sentinel.py): candidates gain the prefix, predictions lose it.
+    self.target_prefix = sentinel.target_prefix(task)
     self.mesh = partitioning.make_mesh() if mesh is None else mesh
     self._rows = partitioning.data_sharding(self.mesh)
     replicated = NamedSharding(self.mesh, PartitionSpec())  # every process gets every row back
@@ -100,7 +103,11 @@ class Evaluator:
     return jax.make_array_from_callback(rows.shape, self._rows, lambda index: rows[index])
 
   def _candidate_table(self, rows_of_candidates: list[list[str]]) -> np.ndarray:
-    return candidate_table(self.vocabulary, rows_of_candidates, self._max_target_length)
+    return candidate_table(self.vocabulary, rows_of_candidates, self._max_target_length, self.target_prefix)
+
+  def _decode(self, tokens: Sequence[int]) -> str:
+    """A decoded row [length] as the prediction string: a leading target prefix (the sentinel) dropped."""
+    return self.vocabulary.decode(sentinel.strip_target_prefix(tokens, self.target_prefix))
 
   def _task_ids(self, examples: list) -> jax.Array | None:
     """Each row's prompt-table row (padding rows: 0), placed as the tokens are; None without a table."""
@@ -170,7 +177,7 @@ class Evaluator:
         record = {
           "input": batch.text["inputs"][i],
           "target": batch.text["targets"][i],
-          "prediction": self.vocabulary.decode(out_tokens[i].tolist()),
+          "prediction": self._decode(out_tokens[i].tolist()),
           "score": float(out_scores[i]),
           "example": batch.text["examples"][i],
         }
@@ -209,11 +216,15 @@ def describe_decoding(method: str, options: Mapping[str, Any] | None = None) -> 
   return f"{method} decoding" + (f" with {details}" if details else "")
 
 
-def candidate_table(vocabulary: Any, rows_of_candidates: Sequence[Sequence[str]], max_length: int) -> np.ndarray:
+def candidate_table(
+  vocabulary: Any, rows_of_candidates: Sequence[Sequence[str]], max_length: int, prefix: Sequence[int] = ()
+) -> np.ndarray:
   """Candidate targets as token ids [rows, max candidates, length]: each EOS-terminated and cut to
-  `max_length` as targets are in training (seqio's append_eos_after_trim), 0-padded; missing candidates all 0."""
+  `max_length` as targets are in training (seqio's append_eos_after_trim), 0-padded; missing candidates all 0.
+  prefix: ids before each candidate's, as training put them before each target (TARGET_SENTINEL)."""
   encoded = [
-    [trim_with_eos(vocabulary.encode(c), max_length, vocabulary.eos_id) for c in row] for row in rows_of_candidates
+    [trim_with_eos([*prefix, *vocabulary.encode(c)], max_length, vocabulary.eos_id) for c in row]
+    for row in rows_of_candidates
   ]
   width = max(len(row) for row in encoded)
   length = max(len(ids) for row in encoded for ids in row)

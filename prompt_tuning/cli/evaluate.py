@@ -11,7 +11,12 @@ from prompt_tuning.cli import gin_runner
 
 
 def _describe(metrics) -> None:
-  which = f"step {metrics['step']}" if "step" in metrics else "PROMPT_BUNDLES"  # bundles have no step
+  if "step" in metrics:
+    which = f"step {metrics['step']}"
+  elif gin_runner.binding("evaluate.design") is not None:  # prompt design: the frozen model alone
+    which = "prompt design on the frozen model (no prompt)"
+  else:  # bundles have no step
+    which = "PROMPT_BUNDLES"
   print(f"evaluated {which} {gin_runner.describe_evaluation(metrics)}")
   print("\n".join(gin_runner.metric_lines({k: v for k, v in metrics.items() if k != "step"})))
 

@@ -47,6 +47,7 @@ def configurables() -> list[Callable[..., Any]]:
     specs.TrainSpec,
     specs.EvaluationSpec,
     specs.MeshSpec,
+    specs.PromptDesignSpec,
     *prompt_init.PROMPT_INITIALIZERS.values(),
     *optimizer.OPTIMIZERS.values(),
     *optimizer.SCHEDULES.values(),

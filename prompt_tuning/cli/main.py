@@ -14,6 +14,7 @@ COMMANDS = {
   "infer": ("prompt_tuning.cli.infer", "write predictions of the trained prompt as JSONL"),
   "convert": ("prompt_tuning.cli.convert", "convert an HF or t5x checkpoint to the native format"),
   "export": ("prompt_tuning.cli.export", "write a trained prompt as a HuggingFace PEFT adapter"),
+  "inspect": ("prompt_tuning.cli.inspect_prompt", "nearest vocabulary tokens to each prompt vector, and its norms"),
   "serve": ("prompt_tuning.cli.serve", "serve trained prompts of one frozen model over HTTP (batched)"),
   "generate": ("prompt_tuning.cli.generate", "decode inputs with a checkpoint (default: built-in tiny model)"),
   "tasks": ("prompt_tuning.cli.tasks", "list registered tasks and mixtures (with splits and metrics)"),

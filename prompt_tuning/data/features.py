@@ -97,9 +97,12 @@ def tokenize(
   *,
   split: str = "",
   counter: TruncationCounter | None = None,
+  target_prefix: Sequence[int] = (),
 ) -> list[Example]:
   """Adds `inputs_ids` / `targets_ids` (lists of int): tokens + EOS, trimmed to length.
 
+  target_prefix: ids put before every target's tokens, before trimming (the reference's token
+    preprocessors run before append_eos_after_trim): the sentinel of data/sentinel.py.
   An example that already has `inputs_ids` / `targets_ids` (tokens without EOS) keeps them
   (EOS still appended and trimmed); its text is not encoded.
 
@@ -116,6 +119,8 @@ def tokenize(
     encode_batch = getattr(vocabulary, "encode_batch", None)
     encoded = iter(encode_batch(texts) if encode_batch else [vocabulary.encode(t) for t in texts])
     ids = [list(ex[f"{feature}_ids"]) if f"{feature}_ids" in ex else next(encoded) for ex in examples]
+    if feature == "targets" and target_prefix:
+      ids = [[*target_prefix, *x] for x in ids]
     if counter is not None:
       counter.add(split, feature, [len(x) + 1 for x in ids], lengths[feature])
     for ex, x in zip(out, ids):

@@ -24,6 +24,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from prompt_tuning.data import features as features_lib
+from prompt_tuning.data import sentinel
 from prompt_tuning.data.task import Task
 
 
@@ -103,7 +104,12 @@ class BatchIterator:
     self.local_batch_size = batch_size // process_count
     self.truncation = counter if counter is not None else features_lib.TruncationCounter()
     self._examples = features_lib.tokenize(
-      task.examples(split), task.vocabulary, self.feature_lengths, split=split, counter=self.truncation
+      task.examples(split),
+      task.vocabulary,
+      self.feature_lengths,
+      split=split,
+      counter=self.truncation,
+      target_prefix=sentinel.target_prefix(task),  # TARGET_SENTINEL's <extra_id_0>
     )
     if repeat and not self._examples:
       raise ValueError(f"task {task.name} split {split} is empty; cannot repeat it")

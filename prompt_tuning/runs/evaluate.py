@@ -2,7 +2,8 @@
 
 It takes the specs train() took (gin builds them from the same files), rebuilds the frozen model
 from its checkpoint and restores the trained subtree of MODEL_DIR (the latest step by default);
-or, with PROMPT_BUNDLES, scores those prompts (one per task, or an ensemble) on the frozen model.
+or, with PROMPT_BUNDLES, scores those prompts (one per task, or an ensemble) on the frozen model;
+or, with a PromptDesignSpec, scores the frozen model alone on designed text inputs (prompt design).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from prompt_tuning.errors import doing
 from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.runs import bundles as bundles_lib
 from prompt_tuning.runs import preflight
+from prompt_tuning.runs import prompt_design as prompt_design_lib
 from prompt_tuning.runs import setup as setup_lib
-from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec
+from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, PromptDesignSpec, TaskSpec
 
 
 def phase_lines(enabled: bool) -> Callable[[str], None]:
@@ -35,6 +37,7 @@ def evaluate(
   mesh: MeshSpec = MeshSpec(),
   checkpoint_step: int | None = None,
   progress: bool = True,
+  design: PromptDesignSpec | None = None,
 ) -> dict[str, float]:
   """Scores the trained prompt of MODEL_DIR on `evaluation.split`; writes the metrics to MODEL_DIR.
 
@@ -46,11 +49,22 @@ def evaluate(
   Bundle metrics are written at step 0.
   checkpoint_step: which saved step (None: the latest); not used with bundles.
   progress: a line on stderr before each quiet phase (loading, evaluating), on process 0.
-  Returns the metrics (see Evaluator.evaluate) and, without bundles, 'step' (an int).
+  design: prompt design instead of a prompt (runs/prompt_design.py; gin: runs/prompt_design.gin): the
+    frozen model alone on templated inputs with demonstrations; MODEL_DIR needs no checkpoint, and the
+    metrics (step 0) add 'design/demonstrations' (mean kept per example) and 'design/examples_short'.
+  Returns the metrics (see Evaluator.evaluate) and, without bundles or design, 'step' (an int).
   """
   note = phase_lines(progress)
   split = evaluation.split
-  if model.bundles:
+  if design is not None:
+    if model.bundles or checkpoint_step is not None:
+      raise ValueError(
+        "prompt design (evaluate.design) scores the frozen model without a prompt; "
+        f"unset {'PROMPT_BUNDLES' if model.bundles else 'evaluate.checkpoint_step'}"
+      )
+    preflight.writable_model_dir(model_dir)  # MODEL_DIR only receives the metrics
+    setup, step = prompt_design_lib.build(model, task, mesh, design, split=split, note=note), None
+  elif model.bundles:
     if checkpoint_step is not None:
       raise ValueError(
         "evaluate.checkpoint_step picks a MODEL_DIR checkpoint; with PROMPT_BUNDLES there is none to pick"
@@ -66,11 +80,13 @@ def evaluate(
     )
   evaluator = setup_lib.evaluator(setup, task, evaluation, note=note)
   metrics = evaluator.evaluate(setup.params, split)
+  if design is not None:
+    metrics.update(prompt_design_lib.demonstration_metrics(setup.task, split, design.shots))
   with doing(f"write MODEL_DIR {model_dir}"), MetricsWriter(model_dir) as writer:
     writer.write(step or 0, metrics, prefix=f"eval_{split}" if split != "validation" else "eval")
   if setup.ensemble is not None:  # the members by their bundle paths, beside their metrics
     for line in ensemble_lib.member_table(list(model.bundles[setup.task.name]), metrics):
       note(line)
       logging.info("%s", line)
-  logging.info("%s %s: %s", "bundles" if step is None else f"step {step}", split, metrics)
+  logging.info("%s %s: %s", "no checkpoint" if step is None else f"step {step}", split, metrics)
   return metrics if step is None else {"step": step, **metrics}

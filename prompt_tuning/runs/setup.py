@@ -18,6 +18,7 @@ from prompt_tuning import partitioning, prompt_init
 from prompt_tuning.checkpoints import loader
 from prompt_tuning.checkpoints.structure import check_params
 from prompt_tuning.checkpoints.train_state import checkpoint_dir, restore_trained
+from prompt_tuning.data.sentinel import TargetSentinel
 from prompt_tuning.data.task import DataError, Task
 from prompt_tuning.ensemble import EnsembleEvaluator
 from prompt_tuning.errors import doing
@@ -85,9 +86,12 @@ def frozen_model(spec: ModelSpec, seed: int = 0) -> tuple[T5Config, dict]:
 
 
 def task_with_splits(task: TaskSpec, splits: Sequence[str]) -> Task:
-  """The registered task of `task`, checked to have `splits` before anything is loaded (one line if not)."""
+  """The registered task of `task`, checked to have `splits` before anything is loaded (one line if not);
+  with `target_sentinel`, wrapped so its targets start with <extra_id_0> (data/sentinel.py)."""
   with doing(f"read the data of task {task.name}"):
     resolved = resolve_task(task.name, task.module, task.vocabulary_path)
+    if task.target_sentinel:
+      resolved = TargetSentinel(resolved)
   missing = [split for split in dict.fromkeys(splits) if split not in resolved.splits]
   if missing:
     raise DataError(

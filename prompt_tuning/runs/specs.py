@@ -5,6 +5,7 @@
   TrainSpec       steps, batch, optimizer, seed and the save/log/eval periods
   EvaluationSpec  which split, in what batches, scored how (decoding, rank classification)
   MeshSpec        the device mesh
+  PromptDesignSpec  evaluate's prompt-design baseline: a text template and k demonstrations, no prompt
 
 `train`, `evaluate` and `infer` (prompt_tuning.runs) take these. gin/runs/common.gin builds them
 once from the t5x-style macros (MODEL_DIR, MIXTURE_OR_TASK_NAME, ...), and from Python they are
@@ -21,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 
 from prompt_tuning import param_tree, partitioning, prompt_init
+from prompt_tuning.data.design import template_fields
 from prompt_tuning.models.model import LossConfig
 from prompt_tuning.models.prompt import SHARED_COMBINES
 from prompt_tuning.models.t5.config import RandomInitConfig, T5Config
@@ -173,12 +175,15 @@ class TaskSpec:
   feature_lengths: {'inputs': n, 'targets': m}; longer texts are cut, EOS kept.
   module: a module to import first, registering more tasks (t5x's MIXTURE_OR_TASK_MODULE).
   vocabulary_path: SentencePiece model of tasks that name none (None: T5's).
+  target_sentinel: put `<extra_id_0>` before every target, and strip it from predictions before
+    scoring: the paper's "span corruption + sentinel" setting (data/sentinel.py; gin: TARGET_SENTINEL).
   """
 
   name: str
   feature_lengths: Mapping[str, int]
   module: str | None = None
   vocabulary_path: str | None = None
+  target_sentinel: bool = False
 
   def __post_init__(self):
     _check(
@@ -190,6 +195,9 @@ class TaskSpec:
       and {"inputs", "targets"} <= set(lengths)
       and all(_positive_int(lengths[k]) for k in ("inputs", "targets")),
       f"TASK_FEATURE_LENGTHS must map 'inputs' and 'targets' to positive integers, got {lengths!r}",
+    )
+    _check(
+      isinstance(self.target_sentinel, bool), f"TARGET_SENTINEL must be True or False, got {self.target_sentinel!r}"
     )
 
 
@@ -262,6 +270,33 @@ class EvaluationSpec:
 
   def batch_size_or(self, default: int) -> int:
     return default if self.batch_size is None else self.batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptDesignSpec:
+  """The paper's prompt-design baseline (GPT-3 style) for `evaluate`: the frozen model alone, each input
+  written into a text template after k demonstrations of the training split (data/design.py).
+
+  template: str.format template over example fields, '{inputs}' being the task's input text, e.g.
+    'Review: {inputs} Sentiment:' (gin: PROMPT_DESIGN_TEMPLATE).
+  shots: demonstrations per example, each the template filled with a training example followed by
+    its target (gin: PROMPT_DESIGN_SHOTS); dropped, the earliest first, when the input would not fit.
+  seed: which demonstrations each example draws.
+  separator: between demonstrations, and before the query.
+  demonstration_split: the split demonstrations come from.
+  """
+
+  template: str = "{inputs}"
+  shots: int = 0
+  seed: int = 0
+  separator: str = " "
+  demonstration_split: str = "train"
+
+  def __post_init__(self):
+    template_fields(self.template)  # one line for a bad template
+    _check(_natural(self.shots), f"PROMPT_DESIGN_SHOTS must be an integer >= 0, got {self.shots!r}")
+    _check(_natural(self.seed), f"PromptDesignSpec.seed must be an integer >= 0, got {self.seed!r}")
+    _check(isinstance(self.separator, str), f"PromptDesignSpec.separator must be a string, got {self.separator!r}")
 
 
 @dataclasses.dataclass(frozen=True)
