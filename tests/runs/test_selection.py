@@ -102,3 +102,36 @@ def test_the_rotation_keeps_the_best_checkpoint_and_its_prompt(tmp_path):
     assert sorted(checkpointer.manager.all_steps()) == [400, 500, 600]
   finally:
     checkpointer.close()
+
+
+@pytest.mark.slow
+def test_training_keeps_the_best_validation_checkpoint_beside_the_last(tmp_path):
+  """eval_period=1, no periodic saves, keep=1: the best step's checkpoint is forced and survives the rotation."""
+  from prompt_tuning.checkpoints.train_state import restore_trained
+  from prompt_tuning.models.t5 import get_config
+  from prompt_tuning.runs import specs
+  from prompt_tuning.runs.train import train
+
+  model = specs.ModelSpec(config=get_config("tiny", vocab_size=256), prompt=specs.PromptSpec(length=5))
+  result = train(
+    model,
+    specs.TaskSpec("quickstart_sentiment", {"inputs": 24, "targets": 4}),
+    str(tmp_path),
+    specs.TrainSpec(steps=4, batch_size=8, save_period=0, keep=1, log_period=1, eval_period=1),
+    specs.EvaluationSpec(rank_classification=True, batch_size=32),
+    progress=False,
+  )
+  history = selection.read_eval_history(str(tmp_path))
+  assert [step for step, _ in history] == [1, 2, 3, 4]
+  best = selection.read_best(str(tmp_path))
+  assert best == result.best and best["selection_metric"] == "decode/accuracy"
+  chosen = best["best"]["decode/accuracy"]["step"]
+  # The random tiny model decodes no label in 4 steps: every decode/accuracy ties at 0 and the earliest
+  # step is the best, so the rotation (keep=1) had to spare it.
+  assert chosen < 4
+  assert chosen == selection.best_steps(history)["decode/accuracy"]["step"]
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == sorted({chosen, 4})
+  # prompts/best.npy is the selected checkpoint's prompt.
+  params, step = restore_trained(str(tmp_path), {**result.frozen, **result.trainable}, model.trainable_params, chosen)
+  assert step == chosen
+  np.testing.assert_array_equal(np.load(tmp_path / "prompts" / "best.npy"), params["prompt"]["prompt"])
