@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
   try:
     rows = collect.gather(args.root, args.metric)
     if "://" in out:
-      raise RunError(f"results: --out {out} must be a local directory (the figures are written by matplotlib)")
+      raise RunError(f"--out {out} must be a local directory (the figures are written by matplotlib)")
     written = list(collect.write_table(rows, out))
     if figures:
       from prompt_tuning.results import plots

@@ -68,7 +68,7 @@ def find_runs(root: str) -> list[epath.Path]:
   """Run directories under `root` (itself included), sorted by path; a run's subdirectories are not searched."""
   top = epath.Path(root)
   if not top.is_dir():
-    raise RunError(f"results: {root} is not a directory")
+    raise RunError(f"{root} is not a directory")
   found, pending = [], [top]
   while pending:
     directory = pending.pop()
@@ -165,7 +165,7 @@ def run_row(root: epath.Path, run_dir: epath.Path, metric: str | None = None) ->
   best = best_record["best"] if best_record else selection.best_steps(history)
   chosen = metric or (best_record or {}).get("selection_metric") or next(iter(best), None)
   if metric and best and metric not in best:
-    raise RunError(f"results: --metric {metric!r} is not among {run_dir}'s metrics ({', '.join(best)})")
+    raise RunError(f"--metric {metric!r} is not among {run_dir}'s metrics ({', '.join(best)})")
   row: dict[str, Any] = {
     "run": str(run_dir)[len(str(root)) :].strip("/") or ".",
     "axes": axes,
@@ -201,7 +201,7 @@ def gather(root: str, metric: str | None = None) -> list[dict[str, Any]]:
   top = epath.Path(root)
   runs = find_runs(root)
   if not runs:
-    raise RunError(f"results: no run under {root} (a run directory holds {', '.join(RUN_MARKERS)})")
+    raise RunError(f"no run under {root} (a run directory holds {', '.join(RUN_MARKERS)})")
   return [run_row(top, run, metric) for run in runs]
 
 

@@ -34,7 +34,7 @@ def _figure():
     from matplotlib.figure import Figure
   except ImportError:
     raise RunError(
-      'results: plots need matplotlib, which is not installed: pip install -c constraints.txt ".[plots]" '
+      'plots need matplotlib, which is not installed: pip install -c constraints.txt ".[plots]" '
       "(or pass --plot none for the table alone)"
     ) from None
   return Figure(figsize=(6.4, 4.4), dpi=100, layout="constrained")
@@ -90,15 +90,13 @@ def read_reference(path: str) -> list[dict[str, str]]:
     with open(path, newline="") as f:
       rows = list(csv.DictReader(f))
   except OSError as e:
-    raise RunError(f"results: cannot read --reference {path}: {e.strerror}") from None
+    raise RunError(f"cannot read --reference {path}: {e.strerror}") from None
   needed = {"figure", "line", "x", "y"}
   if rows and not needed <= set(rows[0]):
-    raise RunError(
-      f"results: --reference {path} needs columns {', '.join(sorted(needed))}; it has {', '.join(rows[0])}"
-    )
+    raise RunError(f"--reference {path} needs columns {', '.join(sorted(needed))}; it has {', '.join(rows[0])}")
   for number, row in enumerate(rows, 2):
     if _number(row["y"]) is None:
-      raise RunError(f"results: --reference {path} line {number}: y {row['y']!r} is not a number")
+      raise RunError(f"--reference {path} line {number}: y {row['y']!r} is not a number")
   return rows
 
 
@@ -207,7 +205,7 @@ def draw(
   """
   unknown = [f for f in figures if f not in FIGURES]
   if unknown:
-    raise RunError(f"results: unknown --plot {', '.join(unknown)}; choose from {', '.join(FIGURES)} or none")
+    raise RunError(f"unknown --plot {', '.join(unknown)}; choose from {', '.join(FIGURES)} or none")
   if not rows:
     return []
   written = []
@@ -219,6 +217,6 @@ def draw(
     axes = [a for a in varying_axes(rows) if a not in _NOT_LINES] if ablations is None else list(ablations)
     for axis in axes:
       if not any(axis in r["axes"] for r in rows):
-        raise RunError(f"results: --ablation {axis!r} is no axis of these runs ({', '.join(varying_axes(rows))})")
+        raise RunError(f"--ablation {axis!r} is no axis of these runs ({', '.join(varying_axes(rows))})")
       written += ablation_figure(rows, axis, out_dir, reference)
   return written

@@ -131,7 +131,7 @@ def test_the_table_has_a_row_per_run_and_the_columns(grid, tmp_path):
   assert {row["score"] for row in collect.gather(str(grid), "rank/accuracy")} == {
     _accuracy(s, n, m) - 1 for s in SIZES for n in LENGTHS for m in METHODS
   }
-  with pytest.raises(RunError, match=r"^results: --metric 'rank/f1' is not among .*'s metrics \(decode/accuracy, "):
+  with pytest.raises(RunError, match=r"^--metric 'rank/f1' is not among .*'s metrics \(decode/accuracy, "):
     collect.gather(str(grid), "rank/f1")
 
   csv_path, jsonl_path = collect.write_table(rows, str(tmp_path))
@@ -188,7 +188,7 @@ def test_the_command_writes_the_table_and_the_figures(grid, tmp_path, capsys):
   assert len(scored) == 7
 
 
-def test_spread_over_seeds_and_bad_input(tmp_path):
+def test_spread_over_seeds_and_bad_input(tmp_path, capsys):
   rows = [
     {"axes": {"seed": seed}, "method": "prompt", "model_params": 1000, "score": score}
     for seed, score in ((0, 60.0), (1, 70.0), (2, 65.0))
@@ -197,12 +197,16 @@ def test_spread_over_seeds_and_bad_input(tmp_path):
   assert point[:4] == (1000, 65.0, 60.0, 70.0)
   bad = tmp_path / "bad.csv"
   bad.write_text("figure,line,x\nscale,a,1\n")
-  with pytest.raises(RunError, match=r"^results: --reference .*bad.csv needs columns figure, line, x, y; it has"):
+  with pytest.raises(RunError, match=r"^--reference .*bad.csv needs columns figure, line, x, y; it has"):
     plots.read_reference(str(bad))
-  with pytest.raises(RunError, match=r"^results: no run under "):
+  with pytest.raises(RunError, match=r"^no run under "):
     collect.gather(str(tmp_path))
   not_started = tmp_path / "queued"
   not_started.mkdir()
   (not_started / "sweep.json").write_text(json.dumps({"experiment": "x", "axes": {"seed": 3}}))
   (row,) = collect.gather(str(tmp_path))
   assert (row["status"], row["score"], row["axes"]) == ("not started", None, {"seed": 3})
+  assert results_cli.main([str(tmp_path / "nowhere")]) == 1  # the command: one line, exit status 1
+  assert capsys.readouterr().err.splitlines() == [
+    f"prompt-tuning results: error: {tmp_path / 'nowhere'} is not a directory"
+  ]
