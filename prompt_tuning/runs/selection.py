@@ -77,23 +77,20 @@ def read_eval_history(model_dir: str, upto: int | None = None) -> list[tuple[int
   """train()'s evaluations in MODEL_DIR/metrics.jsonl as [(step, {metric: value})] in step order.
 
   metrics.jsonl is appended to by every session: a session that resumed from an older checkpoint
-  writes a step's record again, and the later record wins. `upto`: only steps at or before it.
+  writes a step's record again, and the later record wins. A line that is not a record is skipped:
+  a kill mid-append leaves a cut line, which the next session's first record then continues, and
+  that must not stop the run from resuming. `upto`: only steps at or before it.
   """
   path = epath.Path(model_dir) / METRICS_FILE
   if not path.exists():
     return []
   by_step: dict[int, dict[str, float]] = {}
-  lines = path.read_text().splitlines()
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
+  for line in path.read_text().splitlines():
     try:
       record = json.loads(line)
       step = int(record["step"])
     except (ValueError, KeyError, TypeError):
-      if number == len(lines):
-        continue  # a last line cut by a kill mid-write
-      raise RunError(f"{path}: line {number} is not a metrics record written by train()") from None
+      continue
     evals = {k[len(EVAL_PREFIX) :]: v for k, v in record.items() if k.startswith(EVAL_PREFIX)}
     if evals and (upto is None or step <= upto):
       by_step[step] = evals

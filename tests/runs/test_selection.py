@@ -64,8 +64,12 @@ def test_resuming_rebuilds_the_record_from_metrics_jsonl(tmp_path):
       writer.write(step, metrics, prefix="eval")
   resumed = selection.BestTracker(str(tmp_path), resumed_step=200)  # steps after 200 will be trained again
   assert resumed.selection_metric == "decode/accuracy" and resumed.selected_step == 200
+  # Session 1 was killed mid-append: a cut line, which session 2's first record continues.
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 500, "eval/decode/acc')
   # Session 2 evaluates step 300 again, worse this time: the later record wins.
   with MetricsWriter(str(tmp_path)) as writer:
+    writer.write(250, {"loss": 1.0}, prefix="train")  # lost with the cut line
     writer.write(300, {**HISTORY[2][1], "decode/accuracy": 10.0}, prefix="eval")
   history = selection.read_eval_history(str(tmp_path))
   assert [step for step, _ in history] == [100, 200, 300, 400]
