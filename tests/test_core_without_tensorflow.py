@@ -16,7 +16,9 @@ def test_core_imports_and_runs_with_tensorflow_blocked():
       import prompt_tuning
       from prompt_tuning import decoding, inspection, partitioning, pretrained
       from prompt_tuning.checkpoints import hf, hub, loader, native, t5x, t5x_gin
-      from prompt_tuning.cli import convert, generate, inspect_prompt, main, serve
+      from prompt_tuning.cli import convert, generate, inspect_prompt, main, results, serve
+      from prompt_tuning.results import collect, plots
+      from prompt_tuning.runs import records, selection
       from prompt_tuning.serving import app, batcher, engine, load, registry, start
       model = prompt_tuning.load_pretrained(None, config="tiny")
       print(model.generate(np.array([[5, 6, 1]]), 3).shape)

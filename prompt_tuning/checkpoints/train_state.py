@@ -150,7 +150,8 @@ class TrainCheckpointer:
     model_dir: MODEL_DIR (local or gs://).
     save_period: `save` writes at multiples of it (0: only when forced).
     keep: the newest checkpoints kept (None: all). Rotation runs after a save completes and
-      never counts a checkpoint found corrupt, so the last good one is never rotated away.
+      never counts a checkpoint found corrupt, so the last good one is never rotated away; nor
+      does it count or delete the `protect`ed step (the best validation checkpoint).
     read_only: for evaluate and infer: creates no directory, deletes and rewrites nothing.
     warn: where the one-line warnings and notes go (default: stderr, process 0 only).
     bundle: the record of the run's prompt (checkpoints/bundle.py; its `prompt` is ignored): with
@@ -185,6 +186,7 @@ class TrainCheckpointer:
     self._task_prompts = task_prompts
     self._tasks = tuple(tasks)
     self._untrusted: set[int] = set()  # steps this process found bad: replaced by a new save, never kept
+    self.protected: int | None = None  # the best validation step (runs/selection.py): never rotated away
     # Rotation is ours (`_rotate`), not orbax's: orbax would delete before the new step's files
     # are complete, and would count checkpoints found corrupt.
     options = ocp.CheckpointManagerOptions(
@@ -230,11 +232,17 @@ class TrainCheckpointer:
     self._rotate()
     return True
 
+  def protect(self, step: int | None) -> None:
+    """Keeps checkpoint `step` (the selected best one) out of the rotation, beside the newest `keep`;
+    the step protected before it rotates away as any other."""
+    self.protected = step
+
   def _rotate(self) -> None:
-    """Deletes all but the newest `keep` checkpoints (and their manifests); bad ones are not counted."""
+    """Deletes all but the newest `keep` checkpoints (and their manifests) and the protected one; bad ones
+    are not counted."""
     if self.keep is None or self.keep < 1:
       return
-    good = sorted(s for s in self.manager.all_steps() if s not in self._untrusted)
+    good = sorted(s for s in self.manager.all_steps() if s not in self._untrusted and s != self.protected)
     for step in good[: -self.keep]:
       self.manager.delete(step)  # on every process: orbax deletes once and synchronizes
       if jax.process_index() == 0:

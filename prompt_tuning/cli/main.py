@@ -19,6 +19,7 @@ COMMANDS = {
   "generate": ("prompt_tuning.cli.generate", "decode inputs with a checkpoint (default: built-in tiny model)"),
   "tasks": ("prompt_tuning.cli.tasks", "list registered tasks and mixtures (with splits and metrics)"),
   "bench": ("prompt_tuning.cli.bench", "time one prompt-tuning step: ours vs HF PEFT, same config"),
+  "results": ("prompt_tuning.cli.results", "gather every run under a directory into one table, draw the figures"),
 }
 
 

@@ -28,7 +28,16 @@ from prompt_tuning.checkpoints.train_state import CHECKPOINTS_DIR, read_run_conf
 from prompt_tuning.errors import RunError, doing
 
 # What MODEL_DIR's own files and folders are: each that exists must be writable too.
-_WRITTEN = (CHECKPOINTS_DIR, "prompts", "tensorboard", "metrics.jsonl", "run_config.json", "config.gin")
+_WRITTEN = (
+  CHECKPOINTS_DIR,
+  "prompts",
+  "tensorboard",
+  "metrics.jsonl",
+  "run_config.json",
+  "config.gin",
+  "best.json",
+  "run_status.json",
+)
 
 
 def _remote(path: str) -> bool:

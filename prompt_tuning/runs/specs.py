@@ -212,6 +212,10 @@ class TrainSpec:
     (None: all).
   log_period: steps per metrics record and progress line.
   eval_period: evaluate every this many steps (0: only at the end).
+  selection_metric: the evaluation metric whose best step selects the run's result, e.g.
+    'rank/accuracy' (None: the first one evaluated, the task's first metric by decoding); that
+    step's checkpoint is kept out of the `keep` rotation and its prompt copied to prompts/best.*
+    (runs/selection.py; MODEL_DIR/best.json records every metric's best step).
   prefetch_batches: training batches read and copied to the devices ahead of the step.
   skip_nonfinite_steps: a step whose loss, gradient norm or update is not finite is never applied;
     0 (default): it stops the run (one line, nothing of it written); N: up to N such steps in a row
@@ -226,6 +230,7 @@ class TrainSpec:
   keep: int | None = 3
   log_period: int = 10
   eval_period: int = 0
+  selection_metric: str | None = None
   prefetch_batches: int = 2
   skip_nonfinite_steps: int = 0
 
@@ -240,6 +245,11 @@ class TrainSpec:
     )
     for name, value in (("save_period", self.save_period), ("eval_period", self.eval_period)):
       _check(_natural(value), f"TrainSpec.{name} must be a non-negative integer (0: only at the end), got {value!r}")
+    _check(
+      self.selection_metric is None or (isinstance(self.selection_metric, str) and bool(self.selection_metric)),
+      f"TrainSpec.selection_metric must be a metric name such as 'rank/accuracy' (or None), got "
+      f"{self.selection_metric!r}",
+    )
     _check(
       _natural(self.skip_nonfinite_steps),
       f"TrainSpec.skip_nonfinite_steps must be an integer >= 0, got {self.skip_nonfinite_steps!r}",

@@ -33,7 +33,7 @@ from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.models.t5 import network
 from prompt_tuning.models.t5.config import T5Config
 from prompt_tuning.progress import ProgressBar
-from prompt_tuning.runs import multitask, preemption, preflight
+from prompt_tuning.runs import multitask, preemption, preflight, records, selection
 from prompt_tuning.runs import setup as setup_lib
 from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
 from prompt_tuning.train import guard as guard_lib
@@ -51,6 +51,7 @@ class TrainResult:
   frozen: Any  # the frozen weights the run used (host numpy)
   eval_metrics: dict[str, float]
   prompt_path: str | None
+  best: dict[str, Any] | None = None  # best.json: the selection metric and each metric's best step
 
 
 def train(
@@ -72,7 +73,8 @@ def train(
     model: the frozen model, the prompt on it, what trains.
     task: the task or mixture and its feature lengths.
     model_dir: where checkpoints/, prompts/step_<n>.npy, metrics.jsonl, tensorboard/ and
-      run_config.json (what `load_pretrained(prompt=model_dir)` reads) go; local or gs://.
+      run_config.json (what `load_pretrained(prompt=model_dir)` reads) go, with best.json (the best
+      step per metric, runs/selection.py) and run_status.json (runs/records.py); local or gs://.
       Starting again with the same model_dir resumes from its latest checkpoint.
     training: steps, batch, optimizer, seed, save/log/eval periods.
     evaluation: the split evaluated every `training.eval_period` steps and at the end, and how.
@@ -80,7 +82,7 @@ def train(
     progress: the progress bar and a line before each quiet phase, on stderr (process 0).
   Returns:
     TrainResult: the final step, the frozen model's config, the trained and frozen parameters
-    (host numpy), the last evaluation and the path of the prompt .npy.
+    (host numpy), the last evaluation, the path of the prompt .npy and best.json's record.
   """
   # Before anything is built or written: a MODEL_DIR that cannot be written, a batch the devices
   # do not split; resuming, the prompt and frozen model MODEL_DIR was trained with (in build).
@@ -100,6 +102,7 @@ def _train(
   progress: bool,
 ) -> TrainResult:
   """train()'s work, holding MODEL_DIR's lock."""
+  started = time.time()
   steps = training.steps
   resuming = preflight.has_checkpoints(model_dir)
   # Process 0 alone prints: the phase lines, the progress bar, and (below) writes metrics and prompts.
@@ -183,6 +186,19 @@ def _train(
         shared_prompt_combine=model.prompt.shared_combine,
       ),
     )
+  # The best step per metric (resumed: from metrics.jsonl up to `start`), whose checkpoint stays through the
+  # rotation; and MODEL_DIR/run_status.json (runs/selection.py, runs/records.py).
+  best = selection.BestTracker(model_dir, training.selection_metric, resumed_step=start)
+  checkpointer.protect(best.selected_step)
+  status = records.StatusRecord(
+    model_dir,
+    train_steps=steps,
+    trainable_params=records.count_params(trainable),
+    model_params=records.model_param_count(setup.params),
+    started=started,
+    enabled=jax.process_index() == 0,
+  )
+  status.write(start)
 
   shard, shards = partitioning.data_shard(device_mesh)  # processes of one model replica read the same rows
   bar.note(f"reading the train split of {setup.task.name}")
@@ -241,6 +257,7 @@ def _train(
   writer = MetricsWriter(model_dir)
   totals, period_start, eval_metrics = None, time.time(), {}
   uncounted = 0.0  # examples of the compiling first step, left out of the first period's rate
+  saved = start  # the last committed checkpoint's step, for the status record
   try:
     with (
       DevicePrefetcher(batches, place, lambda it: it.position, size=training.prefetch_batches) as prefetcher,
@@ -276,16 +293,36 @@ def _train(
           totals, period_start, uncounted = None, time.time(), 0.0
         elif first:  # and out of the throughput: this period's rate counts from the second step
           period_start, uncounted = time.time(), float(jax.device_get(metrics["examples"]))
+        improved = False
         if evaluate:
           eval_metrics = evaluate_now(state)
           writer.write(done, eval_metrics, prefix="eval")
           logging.info("step %d eval: %s", done, eval_metrics)
+          improved = best.update(done, eval_metrics)  # the same on every process: so is the forced save
+          if improved:  # protected before the save, whose rotation may then drop the previous best
+            checkpointer.protect(done)
         # On every process: orbax coordinates the hosts (and writes each array once).
-        checkpointer.save(
-          done, state.to_checkpoint(), position, force=done == steps or stop, metrics=eval_metrics if evaluate else None
-        )
+        if checkpointer.save(
+          done,
+          state.to_checkpoint(),
+          position,
+          force=done == steps or stop or improved,
+          metrics=eval_metrics if evaluate else None,
+        ):
+          saved = done
+          status.write(done)
+        if evaluate and jax.process_index() == 0:  # after the save: best.json never names a missing checkpoint
+          best.write()
+          if improved:
+            selection.keep_best_prompt(model_dir, done, tasks)
         if stop:
           raise preempt.stopped(done, checkpoint_dir(model_dir, done))
+  except KeyboardInterrupt:  # preempted (or a second Ctrl-C): the same command resumes it
+    status.end(saved, "stopped")
+    raise
+  except Exception as e:
+    status.end(saved, "failed", e)
+    raise
   finally:  # also on divergence or preemption: what was written is flushed, orbax shuts down
     bar.close()
     writer.close()
@@ -293,6 +330,7 @@ def _train(
   if start >= steps:
     eval_metrics = evaluate_now(state)
   final = int(state.step)
+  status.write(final, "finished")
   return TrainResult(
     step=final,
     config=setup.config,
@@ -300,4 +338,5 @@ def _train(
     frozen=partitioning.to_host(frozen),
     eval_metrics=eval_metrics,
     prompt_path=prompt_file(model_dir, final) if "prompt" in state.params else None,
+    best=best.to_json(),
   )

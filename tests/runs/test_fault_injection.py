@@ -28,6 +28,7 @@ import pytest
 from prompt_tuning import faults
 from prompt_tuning.checkpoints import bundle as bundle_lib
 from prompt_tuning.checkpoints.train_state import CHECKPOINTS_DIR, PROMPTS_DIR, STATE_ITEM
+from prompt_tuning.runs import records
 
 STEPS, SAVE_PERIOD = 12, 3
 PROMPT_KEY = "['params']['prompt']['prompt']"  # in _checkpoint_arrays
@@ -157,6 +158,8 @@ def test_kill_9_anywhere_then_resume_ends_bit_identical(runs):
     path = os.path.join(model_dir, PROMPTS_DIR, name)
     prompt = bundle_lib.read_bundle(path).prompt if name.endswith(".safetensors") else np.load(path, allow_pickle=False)
     assert prompt.shape == (4, 128) and np.isfinite(prompt).all(), name
+  status = records.read_status(str(model_dir))  # run_status.json: three killed sessions, then the last
+  assert (status["status"], status["step"], status["sessions"], status["error"]) == ("finished", STEPS, 4, None)
 
 
 @pytest.mark.slow
@@ -177,10 +180,13 @@ def test_sigterm_saves_the_current_step_and_the_resumed_run_loses_nothing(runs):
   )
   assert _checkpoint_steps(model_dir) == [3, 5]
   np.testing.assert_array_equal(_prompt(model_dir, 5), _checkpoint_arrays(model_dir, 5)[PROMPT_KEY])
+  status = records.read_status(str(model_dir))
+  assert (status["status"], status["step"], status["train_steps"]) == ("stopped", 5, STEPS)
   resumed, result = runs["resumed"], runs["resumed_result"]
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"resuming at step 5 from checkpoint {resumed}/checkpoints/5" in result.stderr
   _assert_same_end(resumed, runs["straight"])
+  assert records.read_status(str(resumed))["status"] == "finished"
 
 
 @pytest.mark.slow
@@ -193,6 +199,9 @@ def test_an_infinite_learning_rate_stops_before_writing_anything_non_finite(runs
     "non-finite values (learning rate inf); stopped before writing anything of it: the last good checkpoint, "
     f"{diverging}/checkpoints/5, is untouched"
   ), line
+  status = records.read_status(str(diverging))
+  assert (status["status"], status["step"]) == ("failed", 5)
+  assert status["error"].startswith("DivergenceError: training diverged at step 6"), status["error"]
   after = _digests(diverging)
   for name in ("checkpoints", "prompts"):  # the checkpoints and prompts, byte for byte
     assert {k: v for k, v in after.items() if k.startswith(name)} == {

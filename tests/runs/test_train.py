@@ -17,7 +17,7 @@ from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import get_config
 from prompt_tuning.param_tree import flatten
-from prompt_tuning.runs import specs
+from prompt_tuning.runs import records, selection, specs
 from prompt_tuning.runs.train import train
 from prompt_tuning.train import guard, optimizer
 
@@ -89,11 +89,27 @@ def test_resuming_gives_the_same_prompt_as_one_uninterrupted_run(tmp_path, capsy
   assert resumed.step == whole.step == 6
   np.testing.assert_array_equal(resumed.trainable["prompt"]["prompt"], whole.trainable["prompt"]["prompt"])
   assert sorted(os.listdir(tmp_path / "split" / "prompts")) == [
+    "best.npy",  # the best validation step's (runs/selection.py)
+    "best.safetensors",
     "step_3.npy",
     "step_3.safetensors",
     "step_6.npy",
     "step_6.safetensors",
   ]
+  # Model selection over both sessions: the evaluations at the ends of both (3 and 6), the best step's
+  # prompt copied, and the status record adding up the two sessions.
+  history = selection.read_eval_history(str(tmp_path / "split"))
+  assert [step for step, _ in history] == [3, 6]
+  best = selection.read_best(str(tmp_path / "split"))
+  assert best == resumed.best == {"selection_metric": "decode/accuracy", "best": selection.best_steps(history)}
+  chosen = best["best"]["decode/accuracy"]["step"]
+  np.testing.assert_array_equal(
+    np.load(tmp_path / "split" / "prompts" / "best.npy"), np.load(tmp_path / "split" / "prompts" / f"step_{chosen}.npy")
+  )
+  status = records.read_status(str(tmp_path / "split"))
+  assert (status["status"], status["step"], status["train_steps"], status["sessions"]) == ("finished", 6, 6, 2)
+  assert status["trainable_params"] == 5 * 32 and status["model_params"] == records.model_param_count(resumed.frozen)
+  assert status["wall_seconds"] > 0 and status["error"] is None
 
 
 @pytest.mark.slow
