@@ -33,7 +33,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from prompt_tuning.data.task import DataError, Example, Task, Vocabulary
+from prompt_tuning.data.task import DataError, Example, Task, TaskWrapper
 
 
 def template_fields(template: str) -> list[str]:
@@ -55,8 +55,9 @@ def template_fields(template: str) -> list[str]:
   return fields
 
 
-class DesignedTask:
-  """`task` with its inputs designed (see the module docstring); everything else is the task's.
+class DesignedTask(TaskWrapper):
+  """`task` with its inputs designed (see the module docstring); everything else is the task's
+  (TaskWrapper).
 
   Args:
     task: any Task (a mixture too); other attributes (a mixture's `tasks`, a sentinel's
@@ -81,7 +82,7 @@ class DesignedTask:
     demonstration_split: str = "train",
   ):
     self.fields = template_fields(template)
-    self.base, self.name = task, task.name
+    super().__init__(task)
     self.template, self.shots, self.inputs_length = template, int(shots), int(inputs_length)
     self.seed, self.separator, self.demonstration_split = int(seed), separator, demonstration_split
     self._pool: dict[Any, list[tuple[int, Example]]] | None = None  # by task tag: (position, example)
@@ -89,30 +90,6 @@ class DesignedTask:
 
   def __repr__(self) -> str:
     return f"DesignedTask({self.base!r}, template={self.template!r}, shots={self.shots})"
-
-  def __getattr__(self, name: str) -> Any:  # what is not defined here: a mixture's tasks, a target prefix
-    if name == "base":
-      raise AttributeError(name)
-    return getattr(self.base, name)
-
-  @property
-  def vocabulary(self) -> Vocabulary:
-    return self.base.vocabulary
-
-  @property
-  def splits(self) -> list[str]:
-    return self.base.splits
-
-  @property
-  def metrics(self) -> Sequence[str]:
-    return self.base.metrics
-
-  @property
-  def candidates(self) -> list[str] | None:
-    return self.base.candidates
-
-  def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    return self.base.score(records)
 
   def used(self, split: str) -> list[int]:
     """How many demonstrations each example of `split` kept, in order (after `examples(split)` ran)."""

@@ -20,9 +20,9 @@ gin: TARGET_SENTINEL = True (TaskSpec.target_sentinel), for any task or mixture.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Sequence
 
-from prompt_tuning.data.task import DataError, Example, Task, Vocabulary
+from prompt_tuning.data.task import DataError, Task, TaskWrapper, Vocabulary
 
 
 def target_prefix(task: Any) -> tuple[int, ...]:
@@ -51,46 +51,15 @@ def sentinel_id(vocabulary: Vocabulary, task_name: str, k: int = 0) -> int:
   return int(vocabulary.vocab_size) - 1 - k
 
 
-class TargetSentinel:
-  """`task` with `<extra_id_0>` before every target (see the module docstring).
-
-  Everything else is the task's own: its name (so run records, bundles and leaderboard files keep
-  it), splits, examples, candidates and metrics; other attributes (a mixture's `tasks`) pass through.
-  """
+class TargetSentinel(TaskWrapper):
+  """`task` with `<extra_id_0>` before every target (see the module docstring); everything else is
+  the task's own (TaskWrapper)."""
 
   def __init__(self, task: Task):
     if target_prefix(task):
       raise ValueError(f"task {task.name} already has a target prefix {target_prefix(task)}")
-    self.base = task
-    self.name = task.name
+    super().__init__(task)
     self.target_prefix = (sentinel_id(task.vocabulary, task.name),)
 
   def __repr__(self) -> str:
     return f"TargetSentinel({self.base!r})"
-
-  def __getattr__(self, name: str) -> Any:  # only for what is not defined here (e.g. a mixture's tasks)
-    if name == "base":  # not set yet (unpickling): no recursion
-      raise AttributeError(name)
-    return getattr(self.base, name)
-
-  @property
-  def vocabulary(self) -> Vocabulary:
-    return self.base.vocabulary
-
-  @property
-  def splits(self) -> list[str]:
-    return self.base.splits
-
-  @property
-  def metrics(self) -> Sequence[str]:
-    return self.base.metrics
-
-  @property
-  def candidates(self) -> list[str] | None:
-    return self.base.candidates
-
-  def examples(self, split: str) -> Iterator[Example]:
-    return self.base.examples(split)
-
-  def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    return self.base.score(records)

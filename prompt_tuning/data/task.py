@@ -163,6 +163,43 @@ def label_string(value: Any, labels: Sequence[str] | None) -> str:
   return labels[value]
 
 
+class TaskWrapper:
+  """A Task that is `base` with something changed (data/sentinel.py, data/design.py): subclasses
+  override what they change; the name (so run records, bundles and leaderboard files keep it),
+  vocabulary, splits, examples, candidates, metrics and scoring are the base's, and any other
+  attribute (a mixture's `tasks`, another wrapper's `target_prefix`) passes through to it."""
+
+  def __init__(self, base: Task):
+    self.base, self.name = base, base.name
+
+  def __getattr__(self, name: str) -> Any:  # only for what is not defined here
+    if name == "base":  # not set yet (unpickling): no recursion
+      raise AttributeError(name)
+    return getattr(self.base, name)
+
+  @property
+  def vocabulary(self) -> Vocabulary:
+    return self.base.vocabulary
+
+  @property
+  def splits(self) -> list[str]:
+    return self.base.splits
+
+  @property
+  def metrics(self) -> Sequence[str]:
+    return self.base.metrics
+
+  @property
+  def candidates(self) -> list[str] | None:
+    return self.base.candidates
+
+  def examples(self, split: str) -> Iterator[Example]:
+    return self.base.examples(split)
+
+  def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    return self.base.score(records)
+
+
 class TextTask:
   """A task over JSONL/TSV/CSV files or Python callables, with no TensorFlow.
 
