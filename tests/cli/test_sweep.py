@@ -1,6 +1,6 @@
 """`prompt-tuning sweep` end to end on the tiny 2 x 2 x 2 grid (tests/support/sweeps.py): stopped
 part-way and killed mid-run, it finishes only what is missing; its printed commands, run by hand,
-make the same run directories."""
+make the same run directories; SIGTERM stops the run in progress and the sweep."""
 
 from __future__ import annotations
 
@@ -102,3 +102,10 @@ def test_sweep_stops_resumes_and_prints_the_commands_it_runs(tmp_path):
   # Printing again lists only what is left.
   reprinted = sweeps.run_sweep([experiment, "--root", str(other), "--print_commands"])
   assert reprinted.returncode == 0 and len(reprinted.stdout.splitlines()) == 7
+
+  # 6. A run stopped by SIGTERM (a preempted job) saves its step, and the sweep stops with it (143).
+  stopped = sweeps.run_sweep([experiment, "--root", str(other)], env={"PROMPT_TUNING_FAULT": "step_done@1:SIGTERM"})
+  assert stopped.returncode == 143
+  assert f"stopped in run {sweeps.TINY_RUNS[0]} (exit status 143)" in stopped.stderr
+  assert os.listdir(os.path.join(other, sweeps.TINY_RUNS[0], "checkpoints")) == ["1"]
+  assert not os.path.exists(os.path.join(other, sweeps.TINY_RUNS[1], "checkpoints"))  # no other run started
