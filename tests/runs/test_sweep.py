@@ -167,7 +167,7 @@ SHIPPED = {
   "fig1_multitask_model_tuning.gin": 5 * 3,
   "fig3a_prompt_length.gin": 5 * 5 * 8,
   "fig3b_prompt_init.gin": 5 * 3 * 8,
-  "fig3c_pretraining.gin": 5 * 2 * 8,
+  "fig3c_pretraining.gin": 5 * 3 * 8,
   "fig3d_lm_adaptation_steps.gin": 5 * 2 * 8,
   "table1_mrqa.gin": 2 * 3,
   "table2_qqp_mrpc.gin": 2 * 2 * 3,
