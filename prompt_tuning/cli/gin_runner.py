@@ -33,7 +33,7 @@ def configurables() -> list[Callable[..., Any]]:
   from prompt_tuning import prompt_init
   from prompt_tuning.models.model import LossConfig
   from prompt_tuning.models.t5.config import random_init_config, t5_config
-  from prompt_tuning.runs import evaluate, infer, specs, train
+  from prompt_tuning.runs import evaluate, infer, specs, sweep, train
   from prompt_tuning.tasks import byod, lm
   from prompt_tuning.train import optimizer
 
@@ -56,6 +56,7 @@ def configurables() -> list[Callable[..., Any]]:
     random_init_config,
     *byod.CONFIGURABLES.values(),
     *lm.CONFIGURABLES.values(),
+    sweep.sweep,  # an experiment file's sweep.* (prompt-tuning sweep), inert in the other commands
   ]
 
 

@@ -12,6 +12,7 @@ COMMANDS = {
   "train": ("prompt_tuning.cli.train", "train a prompt (gin-configured, t5x style)"),
   "evaluate": ("prompt_tuning.cli.evaluate", "score the trained prompt in MODEL_DIR with the task's metrics"),
   "infer": ("prompt_tuning.cli.infer", "write predictions of the trained prompt as JSONL"),
+  "sweep": ("prompt_tuning.cli.sweep", "train every run of an experiment grid (gin axes), or print their commands"),
   "convert": ("prompt_tuning.cli.convert", "convert an HF or t5x checkpoint to the native format"),
   "export": ("prompt_tuning.cli.export", "write a trained prompt as a HuggingFace PEFT adapter"),
   "inspect": ("prompt_tuning.cli.inspect_prompt", "nearest vocabulary tokens to each prompt vector, and its norms"),
