@@ -97,6 +97,45 @@ def _lengths(feature_lengths: Mapping[str, int] | None) -> tuple | None:
   return None if feature_lengths is None else tuple(sorted((k, int(v)) for k, v in dict(feature_lengths).items()))
 
 
+def _register_corpus(
+  caller: str,
+  source_spec: dict[str, Any],
+  sources: Mapping[str, Any],
+  *,
+  objective: Objective,
+  feature_lengths: Mapping[str, int] | None,
+  vocabulary_path: str | None,
+  extra_ids: int,
+  eval_examples: int | None,
+  shuffle_window: int,
+) -> str:
+  """Registers (or finds, for the same arguments) the CorpusTask of both factories: `source_spec`
+  (name and where the documents come from) plus the shared settings make its spec."""
+  name = source_spec["name"]
+  spec = dict(
+    source_spec,
+    objective=objective,
+    feature_lengths=_lengths(feature_lengths),
+    vocabulary_path=vocabulary_path,
+    extra_ids=extra_ids,
+    eval_examples=eval_examples,
+    shuffle_window=shuffle_window,
+  )
+  return _register(
+    caller,
+    spec,
+    lambda: CorpusTask(
+      name,
+      _Vocabulary(vocabulary_path, extra_ids),
+      dict(sources),
+      objective,
+      eval_examples=eval_examples,
+      shuffle_window=shuffle_window,
+      feature_lengths=feature_lengths,
+    ),
+  )
+
+
 def text_corpus_task(
   name: str,
   train_path: str | Sequence[str],
@@ -132,29 +171,17 @@ def text_corpus_task(
     "train": _paths(train_path, "train_path", caller),
     "validation": _paths(validation_path, "validation_path", caller),
   }
-  spec = dict(
-    name=name,
-    splits=splits,
-    field=field,
+  sources = {split: FileSource(paths, field) for split, paths in splits.items()}
+  return _register_corpus(
+    caller,
+    {"name": name, "splits": splits, "field": field},
+    sources,
     objective=_objective(caller, objective, noise_density, mean_noise_span_length),
-    feature_lengths=_lengths(feature_lengths),
+    feature_lengths=feature_lengths,
     vocabulary_path=vocabulary_path,
     extra_ids=extra_ids,
     eval_examples=eval_examples,
     shuffle_window=shuffle_window,
-  )
-  return _register(
-    caller,
-    spec,
-    lambda: CorpusTask(
-      name,
-      _Vocabulary(vocabulary_path, extra_ids),
-      {split: FileSource(paths, field) for split, paths in splits.items()},
-      spec["objective"],
-      eval_examples=eval_examples,
-      shuffle_window=shuffle_window,
-      feature_lengths=feature_lengths,
-    ),
   )
 
 
@@ -180,34 +207,26 @@ def tfds_corpus_task(
   Args: as `text_corpus_task`'s, with the tfds dataset, its text field and splits in place of files.
   """
   caller = "lm.tfds_corpus_task"
-  spec = dict(
-    name=name,
-    tfds_name=tfds_name,
-    field=field,
-    splits=(train_split, validation_split),
-    data_dir=data_dir,
+  sources = {
+    "train": TfdsSource(tfds_name, train_split, field, data_dir),
+    "validation": TfdsSource(tfds_name, validation_split, field, data_dir),
+  }
+  return _register_corpus(
+    caller,
+    {
+      "name": name,
+      "tfds_name": tfds_name,
+      "field": field,
+      "splits": (train_split, validation_split),
+      "data_dir": data_dir,
+    },
+    sources,
     objective=_objective(caller, objective, noise_density, mean_noise_span_length),
-    feature_lengths=_lengths(feature_lengths),
+    feature_lengths=feature_lengths,
     vocabulary_path=vocabulary_path,
     extra_ids=extra_ids,
     eval_examples=eval_examples,
     shuffle_window=shuffle_window,
-  )
-  return _register(
-    caller,
-    spec,
-    lambda: CorpusTask(
-      name,
-      _Vocabulary(vocabulary_path, extra_ids),
-      {
-        "train": TfdsSource(tfds_name, train_split, field, data_dir),
-        "validation": TfdsSource(tfds_name, validation_split, field, data_dir),
-      },
-      spec["objective"],
-      eval_examples=eval_examples,
-      shuffle_window=shuffle_window,
-      feature_lengths=feature_lengths,
-    ),
   )
 
 
