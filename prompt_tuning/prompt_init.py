@@ -123,15 +123,21 @@ def class_labels(
   rest = fallback(embedding=embedding, tokenize=tokenize, **context)
 
   def init_fn(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    if len(shape) == 2 and len(means) > shape[0]:
-      raise ValueError(
-        f"prompt initializer 'class_labels': {len(means)} labels do not fit a prompt of length {shape[0]}"
-      )
     _check_shape(
       "class_labels", shape, _width(shape, means.shape[1]), f"the embedding table is {tuple(np.shape(table))}"
     )
-    if len(means) == shape[0]:
-      return jnp.asarray(means)
+    if len(means) >= shape[0]:
+      # As the reference (prompts.from_embedded_list): a prompt shorter than the label list starts
+      # from the first labels (Figure 3(a)'s 1-token prompts on 2-label tasks), with a warning.
+      if len(means) > shape[0]:
+        logging.warning(
+          "prompt initializer 'class_labels': a prompt of length %d holds the first %d of %d labels; %s skipped",
+          shape[0],
+          shape[0],
+          len(means),
+          list(labels[shape[0] :]),
+        )
+      return jnp.asarray(means[: shape[0]])
     return jnp.concatenate([jnp.asarray(means), jnp.asarray(rest(rng, (shape[0] - len(means), shape[1])))])
 
   return init_fn

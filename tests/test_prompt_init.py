@@ -111,9 +111,14 @@ def test_class_labels_average_pieces_and_fall_back():
   assert np.abs(np.asarray(value)[1:]).max() <= 0.5
 
 
+def test_a_prompt_shorter_than_the_labels_starts_from_the_first_labels():
+  three = prompt_init.class_labels(["positive", "negative", "so so"], **CONTEXT)
+  first_two = prompt_init.class_labels(["positive", "negative"], **CONTEXT)
+  np.testing.assert_array_equal(np.asarray(three(RNG, (2, DIM))), np.asarray(first_two(RNG, (2, DIM))))
+  np.testing.assert_array_equal(np.asarray(three(RNG, (1, DIM))), np.asarray(first_two(RNG, (2, DIM)))[:1])
+
+
 def test_class_labels_errors():
-  with pytest.raises(ValueError, match="3 labels do not fit a prompt of length 2"):
-    prompt_init.class_labels(["positive", "negative", "so so"], **CONTEXT)(RNG, (2, DIM))
   with pytest.raises(ValueError, match="label 'empty' tokenizes to no ids"):
     prompt_init.class_labels(["positive", "empty"], **CONTEXT)
   with pytest.raises(ValueError, match="needs tokenize="):
