@@ -197,6 +197,7 @@ def _train(run, on_signal: Callable[[int], None]) -> int:
 
 
 def _execute(checked: list, max_runs: int | None) -> int:
+  from prompt_tuning.runs import records
   from prompt_tuning.runs import sweep as sweep_lib
 
   total, started, skipped, left, failed, stop = len(checked), 0, 0, 0, [], []
@@ -219,9 +220,11 @@ def _execute(checked: list, max_runs: int | None) -> int:
       _say(f"stopped in run {run.name} (exit status {status}): run the same command again to resume it and the rest")
       return status if status in (130, 143) else 128 + stop[0]
     if status != 0:
+      records.record_early_failure(run.model_dir, steps, f"prompt-tuning train exited with status {status}")
       failed.append(f"{run.name} (exit status {status})")
       _say(f"[{index}/{total}] {run.name} failed (exit status {status}; its error is above); going on with the others")
-  summary = f"{started} run{'s' if started != 1 else ''} trained, {skipped} already finished"
+  trained = started - len(failed)
+  summary = f"{trained} run{'s' if trained != 1 else ''} trained, {skipped} already finished"
   if left:
     summary += f", {left} left by --max_runs={max_runs} (run again for them)"
   if failed:

@@ -52,6 +52,26 @@ def read_status(model_dir: str) -> dict[str, Any] | None:
   return record if isinstance(record, dict) else None
 
 
+def record_early_failure(model_dir: str, train_steps: Any, error: str) -> bool:
+  """Marks a run 'failed' that stopped before train() wrote any status (its gin, its checkpoint or
+  its prompt initializer refused), so that `results` does not list it as never started.
+
+  Returns whether it wrote: a status the run wrote itself is left as it is.
+  """
+  if (epath.Path(model_dir) / STATUS_FILE).exists():
+    return False
+  record = {
+    "status": "failed",
+    "step": None,
+    "train_steps": train_steps if isinstance(train_steps, int) else None,
+    "error": error,
+    "wall_seconds": None,
+    "updated": time.time(),
+  }
+  atomic.write_text(epath.Path(model_dir) / STATUS_FILE, json.dumps(record, indent=1))
+  return True
+
+
 class StatusRecord:
   """Writes MODEL_DIR/run_status.json for one session of train(); wall time adds up over sessions.
 

@@ -44,7 +44,10 @@ def test_sweep_stops_resumes_and_prints_the_commands_it_runs(tmp_path):
   )
   assert killed.returncode == 1
   assert f"[4/8] {sweeps.TINY_RUNS[3]} failed (exit status 137" in killed.stderr
-  assert f"2 failed: {sweeps.TINY_RUNS[3]} (exit status 137), {sweeps.TINY_RUNS[4]} (exit status 137)" in killed.stderr
+  assert (
+    f"0 runs trained, 3 already finished; 2 failed: {sweeps.TINY_RUNS[3]} (exit status 137), "
+    f"{sweeps.TINY_RUNS[4]} (exit status 137)" in killed.stderr
+  )
   for run in runs[3:5]:
     assert os.listdir(os.path.join(run, "checkpoints")) == ["1"]
   before = {r: _stamps(r) for r in runs[:3]}
