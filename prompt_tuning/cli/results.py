@@ -8,6 +8,9 @@
 The table (prompt_tuning/results/collect.py) has a row per run: its sweep axes, status, method, model,
 parameter counts, the best value and step of every metric, final step and wall time. The figures
 (prompt_tuning/results/plots.py) draw finished runs (--include_incomplete: every run with a score).
+Runs that sweep a task axis (the SuperGLUE experiments) also get results_mean_over_task.{csv,jsonl},
+a row per setting with the mean of the tasks' scores (prompt_tuning/results/benchmark.py), and the
+figures draw that mean, the paper's SuperGLUE score.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
   args = _parser().parse_args(argv)
-  from prompt_tuning.results import collect
+  from prompt_tuning.results import benchmark, collect
 
   out = args.out or os.path.join(args.root, "results")
   figures = [f for f in (args.plot or list(("scale", "ablation", "params"))) if f != "none"]
@@ -44,11 +47,16 @@ def main(argv: list[str]) -> int:
     if "://" in out:
       raise RunError(f"--out {out} must be a local directory (the figures are written by matplotlib)")
     written = list(collect.write_table(rows, out))
+    drawn = rows
+    axis = benchmark.task_axis(rows)
+    if axis is not None:  # per-task runs: the figures draw the benchmark's score, the mean over tasks
+      drawn = benchmark.mean_over_tasks(rows, axis)
+      written += collect.write_table(drawn, out, f"results_mean_over_{axis}")
     if figures:
       from prompt_tuning.results import plots
 
       reference = plots.read_reference(args.reference) if args.reference else ()
-      scored = list(collect.iter_scored(rows, args.include_incomplete))
+      scored = list(collect.iter_scored(drawn, args.include_incomplete))
       written += plots.draw(scored, out, figures, args.ablation, reference)
   except RunError as e:
     print(f"prompt-tuning results: error: {e}", file=sys.stderr)

@@ -15,6 +15,8 @@ sweep's record of the run's axes: {"experiment", "axes": {name: value}, "gin_fil
   model_params      the frozen model's parameter count; trainable_params, trainable_percent: what trained
   task, prompt_length, seed
   metric, score, best_step   the scored metric (--metric, else the run's selection metric) and its best
+  task_score        the mean of every metric of the score's family (decode/..., rank/...) at best_step:
+                    a task's number in a benchmark average (SuperGLUE: CB's accuracy and F1 averaged)
   final_step, train_steps, wall_seconds
   best/<m>, best_step/<m>    every metric's best value and step (best.json, else metrics.jsonl)
 
@@ -58,6 +60,7 @@ FIXED_COLUMNS = (
   "metric",
   "score",
   "best_step",
+  "task_score",
   "final_step",
   "train_steps",
   "wall_seconds",
@@ -147,6 +150,25 @@ def _status(status: dict | None, has_training: bool) -> str:
   return {"finished": "finished", "failed": "failed"}.get(status.get("status"), "incomplete")
 
 
+def _task_score(metric: str | None, best: dict, history: Sequence[tuple[int, dict]]) -> float | None:
+  """The mean of the metrics of `metric`'s family (its name up to the last '/') at its best step.
+
+  SuperGLUE's score of a task with several metrics is their unweighted mean (CB: accuracy and
+  F1; MultiRC: F1a and exact match; ReCoRD: F1 and EM), taken at the one step the run selected.
+  Falls back to the score itself when metrics.jsonl lacks that step.
+  """
+  if metric is None or best.get("value") is None:
+    return None
+  family = metric.rsplit("/", 1)[0] + "/" if "/" in metric else ""
+  at_step = dict(history).get(best.get("step"), {})
+  values = [
+    float(v)
+    for name, v in at_step.items()
+    if name.startswith(family) and "/" not in name[len(family) :] and selection.is_metric(name) and v is not None
+  ]
+  return sum(values) / len(values) if metric in at_step and values else float(best["value"])
+
+
 def run_row(root: epath.Path, run_dir: epath.Path, metric: str | None = None) -> dict[str, Any]:
   """One run's row (see the module docstring); axes under 'axes'."""
   sweep = read_sweep(run_dir)
@@ -179,6 +201,7 @@ def run_row(root: epath.Path, run_dir: epath.Path, metric: str | None = None) ->
     "metric": chosen,
     "score": best.get(chosen, {}).get("value"),
     "best_step": best.get(chosen, {}).get("step"),
+    "task_score": _task_score(chosen, best.get(chosen, {}), history),
     "final_step": (status or {}).get("step", history[-1][0] if history else None),
     "train_steps": (status or {}).get("train_steps"),
     "wall_seconds": (status or {}).get("wall_seconds"),
@@ -207,11 +230,13 @@ def gather(root: str, metric: str | None = None) -> list[dict[str, Any]]:
 
 def columns(rows: Sequence[dict[str, Any]]) -> list[str]:
   """The table's columns: run, the axes (in first-seen order), the fixed ones, then best/<m>, best_step/<m>."""
-  axes, metrics = [], []
+  axes, metrics, extra = [], [], []
   for row in rows:
     axes += [a for a in row["axes"] if a not in axes and a not in FIXED_COLUMNS]
     metrics += [m for m in row["best"] if m not in metrics]
-  return ["run", *axes, *FIXED_COLUMNS[1:], *(f"best/{m}" for m in metrics), *(f"best_step/{m}" for m in metrics)]
+    extra += [k for k in row if k not in (*FIXED_COLUMNS, "axes", "best", *extra)]  # e.g. benchmark.py's tasks_scored
+  best = [*(f"best/{m}" for m in metrics), *(f"best_step/{m}" for m in metrics)]
+  return ["run", *axes, *FIXED_COLUMNS[1:], *extra, *best]
 
 
 def flat(row: dict[str, Any]) -> dict[str, Any]:
@@ -224,15 +249,15 @@ def flat(row: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def write_table(rows: Sequence[dict[str, Any]], out_dir: str) -> tuple[str, str]:
-  """Writes OUT/results.csv and OUT/results.jsonl (whole or not at all); returns their paths."""
+def write_table(rows: Sequence[dict[str, Any]], out_dir: str, name: str = "results") -> tuple[str, str]:
+  """Writes OUT/<name>.csv and OUT/<name>.jsonl (whole or not at all); returns their paths."""
   names = columns(rows)
   text = io.StringIO()
   writer = csv.DictWriter(text, fieldnames=names, lineterminator="\n")
   writer.writeheader()
   for row in rows:
     writer.writerow({k: "" if v is None else v for k, v in flat(row).items() if k in names})
-  csv_path, jsonl_path = (os.path.join(out_dir, f"results.{ext}") for ext in ("csv", "jsonl"))
+  csv_path, jsonl_path = (os.path.join(out_dir, f"{name}.{ext}") for ext in ("csv", "jsonl"))
   atomic.write_text(csv_path, text.getvalue())
   atomic.write_text(jsonl_path, "".join(json.dumps(flat(row)) + "\n" for row in rows))
   return csv_path, jsonl_path

@@ -3,7 +3,7 @@
   scale           score vs. the frozen model's parameters (log x), one line per method (and per any
                   other axis that varies, seeds aside): the mean over seeds, a min-max band, each run a dot
                   (the paper's Figure 1)
-  ablation_<axis> score vs. that axis, one line per model size (Figure 3 a-d: prompt length, prompt
+  ablation_<axis> score vs. that axis (named in lower case), one line per model size (Figure 3 a-d: prompt length, prompt
                   initialization, pre-training objective, LM-adaptation steps)
   params          trainable parameters as % of the model's, log-log, one line per method (Figure 4)
 
@@ -135,12 +135,14 @@ def _save(figure, out_dir: str, name: str) -> list[str]:
 
 
 def _metric_label(rows: Sequence[Mapping[str, Any]]) -> str:
+  if all(r["metric"] == "task_score" for r in rows):  # benchmark.py's rows: a benchmark's score
+    return f"{rows[0]['task']}: mean task score (best validation step)"
   metrics = sorted({str(r["metric"]) for r in rows})
   return f"{' / '.join(metrics)} (best validation step)"
 
 
 def _reference_for(reference: Sequence[Mapping[str, str]], figure: str) -> list[Mapping[str, str]]:
-  return [r for r in reference if r["figure"] == figure]
+  return [r for r in reference if r["figure"].lower() == figure.lower()]
 
 
 def scale_figure(rows, out_dir: str, reference=()) -> list[str]:
@@ -175,7 +177,7 @@ def ablation_figure(rows, axis: str, out_dir: str, reference=()) -> list[str]:
   axes.set_xlabel(axis)
   axes.set_ylabel(_metric_label(rows))
   axes.set_title(f"ablation: {axis}")
-  return _save(figure, out_dir, f"ablation_{axis}")
+  return _save(figure, out_dir, f"ablation_{axis.lower()}")  # as the run directories spell the axis
 
 
 def params_figure(rows, out_dir: str, reference=()) -> list[str]:
@@ -208,15 +210,27 @@ def draw(
     raise RunError(f"unknown --plot {', '.join(unknown)}; choose from {', '.join(FIGURES)} or none")
   if not rows:
     return []
+  axes = []
+  if "ablation" in figures:  # resolved before anything is drawn: a wrong name writes no figure
+    axes = [a for a in varying_axes(rows) if a not in _NOT_LINES] if ablations is None else list(ablations)
+    axes = [_run_axis(rows, axis) for axis in axes]
   written = []
   if "scale" in figures:
     written += scale_figure(rows, out_dir, reference)
   if "params" in figures:
     written += params_figure(rows, out_dir, reference)
-  if "ablation" in figures:
-    axes = [a for a in varying_axes(rows) if a not in _NOT_LINES] if ablations is None else list(ablations)
-    for axis in axes:
-      if not any(axis in r["axes"] for r in rows):
-        raise RunError(f"--ablation {axis!r} is no axis of these runs ({', '.join(varying_axes(rows))})")
-      written += ablation_figure(rows, axis, out_dir, reference)
+  for axis in axes:
+    written += ablation_figure(rows, axis, out_dir, reference)
   return written
+
+
+def _run_axis(rows: Sequence[Mapping[str, Any]], name: str) -> str:
+  """The runs' axis called `name`, in any case: run directories spell axes in lower case
+  (prompt_length=20) while sweep.json keeps the experiment's spelling (PROMPT_LENGTH)."""
+  names = {axis for r in rows for axis in r["axes"]}
+  if name in names:
+    return name
+  matches = sorted(axis for axis in names if axis.lower() == name.lower())
+  if len(matches) != 1:
+    raise RunError(f"--ablation {name!r} is no axis of these runs ({', '.join(varying_axes(rows))})")
+  return matches[0]

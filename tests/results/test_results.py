@@ -18,7 +18,7 @@ from prompt_tuning.cli import results as results_cli
 from prompt_tuning.errors import RunError
 from prompt_tuning.metrics_writer import MetricsWriter
 from prompt_tuning.models.t5 import get_config, network
-from prompt_tuning.results import collect, plots
+from prompt_tuning.results import benchmark, collect, plots
 from prompt_tuning.runs import records, selection
 
 SIZES = {"small": get_config("tiny", vocab_size=256), "large": get_config("tiny", vocab_size=256, emb_dim=64)}
@@ -195,6 +195,13 @@ def test_spread_over_seeds_and_bad_input(tmp_path, capsys):
   ]
   (point,) = plots.series(rows, lambda r: r["model_params"], lambda r: r["score"], ["method"])["prompt"]
   assert point[:4] == (1000, 65.0, 60.0, 70.0)
+  # A sweep's sweep.json keeps the experiment's spelling of an axis (PROMPT_LENGTH); its run
+  # directories, and users, spell it in lower case. A name that is no axis draws nothing at all.
+  swept = [{**row, "axes": {"PROMPT_LENGTH": length}} for row, length in zip(rows, (1, 5, 20))]
+  assert plots._run_axis(swept, "prompt_length") == "PROMPT_LENGTH"
+  with pytest.raises(RunError, match=r"^--ablation 'lenght' is no axis of these runs \(PROMPT_LENGTH\)$"):
+    plots.draw(swept, str(tmp_path / "figures"), ablations=["lenght"])
+  assert not (tmp_path / "figures").exists()
   bad = tmp_path / "bad.csv"
   bad.write_text("figure,line,x\nscale,a,1\n")
   with pytest.raises(RunError, match=r"^--reference .*bad.csv needs columns figure, line, x, y; it has"):
@@ -206,7 +213,65 @@ def test_spread_over_seeds_and_bad_input(tmp_path, capsys):
   (not_started / "sweep.json").write_text(json.dumps({"experiment": "x", "axes": {"seed": 3}}))
   (row,) = collect.gather(str(tmp_path))
   assert (row["status"], row["score"], row["axes"]) == ("not started", None, {"seed": 3})
+  # A run whose `train` stopped before writing any status (the sweep records it): failed, not "not started".
+  assert records.record_early_failure(str(not_started), 30, "prompt-tuning train exited with status 1")
+  assert not records.record_early_failure(str(not_started), 30, "again")  # a status on record stays
+  (row,) = collect.gather(str(tmp_path))
+  assert (row["status"], row["train_steps"]) == ("failed", 30)
+  assert records.read_status(str(not_started))["error"] == "prompt-tuning train exited with status 1"
   assert results_cli.main([str(tmp_path / "nowhere")]) == 1  # the command: one line, exit status 1
   assert capsys.readouterr().err.splitlines() == [
     f"prompt-tuning results: error: {tmp_path / 'nowhere'} is not a directory"
   ]
+
+
+def _task_run(run_dir, axes: dict, history: dict[int, dict[str, float]], finished: bool = True) -> None:
+  """A per-task run of a SuperGLUE-style sweep: sweep.json, metrics.jsonl, best.json, run_status.json."""
+  os.makedirs(run_dir)
+  with open(os.path.join(run_dir, "sweep.json"), "w") as f:
+    json.dump({"experiment": "superglue", "axes": axes}, f)
+  record = records.StatusRecord(run_dir, train_steps=20, trainable_params=640, model_params=64000, started=time.time())
+  best = selection.BestTracker(run_dir)
+  with MetricsWriter(run_dir) as writer:
+    for step, metrics in history.items():
+      writer.write(step, metrics, prefix="eval")
+      best.update(step, metrics)
+      best.write()
+      record.write(step)
+  if finished:
+    record.write(max(history), "finished")
+
+
+def test_per_task_runs_give_the_benchmark_score_the_mean_of_each_tasks_metrics(tmp_path, capsys):
+  # CB-like: two metrics, averaged at the step the first one selects (step 10: (80 + 60) / 2 = 70,
+  # though F1 peaks later); RTE-like: one metric. The mean over tasks: (70 + 50) / 2 = 60.
+  cb = {
+    10: {"decode/accuracy": 80.0, "decode/f1": 60.0, "decode/examples": 9},
+    20: {"decode/accuracy": 70.0, "decode/f1": 90.0},
+  }
+  rte = {10: {"decode/accuracy": 40.0}, 20: {"decode/accuracy": 50.0}}
+  for model in ("small", "base"):
+    _task_run(str(tmp_path / f"model={model},task=cb"), {"model": model, "task": "cb"}, cb)
+  _task_run(str(tmp_path / "model=small,task=rte"), {"model": "small", "task": "rte"}, rte)
+  _task_run(str(tmp_path / "model=base,task=rte"), {"model": "base", "task": "rte"}, rte, finished=False)
+  rows = collect.gather(str(tmp_path))
+  by_run = {row["run"]: row for row in rows}
+  assert (by_run["model=small,task=cb"]["score"], by_run["model=small,task=cb"]["task_score"]) == (80.0, 70.0)
+  assert by_run["model=small,task=rte"]["task_score"] == 50.0
+  assert benchmark.task_axis(rows) == "task"
+  means = {row["axes"]["model"]: row for row in benchmark.mean_over_tasks(rows, "task")}
+  assert (means["small"]["score"], means["small"]["status"], means["small"]["task"]) == (
+    60.0,
+    "finished",
+    "mean of 2 tasks",
+  )
+  assert (means["base"]["score"], means["base"]["status"]) == (60.0, "incomplete")  # RTE still running
+  # The command writes the per-run table, the mean table, and draws the means (finished ones).
+  out = tmp_path / "out"
+  assert results_cli.main([str(tmp_path), "--out", str(out), "--plot", "scale"]) == 0
+  table = list(csv.DictReader(open(out / "results_mean_over_task.csv")))
+  assert [(r["run"], r["score"], r["tasks_scored"]) for r in table] == [
+    ("mean over task: model=base", "60.0", "2"),
+    ("mean over task: model=small", "60.0", "2"),
+  ]
+  assert os.path.exists(out / "scale.png") and "results_mean_over_task.csv" in capsys.readouterr().out
