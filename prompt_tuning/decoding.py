@@ -7,7 +7,9 @@ follow seqio/t5x:
 
 * the first decoder input is token 0 (BOS shares the pad id);
 * returned tokens exclude that 0, include `eos_id` when it is produced, and are
-  0 after it;
+  0 after it; with `eos_id=None` there is no end token and every row runs to
+  `max_decode_length` (fixed-length generation, and benchmarks that must not
+  stop early);
 * flat batches are example-major: row `b * n + j` holds decode j (a sample or a
   beam) of example b, as built by `flat_batch_beam_expand`.
 
@@ -56,6 +58,11 @@ def _require(condition: bool, message: str):
     raise ValueError(message)
 
 
+def _token_or_none(eos_id: int | None) -> int:
+  """The id to compare tokens with: eos_id, or -1 (no token has it) when there is no end token."""
+  return -1 if eos_id is None else eos_id
+
+
 def _check_common(batch_size: int, max_decode_length: int):
   _require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
   _require(max_decode_length >= 1, f"max_decode_length must be >= 1, got {max_decode_length}")
@@ -73,7 +80,7 @@ def _gather_cache(cache: Cache, rows: Array, flat_batch: int) -> Cache:
 
 
 def _call_model(
-  tokens_to_logits: TokensToLogits, tokens: Array, cache: Cache, flat_batch: int, eos_id: int
+  tokens_to_logits: TokensToLogits, tokens: Array, cache: Cache, flat_batch: int, eos_id: int | None
 ) -> tuple[Array, Cache]:
   """Feeds tokens int32 [flat_batch]; returns float32 logits [flat_batch, vocab] and the new cache."""
   logits, cache = tokens_to_logits(tokens[:, None], cache)
@@ -81,7 +88,10 @@ def _call_model(
     logits.ndim == 2 and logits.shape[0] == flat_batch,
     f"tokens_to_logits must return logits [{flat_batch}, vocab], got {tuple(logits.shape)}",
   )
-  _require(0 <= eos_id < logits.shape[1], f"eos_id {eos_id} is outside the vocabulary of size {logits.shape[1]}")
+  _require(
+    eos_id is None or 0 <= eos_id < logits.shape[1],
+    f"eos_id {eos_id} is outside the vocabulary of size {logits.shape[1]}",
+  )
   return logits.astype(jnp.float32), cache
 
 
@@ -118,7 +128,7 @@ def _decode_rows(
   *,
   flat_batch: int,
   max_decode_length: int,
-  eos_id: int,
+  eos_id: int | None,
   temperature: float,
 ) -> tuple[Array, Array]:
   """Extends every row by one chosen token per step until all rows emitted EOS or max length.
@@ -146,7 +156,7 @@ def _decode_rows(
     token = jnp.where(done, 0, token)
     scores = scores + jnp.where(done, 0.0, log_prob)
     tokens = tokens.at[:, step].set(token)
-    return step + 1, tokens, token, done | (token == eos_id), scores, cache
+    return step + 1, tokens, token, done | (token == _token_or_none(eos_id)), scores, cache
 
   init = (
     jnp.int32(0),
@@ -169,7 +179,7 @@ def _sort_decodes(tokens: Array, scores: Array) -> DecodeResult:
 
 
 def greedy_search(
-  tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: int, max_decode_length: int, eos_id: int = 1
+  tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: int, max_decode_length: int, eos_id: int | None = 1
 ) -> DecodeResult:
   """Picks the most likely token at every step.
 
@@ -178,7 +188,7 @@ def greedy_search(
     cache: the model cache at flat batch size batch_size.
     batch_size: number of examples.
     max_decode_length: number of tokens produced at most.
-    eos_id: end-of-sequence token.
+    eos_id: end-of-sequence token; None: none, every row runs max_decode_length steps.
 
   Returns:
     DecodeResult with tokens [batch, 1, max_decode_length] and scores [batch, 1],
@@ -202,7 +212,7 @@ def temperature_sample(
   *,
   batch_size: int,
   max_decode_length: int,
-  eos_id: int = 1,
+  eos_id: int | None = 1,
   temperature: float = 1.0,
   top_k: int = 0,
   top_p: float = 1.0,
@@ -219,7 +229,7 @@ def temperature_sample(
     rng: a PRNG key; the same key gives the same samples.
     batch_size: number of examples.
     max_decode_length: number of tokens produced at most.
-    eos_id: end-of-sequence token.
+    eos_id: end-of-sequence token; None: none, every row runs max_decode_length steps.
     temperature: >= 0; logits are divided by it.
     top_k: keep only the k most likely tokens (0 = off).
     top_p: keep only the nucleus of mass top_p, in (0, 1] (1 = off).
@@ -283,7 +293,7 @@ def beam_search(
   batch_size: int,
   beam_size: int,
   max_decode_length: int,
-  eos_id: int = 1,
+  eos_id: int | None = 1,
   alpha: float = 0.6,
 ) -> DecodeResult:
   """Beam search with a separate set of finished hypotheses and a GNMT length penalty.
@@ -309,7 +319,8 @@ def beam_search(
     batch_size: number of examples.
     beam_size: beams per example.
     max_decode_length: number of tokens produced at most.
-    eos_id: end-of-sequence token.
+    eos_id: end-of-sequence token; None: none, so no beam finishes before max_decode_length and
+      the search runs every step (the same work per step as with an EOS that is never chosen).
     alpha: length penalty exponent (0 = none).
 
   Returns:
@@ -320,6 +331,7 @@ def beam_search(
   _check_common(batch_size, max_decode_length)
   _require(beam_size >= 1, f"beam_size must be >= 1, got {beam_size}")
   num_beams, flat_batch = beam_size, batch_size * beam_size
+  eos = _token_or_none(eos_id)
   row_offsets = jnp.arange(batch_size, dtype=jnp.int32)[:, None] * num_beams
 
   def best_reachable(live_logp, step):
@@ -339,12 +351,12 @@ def beam_search(
     vocab = logits.shape[-1]
     log_probs = jax.nn.log_softmax(logits, axis=-1).reshape(batch_size, num_beams, vocab)
     cand_logp = (live_logp[:, :, None] + log_probs).reshape(batch_size, num_beams * vocab)
-    cand_is_eos = jnp.arange(num_beams * vocab) % vocab == eos_id
+    cand_is_eos = jnp.arange(num_beams * vocab) % vocab == eos
 
     # The best expansions that end in EOS join the finished set.
     top_logp, top_idx = jax.lax.top_k(cand_logp, num_beams)
     top_seqs = _extend(live_seqs, top_idx // vocab, top_idx % vocab, step)
-    new_scores = jnp.where(top_idx % vocab == eos_id, top_logp / length_penalty(step + 1, alpha), NEG_INF)
+    new_scores = jnp.where(top_idx % vocab == eos, top_logp / length_penalty(step + 1, alpha), NEG_INF)
     fin_seqs, fin_scores = _top_beams(
       jnp.concatenate([fin_seqs, top_seqs], axis=1), jnp.concatenate([fin_scores, new_scores], axis=1), num_beams
     )

@@ -218,6 +218,19 @@ def test_beam_stops_early():
   assert calls == [0, 1]
 
 
+@pytest.mark.parametrize("method, options", [("greedy", {}), ("beam", dict(beam_size=2, alpha=0.6))])
+def test_without_an_end_token_every_row_runs_to_max_length(method, options):
+  """eos_id=None: the token the model prefers at step 1 (id 1) is an ordinary token; no early stop."""
+  calls = []
+  fn, cache = forced_eos_model(eos_step=1, calls=calls)
+  result = decoding.decode(method, fn, cache, batch_size=2, max_decode_length=5, eos_id=None, **options)
+  jax.effects_barrier()
+  assert calls == [0, 1, 2, 3, 4]
+  best = np.asarray(result.tokens)[:, 0]
+  assert best[:, 1].tolist() == [EOS, EOS] and np.all(best[:, 2:] != 0)  # decoding went on after the "EOS"
+  assert np.all(np.isfinite(np.asarray(result.scores)))
+
+
 def test_sample_top_k_one_and_zero_temperature_equal_greedy():
   fn, cache = make_model(OFFSETS)
   kwargs = dict(batch_size=len(OFFSETS), max_decode_length=6)

@@ -102,7 +102,7 @@ def _workload(model: EncoderDecoderModel, name: str, cfg: BenchConfig) -> Callab
   return lambda params, tokens, candidates, ids: model.rank_classify(params, tokens, candidates, ids)
 
 
-def _time(fn: Callable, args: tuple, steps: int, warmup: int) -> tuple[float, float, Any]:
+def time_calls(fn: Callable, args: tuple, steps: int, warmup: int) -> tuple[float, float, Any]:
   """(first call seconds, seconds for `steps` calls after `warmup`, last output)."""
   start = time.perf_counter()
   out = jax.block_until_ready(fn(*args))
@@ -159,7 +159,7 @@ def _run_model(cfg: BenchConfig, infer: InferenceConfig, mixed: bool, label: str
   for name in WORKLOADS:
     fn = jax.jit(_workload(model, name, cfg), out_shardings=replicated)
     log(f"ours ({label}): {name}: compiling, then {cfg.steps} timed calls after {cfg.warmup} warmup")
-    first, seconds, out = _time(fn, args, cfg.steps, cfg.warmup)
+    first, seconds, out = time_calls(fn, args, cfg.steps, cfg.warmup)
     extra = {"devices": int(mesh.devices.size), "tasks": infer.tasks if mixed else 1}
     if name == "decode":
       tokens = np.asarray(out.tokens)[:, 0]

@@ -81,22 +81,29 @@ def device_name() -> str:
   return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
-def _build(cfg: BenchConfig, device: Any) -> tuple[Any, Any, dict[str, Any]]:
-  """(peft model in train mode, optimizer, batch of tensors on `device`)."""
+def peft_model(cfg: BenchConfig, device: Any) -> Any:
+  """The PEFT prompt-tuning model of cfg (random T5 weights in cfg.dtype, made on `device`), in eval mode."""
   import torch
   from peft import PromptTuningConfig, TaskType, get_peft_model
   from transformers import T5ForConditionalGeneration
-  from transformers.optimization import Adafactor
 
   torch.manual_seed(cfg.seed)
   dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
-  config = cfg.t5_config()
   with torch.device(device):  # weights are allocated on the device, in `dtype`
-    base = T5ForConditionalGeneration._from_config(hf_config(config), dtype=dtype)
+    base = T5ForConditionalGeneration._from_config(hf_config(cfg.t5_config()), dtype=dtype)
   model = get_peft_model(
     base, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=cfg.prompt_length)
   )
-  model.to(device).train()
+  return model.to(device).eval()
+
+
+def _build(cfg: BenchConfig, device: Any) -> tuple[Any, Any, dict[str, Any]]:
+  """(peft model in train mode, optimizer, batch of tensors on `device`)."""
+  import torch
+  from transformers.optimization import Adafactor
+
+  config = cfg.t5_config()
+  model = peft_model(cfg, device).train()
   trainable = [p for p in model.parameters() if p.requires_grad]
   optimizer = Adafactor(
     trainable,
@@ -166,7 +173,8 @@ def _time(
   )
 
 
-def _free(device: Any) -> None:
+def free(device: Any) -> None:
+  """Hands torch's cached device memory back (JAX runs after it in the same process)."""
   import torch
 
   gc.collect()
@@ -174,7 +182,8 @@ def _free(device: Any) -> None:
     torch.cuda.empty_cache()
 
 
-def _failure(name: str, error: Exception) -> RunResult:
+def failure(name: str, error: Exception) -> RunResult:
+  """A row saying why `name` has no figures: 'out of memory', or the error's first line."""
   if is_out_of_memory(error):
     return RunResult(name, error="out of memory")
   return RunResult(name, error=f"{type(error).__name__}: {first_line(str(error))[:200]}")
@@ -197,8 +206,8 @@ def run(cfg: BenchConfig, modes: tuple[str, ...] = MODES) -> list[RunResult]:
     log(f"peft: building {cfg.model} ({cfg.dtype}) on {device}")
     model, optimizer, batch = _build(cfg, device)
   except Exception as e:  # noqa: BLE001 -- e.g. the weights alone do not fit
-    _free(device)
-    return [_failure(f"peft {mode}", e) for mode in modes]
+    free(device)
+    return [failure(f"peft {mode}", e) for mode in modes]
   info = dict(
     optimizer="Adafactor (transformers)",
     torch_device=str(device),
@@ -212,14 +221,14 @@ def run(cfg: BenchConfig, modes: tuple[str, ...] = MODES) -> list[RunResult]:
       results.append(_time(name, _make_step(forward, optimizer, batch), cfg, device, flops_per_step, **info))
     except Exception as e:  # noqa: BLE001 -- OOM, or torch.compile unavailable here: report, don't crash
       optimizer.zero_grad(set_to_none=True)
-      results.append(_failure(name, e))
+      results.append(failure(name, e))
     finally:
       forward = None
-      _free(device)
+      free(device)
   del model, optimizer, batch
   if "compile" in modes:
     torch._dynamo.reset()  # drop compiled graphs (and the memory they pin)
-  _free(device)
+  free(device)
   return results
 
 

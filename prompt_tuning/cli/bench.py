@@ -1,9 +1,12 @@
 """`prompt-tuning bench`: one prompt-tuning optimizer step, ours vs HF PEFT, same config, same run;
 or (--mode infer) decoding and rank classification with one prompt vs a batch mixing k tasks; or
-(--mode serve) `prompt-tuning serve`'s requests/s under a bounded local load (needs the serve extra).
+(--mode decode) greedy/beam decoding and rank classification, ours vs transformers' generate()
+and PEFT's forward scoring, with the HBM-bandwidth bound of a decoder step; or (--mode serve)
+`prompt-tuning serve`'s requests/s under a bounded local load (needs the serve extra).
 
   prompt-tuning bench                                    # t5_1_1_base, batch 32, 512 = 100 prompt + 412 tokens
   prompt-tuning bench --mode infer --tasks 8             # greedy decode 8 + rank 2 candidates, 1 vs 8 tasks
+  prompt-tuning bench --mode decode                      # greedy/beam 8 and 64, rank 2/4: ours vs transformers
   prompt-tuning bench --mode serve --tasks 8 --concurrency 1,64  # the HTTP server's requests/s
   prompt-tuning bench --model t5_1_1_xxl --batch 8 --peft eager --json xxl.json
   prompt-tuning bench --model t5_1_1_xxl --batch 8 --num_partitions 2 --check_rounding
@@ -40,12 +43,16 @@ from prompt_tuning.models.t5.config import NAMED_CONFIGS
 PEFT_CHOICES = {"none": (), "eager": ("eager",), "compile": ("compile",), "both": ("eager", "compile")}
 
 
-def _concurrency_levels(text: str) -> tuple[int, ...]:
+def _int_list(text: str) -> tuple[int, ...]:
   """'1,32,64' -> (1, 32, 64); argparse turns the ValueError into one usage line."""
   return tuple(int(x) for x in text.split(","))
 
 
-_concurrency_levels.__name__ = "comma-separated integers"
+_int_list.__name__ = "comma-separated integers"
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+  return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -96,7 +103,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     "--peft",
     choices=sorted(PEFT_CHOICES),
     default=None,
-    help="PEFT baseline modes (default: both when torch+transformers+peft import, else none)",
+    help="PEFT baseline modes (default: both when torch+transformers+peft import, else none; "
+    "--mode decode: compile, i.e. generate() with the static cache compiled and PEFT's compiled forward)",
   )
   parser.add_argument(
     "--check_rounding",
@@ -106,17 +114,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
   )
   parser.add_argument(
     "--mode",
-    choices=("train", "infer", "serve"),
+    choices=("train", "infer", "decode", "serve"),
     default="train",
     help="train: the optimizer step, ours vs PEFT; infer: decoding (--target_length tokens) and rank "
     "classification, one prompt vs a table of --tasks prompts mixed in one batch (prompt_tuning.bench.inference); "
+    "decode: greedy and beam decoding of --decode_steps tokens and rank classification of --rank_candidates, "
+    "ours vs transformers generate() and PEFT's forward scoring, and the HBM bound (prompt_tuning.bench.generation); "
     "serve: the HTTP server of --tasks prompts under --requests at --concurrency (prompt_tuning.bench.serving)",
   )
   parser.add_argument("--tasks", type=int, default=8, help="infer: prompts in the mixed batch; serve: prompts served")
   parser.add_argument("--requests", type=int, default=2000, help="serve: requests timed")
   parser.add_argument(
     "--concurrency",
-    type=_concurrency_levels,
+    type=_int_list,
     default=(64,),
     help="serve: requests in flight at most; several levels as 1,32,64 (one load each, same server)",
   )
@@ -127,6 +137,31 @@ def parse(argv: list[str]) -> argparse.Namespace:
     "--vary_prompt_lengths",
     action="store_true",
     help="infer: the mixed prompts have lengths spread over [p/2, p], padded and masked",
+  )
+  parser.add_argument(
+    "--decode_steps", type=_int_list, default=(8, 64), help="decode: tokens decoded per row, e.g. 8,64"
+  )
+  parser.add_argument("--beam_size", type=int, default=4, help="decode: beams of the beam-search rows")
+  parser.add_argument(
+    "--rank_candidates",
+    type=_int_list,
+    default=(2, 4),
+    help="decode: rank-classification candidates (of --target_length tokens) per example, e.g. 2,4",
+  )
+  parser.add_argument(
+    "--workloads", type=_name_list, default=("greedy", "beam", "rank"), help="decode: some of greedy,beam,rank"
+  )
+  parser.add_argument(
+    "--hbm_bandwidth",
+    type=float,
+    default=None,
+    metavar="TB_PER_S",
+    help="decode: the card's HBM bandwidth in TB/s for the bound (default: from a table by device kind)",
+  )
+  parser.add_argument(
+    "--torch_compile_backend",
+    default="inductor",
+    help="decode: TorchDynamo backend of the compiled transformers rows ('eager' traces without codegen)",
   )
   parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here as JSON")
   parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -331,6 +366,33 @@ def _infer(cfg: BenchConfig, args: argparse.Namespace) -> int:
   return 0
 
 
+def _decode(cfg: BenchConfig, args: argparse.Namespace) -> int:
+  from prompt_tuning.bench import generation, peft_baseline
+
+  try:
+    dec = generation.DecodeConfig(
+      decode_steps=args.decode_steps,
+      beam_size=args.beam_size,
+      candidates=args.rank_candidates,
+      workloads=args.workloads,
+      hbm_bandwidth=None if args.hbm_bandwidth is None else args.hbm_bandwidth * 1e12,
+      torch_compile_backend=args.torch_compile_backend,
+    )
+  except ValueError as e:
+    print(f"prompt-tuning bench: {e}", file=sys.stderr)
+    return 2
+  # The peers of issue 15: generate() with the static cache compiled, and PEFT's compiled forward.
+  peft_mode = args.peft or ("compile" if peft_baseline.available() else "none")
+  if peft_mode != "none" and not peft_baseline.available():
+    print(f"prompt-tuning bench: --peft {peft_mode} needs torch, transformers and peft installed", file=sys.stderr)
+    return 2
+  results = generation.run(cfg, dec, PEFT_CHOICES[peft_mode])
+  data = generation.report(cfg, dec, results, _environment(peft_ran=peft_mode != "none"))
+  print(generation.format_report(data))
+  _write_json(data, args.json)
+  return 0
+
+
 def _serve(cfg: BenchConfig, args: argparse.Namespace) -> int:
   try:
     from prompt_tuning.bench import serving
@@ -394,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     return _infer(cfg, args)
   if args.mode == "serve":
     return _serve(cfg, args)
+  if args.mode == "decode":
+    return _decode(cfg, args)
   peft_mode = args.peft or ("both" if peft_baseline.available() else "none")
   if peft_mode != "none" and not peft_baseline.available():
     print(f"prompt-tuning bench: --peft {peft_mode} needs torch, transformers and peft installed", file=sys.stderr)

@@ -210,7 +210,7 @@ class EncoderDecoderModel:
     max_decode_length: int,
     method: str = "greedy",
     rng: Array | None = None,
-    eos_id: int = 1,
+    eos_id: int | None = 1,
     task_ids: Array | None = None,
     prompt_lengths: Array | None = None,
     **options: Any,
@@ -220,6 +220,7 @@ class EncoderDecoderModel:
     Args:
       method: 'greedy', 'beam' (options beam_size, alpha) or 'sample'
         (options temperature, top_k, top_p, num_decodes).
+      eos_id: the end token; None: none, every row decodes max_decode_length tokens.
       task_ids: [batch] prompt-table rows, for a model serving several tasks.
       prompt_lengths: [batch] how many rows of its prompt each example uses (default: the
         table's task_lengths), for a server whose table changes at run time.
