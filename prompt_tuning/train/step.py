@@ -18,7 +18,6 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import partitioning
-from prompt_tuning.data.features import BATCH_KEYS
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.param_tree import merge_params
 from prompt_tuning.train import guard as guard_lib
@@ -102,6 +101,8 @@ def batch_spec(lengths: Mapping[str, int], batch_size: int, mesh: Mesh, task_ids
   """The abstract global batch the train step sees for {'inputs': n, 'targets': m}: int32
   encoder_input_tokens [batch, n], decoder_* [batch, m] (and task_ids [batch]), split over the
   data axis as partitioning.to_global_batch places them."""
+  from prompt_tuning.data.features import BATCH_KEYS  # here: the benchmark imports this module, never the data layer
+
   sharding = partitioning.data_sharding(mesh)
   shapes = {key: (batch_size, lengths["inputs" if key == "encoder_input_tokens" else "targets"]) for key in BATCH_KEYS}
   if task_ids:

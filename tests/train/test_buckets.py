@@ -14,7 +14,7 @@ from jax._src import dispatch, monitoring
 
 from prompt_tuning import partitioning
 from prompt_tuning.bench.ours import init_on_device
-from prompt_tuning.data import buckets, pipeline
+from prompt_tuning.data import buckets, features, pipeline
 from prompt_tuning.data import task as task_lib
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
@@ -57,7 +57,7 @@ def tiny():
 
 
 def _place(arrays, mesh):
-  return partitioning.to_global_batch({k: arrays[k] for k in step_lib.BATCH_KEYS}, mesh)
+  return partitioning.to_global_batch({k: arrays[k] for k in features.BATCH_KEYS}, mesh)
 
 
 @contextlib.contextmanager
