@@ -40,9 +40,9 @@ class Batch(NamedTuple):
     arrays: int32 numpy arrays, b = batch_size // process_count rows:
       encoder_input_tokens [b, n], decoder_input_tokens [b, m],
       decoder_target_tokens [b, m], decoder_loss_weights [b, m], mask [b]
-      (n, m: the feature lengths, or with length buckets the batch's bucket lengths)
       (1 = real example, 0 = padding row); with the iterator's `task_ids`, also
-      task_ids [b] (each example's prompt row; 0 for padding rows).
+      task_ids [b] (each example's prompt row; 0 for padding rows). n, m: the
+      feature lengths, or with length buckets the batch's bucket lengths.
     text: {"inputs": list[str], "targets": list[str], "idx": list, "examples":
       list[dict]} of length b; padding rows hold "", "", None and None.
   """

@@ -101,7 +101,7 @@ def batch_spec(lengths: Mapping[str, int], batch_size: int, mesh: Mesh, task_ids
   """The abstract global batch the train step sees for {'inputs': n, 'targets': m}: int32
   encoder_input_tokens [batch, n], decoder_* [batch, m] (and task_ids [batch]), split over the
   data axis as partitioning.to_global_batch places them."""
-  from prompt_tuning.data.features import BATCH_KEYS  # here: the benchmark imports this module, never the data layer
+  from prompt_tuning.data.features import BATCH_KEYS  # here: importing the benchmark keeps the data layer out
 
   sharding = partitioning.data_sharding(mesh)
   shapes = {key: (batch_size, lengths["inputs" if key == "encoder_input_tokens" else "targets"]) for key in BATCH_KEYS}
