@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import partitioning
 from prompt_tuning.data import sentinel
+from prompt_tuning.data.buckets import LengthBuckets
 from prompt_tuning.data.features import TruncationCounter, trim_with_eos
 from prompt_tuning.data.pipeline import BatchIterator
 from prompt_tuning.data.task import Task
@@ -44,6 +45,10 @@ class Evaluator:
     prompt_ids: for a model with a prompt table, {task name: its row}; each example
       (of a mixture: tagged with its task) runs with its task's prompt, so one batch
       mixes tasks. None: a model with one prompt.
+    length_buckets: pad each batch's encoder inputs to its input bucket (data/buckets.py)
+      instead of the inputs length; decoding and scoring then compile once per bucket the
+      split uses, at its first evaluation. Predictions match the unbucketed ones up to float
+      rounding (padding is masked).
   """
 
   def __init__(
@@ -59,8 +64,10 @@ class Evaluator:
     mesh: Mesh | None = None,
     note: Callable[[str], None] | None = None,
     prompt_ids: Mapping[str, int] | None = None,
+    length_buckets: LengthBuckets | None = None,
   ):
     self.task, self.feature_lengths, self.batch_size = task, dict(feature_lengths), batch_size
+    self.length_buckets = length_buckets
     self.prompt_ids = None if prompt_ids is None else dict(prompt_ids)
     self.decoding = describe_decoding(decode_method, decode_options)
     self._note = note or (lambda message: None)
@@ -157,6 +164,7 @@ class Evaluator:
       repeat=False,
       drop_remainder=False,
       counter=counter,
+      length_buckets=self.length_buckets,
     )
     self.truncation.report()
     return batches

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from prompt_tuning.data.buckets import make_buckets
 from prompt_tuning.data.features import trim_with_eos
 from prompt_tuning.evaluation import Evaluator
 from prompt_tuning.models.model import EncoderDecoderModel
@@ -89,6 +90,31 @@ def test_truncation_is_reported_once_per_split(caplog):
     evaluator.evaluate(params)
   lines = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
   assert len(lines) == 1 and lines[0].startswith("validation: truncated 100 of 100 inputs to 6 tokens"), lines
+
+
+@pytest.mark.slow  # compiles decoding and scoring for four input widths
+def test_length_buckets_give_the_predictions_and_scores_of_full_length_batches():
+  config = get_config("tiny", vocab_size=256)
+  model = EncoderDecoderModel(PromptedTransformer(config, prompt_config=PromptConfig(3, "suffix")))
+  tokens = np.ones((1, 4), np.int32)
+  params = model.module.init(jax.random.PRNGKey(0), tokens, tokens)["params"]
+  params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
+  task, lengths = resolve_task("quickstart_sentiment"), {"inputs": 32, "targets": 4}
+  full = Evaluator(model, task, lengths, batch_size=20)
+  bucketed = Evaluator(
+    model, task, lengths, batch_size=20, length_buckets=make_buckets({"inputs": [16, 20, 24]}, lengths)
+  )
+  widths = [b.arrays["encoder_input_tokens"].shape[1] for b in bucketed._batches("validation")]
+  assert len(set(widths)) >= 2 and min(widths) < 32, widths  # the batches really are narrower
+  r_full, r_bucketed = list(full.predictions(params, "validation")), list(bucketed.predictions(params, "validation"))
+  assert [r["prediction"] for r in r_bucketed] == [r["prediction"] for r in r_full]
+  np.testing.assert_allclose([r["score"] for r in r_bucketed], [r["score"] for r in r_full], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    [list(r["rank_scores"].values()) for r in r_bucketed],
+    [list(r["rank_scores"].values()) for r in r_full],
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 SHARDED_SCRIPT = textwrap.dedent("""

@@ -7,6 +7,10 @@ torch is imported only inside `peft_baseline`'s functions.
   ours           prompt_tuning.bench.ours: the compiled train step of prompt_tuning.train.step
   peft_baseline  transformers T5 + peft PromptTuningConfig, eager or torch.compile
   flops          the model-FLOP convention shared by both rows
+  workload       a task's real length distribution (lengths: approximate SuperGLUE histograms), end to
+                 end through our data pipeline (length buckets on and off) vs PEFT's dynamic padding
+
+Only `workload` reads the data layer (prompt_tuning.data, TensorFlow-free), and only when it runs.
 """
 
 from __future__ import annotations
@@ -94,18 +98,19 @@ class RunResult:
     seconds: float,
     steps: int,
     batch: int,
-    flops_per_step: int,
+    flops_per_step: int | None,
     peak_bytes: int | None,
     compile_s: float | None,
     **extra: Any,
   ) -> RunResult:
-    """From `steps` steps that took `seconds` in all."""
+    """From `steps` steps that took `seconds` in all (flops_per_step None: steps of varying
+    shapes, no TFLOP/s)."""
     step_s = seconds / steps
     return cls(
       name,
       step_ms=1e3 * step_s,
       examples_per_s=batch / step_s,
-      tflops=flops_per_step / step_s / 1e12,
+      tflops=None if flops_per_step is None else flops_per_step / step_s / 1e12,
       peak_gib=None if peak_bytes is None else peak_bytes / 2**30,
       compile_s=compile_s,
       extra=dict(extra),

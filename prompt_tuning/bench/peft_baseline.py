@@ -97,12 +97,10 @@ def peft_model(cfg: BenchConfig, device: Any) -> Any:
   return model.to(device).eval()
 
 
-def _build(cfg: BenchConfig, device: Any) -> tuple[Any, Any, dict[str, Any]]:
-  """(peft model in train mode, optimizer, batch of tensors on `device`)."""
-  import torch
+def _build_model(cfg: BenchConfig, device: Any) -> tuple[Any, Any]:
+  """(peft model in train mode on `device`, transformers Adafactor over its trainable parameters)."""
   from transformers.optimization import Adafactor
 
-  config = cfg.t5_config()
   model = peft_model(cfg, device).train()
   trainable = [p for p in model.parameters() if p.requires_grad]
   optimizer = Adafactor(
@@ -116,6 +114,15 @@ def _build(cfg: BenchConfig, device: Any) -> tuple[Any, Any, dict[str, Any]]:
     relative_step=False,
     warmup_init=False,
   )
+  return model, optimizer
+
+
+def _build(cfg: BenchConfig, device: Any) -> tuple[Any, Any, dict[str, Any]]:
+  """(peft model in train mode, optimizer, batch of tensors on `device`)."""
+  import torch
+
+  model, optimizer = _build_model(cfg, device)
+  config = cfg.t5_config()
   generator = torch.Generator().manual_seed(cfg.seed)
   batch = {
     "input_ids": torch.randint(2, config.vocab_size, (cfg.batch, cfg.token_length), generator=generator),
@@ -241,3 +248,126 @@ def versions() -> dict[str, str | None]:
     except ImportError:
       out[name] = None
   return out
+
+
+def _pad_tokenizer() -> Any:
+  """A transformers tokenizer that only pads (pad id 0, as T5's): DataCollatorForSeq2Seq pads through
+  one, and the examples come already tokenized (T5's own vocabulary cannot be downloaded here)."""
+  from tokenizers import Tokenizer
+  from tokenizers.models import WordLevel
+  from transformers import PreTrainedTokenizerFast
+
+  vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+  return PreTrainedTokenizerFast(
+    tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")),
+    pad_token="<pad>",
+    eos_token="</s>",
+    unk_token="<unk>",
+  )
+
+
+def run_dynamic(
+  cfg: BenchConfig, examples: list[dict[str, list[int]]], order: list[int], modes: tuple[str, ...] = MODES
+) -> list[RunResult]:
+  """PEFT with its usual dynamic padding, end to end from tokenized examples, in each of `modes`.
+
+  A torch DataLoader (main-process loading, its default) draws the examples in `order`, the same
+  examples per step as our rows, and transformers' DataCollatorForSeq2Seq pads each batch to its
+  longest input and target (labels with -100); the batch is moved to the device, then one optimizer
+  step as in `run`. torch.compile gets variable shapes, as a user's does: it recompiles on new
+  shapes until it marks them dynamic; cfg.warmup untimed steps come first, then cfg.steps timed.
+
+  examples: {'input_ids': [...], 'labels': [...]}, each EOS-terminated and cut to the feature lengths.
+  order: example indices, (cfg.warmup + cfg.steps) * cfg.batch of them.
+  Returns rows named 'peft <mode> dynamic'; extra has target_tokens_per_s and input_padding.
+  """
+  import torch
+  from transformers import DataCollatorForSeq2Seq
+
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  names = [f"peft {mode} dynamic" for mode in modes]
+  try:
+    log(f"peft: building {cfg.model} ({cfg.dtype}) on {device}")
+    model, optimizer = _build_model(cfg, device)
+  except Exception as e:  # noqa: BLE001 -- e.g. the weights alone do not fit
+    free(device)
+    return [failure(name, e) for name in names]
+  features = [
+    {"input_ids": ex["input_ids"], "attention_mask": [1] * len(ex["input_ids"]), "labels": ex["labels"]}
+    for ex in examples
+  ]
+  collator = DataCollatorForSeq2Seq(_pad_tokenizer(), model=None, padding="longest")
+  results = []
+  for mode, name in zip(modes, names):
+    forward = loader = None
+    try:
+      log(f"{name}: {cfg.warmup} warmup and {cfg.steps} timed steps")
+      forward = model if mode == "eager" else torch.compile(model)
+      loader = iter(
+        torch.utils.data.DataLoader(features, cfg.batch, sampler=order, collate_fn=collator, drop_last=True)
+      )
+      results.append(_time_dynamic(name, forward, optimizer, loader, cfg, device))
+    except Exception as e:  # noqa: BLE001 -- OOM, or torch.compile unavailable here: report, don't crash
+      optimizer.zero_grad(set_to_none=True)
+      results.append(failure(name, e))
+    finally:
+      forward = loader = None
+      free(device)
+  del model, optimizer
+  if "compile" in modes:
+    torch._dynamo.reset()
+  free(device)
+  return results
+
+
+def _time_dynamic(
+  name: str, forward: Callable, optimizer: Any, loader: Any, cfg: BenchConfig, device: Any
+) -> RunResult:
+  """`_time`'s protocol over batches drawn from `loader` (each step loads, collates and moves its own
+  batch); counts the real target and input tokens of the timed steps on the host batches."""
+  import torch
+
+  cuda = device.type == "cuda"
+  sync = torch.cuda.synchronize if cuda else (lambda: None)
+  counts = {"targets": 0, "inputs": 0, "positions": 0}
+
+  def step(count: bool) -> Any:
+    batch = next(loader)
+    if count:  # on the host batch: no device sync
+      counts["targets"] += int((batch["labels"] != -100).sum())
+      counts["inputs"] += int(batch["attention_mask"].sum())
+      counts["positions"] += batch["input_ids"].numel()
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    loss = forward(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+  if cuda:
+    torch.cuda.reset_peak_memory_stats(device)
+  start = time.perf_counter()
+  loss = step(False)
+  sync()
+  compile_s = time.perf_counter() - start
+  for _ in range(cfg.warmup - 1):
+    loss = step(False)
+  sync()
+  start = time.perf_counter()
+  for _ in range(cfg.steps):
+    loss = step(True)
+  sync()
+  seconds = time.perf_counter() - start
+  return RunResult.timed(
+    name,
+    seconds,
+    cfg.steps,
+    cfg.batch,
+    None,
+    torch.cuda.max_memory_allocated(device) if cuda else None,
+    compile_s,
+    target_tokens_per_s=counts["targets"] / seconds,
+    input_padding=1 - counts["inputs"] / counts["positions"],
+    final_loss=float(loss.detach().float()),
+    torch_device=str(device),
+  )

@@ -2,12 +2,16 @@
 or (--mode infer) decoding and rank classification with one prompt vs a batch mixing k tasks; or
 (--mode decode) greedy/beam decoding and rank classification, ours vs transformers' generate()
 and PEFT's forward scoring, with the HBM-bandwidth bound of a decoder step; or (--mode serve)
-`prompt-tuning serve`'s requests/s under a bounded local load (needs the serve extra).
+`prompt-tuning serve`'s requests/s under a bounded local load (needs the serve extra); or
+(--mode workload) training on a task's real length distribution, end to end through our data pipeline
+with length buckets on and off, vs PEFT with dynamic padding (DataCollatorForSeq2Seq) eager and compiled.
 
   prompt-tuning bench                                    # t5_1_1_base, batch 32, 512 = 100 prompt + 412 tokens
   prompt-tuning bench --mode infer --tasks 8             # greedy decode 8 + rank 2 candidates, 1 vs 8 tasks
   prompt-tuning bench --mode decode                      # greedy/beam 8 and 64, rank 2/4: ours vs transformers
   prompt-tuning bench --mode serve --tasks 8 --concurrency 1,64  # the HTTP server's requests/s
+  prompt-tuning bench --mode workload --workload rte       # RTE-like lengths (approximate), 512 = 100 + 412
+  prompt-tuning bench --mode workload --workload_task super_glue_rte_v102  # RTE's own train split
   prompt-tuning bench --model t5_1_1_xxl --batch 8 --peft eager --json xxl.json
   prompt-tuning bench --model t5_1_1_xxl --batch 8 --num_partitions 2 --check_rounding
   python -m prompt_tuning.cli.bench --model tiny --dtype float32 --peft none
@@ -114,13 +118,31 @@ def parse(argv: list[str]) -> argparse.Namespace:
   )
   parser.add_argument(
     "--mode",
-    choices=("train", "infer", "decode", "serve"),
+    choices=("train", "infer", "decode", "serve", "workload"),
     default="train",
     help="train: the optimizer step, ours vs PEFT; infer: decoding (--target_length tokens) and rank "
     "classification, one prompt vs a table of --tasks prompts mixed in one batch (prompt_tuning.bench.inference); "
     "decode: greedy and beam decoding of --decode_steps tokens and rank classification of --rank_candidates, "
     "ours vs transformers generate() and PEFT's forward scoring, and the HBM bound (prompt_tuning.bench.generation); "
-    "serve: the HTTP server of --tasks prompts under --requests at --concurrency (prompt_tuning.bench.serving)",
+    "serve: the HTTP server of --tasks prompts under --requests at --concurrency (prompt_tuning.bench.serving); "
+    "workload: training on a task's length distribution, ours (buckets on, off) vs PEFT dynamic padding "
+    "(prompt_tuning.bench.workload)",
+  )
+  parser.add_argument(
+    "--workload",
+    default="rte",
+    help="workload: the approximate SuperGLUE length histogram (rte, boolq, cb, copa, wic, multirc; "
+    "prompt_tuning/bench/lengths.py says how they were derived)",
+  )
+  parser.add_argument(
+    "--workload_task", default=None, metavar="TASK", help="workload: a registered task's own data instead"
+  )
+  parser.add_argument("--workload_split", default="train", help="workload: --workload_task's split")
+  parser.add_argument("--workload_examples", type=int, default=4096, help="workload: examples drawn from the histogram")
+  parser.add_argument(
+    "--length_buckets",
+    default="pow2",
+    help="workload: ours bucketed's LENGTH_BUCKETS: 'pow2', or comma-separated input lengths such as 64,128,256",
   )
   parser.add_argument("--tasks", type=int, default=8, help="infer: prompts in the mixed batch; serve: prompts served")
   parser.add_argument("--requests", type=int, default=2000, help="serve: requests timed")
@@ -421,6 +443,49 @@ def _serve(cfg: BenchConfig, args: argparse.Namespace) -> int:
   return 0 if all(set(r["status"]) == {"200"} for r in data["results"]) else 1
 
 
+def _bucket_spec(text: str) -> Any:
+  """--length_buckets: 'pow2', or '64,128,256' as {'inputs': [64, 128, 256]}."""
+  if text == "pow2":
+    return text
+  try:
+    return {"inputs": [int(x) for x in text.split(",")]}
+  except ValueError:
+    raise ValueError(f"--length_buckets must be 'pow2' or comma-separated input lengths, got {text!r}") from None
+
+
+def _workload(cfg: BenchConfig, args: argparse.Namespace) -> int:
+  from prompt_tuning.bench import peft_baseline, workload
+  from prompt_tuning.data.buckets import make_buckets
+
+  peft_mode = args.peft or ("both" if peft_baseline.available() else "none")
+  if peft_mode != "none" and not peft_baseline.available():
+    print(f"prompt-tuning bench: --peft {peft_mode} needs torch, transformers and peft installed", file=sys.stderr)
+    return 2
+  vocab_size = cfg.t5_config().vocab_size
+  try:
+    spec = _bucket_spec(args.length_buckets)
+    make_buckets(spec, workload.feature_lengths(cfg))  # a bad spec: one line now, not after the PEFT rows
+    if args.workload_task:
+      work = workload.from_task(args.workload_task, args.workload_split, vocab_size)
+    else:
+      work = workload.from_histogram(args.workload, args.workload_examples, vocab_size, args.seed)
+  except ValueError as e:
+    print(f"prompt-tuning bench: {e}", file=sys.stderr)
+    return 2
+  results = workload.run(cfg, work, spec, PEFT_CHOICES[peft_mode])
+  data = {
+    "config": dataclasses.asdict(cfg),
+    "workload": {"name": work.name, "source": work.source, "examples": len(work.inputs)},
+    "environment": _environment(peft_ran=peft_mode != "none"),
+    "results": {_key(r.name): r.to_dict() for r in results},
+    "ratios": workload.ratios(results),
+    "ratio_definition": "ours bucketed examples/s / the row's examples/s, the same examples in every row",
+  }
+  print(workload.format_report(data))
+  _write_json(data, args.json)
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   args = parse(sys.argv[1:] if argv is None else argv)
   # Before JAX initializes a backend: take device memory as needed, so torch is not starved.
@@ -458,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     return _serve(cfg, args)
   if args.mode == "decode":
     return _decode(cfg, args)
+  if args.mode == "workload":
+    return _workload(cfg, args)
   peft_mode = args.peft or ("both" if peft_baseline.available() else "none")
   if peft_mode != "none" and not peft_baseline.available():
     print(f"prompt-tuning bench: --peft {peft_mode} needs torch, transformers and peft installed", file=sys.stderr)

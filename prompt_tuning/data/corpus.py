@@ -215,7 +215,8 @@ class CorpusTask:
 class CorpusIterator:
   """`BatchIterator`'s interface over a streamed `CorpusTask` split (module docstring: the order).
 
-  Args: as `BatchIterator`'s; `repeat` must be True and `task_ids` None (a corpus is one task).
+  Args: as `BatchIterator`'s; `repeat` must be True, `task_ids` None (a corpus is one task) and
+  `length_buckets` None (each process makes only its own rows, so it cannot see the batch's longest).
   """
 
   def __init__(
@@ -234,10 +235,13 @@ class CorpusIterator:
     process_count: int = 1,
     counter: features_lib.TruncationCounter | None = None,
     task_ids: Mapping[str, int] | None = None,
+    length_buckets: Any = None,
   ):
     del drop_remainder  # the stream never ends
     if not repeat or task_ids is not None:
       raise ValueError(f"task {task.name}: a text corpus streams for training only (repeat, one task)")
+    if length_buckets is not None:
+      raise ValueError(f"task {task.name}: LENGTH_BUCKETS does not apply to a streamed text corpus; leave it None")
     if batch_size < 1 or batch_size % process_count or not 0 <= process_index < process_count:
       raise ValueError(f"batch_size {batch_size} must be >= 1 and divisible by process_count {process_count}")
     if seed < 0 or start_position < 0:

@@ -11,6 +11,10 @@ straddle epochs when repeating. `position` = stream examples consumed so far
 `start_position=position` continues the stream bit-exactly, so the position
 int is the whole checkpointable iterator state.
 
+Length buckets (data/buckets.py): each global batch is padded to the smallest bucket lengths that
+hold its longest rows, computed from all of the batch's rows so every process pads alike; the
+order and the position are unchanged.
+
 Multi-host: process p of P yields rows [p*B/P, (p+1)*B/P) of each global batch.
 Without `repeat`, the last partial global batch is padded with all-zero rows
 (unless `drop_remainder`), and `mask` marks the real rows; every process yields
@@ -23,6 +27,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from prompt_tuning.data import buckets as buckets_lib
 from prompt_tuning.data import features as features_lib
 from prompt_tuning.data import sentinel
 from prompt_tuning.data.task import Task
@@ -36,7 +41,8 @@ class Batch(NamedTuple):
       encoder_input_tokens [b, n], decoder_input_tokens [b, m],
       decoder_target_tokens [b, m], decoder_loss_weights [b, m], mask [b]
       (1 = real example, 0 = padding row); with the iterator's `task_ids`, also
-      task_ids [b] (each example's prompt row; 0 for padding rows).
+      task_ids [b] (each example's prompt row; 0 for padding rows). n, m: the
+      feature lengths, or with length buckets the batch's bucket lengths.
     text: {"inputs": list[str], "targets": list[str], "idx": list, "examples":
       list[dict]} of length b; padding rows hold "", "", None and None.
   """
@@ -71,6 +77,8 @@ class BatchIterator:
     task_ids: {task name: prompt row}: batches carry arrays['task_ids'], each
       example's row by its mixture tag (`task`); an example of another task is
       an error.
+    length_buckets: pad each batch to its bucket lengths (data/buckets.py); None:
+      to the feature lengths.
   """
 
   def __init__(
@@ -89,6 +97,7 @@ class BatchIterator:
     process_count: int = 1,
     counter: features_lib.TruncationCounter | None = None,
     task_ids: Mapping[str, int] | None = None,
+    length_buckets: buckets_lib.LengthBuckets | None = None,
   ):
     if batch_size < 1 or batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} must be >= 1 and divisible by process_count {process_count}")
@@ -99,6 +108,7 @@ class BatchIterator:
     self.task, self.split = task, split
     self.feature_lengths = features_lib.check_feature_lengths(feature_lengths)
     self.batch_size = batch_size
+    self.length_buckets = length_buckets
     self.shuffle, self.seed, self.repeat, self.drop_remainder = shuffle, seed, repeat, drop_remainder
     self.process_index, self.process_count = process_index, process_count
     self.local_batch_size = batch_size // process_count
@@ -172,10 +182,13 @@ class BatchIterator:
         raise StopIteration
     lo = self.process_index * self.local_batch_size
     hi = lo + self.local_batch_size
-    # This process's rows of the global batch; past `stop` they are padding.
-    rows = [self._examples[i] for i in self._stream(min(start + lo, stop), min(start + hi, stop))]
+    # The whole global batch (the bucket is its longest row's, the same on every process), then
+    # this process's rows of it; past `stop` they are padding.
+    batch = [self._examples[i] for i in self._stream(start, stop)]
+    rows = batch[lo:hi]
     self._position = stop
-    arrays = features_lib.make_batch(rows, self.feature_lengths, self.local_batch_size)
+    lengths = buckets_lib.batch_lengths(self.length_buckets, self.feature_lengths, batch)
+    arrays = features_lib.make_batch(rows, lengths, self.local_batch_size)
     mask = np.zeros(self.local_batch_size, np.int32)
     mask[: len(rows)] = 1
     arrays["mask"] = mask

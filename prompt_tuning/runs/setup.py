@@ -209,5 +209,6 @@ def evaluator(
     mesh=setup.mesh,
     note=note,
     prompt_ids=setup.prompt_ids,
+    length_buckets=task.buckets(),
     **members,
   )

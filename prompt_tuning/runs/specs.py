@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 
 from prompt_tuning import param_tree, partitioning, prompt_init
+from prompt_tuning.data import buckets as buckets_lib
 from prompt_tuning.data.design import template_fields
 from prompt_tuning.models.model import LossConfig
 from prompt_tuning.models.prompt import SHARED_COMBINES
@@ -177,6 +178,10 @@ class TaskSpec:
   vocabulary_path: SentencePiece model of tasks that name none (None: T5's).
   target_sentinel: put `<extra_id_0>` before every target, and strip it from predictions before
     scoring: the paper's "span corruption + sentinel" setting (data/sentinel.py; gin: TARGET_SENTINEL).
+  length_buckets: pad each batch (training and evaluation) to the smallest of a few lengths that
+    holds it, instead of to the feature lengths: None (off), 'pow2', or {'inputs': [64, 128],
+    'targets': 'pow2'} (data/buckets.py; gin: LENGTH_BUCKETS). Training compiles every bucket's
+    step before its first step.
   """
 
   name: str
@@ -184,6 +189,7 @@ class TaskSpec:
   module: str | None = None
   vocabulary_path: str | None = None
   target_sentinel: bool = False
+  length_buckets: str | Mapping[str, str | Sequence[int]] | None = None
 
   def __post_init__(self):
     _check(
@@ -199,6 +205,11 @@ class TaskSpec:
     _check(
       isinstance(self.target_sentinel, bool), f"TARGET_SENTINEL must be True or False, got {self.target_sentinel!r}"
     )
+    self.buckets()  # a bad LENGTH_BUCKETS stops here, in one line, before anything is built
+
+  def buckets(self) -> buckets_lib.LengthBuckets | None:
+    """The resolved length buckets (None: off)."""
+    return buckets_lib.make_buckets(self.length_buckets, self.feature_lengths)
 
 
 @dataclasses.dataclass(frozen=True)

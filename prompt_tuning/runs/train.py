@@ -127,10 +127,8 @@ def _train(
   if tasks:  # each task's row moved only by its own examples, its optimizer state too
     tx = per_task_rows(tx)
   # Placed as the step returns it (replicated), so the second step does not compile again.
-  state = jax.device_put(
-    TrainState.create(jax.tree.map(np.asarray, trainable), tx),
-    jax.sharding.NamedSharding(device_mesh, jax.sharding.PartitionSpec()),
-  )
+  replicated = jax.sharding.NamedSharding(device_mesh, jax.sharding.PartitionSpec())
+  state = jax.device_put(TrainState.create(jax.tree.map(np.asarray, trainable), tx), replicated)
 
   # Every saved prompt also travels as a bundle: the record of the frozen model it belongs to.
   record = bundle_lib.PromptBundle(
@@ -154,7 +152,7 @@ def _train(
   latest = checkpointer.latest_step()
   if latest is not None:
     restored, position = checkpointer.restore(jax.tree.map(np.asarray, state.to_checkpoint()))
-    state = TrainState.from_checkpoint(restored)
+    state = jax.device_put(TrainState.from_checkpoint(restored), replicated)  # as above: one compile per shape
     # The newest good checkpoint: a corrupt latest one is skipped with a warning (checkpoints/integrity.py).
     bar.note(f"resuming at step {int(state.step)} from checkpoint {checkpoint_dir(model_dir, int(state.step))}")
   start = int(state.step)
@@ -201,6 +199,7 @@ def _train(
   status.write(start)
 
   shard, shards = partitioning.data_shard(device_mesh)  # processes of one model replica read the same rows
+  buckets = task.buckets()  # None: every batch padded to the feature lengths (data/buckets.py)
   bar.note(f"reading the train split of {setup.task.name}")
   # A text corpus streams its documents (data/corpus.py: LM adaptation); other tasks are read whole.
   make_batches = getattr(setup.task, "batch_iterator", None) or functools.partial(BatchIterator, setup.task)
@@ -216,6 +215,7 @@ def _train(
     process_index=shard,
     process_count=shards,
     task_ids=setup.prompt_ids,
+    length_buckets=buckets,
   )
   if tasks:
     multitask.check_examples(batches.task_counts(), setup.prompt_ids)
@@ -226,6 +226,15 @@ def _train(
     device_mesh,
     frozen_shardings,
   )
+  if buckets is not None and start < steps:
+    # Every bucket's program before the first step: none compiles mid-run, whatever lengths come.
+    bar.note(f"compiling the train step for the length buckets: {buckets.describe()}")
+    specs = [step_lib.batch_spec(shape, training.batch_size, device_mesh, bool(tasks)) for shape in buckets.shapes()]
+    seconds = step_lib.compile_ahead(train_step, state, frozen, jax.random.PRNGKey(training.seed), specs)
+    shapes = ", ".join(f"{s['inputs']}x{s['targets']}" for s in buckets.shapes())
+    logging.info(
+      "compiled the train step for %d length buckets (inputs x targets: %s) in %.1f s", len(specs), shapes, seconds
+    )
 
   def evaluate_now(state: TrainState) -> dict[str, float]:
     return evaluator.evaluate(param_tree.merge_params(state.params, frozen), evaluation.split)
@@ -265,7 +274,7 @@ def _train(
     ):
       for step in range(start, steps):
         position, batch = next(prefetcher)  # position: where the stream resumes after this batch
-        if step == start:
+        if step == start and buckets is None:
           bar.note("compiling the train step")
         state, metrics = train_step(state, frozen, batch, rng)
         totals = step_lib.accumulate(totals, metrics)  # stays on device: no host sync per step

@@ -8,7 +8,8 @@ donates the state buffers. One device is a 1x1 mesh.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import time
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -94,6 +95,31 @@ def compile_train_step(train_step: Callable, mesh: Mesh, frozen_shardings: Any) 
     out_shardings=(replicated, replicated),
     donate_argnums=(0,),
   )
+
+
+def batch_spec(lengths: Mapping[str, int], batch_size: int, mesh: Mesh, task_ids: bool = False) -> dict[str, Any]:
+  """The abstract global batch the train step sees for {'inputs': n, 'targets': m}: int32
+  encoder_input_tokens [batch, n], decoder_* [batch, m] (and task_ids [batch]), split over the
+  data axis as partitioning.to_global_batch places them."""
+  from prompt_tuning.data.features import BATCH_KEYS  # here: importing the benchmark keeps the data layer out
+
+  sharding = partitioning.data_sharding(mesh)
+  shapes = {key: (batch_size, lengths["inputs" if key == "encoder_input_tokens" else "targets"]) for key in BATCH_KEYS}
+  if task_ids:
+    shapes["task_ids"] = (batch_size,)
+  return {key: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding) for key, shape in shapes.items()}
+
+
+def compile_ahead(
+  train_step: Callable, state: TrainState, frozen: Any, rng: jax.Array, batches: Sequence[dict[str, Any]]
+) -> float:
+  """Compiles the jitted `train_step` for each abstract batch (`batch_spec`), so no step compiles
+  later: a step whose batch has one of these shapes finds its executable already built. Nothing
+  runs and nothing is donated. Returns the seconds it took."""
+  start = time.perf_counter()
+  for batch in batches:
+    train_step.lower(state, frozen, batch, rng).compile()
+  return time.perf_counter() - start
 
 
 def accumulate(total: dict | None, metrics: dict) -> dict:

@@ -117,7 +117,7 @@ def test_imports_without_tensorflow_seqio_or_gin():
       for name in ("tensorflow", "seqio", "gin", "tensorflow_datasets"):
         sys.modules[name] = None  # importing any of these now raises ImportError
       import prompt_tuning.cli.bench
-      from prompt_tuning.bench import ours, peft_baseline, flops, inference, generation, hbm, hf_decoding
+      from prompt_tuning.bench import ours, peft_baseline, flops, inference, generation, hbm, hf_decoding, workload, lengths
       assert "torch" not in sys.modules, "torch must be imported lazily"
       assert not any(m.startswith(("prompt_tuning.data", "prompt_tuning.tasks", "prompt_tuning.gin_utils"))
                      for m in sys.modules)

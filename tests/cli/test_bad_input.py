@@ -107,6 +107,12 @@ CASES = [
   ("unknown flag", ["train", QS, "--bogus"], 2, "unknown flag(s) --bogus"),
   ("log_period=0", ["train", QS, "--gin.MODEL_DIR='{model}'", "--gin.TrainSpec.log_period=0"], 1, "log_period must be"),
   ("mesh too big", ["train", QS, "--gin.MODEL_DIR='{model}'", "--gin.MESH_SHAPE=(64, 1)"], 1, "needs 64 devices"),
+  (
+    "bucket above the feature length",
+    ["train", QS, "--gin.MODEL_DIR='{model}'", "--gin.LENGTH_BUCKETS={{'inputs': [16, 64]}}"],
+    1,
+    "LENGTH_BUCKETS['inputs'] has the length 64, above TASK_FEATURE_LENGTHS['inputs'] = 32",
+  ),
   # Tracebacks before.
   (
     "unknown task",

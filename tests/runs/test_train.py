@@ -25,12 +25,14 @@ TASK = "quickstart_sentiment"
 LENGTHS = {"inputs": 24, "targets": 4}
 
 
-def _train(model_dir, steps, task=TASK, progress=False, optimizer_factory=optimizer.adafactor, **model):
+def _train(
+  model_dir, steps, task=TASK, progress=False, optimizer_factory=optimizer.adafactor, length_buckets=None, **model
+):
   """train() on TASK with a 5-token prompt on the tiny T5 (`model`: ModelSpec fields to replace)."""
   model = specs.ModelSpec(**{"config": "tiny", "prompt": specs.PromptSpec(length=5), **model})
   return train(
     model,
-    specs.TaskSpec(task, LENGTHS),
+    specs.TaskSpec(task, LENGTHS, length_buckets=length_buckets),
     str(model_dir),
     specs.TrainSpec(steps=steps, batch_size=8, save_period=3, log_period=1, optimizer=optimizer_factory),
     specs.EvaluationSpec(rank_classification=True),
@@ -110,6 +112,40 @@ def test_resuming_gives_the_same_prompt_as_one_uninterrupted_run(tmp_path, capsy
   assert (status["status"], status["step"], status["train_steps"], status["sessions"]) == ("finished", 6, 6, 2)
   assert status["trainable_params"] == 5 * 32 and status["model_params"] == records.model_param_count(resumed.frozen)
   assert status["wall_seconds"] > 0 and status["error"] is None
+
+
+@pytest.mark.slow
+def test_length_buckets_compile_up_front_and_resume_bit_identically(tmp_path, capsys, caplog):
+  """LENGTH_BUCKETS: every bucket's step compiled before the first step (one line lists them) and
+  none after, and a resumed run ends with the prompt of an uninterrupted one."""
+  from jax._src import dispatch, monitoring
+
+  compiles = []
+
+  def listener(event, duration, **kwargs):
+    if event == dispatch.BACKEND_COMPILE_EVENT and "train_step" in kwargs.get("fun_name", ""):
+      compiles.append(kwargs["fun_name"])
+
+  config = get_config("tiny", vocab_size=256, dropout_rate=0.1)  # dropout: masks drawn per bucket shape
+  buckets = {"inputs": [16, 20]}  # + the inputs length 24: quick-start batches of 8 fill 20 or 24
+  monitoring.register_event_duration_secs_listener(listener)
+  try:
+    whole = _train(tmp_path / "whole", 4, config=config, length_buckets=buckets)
+    assert len(compiles) == 3  # the three buckets' programs, up front; no step compiled again
+    _train(tmp_path / "split", 2, config=config, length_buckets=buckets)
+    capsys.readouterr()
+    with caplog.at_level("INFO"):
+      resumed = _train(tmp_path / "split", 4, config=config, length_buckets=buckets, progress=True)
+    assert len(compiles) == 9
+  finally:
+    monitoring.unregister_event_duration_listener(listener)
+  assert "compiling the train step for the length buckets: inputs 16/20/24, targets 4 (3 shapes)" in (
+    capsys.readouterr().err.splitlines()
+  )
+  assert any("compiled the train step for 3 length buckets (inputs x targets: 16x4, 20x4, 24x4)" in r.getMessage()
+             for r in caplog.records)  # fmt: skip
+  assert resumed.step == whole.step == 4
+  np.testing.assert_array_equal(resumed.trainable["prompt"]["prompt"], whole.trainable["prompt"]["prompt"])
 
 
 @pytest.mark.slow

@@ -1,0 +1,276 @@
+"""The real-workload benchmark: prompt tuning on a task's length distribution, end to end.
+
+The question it answers (issue 15): on real inputs, short and ragged, how fast is our trainer
+against PEFT with the dynamic padding its users use? Every row trains on the same examples in the
+same order (the data pipeline's shuffled stream from --seed), batch for batch:
+
+  ours bucketed     our data pipeline (data/pipeline.py BatchIterator) with length buckets
+                    (data/buckets.py): each batch padded to its smallest bucket, every bucket's
+                    step compiled before the first, batches placed on the devices ahead of the
+                    step (train/prefetch.py), the trainer's compiled step
+  ours padded       the same, every batch padded to the feature lengths (buckets off)
+  peft <mode> dynamic   transformers T5 + peft prompt tuning fed by a torch DataLoader with
+                    DataCollatorForSeq2Seq(padding='longest'), eager or torch.compile
+                    (peft_baseline.run_dynamic)
+
+Measured: examples/s and real (unpadded) target tokens/s over the timed steps, the share of input
+positions that were padding, and the time to the first step done (compilation included).
+
+The examples come from a task's data when given (`from_task`: its tokenized split, measured) or
+from an approximate SuperGLUE length histogram (`from_histogram`, bench/lengths.py: documented,
+not measured), with random token ids; the frozen model has random weights either way (speed does
+not depend on them). The feature lengths are BenchConfig's: inputs input_length - prompt_length,
+targets target_length; longer examples are cut as training cuts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from prompt_tuning import partitioning
+from prompt_tuning.bench import BenchConfig, RunResult, is_out_of_memory, lengths, log
+from prompt_tuning.bench.ours import init_on_device, peak_bytes
+from prompt_tuning.errors import first_line
+from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
+from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
+from prompt_tuning.train import optimizer as optimizer_lib
+from prompt_tuning.train import step as step_lib
+from prompt_tuning.train.state import TrainState
+
+EOS = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  """Examples as token ids without EOS (the pipeline appends it): inputs[i], targets[i] lists of int."""
+
+  name: str
+  source: str  # where the lengths come from, for the report
+  inputs: list[list[int]]
+  targets: list[list[int]]
+
+
+def from_histogram(name: str, count: int, vocab_size: int, seed: int) -> Workload:
+  """`count` examples whose lengths are drawn from lengths.HISTOGRAMS[name], random ids in [2, vocab)."""
+  if name not in lengths.HISTOGRAMS:
+    raise ValueError(f"--workload {name!r}: no histogram of that name; there are {', '.join(lengths.HISTOGRAMS)}")
+  if count < 1:
+    raise ValueError(f"--workload_examples must be >= 1, got {count}")
+  histogram = lengths.HISTOGRAMS[name]
+  input_lengths, target_lengths = histogram.sample(count, seed)
+  rng = np.random.default_rng([seed, 1])
+  # The histograms count EOS, which the pipeline adds: one id fewer here.
+  inputs = [rng.integers(2, vocab_size, n - 1).tolist() for n in input_lengths]
+  targets = [rng.integers(2, vocab_size, m - 1).tolist() for m in target_lengths]
+  source = f"approximate histogram '{name}' (mean {histogram.mean_tokens} input tokens; bench/lengths.py)"
+  return Workload(name, source, inputs, targets)
+
+
+def from_task(task_name: str, split: str, vocab_size: int) -> Workload:
+  """The tokenized examples of a registered task's split, as training reads them (needs the task's data;
+  TensorFlow only for tfds tasks)."""
+  from prompt_tuning import task_registry
+
+  task = task_registry.resolve_task(task_name)
+  if split not in task.splits:
+    raise ValueError(f"--workload_split {split!r}: task {task.name} has {', '.join(task.splits)}")
+  vocab, inputs, targets = task.vocabulary, [], []
+  for example in task.examples(split):
+    inputs.append(list(example["inputs_ids"]) if "inputs_ids" in example else vocab.encode(example["inputs"]))
+    targets.append(list(example["targets_ids"]) if "targets_ids" in example else vocab.encode(example["targets"]))
+  if not inputs:
+    raise ValueError(f"--workload_task {task_name}: split {split} has no examples")
+  top = max(max(ids, default=0) for ids in inputs + targets)
+  if top >= vocab_size:
+    raise ValueError(f"--workload_task {task_name}: token id {top} is outside the model's vocabulary of {vocab_size}")
+  return Workload(task.name, f"task {task.name}, split {split} ({len(inputs)} examples, measured)", inputs, targets)
+
+
+class _WorkloadTask:
+  """A Workload as a `Task` (data/task.py) for the pipeline: the examples carry their ids."""
+
+  splits = ["train"]
+  metrics: tuple = ()
+  candidates = None
+
+  def __init__(self, workload: Workload, vocab_size: int):
+    self.name = f"workload_{workload.name}"
+    self.vocabulary = type("Ids", (), {"eos_id": EOS, "vocab_size": vocab_size})()
+    self._workload = workload
+
+  def examples(self, split: str):
+    for i, (x, y) in enumerate(zip(self._workload.inputs, self._workload.targets)):
+      yield {"inputs": "", "targets": "", "idx": i, "inputs_ids": x, "targets_ids": y}
+
+  def score(self, records):
+    return {}
+
+
+def feature_lengths(cfg: BenchConfig) -> dict[str, int]:
+  return {"inputs": cfg.token_length, "targets": cfg.target_length}
+
+
+def _iterator(cfg: BenchConfig, workload: Workload, vocab_size: int, length_buckets: Any) -> Any:
+  from prompt_tuning.data.pipeline import BatchIterator
+
+  # The trainer's own iterator and order: shuffled from the seed, endless, full batches.
+  return BatchIterator(
+    _WorkloadTask(workload, vocab_size), "train", feature_lengths(cfg), cfg.batch, shuffle=True, seed=cfg.seed,
+    repeat=True, drop_remainder=True, length_buckets=length_buckets,
+  )  # fmt: skip
+
+
+def peft_examples(cfg: BenchConfig, workload: Workload, vocab_size: int) -> tuple[list[dict], list[int]]:
+  """(examples as PEFT gets them, their order): the very ids and order of our pipeline's first
+  (warmup + steps) batches, EOS-terminated and cut to the feature lengths as ours are."""
+  from prompt_tuning.data import features
+  from prompt_tuning.data.pipeline import epoch_permutation
+
+  task = _WorkloadTask(workload, vocab_size)
+  tokenized = features.tokenize(task.examples("train"), task.vocabulary, feature_lengths(cfg))
+  examples = [{"input_ids": ex["inputs_ids"], "labels": ex["targets_ids"]} for ex in tokenized]
+  n, count = len(examples), (cfg.warmup + cfg.steps) * cfg.batch
+  order = [int(epoch_permutation(n, cfg.seed, i // n)[i % n]) for i in range(count)]  # BatchIterator's stream
+  return examples, order
+
+
+def run_ours(cfg: BenchConfig, workload: Workload, length_buckets: Any) -> RunResult:
+  """Our trainer over the workload, buckets from the spec `length_buckets` (None: padded); 'out of
+  memory' instead of a crash."""
+  name = "ours bucketed" if length_buckets is not None else "ours padded"
+  try:
+    return _run_ours(name, cfg, workload, length_buckets)
+  except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED
+    if not is_out_of_memory(e):
+      raise
+    return RunResult(name, error="out of memory", extra={"detail": first_line(e)[:300]})
+
+
+def _run_ours(name: str, cfg: BenchConfig, workload: Workload, spec: Any) -> RunResult:
+  from prompt_tuning.data.buckets import make_buckets
+  from prompt_tuning.data.features import BATCH_KEYS
+  from prompt_tuning.train.prefetch import DevicePrefetcher
+
+  config = cfg.t5_config()
+  mesh = partitioning.make_mesh(cfg.num_partitions)
+  module = PromptedTransformer(config, prompt_config=PromptConfig(cfg.prompt_length))
+  model = EncoderDecoderModel(module, LossConfig())
+  log(f"{name}: initializing {cfg.model} ({cfg.dtype}) on {mesh.devices.size} device(s)")
+  trainable, frozen, frozen_shardings = init_on_device(module, mesh, cfg.seed)
+  tx, schedule = optimizer_lib.adafactor()
+  state = jax.device_put(TrainState.create(trainable, tx), NamedSharding(mesh, PartitionSpec()))
+  train_step = step_lib.compile_train_step(step_lib.make_train_step(model, tx, schedule), mesh, frozen_shardings)
+  rng = jax.random.PRNGKey(cfg.seed)
+  buckets = make_buckets(spec, feature_lengths(cfg))
+  batches = _iterator(cfg, workload, config.vocab_size, buckets)
+
+  def place(batch: Any) -> tuple[dict[str, int], dict[str, jax.Array]]:
+    arrays = batch.arrays
+    counts = {
+      "targets": int(arrays["decoder_loss_weights"].sum()),
+      "inputs": int((arrays["encoder_input_tokens"] > 0).sum()),
+      "positions": arrays["encoder_input_tokens"].size,
+    }
+    return counts, partitioning.to_global_batch({k: arrays[k] for k in BATCH_KEYS}, mesh)
+
+  jax.block_until_ready(frozen)
+  start = time.perf_counter()
+  shapes = None
+  if buckets is not None:
+    log(f"{name}: compiling the step for the length buckets {buckets.describe()}")
+    specs = [step_lib.batch_spec(shape, cfg.batch, mesh) for shape in buckets.shapes()]
+    step_lib.compile_ahead(train_step, state, frozen, rng, specs)
+    shapes = len(specs)
+  counts = {"targets": 0, "inputs": 0, "positions": 0}
+  with DevicePrefetcher(batches, place, lambda it: it.position, size=2) as prefetcher:
+    log(f"{name}: {cfg.warmup} warmup and {cfg.steps} timed steps")
+    for i in range(cfg.warmup):
+      state, metrics = train_step(state, frozen, next(prefetcher)[1][1], rng)
+      if i == 0:
+        jax.block_until_ready(state)
+        compile_s = time.perf_counter() - start  # compiling (all buckets, or the one shape) + one step
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(cfg.steps):
+      _, (batch_counts, batch) = next(prefetcher)
+      state, metrics = train_step(state, frozen, batch, rng)
+      counts = {k: counts[k] + batch_counts[k] for k in counts}
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+  local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+  return RunResult.timed(
+    name,
+    seconds,
+    cfg.steps,
+    cfg.batch,
+    None,
+    peak_bytes(local),
+    compile_s,
+    target_tokens_per_s=counts["targets"] / seconds,
+    input_padding=1 - counts["inputs"] / counts["positions"],
+    buckets=None if buckets is None else buckets.describe(),
+    compiled_shapes=shapes,
+    final_loss=float(metrics["loss"]),
+    step=int(state.step),
+  )
+
+
+def run(cfg: BenchConfig, workload: Workload, length_buckets: Any, peft_modes: tuple[str, ...]) -> list[RunResult]:
+  """The PEFT rows first (they hand their memory back; JAX would not), then ours bucketed and padded."""
+  from prompt_tuning.bench import peft_baseline
+
+  vocab_size = cfg.t5_config().vocab_size
+  baseline = []
+  if peft_modes:
+    examples, order = peft_examples(cfg, workload, vocab_size)
+    baseline = peft_baseline.run_dynamic(cfg, examples, order, peft_modes)
+  return [run_ours(cfg, workload, length_buckets), run_ours(cfg, workload, None), *baseline]
+
+
+def ratios(results: list[RunResult]) -> dict[str, float | None]:
+  """ours bucketed examples/s over every other row's (> 1: ours bucketed faster). Every row trains on
+  the same examples, so the target tokens/s ratio is the same number."""
+  ours = next(r for r in results if r.name == "ours bucketed")
+  out = {}
+  for r in results:
+    if r.name != ours.name:
+      ok = ours.examples_per_s is not None and r.examples_per_s is not None
+      out[f"ours bucketed / {r.name}"] = ours.examples_per_s / r.examples_per_s if ok else None
+  return out
+
+
+def format_report(data: dict[str, Any]) -> str:
+  cfg, env, work = data["config"], data["environment"], data["workload"]
+  versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+  lines = [
+    (
+      f"prompt-tuning bench --mode workload: {cfg['model']} {cfg['dtype']}, batch {cfg['batch']}, prompt "
+      f"{cfg['prompt_length']} + inputs up to {cfg['input_length'] - cfg['prompt_length']} tokens, targets up to "
+      f"{cfg['target_length']}; {cfg['steps']} timed steps after {cfg['warmup']} warmup, the same examples for every row"
+    ),
+    f"workload: {work['source']}; {work['examples']} examples",
+    f"jax device: {env['jax_device']} x{env['jax_devices']}; torch device: {env['torch_device'] or '-'}; {versions}",
+    "",
+    f"{'':22s} {'step ms':>9s} {'examples/s':>11s} {'target tok/s':>13s} {'padding':>8s} {'1st step s':>11s}",
+  ]
+  for key, r in data["results"].items():
+    label = f"{key.replace('_', ' '):22s}"
+    if r["error"]:
+      lines.append(f"{label} {r['error']}")
+      continue
+    extra = r["extra"]
+    lines.append(
+      f"{label} {r['step_ms']:9.2f} {r['examples_per_s']:11.2f} {extra['target_tokens_per_s']:13.1f} "
+      f"{extra['input_padding']:8.1%} {r['compile_s']:11.1f}"
+    )
+  buckets = data["results"].get("ours_bucketed", {}).get("extra", {}).get("buckets")
+  lines += ["", f"ours bucketed: buckets {buckets}; padding: the share of input positions (prompt aside) that pad"]
+  for name, ratio in data["ratios"].items():
+    lines.append(f"{name + ':':44s} {'-' if ratio is None else f'{ratio:.2f}x'}  (examples/s; > 1: bucketed faster)")
+  return "\n".join(lines)
