@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from typing import Any, Mapping
 
@@ -111,14 +112,31 @@ class _RemoteRecordFiles:
     del path  # buckets have no directories to create
 
 
+def _tensorboardx():
+  """tensorboardX's record writer and protos, imported without torch.
+
+  tensorboardX's package __init__ imports its SummaryWriter, which imports torch when it is
+  installed (1.5-2 CPU-seconds, in every `train` process) only to accept torch tensors; the record
+  writer needs none of it. torch is hidden while tensorboardX loads (its import is guarded) unless
+  this process already has it, and visible again afterwards.
+  """
+  hide = "torch" not in sys.modules and "tensorboardX" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+  try:
+    from tensorboardX import RecordWriter, record_writer
+    from tensorboardX.proto import event_pb2, summary_pb2
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return RecordWriter, record_writer, event_pb2, summary_pb2
+
+
 class EventFileWriter:
   """Writes scalar summaries to one new TensorBoard event file in `log_dir`."""
 
   def __init__(self, log_dir: str):
-    # Deferred: tensorboardX imports torch when it is installed (~1.5 s); only
-    # the process that writes pays for it.
-    from tensorboardX import RecordWriter, record_writer
-    from tensorboardX.proto import event_pb2, summary_pb2
+    RecordWriter, record_writer, event_pb2, summary_pb2 = _tensorboardx()
 
     self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
     now = time.time()

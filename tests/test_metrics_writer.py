@@ -163,6 +163,21 @@ def test_event_files_without_tensorflow_tensorboard_or_torch(tmp_path):
   assert _tensorboard_reads(_event_files(tmp_path, "train"))[1] == {"loss": [(7, 0.25)]}
 
 
+def test_writing_does_not_import_torch_and_leaves_it_importable(tmp_path):
+  """tensorboardX would import torch (seconds, in every `train` process) when it is installed."""
+  script = textwrap.dedent(f"""
+      import sys
+      from prompt_tuning.metrics_writer import MetricsWriter
+      with MetricsWriter({str(tmp_path)!r}, process_index=0) as writer:
+        writer.write(7, {{"loss": 0.25}})
+      assert "torch" not in sys.modules, "writing event files imported torch"
+      import torch  # still there for whoever needs it
+      print(torch.__name__)
+  """)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0 and result.stdout.split() == ["torch"], result.stderr[-2000:]
+
+
 def test_only_process_zero_writes(tmp_path):
   with MetricsWriter(str(tmp_path / "p1"), process_index=1) as writer:
     writer.write(1, {"loss": 1.0})
