@@ -1,4 +1,9 @@
-"""The notebooks in notebooks/ run from top to bottom on a fresh kernel of this environment."""
+"""The notebooks in notebooks/ run from top to bottom on a fresh kernel of this environment.
+
+Each notebook gets a test class of its own (`TestNotebook_<stem>`, generated below), so that
+pytest-xdist's `--dist=loadscope`, which keeps the tests of one class (else of one module) on one
+worker, can run the notebooks on different workers. `-k <stem>` runs one.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +18,14 @@ def test_there_are_notebooks():
   assert NOTEBOOKS, "notebooks/ holds no .ipynb"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path):
+def run_notebook(path: pathlib.Path, cwd: pathlib.Path) -> None:
+  """Executes the notebook at `path` on a fresh python3 kernel started in `cwd`; fails on any error."""
   import nbclient  # the test extra installs them and ipykernel: a missing one fails, never skips
   import nbformat
 
   notebook = nbformat.read(path, as_version=4)
   client = nbclient.NotebookClient(
-    notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
   )
   try:
     client.execute()
@@ -29,3 +33,18 @@ def test_notebook_runs(path, tmp_path):
     pytest.fail(f"{path.name}: {str(e).strip().splitlines()[-1]}")
   errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
   assert not errors
+
+
+class _NotebookTest:
+  """One notebook's test; subclassed per notebook below (pytest collects only the Test* subclasses)."""
+
+  path: pathlib.Path
+
+  @pytest.mark.slow
+  def test_runs_top_to_bottom(self, tmp_path):
+    run_notebook(self.path, tmp_path)
+
+
+for _path in NOTEBOOKS:
+  _name = f"TestNotebook_{_path.stem}"
+  globals()[_name] = type(_name, (_NotebookTest,), {"path": _path, "__doc__": f"notebooks/{_path.name}"})
