@@ -123,6 +123,14 @@ class RunResult:
 _START = time.perf_counter()
 
 
+def log_row(row: "RunResult") -> None:
+  """One finished row, logged as it lands: a run cut short (a job's time limit) keeps what it measured."""
+  if row.error is not None:
+    log(f"{row.name}: {row.error}")
+  else:
+    log(f"{row.name}: {row.step_ms:.2f} ms a step, {row.examples_per_s:.1f} ex/s")
+
+
 def log(message: str) -> None:
   """A progress line on stderr with the seconds since import (large models take minutes to set up)."""
   print(f"[bench {time.perf_counter() - _START:7.1f}s] {message}", file=sys.stderr, flush=True)

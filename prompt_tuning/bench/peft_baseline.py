@@ -23,7 +23,7 @@ import gc
 import time
 from typing import Any, Callable
 
-from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory, log
+from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory, log, log_row
 from prompt_tuning.errors import first_line
 from prompt_tuning.models.t5.config import T5Config
 
@@ -313,6 +313,7 @@ def run_dynamic(
     finally:
       forward = loader = None
       free(device)
+    log_row(results[-1])
   del model, optimizer
   if "compile" in modes:
     torch._dynamo.reset()

@@ -34,7 +34,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from prompt_tuning import partitioning
-from prompt_tuning.bench import BenchConfig, RunResult, is_out_of_memory, lengths, log
+from prompt_tuning.bench import BenchConfig, RunResult, is_out_of_memory, lengths, log, log_row
 from prompt_tuning.bench.ours import init_on_device, peak_bytes
 from prompt_tuning.errors import first_line
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
@@ -230,7 +230,11 @@ def run(cfg: BenchConfig, workload: Workload, length_buckets: Any, peft_modes: t
   if peft_modes:
     examples, order = peft_examples(cfg, workload, vocab_size)
     baseline = peft_baseline.run_dynamic(cfg, examples, order, peft_modes)
-  return [run_ours(cfg, workload, length_buckets), run_ours(cfg, workload, None), *baseline]
+  ours = []
+  for buckets in (length_buckets, None):
+    ours.append(run_ours(cfg, workload, buckets))
+    log_row(ours[-1])
+  return [*ours, *baseline]
 
 
 def ratios(results: list[RunResult]) -> dict[str, float | None]:

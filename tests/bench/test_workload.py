@@ -83,8 +83,13 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   # Every row counts the same target tokens over its timed steps.
   tokens = [r["extra"]["target_tokens_per_s"] * r["step_ms"] * CFG.steps / 1e3 for r in results.values()]
   np.testing.assert_allclose(tokens, tokens[0], rtol=1e-6)
+  # Each row is logged as it finishes (a job cut short by its time limit keeps what it measured).
+  said = capsys.readouterr()
+  logged = said.err
+  for name in ("ours bucketed", "ours padded", "peft eager dynamic"):
+    assert any(f"] {name}: " in line and line.endswith(" ex/s") for line in logged.splitlines()), name
   assert data["ratios"]["ours bucketed / peft eager dynamic"] == pytest.approx(
     results["ours_bucketed"]["examples_per_s"] / results["peft_eager_dynamic"]["examples_per_s"]
   )
-  out = capsys.readouterr().out
+  out = said.out
   assert "target tok/s" in out and "ours bucketed / peft eager dynamic" in out
