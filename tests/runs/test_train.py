@@ -134,7 +134,8 @@ def test_length_buckets_compile_up_front_and_resume_bit_identically(tmp_path, ca
     assert len(compiles) == 3  # the three buckets' programs, up front; no step compiled again
     _train(tmp_path / "split", 2, config=config, length_buckets=buckets)
     capsys.readouterr()
-    with caplog.at_level("INFO"):
+    # The absl logger's own level: an in-process CLI test before this one may have left it at WARNING.
+    with caplog.at_level("INFO", logger="absl"):
       resumed = _train(tmp_path / "split", 4, config=config, length_buckets=buckets, progress=True)
     assert len(compiles) == 9
   finally:
