@@ -45,7 +45,8 @@ def test_sweep_stops_resumes_and_prints_the_commands_it_runs(tmp_path):
   assert killed.returncode == 1
   assert f"[4/8] {sweeps.TINY_RUNS[3]} failed (exit status 137" in killed.stderr
   assert (
-    f"0 runs trained, 3 already finished; 2 failed: {sweeps.TINY_RUNS[3]} (exit status 137), "
+    f"0 runs trained, 3 already finished, 3 left by --max_runs=2 (run again for them); "
+    f"2 failed: {sweeps.TINY_RUNS[3]} (exit status 137), "
     f"{sweeps.TINY_RUNS[4]} (exit status 137)" in killed.stderr
   )
   for run in runs[3:5]:
