@@ -18,6 +18,7 @@ from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import get_config
 from prompt_tuning.task_registry import resolve_task
+from support import processes
 
 LENGTHS = {"inputs": 24, "targets": 6}
 
@@ -149,7 +150,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_a_batch_split_over_four_devices_scores_like_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  env = processes.cpu_env(4)
   result = subprocess.run(
     [sys.executable, "-c", SHARDED_SCRIPT],
     env=env,

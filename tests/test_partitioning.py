@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ import types
 import pytest
 
 from prompt_tuning import partitioning
+from support import processes
 
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
@@ -62,7 +62,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_four_device_mesh_with_data_and_model_axes_matches_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  env = processes.cpu_env(4)
   result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "MATCH" in result.stdout, result.stdout
@@ -183,7 +183,7 @@ CLI_SCRIPT = textwrap.dedent("""
 def test_num_partitions_from_gin_shards_train_eval_and_infer(tmp_path):
   """NUM_PARTITIONS=2 on 4 devices (2 data x 2 model) through the commands: the prompt, the
   predictions and the eval metrics of NUM_PARTITIONS=1."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  env = processes.cpu_env(4)
   result = subprocess.run(
     [sys.executable, "-c", CLI_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=900
   )

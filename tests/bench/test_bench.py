@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from prompt_tuning.bench import BenchConfig, RunResult, flops, inference, ours, 
 from prompt_tuning.cli import main as cli
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5.config import get_config
-from support import param_counts
+from support import param_counts, processes
 
 TINY_ARGS = [
   "--model",
@@ -140,7 +139,7 @@ def test_random_weights_and_first_loss_do_not_depend_on_the_mesh():
         row = ours.run(cfg)
         print(row.extra["mesh"]["model"], row.extra["first_loss"])
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  env = processes.cpu_env(4)
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   rows = [line.split() for line in result.stdout.strip().splitlines()]

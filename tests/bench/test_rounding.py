@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ import textwrap
 import pytest
 
 from prompt_tuning.cli import main as cli
+from support import processes
 
 # A T5 1.1 of 6 encoder layers with the bench's random weights, on a 1x2 mesh vs one CPU device.
 COMPARE_SCRIPT = textwrap.dedent("""
@@ -27,7 +27,7 @@ COMPARE_SCRIPT = textwrap.dedent("""
 
 
 def _two_cpu_devices() -> dict[str, str]:
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  return processes.cpu_env(2)
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ import pytest
 
 from prompt_tuning.cli import gin_runner
 from prompt_tuning.cli import main as cli
+from support import processes
 
 pytestmark = pytest.mark.slow  # trains one quick-start MODEL_DIR (a few seconds), then runs ~35 commands
 
@@ -333,7 +334,7 @@ def test_read_only_storage_and_undividable_batch(dirs, tmp_path):
     before = tree_hash(str(ro)), tree_hash(dirs["scratch"])
     places = {**dirs, "ro": str(ro)}
     argvs = [[arg.format(**places) for arg in argv] for _, argv, _ in SUBPROCESS_CASES]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = processes.cpu_env(2)
     result = subprocess.run(
       [*prefix, sys.executable, "-c", _CHILD, json.dumps(argvs)],
       cwd=dirs["scratch"],

@@ -11,11 +11,14 @@ from support.gcs_emulator import free_port
 
 
 def cpu_env(devices: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-  """This environment on the CPU backend with `devices` devices (plus `extra`)."""
+  """This environment on the CPU backend with `devices` devices (plus `extra`); the session's own
+  XLA_FLAGS (tests/conftest.py) are kept."""
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  flags = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count=")]
   return {
     **os.environ,
     "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]),
     **(extra or {}),
   }
 
