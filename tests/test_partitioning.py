@@ -62,7 +62,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_four_device_mesh_with_data_and_model_axes_matches_one_device():
-  env = processes.cpu_env(4)
+  env = processes.cpu_env(4, optimized=True)
   result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "MATCH" in result.stdout, result.stdout

@@ -10,15 +10,22 @@ from typing import Mapping
 from support.gcs_emulator import free_port
 
 
-def cpu_env(devices: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-  """This environment on the CPU backend with `devices` devices (plus `extra`); the session's own
-  XLA_FLAGS (tests/conftest.py) are kept."""
-  flags = os.environ.get("XLA_FLAGS", "").split()
-  flags = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count=")]
+def xla_flags(optimized: bool = False) -> str:
+  """The session's XLA_FLAGS (tests/conftest.py), without any host device count; without its -O0
+  when `optimized` (XLA's default level)."""
+  dropped = ("--xla_force_host_platform_device_count=", *(("--xla_backend_optimization_level=",) if optimized else ()))
+  return " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(dropped))
+
+
+def cpu_env(devices: int, extra: Mapping[str, str] | None = None, optimized: bool = False) -> dict[str, str]:
+  """This environment on the CPU backend with `devices` devices (plus `extra`), keeping the session's
+  XLA_FLAGS. `optimized`: XLA's default level instead of the suite's -O0, for a comparison of
+  float32 results within 1e-5 between differently partitioned programs, which holds there (LLVM
+  contracts multiply-adds alike in both) and not always at -O0."""
   return {
     **os.environ,
     "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]),
+    "XLA_FLAGS": f"{xla_flags(optimized)} --xla_force_host_platform_device_count={devices}".strip(),
     **(extra or {}),
   }
 
