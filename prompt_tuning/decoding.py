@@ -14,8 +14,9 @@ follow seqio/t5x:
   beam) of example b, as built by `flat_batch_beam_expand`.
 
 Cache leaves whose leading dim equals the flat batch are per-row and are
-gathered when beams are re-selected; other leaves (e.g. a scalar step index)
-pass through untouched. Everything is jit-compatible: options are static Python
+gathered when beams are re-selected; other leaves (e.g. a scalar step index, or
+per-example leaves [batch, ...] that an example's rows share, such as a T5's
+encoder-decoder keys and values) pass through untouched. Everything is jit-compatible: options are static Python
 values, loops are `jax.lax.while_loop`s that stop once every row has finished.
 """
 

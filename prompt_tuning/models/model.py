@@ -162,14 +162,14 @@ class EncoderDecoderModel:
         dec_length] shared by all examples, or [batch, num_candidates, dec_length]
         per example (an all-zero row scores 0; callers mask such padding).
       task_ids, prompt_lengths: [batch] prompt-table rows and their lengths (PromptedTransformer).
-    The encoder runs once per example; its output is repeated per candidate.
+    The encoder runs once per example, and its output is projected to the
+    encoder-decoder attention's keys and values once per example: the
+    candidates of an example share them (see layers.MultiHeadAttention).
     """
     batch, num_candidates = encoder_input_tokens.shape[0], candidate_targets.shape[-2]
     encoded, encoder_mask = self.module.apply(
       {"params": params}, encoder_input_tokens, method="encode_tokens", **_task_kwargs(task_ids, prompt_lengths)
     )
-    encoded = decoding.flat_batch_beam_expand(encoded, num_candidates)
-    encoder_mask = decoding.flat_batch_beam_expand(encoder_mask, num_candidates)
     if candidate_targets.ndim == 2:
       targets = jnp.tile(candidate_targets, (batch, 1))  # [batch * candidates, dec_length], example-major
     else:
@@ -192,11 +192,14 @@ class EncoderDecoderModel:
     """float32 logits [batch, dec_length, vocab] (deterministic: no dropout)."""
     return self.module.apply({"params": params}, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens)
 
-  def initial_cache(self, params: Params, encoded: Array, encoder_mask: Array, max_decode_length: int) -> Any:
+  def initial_cache(
+    self, params: Params, encoded: Array, encoder_mask: Array, max_decode_length: int, rows_per_example: int = 1
+  ) -> Any:
     """Creates the decoder cache: empty self-attention keys/values of length
-    `max_decode_length`, and cross-attention keys/values of `encoded`
-    [flat_batch, enc_length, embed]."""
-    template = jnp.zeros((encoded.shape[0], max_decode_length), jnp.int32)
+    `max_decode_length` for [batch * rows_per_example] decoder rows (beams or
+    samples, example-major), and the cross-attention keys/values of `encoded`
+    [batch, enc_length, embed], once per example: an example's rows share them."""
+    template = jnp.zeros((encoded.shape[0] * rows_per_example, max_decode_length), jnp.int32)
     _, variables = self.module.apply(
       {"params": params}, encoded, encoder_mask, template, decode=True, method="decode", mutable=["cache"]
     )
@@ -231,10 +234,8 @@ class EncoderDecoderModel:
     encoded, encoder_mask = self.module.apply(
       {"params": params}, encoder_input_tokens, method="encode_tokens", **_task_kwargs(task_ids, prompt_lengths)
     )
-    expand = options.get("beam_size" if method == "beam" else "num_decodes", 1)
-    encoded = decoding.flat_batch_beam_expand(encoded, expand)
-    encoder_mask = decoding.flat_batch_beam_expand(encoder_mask, expand)
-    cache = self.initial_cache(params, encoded, encoder_mask, max_decode_length)
+    rows_per_example = options.get("beam_size" if method == "beam" else "num_decodes", 1)
+    cache = self.initial_cache(params, encoded, encoder_mask, max_decode_length, rows_per_example)
 
     def tokens_to_logits(tokens: Array, cache: Any) -> tuple[Array, Any]:
       logits, variables = self.module.apply(

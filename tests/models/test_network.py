@@ -131,6 +131,45 @@ def test_cached_decoding_steps_equal_teacher_forced_logits(params):
     np.testing.assert_allclose(logits[:, 0], full[:, t], atol=2e-5)
 
 
+def test_rows_sharing_an_encoder_row_equal_the_repeated_encoder_output(params):
+  """Grouped encoder-decoder attention (beams, samples, candidates) gives what repeating the encoder
+  output per row gives, teacher-forced and through the cache; rows that cannot group are refused."""
+  model = EncoderDecoderModel(network.Transformer(CONFIG))
+  enc, dec_in = _batch()
+  group = 3
+  rows = np.random.RandomState(2).randint(2, 128, size=(2 * group, dec_in.shape[1])).astype(np.int32)
+  rows[:, 0] = 0
+  encoded, mask = model.module.apply({"params": params}, enc, method="encode_tokens")
+  repeated = (np.repeat(encoded, group, axis=0), np.repeat(mask, group, axis=0))
+  decode = lambda enc_out, enc_mask, tokens, **kw: model.module.apply(
+    {"params": params}, enc_out, enc_mask, tokens, method="decode", **kw
+  )
+  np.testing.assert_allclose(decode(encoded, mask, rows), decode(*repeated, rows), atol=2e-5)
+
+  grouped = model.initial_cache(params, encoded, mask, max_decode_length=rows.shape[1], rows_per_example=group)
+  flat = model.initial_cache(params, *repeated, max_decode_length=rows.shape[1])
+  cross = grouped["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"]
+  assert cross.shape[0] == 2 and flat["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"].shape[0] == 6
+
+  def step(cache, enc_mask, t):
+    logits, variables = model.module.apply(
+      {"params": params, "cache": cache},
+      None,
+      enc_mask,
+      rows[:, t : t + 1],
+      decode=True,
+      method="decode",
+      mutable=["cache"],
+    )
+    return logits, variables["cache"]
+
+  for t in range(2):
+    (a, grouped), (b, flat) = step(grouped, mask, t), step(flat, repeated[1], t)
+    np.testing.assert_allclose(a, b, atol=2e-5)
+  with pytest.raises(ValueError, match="4 query rows cannot share keys and values of 3 rows"):
+    decode(np.repeat(encoded, 2, axis=0)[:3], np.repeat(mask, 2, axis=0)[:3], rows[:4])
+
+
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
 @pytest.mark.slow
 def test_remat_changes_memory_not_results(params, policy):

@@ -234,33 +234,51 @@ def fused_attention(query: Array, key: Array, value: Array, bias: Array, impleme
 
 
 def dot_product_attention(
-  query: Array, key: Array, value: Array, bias: Array, dropout_rate: float, dropout_rng: Array | None, dtype: jnp.dtype
+  query: Array,
+  key: Array,
+  value: Array,
+  bias: Array,
+  dropout_rate: float,
+  dropout_rng: Array | None,
+  dtype: jnp.dtype,
+  *,
+  heads_major: bool = False,
 ) -> Array:
   """Unscaled multi-head attention with an additive bias.
 
   Args:
     query: [batch, q_length, heads, kv].
-    key, value: [batch, kv_length, heads, kv].
+    key, value: [batch, kv_length, heads, kv], or with `heads_major` [batch,
+      heads, kv_length, kv] (the decode cache's layout).
     bias: broadcastable to [batch, heads, q_length, kv_length] (positions + mask).
   Returns:
     [batch, q_length, heads, kv] in `dtype`. Logits and softmax are float32.
   """
-  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+  kv = "bhkd" if heads_major else "bkhd"
+  logits = jnp.einsum(f"bqhd,{kv}->bhqk", query, key, preferred_element_type=jnp.float32)
   weights = jax.nn.softmax(logits + bias, axis=-1)
   if dropout_rng is not None and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
     weights = weights * keep / (1.0 - dropout_rate)
   weights = jnp.asarray(weights, dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+  return jnp.einsum(f"bhqk,{kv}->bqhd", weights, value)
 
 
 class MultiHeadAttention(nn.Module):
   """T5 attention with query/key/value/out projections.
 
-  With `decode=True` and `cached=True`, keys and values live in the `cache`
-  collection: self-attention appends one position per call, and
-  encoder-decoder attention projects the encoder output once, when the cache
-  is created.
+  With `decode=True`, keys and values live in the `cache` collection, heads-major
+  ([batch, heads, length, kv], so each step's attention reads them as they lie):
+  self-attention appends one position per call, and encoder-decoder attention
+  projects the encoder output once, when the cache is created.
+
+  Encoder-decoder attention may serve several decoder rows per encoder row:
+  queries [batch * group, ...] (example-major, as `decoding.flat_batch_beam_expand`
+  lays them out) against keys and values of [batch, ...]. Each example's group of
+  rows is attended as one longer query sequence, so beams, samples and
+  rank-classification candidates share one projection and one read of the
+  example's keys and values. Exact: encoder-decoder attention has no position
+  bias, and its mask then depends only on the encoder positions.
   """
 
   num_heads: int
@@ -295,10 +313,13 @@ class MultiHeadAttention(nn.Module):
     """Attends from inputs_q [batch, q_length, embed] to inputs_kv [batch, kv_length, embed].
 
     Args:
+      inputs_kv: for encoder-decoder attention, [batch / group, kv_length, embed]
+        serves `group` consecutive query rows per row (see the class docstring).
       bias: relative-position bias plus mask, broadcastable to
         [batch, heads, q_length, kv_length]. For cached self-attention it is the
         position bias over the whole cache, [1, heads, max_length, max_length];
         the row of the current step is taken here and later positions masked.
+        For grouped encoder-decoder attention: [batch / group, 1, 1, kv_length].
       decode: use the `cache` collection. A call on an empty cache creates it
         from the inputs (a [batch, max_length] template for self-attention, the
         encoder output for cross-attention); later calls feed one position.
@@ -311,6 +332,7 @@ class MultiHeadAttention(nn.Module):
       dtype
     )
     query = self._project("query", inputs_q, query_init)
+    heads_major = decode
     if decode and cross:
       key, value = self._cached_cross_kv(inputs_kv)
     elif decode:
@@ -318,6 +340,11 @@ class MultiHeadAttention(nn.Module):
     else:
       key = self._project("key", inputs_kv, attention_kernel_init)
       value = self._project("value", inputs_kv, attention_kernel_init)
+    batch, q_length = query.shape[:2]
+    kv_batch = key.shape[0]
+    if batch % kv_batch or (batch != kv_batch and not cross):
+      raise ValueError(f"{batch} query rows cannot share keys and values of {kv_batch} rows")
+    query = query.reshape(kv_batch, batch // kv_batch * q_length, *query.shape[2:])  # the group's rows in a row
     dropout_rng = None if deterministic or self.dropout_rate == 0.0 else self.make_rng("dropout")
     backend = attention_backend(
       self.attention_impl,
@@ -325,12 +352,15 @@ class MultiHeadAttention(nn.Module):
       self.head_dim,
       dropout=dropout_rng is not None,
       decode=decode,
-      lengths=(query.shape[1], key.shape[1]),
+      lengths=(query.shape[1], key.shape[-3]),
     )
     if backend == "cudnn":
       out = fused_attention(query, key, value, bias)
     else:  # the reference path, and the only one with attention dropout
-      out = dot_product_attention(query, key, value, bias, self.dropout_rate, dropout_rng, self.dtype)
+      out = dot_product_attention(
+        query, key, value, bias, self.dropout_rate, dropout_rng, self.dtype, heads_major=heads_major
+      )
+    out = out.reshape(batch, q_length, *out.shape[2:])
     out = DenseGeneral(
       inputs_q.shape[-1],
       ("joined_kv", "embed"),
@@ -342,37 +372,42 @@ class MultiHeadAttention(nn.Module):
     )(out)
     return constrain(out, ("batch", "length", "embed"))
 
+  def _heads_major(self, x: Array) -> Array:
+    """[batch, length, heads, kv] -> [batch, heads, length, kv], the cache's layout."""
+    return constrain(jnp.swapaxes(x, 1, 2), ("batch", "heads", "length", "kv"))
+
   def _cached_cross_kv(self, encoded: Array | None) -> tuple[Array, Array]:
-    """Projects the encoder output into the cache once; later steps read it."""
+    """Projects the encoder output into the cache once; later steps read it. [batch, heads, enc_length, kv]."""
     if self.has_variable("cache", "cached_key"):
       return self.get_variable("cache", "cached_key"), self.get_variable("cache", "cached_value")
     if encoded is None:
       raise ValueError("the encoder-decoder attention cache is empty: create it with the encoder output")
-    key = self._project("key", encoded, attention_kernel_init)
-    value = self._project("value", encoded, attention_kernel_init)
+    key = self._heads_major(self._project("key", encoded, attention_kernel_init))
+    value = self._heads_major(self._project("value", encoded, attention_kernel_init))
     self.put_variable("cache", "cached_key", key)
     self.put_variable("cache", "cached_value", value)
     return key, value
 
   def _cached_self_kv(self, inputs: Array, position_bias: Array) -> tuple[Array, Array, Array]:
-    """Appends one step's key/value at the cache index and returns the step's bias."""
-    key = self._project("key", inputs, attention_kernel_init)
-    value = self._project("value", inputs, attention_kernel_init)
+    """Writes one step's key/value at the cache index; returns the cache [batch, heads, max_length, kv]
+    and the step's bias."""
+    key = self._heads_major(self._project("key", inputs, attention_kernel_init))
+    value = self._heads_major(self._project("value", inputs, attention_kernel_init))
     if not self.has_variable("cache", "cached_key"):
       # Creating the cache from a [batch, max_length] template: nothing is appended.
       self.put_variable("cache", "cached_key", jnp.zeros_like(key))
       self.put_variable("cache", "cached_value", jnp.zeros_like(value))
       self.put_variable("cache", "cache_index", jnp.array(0, jnp.int32))
-      return key, value, position_bias + causal_mask_bias(key.shape[1])
-    if key.shape[1] != 1:
-      raise ValueError(f"cached decoding feeds one position per step, got {key.shape[1]}")
+      return key, value, position_bias + causal_mask_bias(key.shape[2])
+    if key.shape[2] != 1:
+      raise ValueError(f"cached decoding feeds one position per step, got {key.shape[2]}")
     index = self.get_variable("cache", "cache_index")
-    cached_key = jax.lax.dynamic_update_slice(self.get_variable("cache", "cached_key"), key, (0, index, 0, 0))
-    cached_value = jax.lax.dynamic_update_slice(self.get_variable("cache", "cached_value"), value, (0, index, 0, 0))
+    cached_key = jax.lax.dynamic_update_slice(self.get_variable("cache", "cached_key"), key, (0, 0, index, 0))
+    cached_value = jax.lax.dynamic_update_slice(self.get_variable("cache", "cached_value"), value, (0, 0, index, 0))
     self.put_variable("cache", "cached_key", cached_key)
     self.put_variable("cache", "cached_value", cached_value)
     self.put_variable("cache", "cache_index", index + 1)
-    max_length = cached_key.shape[1]
+    max_length = cached_key.shape[2]
     row = jax.lax.dynamic_slice_in_dim(position_bias, index, 1, axis=-2)  # [1, heads, 1, max_length]
     visible = jnp.arange(max_length) <= index
     return cached_key, cached_value, row + jnp.where(visible, 0.0, NEG_INF)

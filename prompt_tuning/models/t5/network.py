@@ -149,8 +149,11 @@ class Decoder(nn.Module):
     Args:
       embedded: [batch, length, embed] embedded decoder inputs; in decode mode
         either the [batch, max_length] template that creates the cache or one step.
-      encoded: [batch, enc_length, embed]; may be None for cached decode steps.
-      encoder_mask: [batch, enc_length] (1 = token).
+      encoded: [batch, enc_length, embed]; may be None for cached decode steps. Or
+        [batch / group, enc_length, embed]: each encoder row serves `group`
+        consecutive decoder rows (beams, samples, candidates), whose
+        encoder-decoder attention shares its keys and values.
+      encoder_mask: [batch or batch / group, enc_length] (1 = token), as `encoded`.
       decoder_mask: optional [batch, length] (1 = target token); padding is
         otherwise harmless because attention is causal.
     Returns:
@@ -178,7 +181,10 @@ class Decoder(nn.Module):
         query_mask = decoder_mask
       else:
         query_mask = jnp.ones(embedded.shape[:2], jnp.int32)
-      cross_bias = layers.padding_mask_bias(query_mask, encoder_mask)
+      if encoder_mask.shape[0] == embedded.shape[0]:
+        cross_bias = layers.padding_mask_bias(query_mask, encoder_mask)
+      else:  # rows sharing an encoder row (rank classification): their attention is grouped, keys masked
+        cross_bias = layers.padding_mask_bias(jnp.ones_like(encoder_mask[:, :1]), encoder_mask)
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     y = dropout(jnp.asarray(embedded, cfg.activation_dtype), deterministic=deterministic)
     layer = _layer_class(DecoderLayer, cfg, static_argnums=(5, 6)) if not decode else DecoderLayer
@@ -197,7 +203,7 @@ class Decoder(nn.Module):
     """The cache length: the template's length, or that of the existing cache."""
     cache = self.variables.get("cache", {})
     if "layers_0" in cache:
-      return cache["layers_0"]["self_attention"]["cached_key"].shape[1]
+      return cache["layers_0"]["self_attention"]["cached_key"].shape[2]  # [batch, heads, length, kv]
     return embedded.shape[1]
 
 
