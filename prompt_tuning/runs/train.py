@@ -230,7 +230,7 @@ def _train(
     # Every bucket's program before the first step: none compiles mid-run, whatever lengths come.
     bar.note(f"compiling the train step for the length buckets: {buckets.describe()}")
     specs = [step_lib.batch_spec(shape, training.batch_size, device_mesh, bool(tasks)) for shape in buckets.shapes()]
-    seconds = step_lib.compile_ahead(train_step, state, frozen, jax.random.PRNGKey(training.seed), specs)
+    train_step, seconds = step_lib.compile_ahead(train_step, state, frozen, jax.random.PRNGKey(training.seed), specs)
     shapes = ", ".join(f"{s['inputs']}x{s['targets']}" for s in buckets.shapes())
     logging.info(
       "compiled the train step for %d length buckets (inputs x targets: %s) in %.1f s", len(specs), shapes, seconds
