@@ -331,6 +331,7 @@ def _time_dynamic(
   cuda = device.type == "cuda"
   sync = torch.cuda.synchronize if cuda else (lambda: None)
   counts = {"targets": 0, "inputs": 0, "positions": 0}
+  shapes = set()  # (input length, target length) of the timed batches
 
   def step(count: bool) -> Any:
     batch = next(loader)
@@ -338,6 +339,7 @@ def _time_dynamic(
       counts["targets"] += int((batch["labels"] != -100).sum())
       counts["inputs"] += int(batch["attention_mask"].sum())
       counts["positions"] += batch["input_ids"].numel()
+      shapes.add((batch["input_ids"].shape[1], batch["labels"].shape[1]))
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     loss = forward(**batch).loss
     loss.backward()
@@ -354,11 +356,14 @@ def _time_dynamic(
   for _ in range(cfg.warmup - 1):
     loss = step(False)
   sync()
+  graphs_before = _compiled_graphs()
   start = time.perf_counter()
   for _ in range(cfg.steps):
     loss = step(True)
   sync()
   seconds = time.perf_counter() - start
+  # torch.compile's graphs compiled during the timed steps: shapes it had not generalized over.
+  recompiled = None if graphs_before is None else _compiled_graphs() - graphs_before
   return RunResult.timed(
     name,
     seconds,
@@ -371,4 +376,15 @@ def _time_dynamic(
     input_padding=1 - counts["inputs"] / counts["positions"],
     final_loss=float(loss.detach().float()),
     torch_device=str(device),
+    batch_shapes_timed=len(shapes),
+    graphs_compiled_timed=recompiled,
   )
+
+
+def _compiled_graphs() -> int | None:
+  """How many graphs TorchDynamo has compiled in this process so far (None where it is unavailable)."""
+  try:
+    from torch._dynamo.utils import counters
+  except ImportError:
+    return None
+  return int(counters["stats"]["unique_graphs"])

@@ -25,9 +25,10 @@ targets target_length; longer examples are cut as training cuts them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -140,6 +141,24 @@ def peft_examples(cfg: BenchConfig, workload: Workload, vocab_size: int) -> tupl
   return examples, order
 
 
+@contextlib.contextmanager
+def _xla_compiles() -> Iterator[list[str]]:
+  """Collects the names of the programs XLA compiles inside the block."""
+  from jax._src import dispatch, monitoring
+
+  seen: list[str] = []
+
+  def listener(event: str, duration: float, **kwargs: Any) -> None:
+    if event == dispatch.BACKEND_COMPILE_EVENT:
+      seen.append(kwargs.get("fun_name", "?"))
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield seen
+  finally:
+    monitoring.unregister_event_duration_listener(listener)
+
+
 def run_ours(cfg: BenchConfig, workload: Workload, length_buckets: Any) -> RunResult:
   """Our trainer over the workload, buckets from the spec `length_buckets` (None: padded); 'out of
   memory' instead of a crash."""
@@ -185,7 +204,7 @@ def _run_ours(name: str, cfg: BenchConfig, workload: Workload, spec: Any) -> Run
   if buckets is not None:
     log(f"{name}: compiling the step for the length buckets {buckets.describe()}")
     specs = [step_lib.batch_spec(shape, cfg.batch, mesh) for shape in buckets.shapes()]
-    step_lib.compile_ahead(train_step, state, frozen, rng, specs)
+    train_step, _ = step_lib.compile_ahead(train_step, state, frozen, rng, specs)
     shapes = len(specs)
   counts = {"targets": 0, "inputs": 0, "positions": 0}
   with DevicePrefetcher(batches, place, lambda it: it.position, size=2) as prefetcher:
@@ -197,11 +216,14 @@ def _run_ours(name: str, cfg: BenchConfig, workload: Workload, spec: Any) -> Run
         compile_s = time.perf_counter() - start  # compiling (all buckets, or the one shape) + one step
     jax.block_until_ready(state)
     start = time.perf_counter()
-    for _ in range(cfg.steps):
-      _, (batch_counts, batch) = next(prefetcher)
-      state, metrics = train_step(state, frozen, batch, rng)
-      counts = {k: counts[k] + batch_counts[k] for k in counts}
-    jax.block_until_ready(state)
+    timed_shapes = set()
+    with _xla_compiles() as compiled_while_timed:
+      for _ in range(cfg.steps):
+        _, (batch_counts, batch) = next(prefetcher)
+        state, metrics = train_step(state, frozen, batch, rng)
+        counts = {k: counts[k] + batch_counts[k] for k in counts}
+        timed_shapes.add((batch["encoder_input_tokens"].shape[1], batch["decoder_target_tokens"].shape[1]))
+      jax.block_until_ready(state)
     seconds = time.perf_counter() - start
   local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
   return RunResult.timed(
@@ -216,6 +238,8 @@ def _run_ours(name: str, cfg: BenchConfig, workload: Workload, spec: Any) -> Run
     input_padding=1 - counts["inputs"] / counts["positions"],
     buckets=None if buckets is None else buckets.describe(),
     compiled_shapes=shapes,
+    batch_shapes_timed=len(timed_shapes),
+    graphs_compiled_timed=len(compiled_while_timed),
     final_loss=float(metrics["loss"]),
     step=int(state.step),
   )
@@ -249,6 +273,10 @@ def ratios(results: list[RunResult]) -> dict[str, float | None]:
   return out
 
 
+def _count(value: int | None) -> str:
+  return "-" if value is None else str(value)
+
+
 def format_report(data: dict[str, Any]) -> str:
   cfg, env, work = data["config"], data["environment"], data["workload"]
   versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
@@ -261,7 +289,8 @@ def format_report(data: dict[str, Any]) -> str:
     f"workload: {work['source']}; {work['examples']} examples",
     f"jax device: {env['jax_device']} x{env['jax_devices']}; torch device: {env['torch_device'] or '-'}; {versions}",
     "",
-    f"{'':22s} {'step ms':>9s} {'examples/s':>11s} {'target tok/s':>13s} {'padding':>8s} {'1st step s':>11s}",
+    f"{'':22s} {'step ms':>9s} {'examples/s':>11s} {'target tok/s':>13s} {'padding':>8s} {'1st step s':>11s}"
+    f" {'shapes':>7s} {'compiled while timed':>21s}",
   ]
   for key, r in data["results"].items():
     label = f"{key.replace('_', ' '):22s}"
@@ -272,9 +301,14 @@ def format_report(data: dict[str, Any]) -> str:
     lines.append(
       f"{label} {r['step_ms']:9.2f} {r['examples_per_s']:11.2f} {extra['target_tokens_per_s']:13.1f} "
       f"{extra['input_padding']:8.1%} {r['compile_s']:11.1f}"
+      f" {_count(extra.get('batch_shapes_timed')):>7s} {_count(extra.get('graphs_compiled_timed')):>21s}"
     )
   buckets = data["results"].get("ours_bucketed", {}).get("extra", {}).get("buckets")
-  lines += ["", f"ours bucketed: buckets {buckets}; padding: the share of input positions (prompt aside) that pad"]
+  lines += [
+    "",
+    f"ours bucketed: buckets {buckets}; padding: the share of input positions (prompt aside) that pad; shapes: "
+    "distinct batch shapes in the timed steps; compiled while timed: torch.compile graphs built in them",
+  ]
   for name, ratio in data["ratios"].items():
     lines.append(f"{name + ':':44s} {'-' if ratio is None else f'{ratio:.2f}x'}  (examples/s; > 1: bucketed faster)")
   return "\n".join(lines)

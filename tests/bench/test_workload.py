@@ -77,6 +77,10 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
     assert row["error"] is None and row["examples_per_s"] > 0 and row["extra"]["target_tokens_per_s"] > 0
   bucketed, padded = results["ours_bucketed"]["extra"], results["ours_padded"]["extra"]
   assert bucketed["buckets"] == "inputs 16/32, targets 4 (2 shapes)" and bucketed["step"] == 5
+  # Bucketing runs a few shapes, every one compiled before the timed steps; dynamic padding more.
+  assert bucketed["graphs_compiled_timed"] == padded["graphs_compiled_timed"] == 0
+  assert 1 <= bucketed["batch_shapes_timed"] <= 2 and padded["batch_shapes_timed"] == 1
+  assert results["peft_eager_dynamic"]["extra"]["batch_shapes_timed"] >= bucketed["batch_shapes_timed"]
   # The same examples: bucketing pads less than the fixed length; dynamic padding pads least.
   assert results["peft_eager_dynamic"]["extra"]["input_padding"] <= bucketed["input_padding"]
   assert bucketed["input_padding"] < padded["input_padding"]
