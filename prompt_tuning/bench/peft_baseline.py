@@ -28,6 +28,8 @@ from prompt_tuning.errors import first_line
 from prompt_tuning.models.t5.config import T5Config
 
 MODES = ("eager", "compile")
+# run_dynamic's modes and their row labels: variable shapes also try torch.compile(dynamic=True).
+DYNAMIC_MODE_LABELS = {"eager": "eager", "compile": "compile", "compile_symbolic": "compile symbolic"}
 
 
 def available() -> bool:
@@ -267,15 +269,22 @@ def _pad_tokenizer() -> Any:
 
 
 def run_dynamic(
-  cfg: BenchConfig, examples: list[dict[str, list[int]]], order: list[int], modes: tuple[str, ...] = MODES
+  cfg: BenchConfig,
+  examples: list[dict[str, list[int]]],
+  order: list[int],
+  modes: tuple[str, ...] = MODES,
+  compile_backend: str = "inductor",
 ) -> list[RunResult]:
   """PEFT with its usual dynamic padding, end to end from tokenized examples, in each of `modes`.
 
   A torch DataLoader (main-process loading, its default) draws the examples in `order`, the same
   examples per step as our rows, and transformers' DataCollatorForSeq2Seq pads each batch to its
   longest input and target (labels with -100); the batch is moved to the device, then one optimizer
-  step as in `run`. torch.compile gets variable shapes, as a user's does: it recompiles on new
-  shapes until it marks them dynamic; cfg.warmup untimed steps come first, then cfg.steps timed.
+  step as in `run`. torch.compile gets variable shapes, as a user's does: mode 'compile' is its
+  default, which recompiles on new shapes until it marks them dynamic; 'compile_symbolic' is
+  torch.compile(dynamic=True), symbolic shapes from the first compile. `compile_backend`: the
+  TorchDynamo backend ('eager' traces without generating code). cfg.warmup untimed steps come
+  first, then cfg.steps timed.
 
   examples: {'input_ids': [...], 'labels': [...]}, each EOS-terminated and cut to the feature lengths.
   order: example indices, (cfg.warmup + cfg.steps) * cfg.batch of them.
@@ -285,7 +294,7 @@ def run_dynamic(
   from transformers import DataCollatorForSeq2Seq
 
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  names = [f"peft {mode} dynamic" for mode in modes]
+  names = [f"peft {DYNAMIC_MODE_LABELS[mode]} dynamic" for mode in modes]
   try:
     log(f"peft: building {cfg.model} ({cfg.dtype}) on {device}")
     model, optimizer = _build_model(cfg, device)
@@ -302,7 +311,10 @@ def run_dynamic(
     forward = loader = None
     try:
       log(f"{name}: {cfg.warmup} warmup and {cfg.steps} timed steps")
-      forward = model if mode == "eager" else torch.compile(model)
+      # 'compile': torch.compile's default, which recompiles on new shapes until it marks them dynamic;
+      # 'compile_symbolic': dynamic=True, symbolic shapes from the first compile (what a user tries next).
+      dynamic = True if mode == "compile_symbolic" else None
+      forward = model if mode == "eager" else torch.compile(model, dynamic=dynamic, backend=compile_backend)
       loader = iter(
         torch.utils.data.DataLoader(features, cfg.batch, sampler=order, collate_fn=collator, drop_last=True)
       )

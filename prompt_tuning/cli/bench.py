@@ -138,6 +138,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     "--workload_task", default=None, metavar="TASK", help="workload: a registered task's own data instead"
   )
   parser.add_argument("--workload_split", default="train", help="workload: --workload_task's split")
+  parser.add_argument(
+    "--peft_symbolic",
+    action="store_true",
+    help="workload: also PEFT under torch.compile(dynamic=True) (symbolic shapes from the first compile)",
+  )
   parser.add_argument("--workload_examples", type=int, default=4096, help="workload: examples drawn from the histogram")
   parser.add_argument(
     "--length_buckets",
@@ -183,7 +188,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
   parser.add_argument(
     "--torch_compile_backend",
     default="inductor",
-    help="decode: TorchDynamo backend of the compiled transformers rows ('eager' traces without codegen)",
+    help="decode, workload: TorchDynamo backend of the compiled transformers/PEFT rows ('eager' traces without codegen)",
   )
   parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here as JSON")
   parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -472,14 +477,18 @@ def _workload(cfg: BenchConfig, args: argparse.Namespace) -> int:
   except ValueError as e:
     print(f"prompt-tuning bench: {e}", file=sys.stderr)
     return 2
-  results = workload.run(cfg, work, spec, PEFT_CHOICES[peft_mode])
+  peft_modes = PEFT_CHOICES[peft_mode] + (("compile_symbolic",) if args.peft_symbolic else ())
+  if peft_modes and not peft_baseline.available():
+    print("prompt-tuning bench: --peft_symbolic needs torch, transformers and peft installed", file=sys.stderr)
+    return 2
+  results = workload.run(cfg, work, spec, peft_modes, args.torch_compile_backend)
   data = {
     "config": dataclasses.asdict(cfg),
     "workload": {"name": work.name, "source": work.source, "examples": len(work.inputs)},
-    "environment": _environment(peft_ran=peft_mode != "none"),
+    "environment": _environment(peft_ran=bool(peft_modes)),
     "results": {_key(r.name): r.to_dict() for r in results},
     "ratios": workload.ratios(results),
-    "ratio_definition": "ours bucketed examples/s / the row's examples/s, the same examples in every row",
+    "ratio_definition": "ours (bucketed, padded) examples/s / the row's examples/s, the same examples in every row",
   }
   print(workload.format_report(data))
   _write_json(data, args.json)

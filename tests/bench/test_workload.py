@@ -68,11 +68,12 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   path = tmp_path / "workload.json"
   args = ["--model", "tiny", "--batch", "4", "--input_length", "40", "--prompt_length", "8", "--target_length", "4"]
   args += ["--steps", "3", "--warmup", "2", "--dtype", "float32", "--peft", "eager", "--json", str(path)]
+  args += ["--peft_symbolic", "--torch_compile_backend", "eager"]  # TorchDynamo's trace, no code generation
   assert cli.main(["bench", "--mode", "workload", "--workload_task", "quickstart_sentiment", *args]) == 0
   data = json.loads(path.read_text())
   assert data["workload"]["source"].startswith("task quickstart_sentiment, split train (600 examples, measured)")
   results = data["results"]
-  assert set(results) == {"ours_bucketed", "ours_padded", "peft_eager_dynamic"}
+  assert set(results) == {"ours_bucketed", "ours_padded", "peft_eager_dynamic", "peft_compile_symbolic_dynamic"}
   for row in results.values():
     assert row["error"] is None and row["examples_per_s"] > 0 and row["extra"]["target_tokens_per_s"] > 0
   bucketed, padded = results["ours_bucketed"]["extra"], results["ours_padded"]["extra"]
@@ -81,6 +82,8 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   assert bucketed["graphs_compiled_timed"] == padded["graphs_compiled_timed"] == 0
   assert 1 <= bucketed["batch_shapes_timed"] <= 2 and padded["batch_shapes_timed"] == 1
   assert results["peft_eager_dynamic"]["extra"]["batch_shapes_timed"] >= bucketed["batch_shapes_timed"]
+  assert results["peft_eager_dynamic"]["extra"]["graphs_compiled_timed"] == 0  # eager: nothing compiles
+  assert results["peft_compile_symbolic_dynamic"]["extra"]["graphs_compiled_timed"] >= 0
   # The same examples: bucketing pads less than the fixed length; dynamic padding pads least.
   assert results["peft_eager_dynamic"]["extra"]["input_padding"] <= bucketed["input_padding"]
   assert bucketed["input_padding"] < padded["input_padding"]
@@ -90,10 +93,12 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   # Each row is logged as it finishes (a job cut short by its time limit keeps what it measured).
   said = capsys.readouterr()
   logged = said.err
-  for name in ("ours bucketed", "ours padded", "peft eager dynamic"):
+  for name in ("ours bucketed", "ours padded", "peft eager dynamic", "peft compile symbolic dynamic"):
     assert any(f"] {name}: " in line and line.endswith(" ex/s") for line in logged.splitlines()), name
-  assert data["ratios"]["ours bucketed / peft eager dynamic"] == pytest.approx(
-    results["ours_bucketed"]["examples_per_s"] / results["peft_eager_dynamic"]["examples_per_s"]
-  )
+  for ours in ("bucketed", "padded"):
+    assert data["ratios"][f"ours {ours} / peft eager dynamic"] == pytest.approx(
+      results[f"ours_{ours}"]["examples_per_s"] / results["peft_eager_dynamic"]["examples_per_s"]
+    )
+  assert "ours padded / ours bucketed" not in data["ratios"]
   out = said.out
   assert "target tok/s" in out and "ours bucketed / peft eager dynamic" in out
