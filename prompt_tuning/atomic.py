@@ -1,4 +1,5 @@
-"""Whole-or-nothing file writes, local or remote (gs://, through etils.epath).
+"""Whole-or-nothing file writes, local or remote (gs://, through etils.epath), and the reader of
+the JSON records written so (`read_json`).
 
 A run killed while writing a file (a prompt .npy, run_config.json, config.gin, a
 checksum manifest, metrics.jsonl's remote copy) must leave the old content or the
@@ -69,6 +70,25 @@ def write_bytes(path: PathLike, data: bytes) -> None:
 def write_text(path: PathLike, text: str) -> None:
   """`write_bytes` of `text` in UTF-8."""
   write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: PathLike) -> object | None:
+  """The JSON record at `path` (local or remote), or None when there is none: the one reader of the
+  records runs write whole (run_status.json, best.json, sweep.json). Each caller keeps its own rule
+  for a record it cannot use; an unreadable or malformed file raises one RunError line here."""
+  import json
+
+  from etils import epath
+
+  from prompt_tuning.errors import RunError, first_line
+
+  target = epath.Path(path)
+  try:
+    if not target.exists():
+      return None
+    return json.loads(target.read_text())
+  except (OSError, ValueError) as e:
+    raise RunError(f"{path}: not a readable JSON record ({first_line(e)})") from None
 
 
 def _sync_directory(directory: str) -> None:

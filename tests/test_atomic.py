@@ -128,3 +128,30 @@ def test_prompt_files_of_a_checkpoint_are_written_whole(tmp_path, monkeypatch):
   checkpointer.close()
   np.testing.assert_array_equal(np.load(tmp_path / "prompts" / "step_1.npy"), prompt)
   assert os.listdir(tmp_path / "prompts") == ["step_1.npy"]
+
+
+def test_json_records_read_through_one_reader_each_with_its_rule(tmp_path):
+  from prompt_tuning.errors import RunError
+  from prompt_tuning.results import collect
+  from prompt_tuning.runs import records, selection
+  from prompt_tuning.runs import sweep as sweep_lib
+
+  assert atomic.read_json(tmp_path / "absent.json") is None
+  atomic.write_text(str(tmp_path / "ok.json"), '{"a": [1, 2]}')
+  assert atomic.read_json(str(tmp_path / "ok.json")) == {"a": [1, 2]}
+  for name in (records.STATUS_FILE, selection.BEST_FILE, sweep_lib.SWEEP_FILE):
+    (tmp_path / name).write_text('{"truncated": ')
+  with pytest.raises(RunError, match=r"ok-not\.json: not a readable JSON record \(") as raised:
+    (tmp_path / "ok-not.json").write_text("{")
+    atomic.read_json(tmp_path / "ok-not.json")
+  assert "\n" not in str(raised.value)
+  assert records.read_status(str(tmp_path)) is None  # a status is advisory
+  with pytest.raises(RunError, match="best.json: not a readable JSON record"):
+    selection.read_best(str(tmp_path))
+  with pytest.raises(RunError, match="sweep.json: not a readable JSON record"):
+    sweep_lib.read_record(str(tmp_path))
+  with pytest.raises(RunError, match="sweep.json: not a readable JSON record"):
+    collect.read_sweep(tmp_path)
+  (tmp_path / selection.BEST_FILE).write_text('{"best": 3}')
+  with pytest.raises(RunError, match="not a best-step record written by train"):
+    selection.read_best(str(tmp_path))

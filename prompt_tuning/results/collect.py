@@ -37,10 +37,11 @@ from etils import epath
 
 from prompt_tuning import atomic, param_tree
 from prompt_tuning.checkpoints.train_state import RUN_CONFIG_FILE, CheckpointError, RunConfig
-from prompt_tuning.errors import RunError, first_line
+from prompt_tuning.errors import RunError
 from prompt_tuning.runs import records, selection
+from prompt_tuning.runs import sweep as sweep_lib
 
-SWEEP_FILE = "sweep.json"
+SWEEP_FILE = sweep_lib.SWEEP_FILE
 RUN_MARKERS = (RUN_CONFIG_FILE, selection.METRICS_FILE, records.STATUS_FILE, SWEEP_FILE)
 MODEL_AXES = ("model", "model_size", "size", "model_config", "MODEL_CONFIG")
 METHOD_AXES = ("method", "METHOD")
@@ -83,19 +84,13 @@ def find_runs(root: str) -> list[epath.Path]:
   return sorted(found, key=str)
 
 
-def _read_json(path: epath.Path) -> Any:
-  try:
-    return json.loads(path.read_text())
-  except ValueError as e:
-    raise RunError(f"{path}: not JSON ({first_line(e)})") from None
-
-
 def read_sweep(run_dir: epath.Path) -> dict[str, Any]:
-  """The run's sweep.json ({} without one)."""
+  """The run's sweep.json ({} without one). Lenient where `runs.sweep.read_record` is strict: any
+  object with an 'axes' mapping (older sweeps, or one a user wrote) labels the run."""
   path = run_dir / SWEEP_FILE
-  if not path.exists():
+  record = atomic.read_json(path)
+  if record is None:
     return {}
-  record = _read_json(path)
   if not isinstance(record, dict) or not isinstance(record.get("axes", {}), dict):
     raise RunError(f"{path}: not a sweep record (a JSON object whose 'axes' maps names to values)")
   return record

@@ -22,7 +22,7 @@ from typing import Any
 from etils import epath
 
 from prompt_tuning import atomic, param_tree
-from prompt_tuning.errors import first_line
+from prompt_tuning.errors import RunError, first_line
 
 STATUS_FILE = "run_status.json"
 STATUSES = ("running", "finished", "stopped", "failed")
@@ -42,12 +42,9 @@ def model_param_count(params: Any) -> int:
 
 def read_status(model_dir: str) -> dict[str, Any] | None:
   """MODEL_DIR/run_status.json, or None when there is none or it cannot be parsed."""
-  path = epath.Path(model_dir) / STATUS_FILE
-  if not path.exists():
-    return None
   try:
-    record = json.loads(path.read_text())
-  except ValueError:
+    record = atomic.read_json(epath.Path(model_dir) / STATUS_FILE)
+  except RunError:  # a status is advisory: unreadable reads as none
     return None
   return record if isinstance(record, dict) else None
 

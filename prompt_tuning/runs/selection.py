@@ -163,13 +163,9 @@ def _first_metric(metrics: Mapping[str, Any]) -> str | None:
 def read_best(model_dir: str) -> dict[str, Any] | None:
   """MODEL_DIR/best.json as written by train(), or None when there is none."""
   path = epath.Path(model_dir) / BEST_FILE
-  if not path.exists():
-    return None
-  try:
-    record = json.loads(path.read_text())
-    record["best"], record["selection_metric"]  # noqa: B018  (both keys must be there)
-  except (ValueError, KeyError, TypeError):
-    raise RunError(f"{path}: not a best-step record written by train()") from None
+  record = atomic.read_json(path)
+  if record is not None and not (isinstance(record, dict) and {"best", "selection_metric"} <= set(record)):
+    raise RunError(f"{path}: not a best-step record written by train()")
   return record
 
 

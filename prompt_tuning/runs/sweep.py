@@ -359,15 +359,12 @@ def write_record(run: Run) -> str:
 
 def read_record(model_dir: str) -> dict[str, Any] | None:
   """`model_dir/sweep.json` (module docstring), or None when there is none; raises RunError if malformed."""
-  from etils import epath
+  from prompt_tuning import atomic
 
-  path = epath.Path(model_dir) / SWEEP_FILE
-  if not path.exists():
+  path = os.path.join(model_dir, SWEEP_FILE)
+  record = atomic.read_json(path)
+  if record is None:
     return None
-  try:
-    record = json.loads(path.read_text())
-  except (OSError, ValueError) as e:
-    raise RunError(f"cannot read {path}: {e}") from None
   if not isinstance(record, dict) or set(record) != set(SWEEP_KEYS) or not isinstance(record.get("axes"), dict):
     raise RunError(f"{path} is not a sweep record: expected an object with keys {', '.join(SWEEP_KEYS)}")
   return record
