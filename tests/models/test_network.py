@@ -218,7 +218,7 @@ def test_fused_attention_call_equals_the_reference():
     ("auto", "gpu", "bfloat16", 64, False, True, "xla"),  # cached decoding
     ("xla", "gpu", "bfloat16", 64, False, False, "xla"),
     ("cudnn", "gpu", "float16", 128, False, False, "cudnn"),
-    ("cudnn", "gpu", "bfloat16", 64, False, True, "xla"),  # decoding falls back even when required
+    ("cudnn", "gpu", "bfloat16", 64, False, True, "xla"),  # cached self-attention falls back even when required
   ],
 )
 def test_attention_backend_choice(impl, platform, dtype, head_dim, dropout, decode, expected):
@@ -226,6 +226,52 @@ def test_attention_backend_choice(impl, platform, dtype, head_dim, dropout, deco
     layers.attention_backend(impl, jnp.dtype(dtype), head_dim, dropout=dropout, decode=decode, platform=platform)
     == expected
   )
+
+
+@pytest.mark.parametrize(
+  "impl, platform, dtype, lengths, expected",
+  [
+    ("cudnn", "gpu", "bfloat16", (1, 29), "cudnn"),  # forward only: odd lengths are fine
+    ("auto", "gpu", "bfloat16", (1, 30), "xla"),
+    ("cudnn", "cpu", "bfloat16", (1, 30), "xla"),  # required but impossible: decoding falls back
+    ("cudnn", "gpu", "float32", (1, 30), "xla"),
+  ],
+)
+def test_cached_cross_attention_backend(impl, platform, dtype, lengths, expected):
+  choice = layers.attention_backend(
+    impl, jnp.dtype(dtype), 64, dropout=False, decode=True, cross=True, lengths=lengths, platform=platform
+  )
+  assert choice == expected
+
+
+def test_fused_decode_cross_attention_keeps_its_cache_in_the_kernels_layout(params, monkeypatch):
+  """With attention_impl='cudnn' the encoder-decoder cache is [batch, enc_length, heads, kv] and the
+  fused call decodes what the reference does (JAX's XLA version of the fused call stands in off GPU)."""
+  model = EncoderDecoderModel(network.Transformer(CONFIG.replace(attention_impl="cudnn")))
+  reference = EncoderDecoderModel(network.Transformer(CONFIG))
+  monkeypatch.setattr(layers, "attention_backend", lambda *a, **kw: "cudnn" if kw.get("cross") else "xla")
+  fused_calls = []
+
+  def fused(query, key, value, bias):
+    fused_calls.append(query.shape)
+    return jax.nn.dot_product_attention(
+      query, key, value, bias=jnp.broadcast_to(bias, (query.shape[0], bias.shape[1], query.shape[1], key.shape[1])),
+      scale=1.0, implementation="xla",
+    )  # fmt: skip
+
+  monkeypatch.setattr(layers, "fused_attention", fused)
+  enc, _ = _batch()
+  encoded, mask = model.module.apply({"params": params}, enc, method="encode_tokens")
+  cache = model.initial_cache(params, encoded, mask, max_decode_length=4, rows_per_example=2)
+  cross = cache["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"]
+  assert cross.shape == (2, enc.shape[1], CONFIG.num_heads, CONFIG.head_dim)  # length-major, per example
+  ours = model.predict_batch(params, enc, max_decode_length=4, method="beam", beam_size=2, eos_id=None)
+  step_calls = fused_calls[-CONFIG.num_decoder_layers :]  # the loop body's, traced once after the cache's
+  assert len(fused_calls) > len(step_calls) and all(shape[:2] == (2, 2) for shape in step_calls)  # 2 beams, one row
+  monkeypatch.undo()
+  expected = reference.predict_batch(params, enc, max_decode_length=4, method="beam", beam_size=2, eos_id=None)
+  np.testing.assert_array_equal(ours.tokens, expected.tokens)
+  np.testing.assert_allclose(ours.scores, expected.scores, rtol=1e-5)
 
 
 def test_odd_sequence_lengths_keep_the_reference_path():

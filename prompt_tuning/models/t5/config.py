@@ -48,7 +48,7 @@ class T5Config:
   param_dtype: str = "float32"  # stored parameters
   # How attention runs: 'auto' (cuDNN's fused kernel on GPUs for bf16/fp16 training and scoring, the
   # reference elsewhere), 'xla' (the reference: einsums, float32 logits and softmax), 'cudnn' (require
-  # the fused kernel). See layers.attention_backend.
+  # the fused kernel; cached decoding's encoder-decoder attention too). See layers.attention_backend.
   attention_impl: str = "auto"
   # Rematerialization of each layer in training: 'none', 'full', 'dots' (save matmul outputs),
   # 'dots_no_batch' (save only weight matmuls).

@@ -185,6 +185,7 @@ def attention_backend(
   decode: bool,
   lengths: tuple[int, int] = (2, 2),
   platform: str | None = None,
+  cross: bool = False,
 ) -> str:
   """Which kernel a MultiHeadAttention runs: 'cudnn' (fused) or 'xla' (the einsum reference).
 
@@ -192,6 +193,9 @@ def attention_backend(
   with a head_dim it supports and even (query, key) `lengths`, outside attention
   dropout and cached decoding; everything else runs the reference (float32
   logits and softmax). 'cudnn' requires the fused kernel and names what rules it out.
+  In cached decoding (`decode`) 'cudnn' runs encoder-decoder attention (`cross`)
+  fused where the kernel can (no gradient there, so any lengths), and falls back
+  to the reference otherwise and for self-attention, whose cache index masks it.
   """
   platform = platform or jax.default_backend()
   query_length, key_length = lengths
@@ -205,18 +209,20 @@ def attention_backend(
       # makes odd encoder lengths easy to reach (24 inputs + 5 prompt tokens).
       (
         f"its gradient with a bias needs even sequence lengths (query {query_length}, key {key_length})",
-        query_length % 2 or key_length % 2,
+        (query_length % 2 or key_length % 2) and not decode,
       ),
       ("attention dropout runs only in the reference path", dropout),
-      ("cached decoding runs the reference path", decode),
+      ("cached self-attention runs the reference path", decode and not cross),
     )
     if bad
   ]
-  if attention_impl == "xla" or (attention_impl == "auto" and reasons):
+  if attention_impl == "xla" or (attention_impl == "auto" and (reasons or decode)):
     return "xla"
-  if attention_impl == "cudnn" and reasons and not decode:  # decoding always falls back
+  if reasons:
+    if decode:  # decoding falls back even when cuDNN is required
+      return "xla"
     raise ValueError(f"attention_impl='cudnn' cannot run here: {reasons[0]}")
-  return "xla" if decode else "cudnn"
+  return "cudnn"
 
 
 def fused_attention(query: Array, key: Array, value: Array, bias: Array, implementation: str = "cudnn") -> Array:
@@ -332,12 +338,25 @@ class MultiHeadAttention(nn.Module):
       dtype
     )
     query = self._project("query", inputs_q, query_init)
-    heads_major = decode
-    if decode and cross:
-      key, value = self._cached_cross_kv(inputs_kv)
-    elif decode:
-      key, value, bias = self._cached_self_kv(inputs_q, bias)
+    dropout_rng = None if deterministic or self.dropout_rate == 0.0 else self.make_rng("dropout")
+    choose = functools.partial(
+      attention_backend,
+      self.attention_impl,
+      self.dtype,
+      self.head_dim,
+      dropout=dropout_rng is not None,
+      decode=decode,
+      cross=cross,
+    )
+    if decode:  # no gradient: lengths do not matter, and the cache's layout follows the kernel
+      backend = choose()
+      heads_major = backend == "xla"  # cuDNN's kernel reads [batch, length, heads, kv]
+      if cross:
+        key, value = self._cached_cross_kv(inputs_kv, heads_major)
+      else:
+        key, value, bias = self._cached_self_kv(inputs_q, bias)
     else:
+      heads_major = False
       key = self._project("key", inputs_kv, attention_kernel_init)
       value = self._project("value", inputs_kv, attention_kernel_init)
     batch, q_length = query.shape[:2]
@@ -345,15 +364,8 @@ class MultiHeadAttention(nn.Module):
     if batch % kv_batch or (batch != kv_batch and not cross):
       raise ValueError(f"{batch} query rows cannot share keys and values of {kv_batch} rows")
     query = query.reshape(kv_batch, batch // kv_batch * q_length, *query.shape[2:])  # the group's rows in a row
-    dropout_rng = None if deterministic or self.dropout_rate == 0.0 else self.make_rng("dropout")
-    backend = attention_backend(
-      self.attention_impl,
-      self.dtype,
-      self.head_dim,
-      dropout=dropout_rng is not None,
-      decode=decode,
-      lengths=(query.shape[1], key.shape[-3]),
-    )
+    if not decode:
+      backend = choose(lengths=(query.shape[1], key.shape[1]))
     if backend == "cudnn":
       out = fused_attention(query, key, value, bias)
     else:  # the reference path, and the only one with attention dropout
@@ -376,14 +388,16 @@ class MultiHeadAttention(nn.Module):
     """[batch, length, heads, kv] -> [batch, heads, length, kv], the cache's layout."""
     return constrain(jnp.swapaxes(x, 1, 2), ("batch", "heads", "length", "kv"))
 
-  def _cached_cross_kv(self, encoded: Array | None) -> tuple[Array, Array]:
-    """Projects the encoder output into the cache once; later steps read it. [batch, heads, enc_length, kv]."""
+  def _cached_cross_kv(self, encoded: Array | None, heads_major: bool) -> tuple[Array, Array]:
+    """Projects the encoder output into the cache once; later steps read it. [batch, heads, enc_length,
+    kv] with `heads_major`, else [batch, enc_length, heads, kv] (cuDNN's layout)."""
     if self.has_variable("cache", "cached_key"):
       return self.get_variable("cache", "cached_key"), self.get_variable("cache", "cached_value")
     if encoded is None:
       raise ValueError("the encoder-decoder attention cache is empty: create it with the encoder output")
-    key = self._heads_major(self._project("key", encoded, attention_kernel_init))
-    value = self._heads_major(self._project("value", encoded, attention_kernel_init))
+    layout = self._heads_major if heads_major else (lambda x: x)
+    key = layout(self._project("key", encoded, attention_kernel_init))
+    value = layout(self._project("value", encoded, attention_kernel_init))
     self.put_variable("cache", "cached_key", key)
     self.put_variable("cache", "cached_value", value)
     return key, value
