@@ -94,8 +94,8 @@ def dequantize(q: Array, scale: Array, dtype: jnp.dtype) -> Array:
   return q.astype(dtype) * scale.astype(dtype)
 
 
-def _dot(lhs: Array, rhs: Array, lhs_contract: int, rhs_contract: int) -> Array:
-  return jax.lax.dot_general(lhs, rhs, (((lhs_contract,), (rhs_contract,)), ((), ())))
+def _dot(lhs: Array, rhs: Array, lhs_contract: int, rhs_contract: int, precision=None) -> Array:
+  return jax.lax.dot_general(lhs, rhs, (((lhs_contract,), (rhs_contract,)), ((), ())), precision=precision)
 
 
 @jax.custom_vjp
@@ -128,7 +128,10 @@ def _backward(residuals: tuple[Array, Array], grad: Array) -> tuple[Array, None]
   g_scale = current_scale(grad, E5M2, dtype)
   g_dq = dequantize(quantize(grad, E5M2, g_scale), g_scale, dtype)
   w_dq = dequantize(quantize(kernel, E4M3, w_scale), w_scale, dtype)
-  return _dot(g_dq, w_dq, 1, 1), None  # dx [n, k] = dy [n, m] . W[k, m] over m
+  # HIGHEST: XLA gives an FP8 GEMM cuBLASLt's fast (reduced-precision) accumulation unless the dot asks
+  # for HIGHEST; Transformer Engine's recipe keeps it for the forward pass only, as here.
+  dx = _dot(g_dq, w_dq, 1, 1, precision=jax.lax.Precision.HIGHEST)  # dx [n, k] = dy [n, m] . W[k, m] over m
+  return dx, None
 
 
 frozen_matmul.defvjp(_forward, _backward)
