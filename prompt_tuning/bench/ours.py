@@ -148,7 +148,8 @@ def run(cfg: BenchConfig) -> RunResult:
   except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED
     if not is_out_of_memory(e):
       raise
-    row = RunResult(cfg.ours_name, error="out of memory", extra={"detail": first_line(e)[:300]})
+    extra = {"detail": first_line(e)[:300], "matmul_dtype": cfg.matmul_dtype}
+    row = RunResult(cfg.ours_name, error="out of memory", extra=extra)
   log_row(row)
   return row
 

@@ -249,7 +249,8 @@ def run(cfg: BenchConfig, tcfg: TrajectoryConfig) -> tuple[list[RunResult], dict
     except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED
       if not is_out_of_memory(e):
         raise
-      row, record = RunResult(name, error="out of memory", extra={"detail": first_line(e)[:300]}), None
+      extra = {"detail": first_line(e)[:300], "matmul_dtype": config.matmul_dtype}
+      row, record = RunResult(name, error="out of memory", extra=extra), None
     if record is not None:
       final = {"prompt": {"prompt": jnp.asarray(record["prompts"][tcfg.steps])}}
       sums = jax.device_get([evaluate(final, frozen, b) for b in heldout])
@@ -334,8 +335,8 @@ def format_report(data: dict[str, Any]) -> str:
     "",
     "mean loss (token accuracy: label and EOS) over the steps since the row above; the same batches in every run:",
   ]
-  lines.append(f"{'step':>6s} " + " ".join(f"{n:>17s}" for n in names))
   ok = {n: r for n, r in results.items() if not r["error"]}
+  lines.append(f"{'step':>6s} " + " ".join(f"{n.replace('_', ' '):>17s}" for n in ok))
   for i, step in enumerate(traj["compared_steps"]):
     cells = [f"{r['extra']['loss'][i]:9.4f} ({r['extra']['accuracy'][i]:.3f})" for r in ok.values()]
     lines.append(f"{step:6d} " + " ".join(f"{c:>17s}" for c in cells))
