@@ -31,8 +31,10 @@ class BenchConfig:
     is [batch, input_length - prompt_length].
   dtype: 'bfloat16' or 'float32', for the frozen weights and activations
     (the prompt itself stays float32 in our trainer).
-  attention_impl, remat_policy: our T5Config speed knobs (the PEFT side has
-    no equivalent; HF T5 runs its own attention, no checkpointing).
+  attention_impl, remat_policy, matmul_dtype: our T5Config speed knobs (the
+    PEFT side has no equivalent; HF T5 runs its own attention, no
+    checkpointing, bf16 matmuls). matmul_dtype 'fp8': FP8 GEMMs for the frozen
+    layer matmuls (models/t5/fp8.py).
   """
 
   model: str = "t5_1_1_base"
@@ -47,6 +49,7 @@ class BenchConfig:
   seed: int = 0
   attention_impl: str = "auto"
   remat_policy: str = "none"
+  matmul_dtype: str = "default"
 
   def __post_init__(self):
     for field in ("batch", "target_length", "prompt_length", "steps", "num_partitions"):
@@ -61,6 +64,8 @@ class BenchConfig:
       )
     if self.dtype not in ("bfloat16", "float32"):
       raise ValueError(f"--dtype must be bfloat16 or float32, got {self.dtype!r}")
+    if self.matmul_dtype not in ("default", "fp8"):
+      raise ValueError(f"--matmul_dtype must be default or fp8, got {self.matmul_dtype!r}")
 
   @property
   def token_length(self) -> int:
@@ -75,7 +80,13 @@ class BenchConfig:
       param_dtype=self.dtype,
       attention_impl=self.attention_impl,
       remat_policy=self.remat_policy,
+      matmul_dtype=self.matmul_dtype,
     )
+
+  @property
+  def ours_name(self) -> str:
+    """Our row's name: 'ours', or 'ours fp8' with FP8 matmuls."""
+    return "ours" if self.matmul_dtype == "default" else f"ours {self.matmul_dtype}"
 
 
 @dataclasses.dataclass

@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import param_tree, partitioning
-from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory, log
+from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory, log, log_row
 from prompt_tuning.errors import first_line
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
@@ -124,14 +124,34 @@ def peak_bytes(devices: list[jax.Device]) -> int | None:
   return max(peaks) if peaks else None
 
 
-def run(cfg: BenchConfig) -> RunResult:
-  """Times cfg.steps compiled train steps after cfg.warmup; 'out of memory' instead of a crash."""
+def program_bytes(jitted: Any, *args: Any) -> int | None:
+  """What one call of `jitted` on `args` needs by XLA's memory analysis: arguments, outputs not
+  aliased to them, and temporaries. Unlike the device's peak, it does not include what earlier rows
+  of the same process held. A cache hit after the first call (no compile); None where the backend
+  gives no analysis."""
   try:
-    return _run(cfg)
+    stats = jitted.lower(*args).compile().memory_analysis()
+  except Exception:  # backends without an analysis raise rather than returning None
+    stats = None
+  if stats is None:
+    return None
+  return (
+    stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
+  )
+
+
+def run(cfg: BenchConfig) -> RunResult:
+  """Times cfg.steps compiled train steps after cfg.warmup; 'out of memory' instead of a crash.
+  The row is logged as it lands (bench.log_row)."""
+  try:
+    row = _run(cfg)
   except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED
     if not is_out_of_memory(e):
       raise
-    return RunResult("ours", error="out of memory", extra={"detail": first_line(e)[:300]})
+    extra = {"detail": first_line(e)[:300], "matmul_dtype": cfg.matmul_dtype}
+    row = RunResult(cfg.ours_name, error="out of memory", extra=extra)
+  log_row(row)
+  return row
 
 
 def _run(cfg: BenchConfig) -> RunResult:
@@ -139,7 +159,7 @@ def _run(cfg: BenchConfig) -> RunResult:
   mesh = partitioning.make_mesh(cfg.num_partitions)
   module = PromptedTransformer(config, prompt_config=PromptConfig(cfg.prompt_length))
   model = EncoderDecoderModel(module, LossConfig())
-  log(f"ours: initializing {cfg.model} ({cfg.dtype}) on {mesh.devices.size} device(s)")
+  log(f"{cfg.ours_name}: initializing {cfg.model} ({cfg.dtype}) on {mesh.devices.size} device(s)")
   trainable, frozen, frozen_shardings = init_on_device(module, mesh, cfg.seed)
   tx, schedule = optimizer_lib.adafactor()
   # Placed as the step's outputs will be (replicated NamedSharding): an input sharding that differs
@@ -150,7 +170,7 @@ def _run(cfg: BenchConfig) -> RunResult:
   rng = jax.random.PRNGKey(cfg.seed)
 
   jax.block_until_ready(frozen)
-  log("ours: compiling and running the first step")
+  log(f"{cfg.ours_name}: compiling and running the first step")
   start = time.perf_counter()
   state, metrics = train_step(state, frozen, batch, rng)  # compiles
   jax.block_until_ready(state)
@@ -160,7 +180,7 @@ def _run(cfg: BenchConfig) -> RunResult:
     state, metrics = train_step(state, frozen, batch, rng)
   jax.block_until_ready(state)
 
-  log(f"ours: timing {cfg.steps} steps")
+  log(f"{cfg.ours_name}: timing {cfg.steps} steps")
   start = time.perf_counter()
   for _ in range(cfg.steps):
     state, metrics = train_step(state, frozen, batch, rng)
@@ -169,8 +189,9 @@ def _run(cfg: BenchConfig) -> RunResult:
 
   devices = list(mesh.devices.flat)
   local = [d for d in devices if d.process_index == jax.process_index()]
+  step_bytes = program_bytes(train_step, state, frozen, batch, rng)
   return RunResult.timed(
-    "ours",
+    cfg.ours_name,
     seconds,
     cfg.steps,
     cfg.batch,
@@ -183,4 +204,6 @@ def _run(cfg: BenchConfig) -> RunResult:
     first_loss=first_loss,
     final_loss=float(metrics["loss"]),
     step=int(state.step),
+    matmul_dtype=config.matmul_dtype,
+    step_memory_gib=None if step_bytes is None else step_bytes / 2**30,
   )

@@ -4,7 +4,8 @@ or (--mode infer) decoding and rank classification with one prompt vs a batch mi
 and PEFT's forward scoring, with the HBM-bandwidth bound of a decoder step; or (--mode serve)
 `prompt-tuning serve`'s requests/s under a bounded local load (needs the serve extra); or
 (--mode workload) training on a task's real length distribution, end to end through our data pipeline
-with length buckets on and off, vs PEFT with dynamic padding (DataCollatorForSeq2Seq) eager and compiled.
+with length buckets on and off, vs PEFT with dynamic padding (DataCollatorForSeq2Seq) eager and compiled;
+or (--mode fp8) FP8 frozen matmuls against bf16 over a few hundred steps: speed, memory, loss, prompt.
 
   prompt-tuning bench                                    # t5_1_1_base, batch 32, 512 = 100 prompt + 412 tokens
   prompt-tuning bench --mode infer --tasks 8             # greedy decode 8 + rank 2 candidates, 1 vs 8 tasks
@@ -12,6 +13,8 @@ with length buckets on and off, vs PEFT with dynamic padding (DataCollatorForSeq
   prompt-tuning bench --mode serve --tasks 8 --concurrency 1,64  # the HTTP server's requests/s
   prompt-tuning bench --mode workload --workload rte       # RTE-like lengths (approximate), 512 = 100 + 412
   prompt-tuning bench --mode workload --workload_task super_glue_rte_v102  # RTE's own train split
+  prompt-tuning bench --matmul_dtype both --peft none            # ours with bf16 and with FP8 matmuls
+  prompt-tuning bench --mode fp8                         # 300 steps each: bf16, fp8, bf16 nudged; the gaps
   prompt-tuning bench --model t5_1_1_xxl --batch 8 --peft eager --json xxl.json
   prompt-tuning bench --model t5_1_1_xxl --batch 8 --num_partitions 2 --check_rounding
   python -m prompt_tuning.cli.bench --model tiny --dtype float32 --peft none
@@ -95,6 +98,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     default=defaults.remat_policy,
     help="ours: per-layer rematerialization",
   )
+  parser.add_argument(
+    "--matmul_dtype",
+    choices=("default", "fp8", "both"),
+    default=defaults.matmul_dtype,
+    help="ours: the frozen layer matmuls in the activation dtype or as FP8 GEMMs (T5Config.matmul_dtype); "
+    "both (--mode train): one row with each",
+  )
   parser.add_argument("--steps", type=int, default=defaults.steps, help="timed steps")
   parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps first (>= 1: compiles)")
   parser.add_argument(
@@ -118,7 +128,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
   )
   parser.add_argument(
     "--mode",
-    choices=("train", "infer", "decode", "serve", "workload"),
+    choices=("train", "infer", "decode", "serve", "workload", "fp8"),
     default="train",
     help="train: the optimizer step, ours vs PEFT; infer: decoding (--target_length tokens) and rank "
     "classification, one prompt vs a table of --tasks prompts mixed in one batch (prompt_tuning.bench.inference); "
@@ -126,7 +136,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     "ours vs transformers generate() and PEFT's forward scoring, and the HBM bound (prompt_tuning.bench.generation); "
     "serve: the HTTP server of --tasks prompts under --requests at --concurrency (prompt_tuning.bench.serving); "
     "workload: training on a task's length distribution, ours (buckets on, off) vs PEFT dynamic padding "
-    "(prompt_tuning.bench.workload)",
+    "(prompt_tuning.bench.workload); fp8: --trajectory_steps of prompt training with bf16, FP8 and nudged bf16 "
+    "matmuls from the same start on the same batches, their speed, memory, losses and prompts compared "
+    "(prompt_tuning.bench.trajectory)",
+  )
+  parser.add_argument("--trajectory_steps", type=int, default=300, help="fp8: optimizer steps of each run")
+  parser.add_argument("--trajectory_points", type=int, default=10, help="fp8: steps at which the runs are compared")
+  parser.add_argument(
+    "--trajectory_learning_rate", type=float, default=0.3, help="fp8: Adafactor's learning rate (the paper's 0.3)"
   )
   parser.add_argument(
     "--workload",
@@ -234,8 +251,12 @@ def report(cfg: BenchConfig, results: list[RunResult], environment: dict[str, An
   config = cfg.t5_config()
   n = flops.matmul_params(config)
   by_name = {r.name: r for r in results}
-  ours = by_name["ours"]
-  ratios = {f"ours/{_key(r.name)}": _ratio(ours, r) for r in results if r.name != "ours"}
+  ours_rows = [r for r in results if r.name.startswith("ours")]
+  ratios = {
+    f"{_key(o.name)}/{_key(r.name)}": _ratio(o, r) for o in ours_rows for r in results if not r.name.startswith("ours")
+  }
+  if "ours" in by_name and "ours fp8" in by_name:
+    ratios["ours_fp8/ours"] = _ratio(by_name["ours fp8"], by_name["ours"])
   return {
     "config": dataclasses.asdict(cfg),
     "environment": environment,
@@ -276,10 +297,11 @@ def _result_rows(results: dict[str, dict], width: int, fields: tuple[str, ...]) 
 def format_table(data: dict[str, Any]) -> str:
   cfg, env, fl = data["config"], data["environment"], data["flops"]
   versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+  matmuls = "/".join(dict.fromkeys(r["extra"].get("matmul_dtype", "default") for r in data["results"].values()))
   lines = [
     (
       f"prompt-tuning bench: {cfg['model']} {cfg['dtype']} (ours: attention {cfg['attention_impl']}, "
-      f"remat {cfg['remat_policy']}), batch {cfg['batch']}, input {cfg['input_length']} "
+      f"remat {cfg['remat_policy']}, matmuls {matmuls}), batch {cfg['batch']}, input {cfg['input_length']} "
       f"(prompt {cfg['prompt_length']} + {cfg['input_length'] - cfg['prompt_length']} tokens), "
       f"target {cfg['target_length']}; {cfg['steps']} timed steps after {cfg['warmup']} warmup"
     ),
@@ -292,12 +314,16 @@ def format_table(data: dict[str, Any]) -> str:
     f"{'':14s} {'step ms':>10s} {'examples/s':>11s} {'TFLOP/s':>9s} {'peak GiB':>9s} {'1st step s':>11s}",
   ]
   lines += _result_rows(data["results"], 14, ("step_ms", "examples_per_s", "tflops", "peak_gib", "compile_s"))
+  memory = [(n, r["extra"]["step_memory_gib"]) for n, r in data["results"].items() if r["extra"].get("step_memory_gib")]
+  if memory:  # the device's peak is the process's so far; this is each step program's own need
+    lines += ["", "step GiB (XLA's memory analysis: arguments + outputs + temporaries): "]
+    lines[-1] += ", ".join(f"{n.replace('_', ' ')} {gib:.2f}" for n, gib in memory)
   if data["ratios"]:
     lines.append("")
     for name, ratio in data["ratios"].items():
       lines.append(
         f"{name.replace('_', ' ') + ':':24s} {'-' if ratio is None else f'{ratio:.2f}x'}  "
-        "(examples/s; > 1: ours faster)"
+        "(examples/s; > 1: the left one faster)"
       )
   lines += [
     "",
@@ -495,6 +521,26 @@ def _workload(cfg: BenchConfig, args: argparse.Namespace) -> int:
   return 0
 
 
+def _fp8(cfg: BenchConfig, args: argparse.Namespace) -> int:
+  from prompt_tuning.bench import trajectory
+
+  if args.peft not in (None, "none"):
+    print("prompt-tuning bench: --mode fp8 has no PEFT baseline; leave --peft out", file=sys.stderr)
+    return 2
+  try:
+    tcfg = trajectory.TrajectoryConfig(
+      steps=args.trajectory_steps, points=args.trajectory_points, learning_rate=args.trajectory_learning_rate
+    )
+  except ValueError as e:
+    print(f"prompt-tuning bench: {e}", file=sys.stderr)
+    return 2
+  rows, comparisons = trajectory.run(cfg, tcfg)
+  data = trajectory.report(cfg, tcfg, rows, comparisons, _environment(peft_ran=False))
+  print(trajectory.format_report(data))
+  _write_json(data, args.json)
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   args = parse(sys.argv[1:] if argv is None else argv)
   # Before JAX initializes a backend: take device memory as needed, so torch is not starved.
@@ -516,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
       seed=args.seed,
       attention_impl=args.attention_impl,
       remat_policy=args.remat_policy,
+      matmul_dtype="default" if args.matmul_dtype == "both" else args.matmul_dtype,
     )
   except ValueError as e:
     print(f"prompt-tuning bench: {e}", file=sys.stderr)
@@ -526,6 +573,15 @@ def main(argv: list[str] | None = None) -> int:
   if problem:
     print(f"prompt-tuning bench: {problem}", file=sys.stderr)
     return 2
+  if args.matmul_dtype == "both" and args.mode != "train":
+    print(
+      f"prompt-tuning bench: --matmul_dtype both times --mode train only (--mode {args.mode} takes default or fp8; "
+      "--mode fp8 runs both itself)",
+      file=sys.stderr,
+    )
+    return 2
+  if args.mode == "fp8":
+    return _fp8(cfg, args)
   if args.mode == "infer":
     return _infer(cfg, args)
   if args.mode == "serve":
@@ -540,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   # PEFT first: it hands its memory back when done, JAX would not.
   baseline = peft_baseline.run(cfg, PEFT_CHOICES[peft_mode]) if peft_mode != "none" else []
-  results = [ours.run(cfg), *baseline]
+  variants = ("default", "fp8") if args.matmul_dtype == "both" else (cfg.matmul_dtype,)
+  results = [ours.run(dataclasses.replace(cfg, matmul_dtype=m)) for m in variants] + baseline
   data = report(cfg, results, _environment(peft_ran=bool(baseline)))
   print(format_table(data))
   _write_json(data, args.json)

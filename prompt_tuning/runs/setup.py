@@ -25,8 +25,9 @@ from prompt_tuning.errors import doing
 from prompt_tuning.evaluation import Evaluator
 from prompt_tuning.models.model import EncoderDecoderModel
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
-from prompt_tuning.models.t5 import network
+from prompt_tuning.models.t5 import fp8, network
 from prompt_tuning.models.t5.config import T5Config
+from prompt_tuning.param_tree import flatten
 from prompt_tuning.runs import multitask, preflight
 from prompt_tuning.runs.specs import EvaluationSpec, MeshSpec, ModelSpec, TaskSpec, TrainSpec
 from prompt_tuning.task_registry import resolve_task
@@ -79,10 +80,16 @@ def frozen_model(spec: ModelSpec, seed: int = 0) -> tuple[T5Config, dict]:
     config = loader.resolve_config(spec.config)
     config = config.replace(**{k: v for k, v in (("dtype", activation), ("param_dtype", param)) if v is not None})
     params = network.init_params(config, jax.random.PRNGKey(seed))
-  runtime = {
-    k: v for k, v in (("attention_impl", spec.attention_impl), ("remat_policy", spec.remat_policy)) if v is not None
-  }
-  return (config.replace(**runtime) if runtime else config), params
+  settings = (
+    ("attention_impl", spec.attention_impl),
+    ("remat_policy", spec.remat_policy),
+    ("matmul_dtype", spec.matmul_dtype),
+  )
+  runtime = {k: v for k, v in settings if v is not None}
+  config = config.replace(**runtime) if runtime else config
+  # FP8 matmuls give the layers' kernels no gradient: model tuning with them would silently freeze them.
+  fp8.check_frozen(config.matmul_dtype, flatten(params), spec.trainable_params)
+  return config, params
 
 
 def task_with_splits(task: TaskSpec, splits: Sequence[str]) -> Task:

@@ -69,11 +69,18 @@ def test_closed_form_matches_the_parameter_tree(overrides):
 
 def test_bench_tiny_writes_the_json_report(tmp_path, capsys):
   path = tmp_path / "out.json"
-  assert cli.main(["bench", *TINY_ARGS, "--peft", "eager", "--json", str(path)]) == 0
+  assert cli.main(["bench", *TINY_ARGS, "--peft", "eager", "--matmul_dtype", "both", "--json", str(path)]) == 0
   data = json.loads(path.read_text())
   results = data["results"]
-  assert set(results) == {"ours", "peft_eager"}
+  assert set(results) == {"ours", "ours_fp8", "peft_eager"}
   assert results["ours"]["error"] is None and results["ours"]["examples_per_s"] > 0
+  # The same step with FP8 matmuls: its own row, its first loss off by FP8's rounding only.
+  fp8_row = results["ours_fp8"]
+  assert fp8_row["error"] is None and fp8_row["extra"]["matmul_dtype"] == "fp8"
+  assert fp8_row["extra"]["first_loss"] != results["ours"]["extra"]["first_loss"]
+  assert fp8_row["extra"]["first_loss"] == pytest.approx(results["ours"]["extra"]["first_loss"], rel=0.02)
+  assert data["ratios"]["ours_fp8/ours"] == pytest.approx(fp8_row["examples_per_s"] / results["ours"]["examples_per_s"])
+  assert 0 < results["ours"]["extra"]["step_memory_gib"] < 1  # XLA's analysis of the compiled step
   assert results["peft_eager"]["error"] is None and results["peft_eager"]["examples_per_s"] > 0
   assert results["ours"]["extra"]["step"] == 3  # 1 warmup + 2 timed steps of the real optimizer
   assert data["flops"]["per_step"] == _tiny_flops_by_hand()
@@ -89,6 +96,46 @@ def test_bench_tiny_writes_the_json_report(tmp_path, capsys):
 def test_bench_rejects_a_prompt_longer_than_the_input(capsys):
   assert cli.main(["bench", "--model", "tiny", "--input_length", "4", "--prompt_length", "4", "--peft", "none"]) == 2
   assert "includes the prompt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+  "argv, expected",
+  [
+    (["--mode", "infer", "--matmul_dtype", "both"], "--matmul_dtype both times --mode train only"),
+    (["--mode", "fp8", "--trajectory_points", "400"], "--trajectory_points=400 exceeds --trajectory_steps=300"),
+    (["--mode", "fp8", "--peft", "eager"], "--mode fp8 has no PEFT baseline"),
+  ],
+)
+def test_bench_fp8_options_are_checked_before_anything_runs(argv, expected, capsys):
+  assert cli.main(["bench", "--model", "tiny", *argv]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and expected in err
+
+
+@pytest.mark.slow
+def test_bench_fp8_mode_compares_fp8_and_nudged_bf16_with_bf16(tmp_path, capsys):
+  """--mode fp8: three runs of a few steps from one initial prompt on the same batches, the rows, the
+  loss series and the prompt gaps at the compared steps, and the held-out label metrics."""
+  path = tmp_path / "fp8.json"
+  args = ["--model", "tiny", "--batch", "2", "--input_length", "12", "--target_length", "2", "--prompt_length", "2"]
+  argv = ["bench", "--mode", "fp8", *args, "--trajectory_steps", "4", "--trajectory_points", "2", "--json", str(path)]
+  assert cli.main(argv) == 0
+  data = json.loads(path.read_text())
+  results, comparisons = data["results"], data["comparisons"]
+  assert list(results) == ["f32", "fp8", "f32_nudged"] or list(results) == ["bf16", "fp8", "bf16_nudged"]
+  ref, fp8_row, nudged = results.values()
+  assert all(r["error"] is None and r["examples_per_s"] > 0 for r in results.values())
+  assert [r["extra"]["matmul_dtype"] for r in results.values()] == ["default", "fp8", "default"]
+  assert ref["extra"]["steps"] == [2, 4] and len(fp8_row["extra"]["loss"]) == 2
+  assert fp8_row["extra"]["loss"] != ref["extra"]["loss"]  # quantized: not the reference's numbers
+  assert set(comparisons) == {"fp8", list(results)[2]}
+  for c in comparisons.values():
+    values = [c["final_loss_gap"], c["heldout_loss_gap"], *c["loss_gap"], *c["prompt_rel_l2"], *c["update_cosine"]]
+    assert c["steps"] == [2, 4] and all(np.isfinite(values))
+    assert all(0 < gap for gap in c["prompt_rel_l2"])  # both moved the prompt away from the reference's
+  assert data["fp8_speedup"] == pytest.approx(fp8_row["examples_per_s"] / ref["examples_per_s"])
+  out = capsys.readouterr().out
+  assert "fp8 vs " in out and "nudged vs " in out and "keyword classification" in out
 
 
 def test_out_of_memory_is_reported_not_raised(monkeypatch):
@@ -117,6 +164,7 @@ def test_imports_without_tensorflow_seqio_or_gin():
         sys.modules[name] = None  # importing any of these now raises ImportError
       import prompt_tuning.cli.bench
       from prompt_tuning.bench import ours, peft_baseline, flops, inference, generation, hbm, hf_decoding, workload, lengths
+      from prompt_tuning.bench import trajectory
       assert "torch" not in sys.modules, "torch must be imported lazily"
       assert not any(m.startswith(("prompt_tuning.data", "prompt_tuning.tasks", "prompt_tuning.gin_utils"))
                      for m in sys.modules)

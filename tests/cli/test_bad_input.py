@@ -170,6 +170,24 @@ CASES = [
     1,
     "gin macro TRAIN_STEP is set but nothing uses it (did you mean TRAIN_STEPS?)",
   ),
+  (
+    "unknown matmul_dtype",
+    ["train", QS, "--gin.MODEL_DIR='{scratch}/new'", "--gin.ModelSpec.matmul_dtype='fp16'"],
+    1,
+    "T5Config.matmul_dtype='fp16': expected one of ('default', 'fp8')",
+  ),
+  (
+    "fp8 matmuls with model tuning",
+    [
+      "train",
+      QS,
+      "--gin.MODEL_DIR='{scratch}/new'",
+      "--gin.ModelSpec.matmul_dtype='fp8'",
+      "--gin.TRAINABLE_PARAMS='.*'",
+    ],
+    1,
+    "matmul_dtype='fp8' gives the layers' kernels no gradient, but TRAINABLE_PARAMS='.*' trains decoder/layers_0/",
+  ),
   # Unhelpful messages before.
   ("non-UTF-8 BYOD file", ["train", "{byod}"], 1, "latin1.jsonl:2: not UTF-8 text (byte 0xe9 at column 14)"),
   # Storage.

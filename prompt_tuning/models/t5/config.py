@@ -15,10 +15,11 @@ import jax.numpy as jnp
 
 _DTYPES = ("float32", "bfloat16", "float16")
 # Fields that say how a model runs, not which model it is: a checkpoint or a prompt fits whatever they are.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "dropout_rate", "attention_impl", "remat_policy")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "dropout_rate", "attention_impl", "remat_policy", "matmul_dtype")
 _ACTIVATIONS = ("relu", "gelu", "silu", "linear")
 _ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 _REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+_MATMUL_DTYPES = ("default", "fp8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,10 @@ class T5Config:
   # Rematerialization of each layer in training: 'none', 'full', 'dots' (save matmul outputs),
   # 'dots_no_batch' (save only weight matmuls).
   remat_policy: str = "none"
+  # The frozen weight matmuls of the encoder and decoder layers (attention q/k/v/o, MLP): 'default'
+  # (the activation dtype) or 'fp8' (opt-in: e4m3 weights and activations, e5m2 gradients, per-tensor
+  # scales; FP8 GEMMs on Hopper; no weight gradients). See models/t5/fp8.py; its cost in BENCHMARKS.md.
+  matmul_dtype: str = "default"
 
   def __post_init__(self):
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
@@ -63,6 +68,8 @@ class T5Config:
       raise ValueError(f"T5Config.attention_impl={self.attention_impl!r}: expected one of {_ATTENTION_IMPLS}")
     if self.remat_policy not in _REMAT_POLICIES:
       raise ValueError(f"T5Config.remat_policy={self.remat_policy!r}: expected one of {_REMAT_POLICIES}")
+    if self.matmul_dtype not in _MATMUL_DTYPES:
+      raise ValueError(f"T5Config.matmul_dtype={self.matmul_dtype!r}: expected one of {_MATMUL_DTYPES}")
     for act in self.mlp_activations:
       if act not in _ACTIVATIONS:
         raise ValueError(f"T5Config.mlp_activations has unknown activation {act!r}: expected {_ACTIVATIONS}")

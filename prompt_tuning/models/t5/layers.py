@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.models.t5 import fp8
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 
@@ -43,6 +45,8 @@ class DenseGeneral(nn.Module):
     features: output shape, e.g. (heads, kv) for a query projection.
     axis: input axes contracted, e.g. -1 or (-2, -1).
     kernel_axes: logical names of the 2-D stored kernel.
+    matmul_dtype: 'default' (the activation dtype) or 'fp8' (fp8.frozen_matmul: no kernel
+      gradient); None takes the enclosing fp8.matmuls scope's (T5Config.matmul_dtype in the layers).
   """
 
   features: int | tuple[int, ...]
@@ -51,6 +55,7 @@ class DenseGeneral(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   kernel_init: Initializer = default_kernel_init
+  matmul_dtype: str | None = None
 
   @nn.compact
   def __call__(self, inputs: Array) -> Array:
@@ -62,6 +67,9 @@ class DenseGeneral(nn.Module):
     kernel = self.param(
       "kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes), stored_shape, self.param_dtype
     )
+    if fp8.resolve(self.matmul_dtype) == "fp8":
+      out = fp8.dense(inputs, kernel, axis, self.dtype)
+      return out.reshape(out.shape[:-1] + features)
     kernel = jnp.asarray(kernel, self.dtype).reshape(in_shape + features)
     inputs = jnp.asarray(inputs, self.dtype)
     contract = (axis, tuple(range(len(axis))))

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prompt_tuning.models.t5 import layers
+from prompt_tuning.models.t5 import fp8, layers
 from prompt_tuning.models.t5.config import T5Config
 
 Array = jax.Array
@@ -123,8 +123,9 @@ class Encoder(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     x = dropout(jnp.asarray(embedded, cfg.activation_dtype), deterministic=deterministic)
     layer = _layer_class(EncoderLayer, cfg, static_argnums=(3,))
-    for i in range(cfg.num_encoder_layers):
-      x = layer(cfg, name=f"layers_{i}")(x, bias, deterministic)
+    with fp8.matmuls(cfg.matmul_dtype):  # the layers' projections (layers.DenseGeneral) read it
+      for i in range(cfg.num_encoder_layers):
+        x = layer(cfg, name=f"layers_{i}")(x, bias, deterministic)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), name="encoder_norm")(x)
     return dropout(x, deterministic=deterministic)
 
@@ -188,14 +189,19 @@ class Decoder(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     y = dropout(jnp.asarray(embedded, cfg.activation_dtype), deterministic=deterministic)
     layer = _layer_class(DecoderLayer, cfg, static_argnums=(5, 6)) if not decode else DecoderLayer
-    for i in range(cfg.num_decoder_layers):
-      y = layer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic, decode)
+    # Cached decoding steps are memory-bound: quantizing the weights in each step would read them twice.
+    with fp8.matmuls("default" if decode else cfg.matmul_dtype):
+      for i in range(cfg.num_decoder_layers):
+        y = layer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic, decode)
     y = layers.RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), name="decoder_norm")(y)
     y = dropout(y, deterministic=deterministic)
     if cfg.logits_via_embedding:
       logits = shared_embedding.attend(y * (cfg.emb_dim**-0.5))
     else:
-      logits = layers.DenseGeneral(cfg.vocab_size, ("embed", "vocab"), **_dtypes(cfg), name="logits_dense")(y)
+      # The output head stays in the activation dtype whatever cfg.matmul_dtype is (see fp8.py).
+      logits = layers.DenseGeneral(
+        cfg.vocab_size, ("embed", "vocab"), **_dtypes(cfg), matmul_dtype="default", name="logits_dense"
+      )(y)
       logits = jnp.asarray(logits, jnp.float32)
     return layers.constrain(logits, ("batch", "length", "vocab"))
 
