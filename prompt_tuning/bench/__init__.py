@@ -31,7 +31,7 @@ class BenchConfig:
     is [batch, input_length - prompt_length].
   dtype: 'bfloat16' or 'float32', for the frozen weights and activations
     (the prompt itself stays float32 in our trainer).
-  attention_impl, remat_policy, matmul_dtype: our T5Config speed knobs (the
+  attention_impl, remat_policy, matmul_dtype, fuse_projections: our T5Config speed knobs (the
     PEFT side has no equivalent; HF T5 runs its own attention, no
     checkpointing, bf16 matmuls). matmul_dtype 'fp8': FP8 GEMMs for the frozen
     layer matmuls (models/t5/fp8.py).
@@ -50,6 +50,7 @@ class BenchConfig:
   attention_impl: str = "auto"
   remat_policy: str = "none"
   matmul_dtype: str = "default"
+  fuse_projections: bool = False
 
   def __post_init__(self):
     for field in ("batch", "target_length", "prompt_length", "steps", "num_partitions"):
@@ -81,6 +82,7 @@ class BenchConfig:
       attention_impl=self.attention_impl,
       remat_policy=self.remat_policy,
       matmul_dtype=self.matmul_dtype,
+      fuse_projections=self.fuse_projections,
     )
 
   @property

@@ -205,5 +205,6 @@ def _run(cfg: BenchConfig) -> RunResult:
     final_loss=float(metrics["loss"]),
     step=int(state.step),
     matmul_dtype=config.matmul_dtype,
+    fuse_projections=config.fuse_projections,
     step_memory_gib=None if step_bytes is None else step_bytes / 2**30,
   )

@@ -56,11 +56,14 @@ def split_path(path: str) -> tuple[str, int | None] | None:
 
 
 def model_config(run_config: T5Config) -> T5Config:
-  """The run's model config with its run-time choices (dtypes, attention, remat, matmuls) back at their defaults:
+  """The run's model config with its run-time choices (dtypes, attention, remat, matmuls, fused projections) back at their defaults:
   the caller's run picks its own, as for any checkpoint."""
   defaults = {f.name: f.default for f in dataclasses.fields(T5Config)}
   return run_config.replace(
-    **{k: defaults[k] for k in ("dtype", "param_dtype", "attention_impl", "remat_policy", "matmul_dtype")}
+    **{
+      k: defaults[k]
+      for k in ("dtype", "param_dtype", "attention_impl", "remat_policy", "matmul_dtype", "fuse_projections")
+    }
   )
 
 

@@ -105,6 +105,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     help="ours: the frozen layer matmuls in the activation dtype or as FP8 GEMMs (T5Config.matmul_dtype); "
     "both (--mode train): one row with each",
   )
+  parser.add_argument(
+    "--fuse_projections",
+    action="store_true",
+    help="ours: q/k/v (and a gated MLP's two input projections) in one matmul each (T5Config.fuse_projections)",
+  )
   parser.add_argument("--steps", type=int, default=defaults.steps, help="timed steps")
   parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps first (>= 1: compiles)")
   parser.add_argument(
@@ -301,7 +306,7 @@ def format_table(data: dict[str, Any]) -> str:
   lines = [
     (
       f"prompt-tuning bench: {cfg['model']} {cfg['dtype']} (ours: attention {cfg['attention_impl']}, "
-      f"remat {cfg['remat_policy']}, matmuls {matmuls}), batch {cfg['batch']}, input {cfg['input_length']} "
+      f"remat {cfg['remat_policy']}, matmuls {matmuls}{', fused projections' if cfg.get('fuse_projections') else ''}), batch {cfg['batch']}, input {cfg['input_length']} "
       f"(prompt {cfg['prompt_length']} + {cfg['input_length'] - cfg['prompt_length']} tokens), "
       f"target {cfg['target_length']}; {cfg['steps']} timed steps after {cfg['warmup']} warmup"
     ),
@@ -563,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
       attention_impl=args.attention_impl,
       remat_policy=args.remat_policy,
       matmul_dtype="default" if args.matmul_dtype == "both" else args.matmul_dtype,
+      fuse_projections=args.fuse_projections,
     )
   except ValueError as e:
     print(f"prompt-tuning bench: {e}", file=sys.stderr)

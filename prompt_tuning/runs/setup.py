@@ -84,6 +84,7 @@ def frozen_model(spec: ModelSpec, seed: int = 0) -> tuple[T5Config, dict]:
     ("attention_impl", spec.attention_impl),
     ("remat_policy", spec.remat_policy),
     ("matmul_dtype", spec.matmul_dtype),
+    ("fuse_projections", spec.fuse_projections),
   )
   runtime = {k: v for k, v in settings if v is not None}
   config = config.replace(**runtime) if runtime else config

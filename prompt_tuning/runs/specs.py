@@ -116,8 +116,9 @@ class ModelSpec:
   param_dtype: what the frozen weights are stored in; None: the activation dtype (gin: PARAM_DTYPE).
     The prompt is kept in float32 whatever these are.
   loss: z-loss, label smoothing and normalization.
-  attention_impl, remat_policy, matmul_dtype: how (not what) the model computes (see T5Config); None
-    keeps the config's. matmul_dtype 'fp8' (opt-in) runs the layers' frozen matmuls as FP8 GEMMs.
+  attention_impl, remat_policy, matmul_dtype, fuse_projections: how (not what) the model computes
+    (see T5Config); None keeps the config's. matmul_dtype 'fp8' (opt-in) runs the layers' frozen
+    matmuls as FP8 GEMMs; fuse_projections runs q/k/v (and a gated MLP's input projections) as one matmul.
   bundles: trained prompts to run instead of MODEL_DIR's, {task name: a prompt bundle, a MODEL_DIR
     (its latest bundle) or a PEFT adapter folder}; `infer` and `evaluate` put them in one table and
     run batches mixing the tasks (runs/bundles.py). A task mapped to a list of them is an ensemble
@@ -134,6 +135,7 @@ class ModelSpec:
   attention_impl: str | None = None
   remat_policy: str | None = None
   matmul_dtype: str | None = None
+  fuse_projections: bool | None = None
   bundles: Mapping[str, str | Sequence[str]] | None = None
 
   def __post_init__(self):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -129,6 +130,49 @@ def test_cached_decoding_steps_equal_teacher_forced_logits(params):
     )
     cache = variables["cache"]
     np.testing.assert_allclose(logits[:, 0], full[:, t], atol=2e-5)
+
+
+@pytest.mark.slow  # logits, gradients, beams and rank scores of two models, and two FP8 ones: ~17 s
+def test_fused_projections_keep_the_parameters_and_the_results(params):
+  """fuse_projections: the same parameter tree and initial values (t5x's names), and the same logits,
+  prompt-free gradient of the loss w.r.t. the encoder input, beams and rank scores, up to rounding."""
+  fused = network.Transformer(CONFIG.replace(fuse_projections=True))
+  fused_params = fused.init(jax.random.PRNGKey(0), *(jnp.ones((1, 1), jnp.int32),) * 2)["params"]
+  jax.tree.map(np.testing.assert_array_equal, nn.meta.unbox(fused_params), params)  # same tree, same values
+  enc, dec_in = _batch()
+  plain_model, fused_model = EncoderDecoderModel(network.Transformer(CONFIG)), EncoderDecoderModel(fused)
+  np.testing.assert_allclose(
+    fused_model.logits(params, enc, dec_in), plain_model.logits(params, enc, dec_in), atol=1e-5
+  )
+
+  def input_gradient(module):  # d loss / d (embedded encoder input): what the prompt's gradient flows through
+    def loss(embedded):
+      encoded = module.apply({"params": params}, embedded, (enc > 0).astype(jnp.int32), method="encode")
+      logits = module.apply({"params": params}, encoded, (enc > 0).astype(jnp.int32), dec_in, method="decode")
+      return jnp.sum(jax.nn.log_softmax(logits)[..., 3])
+
+    return jax.grad(loss)(module.apply({"params": params}, enc, method="embed"))
+
+  np.testing.assert_allclose(input_gradient(fused), input_gradient(plain_model.module), atol=1e-5)
+  beams = [
+    m.predict_batch(params, enc, max_decode_length=3, method="beam", beam_size=2) for m in (plain_model, fused_model)
+  ]
+  np.testing.assert_array_equal(beams[0].tokens, beams[1].tokens)
+  candidates = jnp.asarray([[5, 6, 1], [7, 1, 0]])
+  np.testing.assert_allclose(
+    fused_model.rank_classify(params, enc, candidates), plain_model.rank_classify(params, enc, candidates), atol=1e-5
+  )
+  # Under FP8 the fused kernels share one scale: about as far from the exact logits as unfused FP8's.
+  exact = plain_model.logits(params, enc, dec_in)
+  errors = [
+    float(
+      jnp.mean(
+        jnp.abs(EncoderDecoderModel(network.Transformer(CONFIG.replace(**kw))).logits(params, enc, dec_in) - exact)
+      )
+    )
+    for kw in (dict(matmul_dtype="fp8"), dict(matmul_dtype="fp8", fuse_projections=True))
+  ]
+  assert 0 < errors[1] < 2 * errors[0], errors
 
 
 def test_rows_sharing_an_encoder_row_equal_the_repeated_encoder_output(params):

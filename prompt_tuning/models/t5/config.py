@@ -15,7 +15,15 @@ import jax.numpy as jnp
 
 _DTYPES = ("float32", "bfloat16", "float16")
 # Fields that say how a model runs, not which model it is: a checkpoint or a prompt fits whatever they are.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "dropout_rate", "attention_impl", "remat_policy", "matmul_dtype")
+RUNTIME_FIELDS = (
+  "dtype",
+  "param_dtype",
+  "dropout_rate",
+  "attention_impl",
+  "remat_policy",
+  "matmul_dtype",
+  "fuse_projections",
+)
 _ACTIVATIONS = ("relu", "gelu", "silu", "linear")
 _ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 _REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -58,6 +66,10 @@ class T5Config:
   # (the activation dtype) or 'fp8' (opt-in: e4m3 weights and activations, e5m2 gradients, per-tensor
   # scales; FP8 GEMMs on Hopper; no weight gradients). See models/t5/fp8.py; its cost in BENCHMARKS.md.
   matmul_dtype: str = "default"
+  # One matmul for the projections that read the same input: attention's q/k/v (self-attention; k/v
+  # of encoder-decoder attention) and a gated MLP's wi_0/wi_1. The kernels stay separate parameters
+  # (t5x's names), stacked in the call. Same results up to float rounding; a speed knob.
+  fuse_projections: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
@@ -68,6 +80,8 @@ class T5Config:
       raise ValueError(f"T5Config.attention_impl={self.attention_impl!r}: expected one of {_ATTENTION_IMPLS}")
     if self.remat_policy not in _REMAT_POLICIES:
       raise ValueError(f"T5Config.remat_policy={self.remat_policy!r}: expected one of {_REMAT_POLICIES}")
+    if not isinstance(self.fuse_projections, bool):
+      raise ValueError(f"T5Config.fuse_projections={self.fuse_projections!r}: expected True or False")
     if self.matmul_dtype not in _MATMUL_DTYPES:
       raise ValueError(f"T5Config.matmul_dtype={self.matmul_dtype!r}: expected one of {_MATMUL_DTYPES}")
     for act in self.mlp_activations:

@@ -76,6 +76,41 @@ class DenseGeneral(nn.Module):
     return jax.lax.dot_general(inputs, kernel, (contract, ((), ())))
 
 
+class StoredKernel(nn.Module):
+  """The kernel a DenseGeneral of this name stores ([in, out]: same shape, initializer, logical axes
+  and parameter path), returned for `fused_projection` to multiply together with its siblings."""
+
+  shape: tuple[int, int]
+  kernel_axes: tuple[str, str]
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+
+  @nn.compact
+  def __call__(self) -> Array:
+    init = nn.with_logical_partitioning(self.kernel_init, self.kernel_axes)
+    return self.param("kernel", init, self.shape, self.param_dtype)
+
+
+def fused_projection(
+  inputs: Array, kernels: Sequence[Array], features: tuple[int, ...], dtype: jnp.dtype, matmul_dtype: str | None = None
+) -> list[Array]:
+  """inputs [..., in] through several stored kernels [in, prod(features)] in ONE matmul.
+
+  The kernels are stacked [in, k, out] on a new, unsharded axis, so each keeps its own sharding of
+  `out` and one GEMM reads the inputs once (T5Config.fuse_projections: q/k/v, or a gated MLP's two
+  input projections). Under FP8 (`matmul_dtype`, as DenseGeneral) the kernels share one scale.
+  Returns k arrays [..., *features], as k DenseGenerals would.
+  """
+  if fp8.resolve(matmul_dtype) == "fp8":
+    out = fp8.dense(inputs, jnp.concatenate(kernels, axis=1), (inputs.ndim - 1,), dtype)
+    parts = jnp.split(out, len(kernels), axis=-1)
+  else:
+    stacked = jnp.stack([jnp.asarray(k, dtype) for k in kernels], axis=1)
+    out = jax.lax.dot_general(jnp.asarray(inputs, dtype), stacked, (((inputs.ndim - 1,), (0,)), ((), ())))
+    parts = [out[..., i, :] for i in range(len(kernels))]
+  return [part.reshape(*part.shape[:-1], *features) for part in parts]
+
+
 class Embed(nn.Module):
   """Token embedding [vocab, embed]; `attend` gives logits against it."""
 
@@ -301,17 +336,29 @@ class MultiHeadAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   attention_impl: str = "auto"  # T5Config.attention_impl
+  fuse_projections: bool = False  # T5Config.fuse_projections
 
-  def _project(self, name: str, x: Array, init: Initializer) -> Array:
-    proj = DenseGeneral(
-      (self.num_heads, self.head_dim),
-      ("embed", "joined_kv"),
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      kernel_init=init,
-      name=name,
-    )(x)
-    return constrain(proj, ("batch", "length", "heads", "kv"))
+  def _query_init(self, rng: Array, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
+    # Keep the parameter dtype: a numpy scalar would promote a bfloat16 kernel to float32.
+    return (attention_kernel_init(rng, shape, dtype) / np.sqrt(self.head_dim)).astype(dtype)
+
+  def _projections(self, x: Array, names: Sequence[str]) -> list[Array]:
+    """x [batch, length, embed] -> one [batch, length, heads, kv] per name ('query', 'key', 'value'),
+    in one matmul with `fuse_projections`."""
+    inits = {"query": self._query_init, "key": attention_kernel_init, "value": attention_kernel_init}
+    features = (self.num_heads, self.head_dim)
+    if self.fuse_projections and len(names) > 1:
+      shape = (x.shape[-1], self.num_heads * self.head_dim)
+      kernels = [StoredKernel(shape, ("embed", "joined_kv"), self.param_dtype, inits[n], name=n)() for n in names]
+      outs = fused_projection(x, kernels, features, self.dtype)
+    else:
+      outs = [
+        DenseGeneral(
+          features, ("embed", "joined_kv"), dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=inits[n], name=n
+        )(x)
+        for n in names
+      ]
+    return [constrain(out, ("batch", "length", "heads", "kv")) for out in outs]
 
   @nn.compact
   def __call__(
@@ -341,11 +388,6 @@ class MultiHeadAttention(nn.Module):
     Returns:
       [batch, q_length, embed].
     """
-    # Keep the parameter dtype: a numpy scalar would promote a bfloat16 kernel to float32.
-    query_init = lambda rng, shape, dtype: (attention_kernel_init(rng, shape, dtype) / np.sqrt(self.head_dim)).astype(
-      dtype
-    )
-    query = self._project("query", inputs_q, query_init)
     dropout_rng = None if deterministic or self.dropout_rate == 0.0 else self.make_rng("dropout")
     choose = functools.partial(
       attention_backend,
@@ -356,17 +398,19 @@ class MultiHeadAttention(nn.Module):
       decode=decode,
       cross=cross,
     )
-    if decode:  # no gradient: lengths do not matter, and the cache's layout follows the kernel
-      backend = choose()
-      heads_major = backend == "xla"  # cuDNN's kernel reads [batch, length, heads, kv]
-      if cross:
+    # No gradient in decoding: lengths do not matter there, and the cache's layout follows the kernel.
+    backend = choose() if decode else None
+    heads_major = backend == "xla"  # cuDNN's kernel reads [batch, length, heads, kv]
+    if cross or (inputs_kv is not None and inputs_kv is not inputs_q):
+      (query,) = self._projections(inputs_q, ("query",))
+      if decode:
         key, value = self._cached_cross_kv(inputs_kv, heads_major)
       else:
-        key, value, bias = self._cached_self_kv(inputs_q, bias)
-    else:
-      heads_major = False
-      key = self._project("key", inputs_kv, attention_kernel_init)
-      value = self._project("value", inputs_kv, attention_kernel_init)
+        key, value = self._projections(inputs_kv, ("key", "value"))
+    else:  # self-attention: one input for the three projections
+      query, key, value = self._projections(inputs_q, ("query", "key", "value"))
+      if decode:
+        key, value, bias = self._cached_self_kv(key, value, bias)
     batch, q_length = query.shape[:2]
     kv_batch = key.shape[0]
     if batch % kv_batch or (batch != kv_batch and not cross):
@@ -404,17 +448,15 @@ class MultiHeadAttention(nn.Module):
     if encoded is None:
       raise ValueError("the encoder-decoder attention cache is empty: create it with the encoder output")
     layout = self._heads_major if heads_major else (lambda x: x)
-    key = layout(self._project("key", encoded, attention_kernel_init))
-    value = layout(self._project("value", encoded, attention_kernel_init))
+    key, value = (layout(x) for x in self._projections(encoded, ("key", "value")))
     self.put_variable("cache", "cached_key", key)
     self.put_variable("cache", "cached_value", value)
     return key, value
 
-  def _cached_self_kv(self, inputs: Array, position_bias: Array) -> tuple[Array, Array, Array]:
-    """Writes one step's key/value at the cache index; returns the cache [batch, heads, max_length, kv]
-    and the step's bias."""
-    key = self._heads_major(self._project("key", inputs, attention_kernel_init))
-    value = self._heads_major(self._project("value", inputs, attention_kernel_init))
+  def _cached_self_kv(self, key: Array, value: Array, position_bias: Array) -> tuple[Array, Array, Array]:
+    """Writes one step's key/value [batch, 1, heads, kv] at the cache index; returns the cache
+    [batch, heads, max_length, kv] and the step's bias."""
+    key, value = self._heads_major(key), self._heads_major(value)
     if not self.has_variable("cache", "cached_key"):
       # Creating the cache from a [batch, max_length] template: nothing is appended.
       self.put_variable("cache", "cached_key", jnp.zeros_like(key))
@@ -455,15 +497,22 @@ class MlpBlock(nn.Module):
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  fuse_projections: bool = False  # T5Config.fuse_projections: a gated MLP's input projections in one matmul
 
   @nn.compact
   def __call__(self, inputs: Array, *, deterministic: bool = True) -> Array:
     """[batch, length, embed] -> [batch, length, embed]."""
     dense = functools.partial(DenseGeneral, dtype=self.dtype, param_dtype=self.param_dtype)
+    names = ["wi"] if len(self.activations) == 1 else [f"wi_{i}" for i in range(len(self.activations))]
+    if self.fuse_projections and len(names) > 1:
+      shape = (inputs.shape[-1], self.mlp_dim)
+      kernels = [StoredKernel(shape, ("embed", "mlp"), self.param_dtype, name=n)() for n in names]
+      projected = fused_projection(inputs, kernels, (self.mlp_dim,), self.dtype)
+    else:
+      projected = [dense(self.mlp_dim, ("embed", "mlp"), name=n)(inputs) for n in names]
     hidden = None
-    for idx, act in enumerate(self.activations):
-      name = "wi" if len(self.activations) == 1 else f"wi_{idx}"
-      h = _ACTIVATION_FNS[act](dense(self.mlp_dim, ("embed", "mlp"), name=name)(inputs))
+    for act, h in zip(self.activations, projected):
+      h = _ACTIVATION_FNS[act](h)
       hidden = h if hidden is None else hidden * h
     hidden = constrain(hidden, ("batch", "length", "mlp"))
     hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic=deterministic)

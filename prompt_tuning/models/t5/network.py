@@ -59,13 +59,24 @@ class EncoderLayer(nn.Module):
     norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, **_dtypes(cfg))
     h = norm(name="pre_attention_layer_norm")(x)
     h = layers.MultiHeadAttention(
-      cfg.num_heads, cfg.head_dim, cfg.dropout_rate, **_dtypes(cfg), attention_impl=cfg.attention_impl, name="attention"
+      cfg.num_heads,
+      cfg.head_dim,
+      cfg.dropout_rate,
+      **_dtypes(cfg),
+      attention_impl=cfg.attention_impl,
+      fuse_projections=cfg.fuse_projections,
+      name="attention",
     )(h, h, bias, deterministic=deterministic)
     x = x + dropout(h)
     h = norm(name="pre_mlp_layer_norm")(x)
-    h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, **_dtypes(cfg), name="mlp")(
-      h, deterministic=deterministic
-    )
+    h = layers.MlpBlock(
+      cfg.mlp_dim,
+      cfg.mlp_activations,
+      cfg.dropout_rate,
+      **_dtypes(cfg),
+      fuse_projections=cfg.fuse_projections,
+      name="mlp",
+    )(h, deterministic=deterministic)
     return layers.constrain(x + dropout(h), ("batch", "length", "embed"))
 
 
@@ -87,6 +98,7 @@ class DecoderLayer(nn.Module):
       cfg.dropout_rate,
       **_dtypes(cfg),
       attention_impl=cfg.attention_impl,
+      fuse_projections=cfg.fuse_projections,
     )
     h = norm(name="pre_self_attention_layer_norm")(y)
     h = attention(name="self_attention")(h, h, self_bias, deterministic=deterministic, decode=decode)
@@ -97,9 +109,14 @@ class DecoderLayer(nn.Module):
     )
     y = y + dropout(h)
     h = norm(name="pre_mlp_layer_norm")(y)
-    h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, **_dtypes(cfg), name="mlp")(
-      h, deterministic=deterministic
-    )
+    h = layers.MlpBlock(
+      cfg.mlp_dim,
+      cfg.mlp_activations,
+      cfg.dropout_rate,
+      **_dtypes(cfg),
+      fuse_projections=cfg.fuse_projections,
+      name="mlp",
+    )(h, deterministic=deterministic)
     return layers.constrain(y + dropout(h), ("batch", "length", "embed"))
 
 
