@@ -48,6 +48,30 @@ def _layer_class(cls: type, config: T5Config, static_argnums: tuple[int, ...]) -
   return nn.remat(cls, policy=_REMAT_POLICIES[config.remat_policy], static_argnums=static_argnums)
 
 
+def _attention(cfg: T5Config, name: str) -> layers.MultiHeadAttention:
+  """A layer's attention block as the config says (created inside the layer, so it is its child)."""
+  return layers.MultiHeadAttention(
+    cfg.num_heads,
+    cfg.head_dim,
+    cfg.dropout_rate,
+    **_dtypes(cfg),
+    attention_impl=cfg.attention_impl,
+    fuse_projections=cfg.fuse_projections,
+    name=name,
+  )
+
+
+def _mlp(cfg: T5Config) -> layers.MlpBlock:
+  return layers.MlpBlock(
+    cfg.mlp_dim,
+    cfg.mlp_activations,
+    cfg.dropout_rate,
+    **_dtypes(cfg),
+    fuse_projections=cfg.fuse_projections,
+    name="mlp",
+  )
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
 
@@ -58,25 +82,10 @@ class EncoderLayer(nn.Module):
     dropout = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic)
     norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, **_dtypes(cfg))
     h = norm(name="pre_attention_layer_norm")(x)
-    h = layers.MultiHeadAttention(
-      cfg.num_heads,
-      cfg.head_dim,
-      cfg.dropout_rate,
-      **_dtypes(cfg),
-      attention_impl=cfg.attention_impl,
-      fuse_projections=cfg.fuse_projections,
-      name="attention",
-    )(h, h, bias, deterministic=deterministic)
+    h = _attention(cfg, "attention")(h, h, bias, deterministic=deterministic)
     x = x + dropout(h)
     h = norm(name="pre_mlp_layer_norm")(x)
-    h = layers.MlpBlock(
-      cfg.mlp_dim,
-      cfg.mlp_activations,
-      cfg.dropout_rate,
-      **_dtypes(cfg),
-      fuse_projections=cfg.fuse_projections,
-      name="mlp",
-    )(h, deterministic=deterministic)
+    h = _mlp(cfg)(h, deterministic=deterministic)
     return layers.constrain(x + dropout(h), ("batch", "length", "embed"))
 
 
@@ -91,32 +100,16 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     dropout = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic)
     norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, **_dtypes(cfg))
-    attention = functools.partial(
-      layers.MultiHeadAttention,
-      cfg.num_heads,
-      cfg.head_dim,
-      cfg.dropout_rate,
-      **_dtypes(cfg),
-      attention_impl=cfg.attention_impl,
-      fuse_projections=cfg.fuse_projections,
-    )
     h = norm(name="pre_self_attention_layer_norm")(y)
-    h = attention(name="self_attention")(h, h, self_bias, deterministic=deterministic, decode=decode)
+    h = _attention(cfg, "self_attention")(h, h, self_bias, deterministic=deterministic, decode=decode)
     y = y + dropout(h)
     h = norm(name="pre_cross_attention_layer_norm")(y)
-    h = attention(name="encoder_decoder_attention")(
+    h = _attention(cfg, "encoder_decoder_attention")(
       h, encoded, cross_bias, deterministic=deterministic, decode=decode, cross=True
     )
     y = y + dropout(h)
     h = norm(name="pre_mlp_layer_norm")(y)
-    h = layers.MlpBlock(
-      cfg.mlp_dim,
-      cfg.mlp_activations,
-      cfg.dropout_rate,
-      **_dtypes(cfg),
-      fuse_projections=cfg.fuse_projections,
-      name="mlp",
-    )(h, deterministic=deterministic)
+    h = _mlp(cfg)(h, deterministic=deterministic)
     return layers.constrain(y + dropout(h), ("batch", "length", "embed"))
 
 
