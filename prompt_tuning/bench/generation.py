@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from prompt_tuning import partitioning
-from prompt_tuning.bench import BenchConfig, RunResult, hbm, is_out_of_memory, log
+from prompt_tuning.bench import BenchConfig, RunResult, hbm, is_out_of_memory, log, tables
 from prompt_tuning.bench.inference import time_calls
 from prompt_tuning.bench.ours import init_on_device, peak_bytes
 from prompt_tuning.errors import first_line
@@ -240,10 +240,6 @@ def report(
   }
 
 
-def _cell(value: float | None, spec: str) -> str:
-  return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0]))
-
-
 def format_report(data: dict[str, Any]) -> str:
   cfg, dec, env, b = data["config"], data["decode"], data["environment"], data["bound"]
   versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
@@ -260,21 +256,18 @@ def format_report(data: dict[str, Any]) -> str:
     f"jax device: {env['jax_device']} x{env['jax_devices']}; torch device: {env['torch_device'] or '-'}",
     f"versions: {versions}",
     "",
-    f"{'':22s} {'call ms':>10s} {'tokens/s':>11s} {'examples/s':>11s} {'peak GiB':>9s} {'1st call s':>11s}",
   ]
-  for name, r in data["results"].items():
-    label = f"{name.replace('_', ' '):22s}"
-    if r["error"]:
-      lines.append(f"{label} {r['error']}")
-      continue
-    cells = [
-      _cell(r["step_ms"], "10.2f"),
-      _cell(r["extra"].get("tokens_per_s"), "11.0f"),
-      _cell(r["examples_per_s"], "11.1f"),
-      _cell(r["peak_gib"], "9.2f"),
-      _cell(r["compile_s"], "11.1f"),
-    ]
-    lines.append(f"{label} {' '.join(cells)}")
+  lines += tables.table(
+    data["results"],
+    22,
+    [
+      ("call ms", "10.2f", tables.field("step_ms")),
+      ("tokens/s", "11.0f", tables.extra("tokens_per_s")),
+      ("examples/s", "11.1f", tables.field("examples_per_s")),
+      ("peak GiB", "9.2f", tables.field("peak_gib")),
+      ("1st call s", "11.1f", tables.field("compile_s")),
+    ],
+  )
   if data["ratios"]:
     lines.append("")
     for name, ratio in data["ratios"].items():

@@ -38,7 +38,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from prompt_tuning import param_tree, partitioning
-from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory, log, log_row
+from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory, log, log_row, tables
 from prompt_tuning.bench.ours import init_on_device, peak_bytes, program_bytes
 from prompt_tuning.errors import first_line
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
@@ -297,10 +297,6 @@ def report(
   }
 
 
-def _number(value: float | None, spec: str) -> str:
-  return "-" if value is None else format(value, spec)
-
-
 def format_report(data: dict[str, Any]) -> str:
   cfg, traj, env = data["config"], data["trajectory"], data["environment"]
   results, comparisons = data["results"], data["comparisons"]
@@ -315,21 +311,21 @@ def format_report(data: dict[str, Any]) -> str:
     ),
     f"jax device: {env['jax_device']} x{env['jax_devices']} ({env['jax_platform']}); versions: {versions}",
     "",
-    f"{'':13s} {'step ms':>9s} {'examples/s':>11s} {'TFLOP/s':>8s} {'peak GiB':>9s} {'step GiB':>9s} "
-    f"{'1st step s':>11s} {'label loss':>11s} {'label acc':>10s}",
   ]
-  for name, r in results.items():
-    label = f"{name.replace('_', ' '):13s}"
-    if r["error"]:
-      lines.append(f"{label} {r['error']}")
-      continue
-    extra = r["extra"]
-    lines.append(
-      f"{label} {r['step_ms']:9.2f} {r['examples_per_s']:11.1f} {_number(r['tflops'], '8.1f'):>8s} "
-      f"{_number(r['peak_gib'], '9.2f'):>9s} {_number(extra.get('step_memory_gib'), '9.2f'):>9s} "
-      f"{r['compile_s']:11.1f} {_number(extra.get('heldout_loss'), '11.4f'):>11s} "
-      f"{_number(extra.get('heldout_accuracy'), '10.4f'):>10s}"
-    )
+  lines += tables.table(
+    results,
+    13,
+    [
+      ("step ms", "9.2f", tables.field("step_ms")),
+      ("examples/s", "11.1f", tables.field("examples_per_s")),
+      ("TFLOP/s", "8.1f", tables.field("tflops")),
+      ("peak GiB", "9.2f", tables.field("peak_gib")),
+      ("step GiB", "9.2f", tables.extra("step_memory_gib")),
+      ("1st step s", "11.1f", tables.field("compile_s")),
+      ("label loss", "11.4f", tables.extra("heldout_loss")),
+      ("label acc", "10.4f", tables.extra("heldout_accuracy")),
+    ],
+  )
   lines += [
     "label loss/acc: each final prompt on held-out batches through the reference model, the label token only",
     "",

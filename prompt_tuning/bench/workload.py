@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from prompt_tuning import partitioning
-from prompt_tuning.bench import BenchConfig, RunResult, is_out_of_memory, lengths, log, log_row
+from prompt_tuning.bench import BenchConfig, RunResult, is_out_of_memory, lengths, log, log_row, tables
 from prompt_tuning.bench.ours import init_on_device, peak_bytes
 from prompt_tuning.errors import first_line
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
@@ -282,10 +282,6 @@ def ratios(results: list[RunResult]) -> dict[str, float | None]:
   return out
 
 
-def _count(value: int | None) -> str:
-  return "-" if value is None else str(value)
-
-
 def format_report(data: dict[str, Any]) -> str:
   cfg, env, work = data["config"], data["environment"], data["workload"]
   versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
@@ -298,25 +294,26 @@ def format_report(data: dict[str, Any]) -> str:
     f"workload: {work['source']}; {work['examples']} examples",
     f"jax device: {env['jax_device']} x{env['jax_devices']}; torch device: {env['torch_device'] or '-'}; {versions}",
     "",
-    f"{'':22s} {'step ms':>9s} {'examples/s':>11s} {'target tok/s':>13s} {'padding':>8s} {'1st step s':>11s}"
-    f" {'shapes':>7s} {'compiled while timed':>21s}",
   ]
-  for key, r in data["results"].items():
-    label = f"{key.replace('_', ' '):22s}"
-    if r["error"]:
-      lines.append(f"{label} {r['error']}")
-      continue
-    extra = r["extra"]
-    lines.append(
-      f"{label} {r['step_ms']:9.2f} {r['examples_per_s']:11.2f} {extra['target_tokens_per_s']:13.1f} "
-      f"{extra['input_padding']:8.1%} {r['compile_s']:11.1f}"
-      f" {_count(extra.get('batch_shapes_timed')):>7s} {_count(extra.get('graphs_compiled_timed')):>21s}"
-    )
+  lines += tables.table(
+    data["results"],
+    22,
+    [
+      ("step ms", "9.2f", tables.field("step_ms")),
+      ("examples/s", "11.2f", tables.field("examples_per_s")),
+      ("target tok/s", "13.1f", tables.extra("target_tokens_per_s")),
+      ("padding", "8.1%", tables.extra("input_padding")),
+      ("1st step s", "11.1f", tables.field("compile_s")),
+      ("shapes", "7d", tables.extra("batch_shapes_timed")),
+      ("compiled while timed", "21d", tables.extra("graphs_compiled_timed")),
+    ],
+  )
   buckets = data["results"].get("ours_bucketed", {}).get("extra", {}).get("buckets")
   lines += [
     "",
     f"ours bucketed: buckets {buckets}; padding: the share of input positions (prompt aside) that pad; shapes: "
-    "distinct batch shapes in the timed steps; compiled while timed: torch.compile graphs built in them",
+    "distinct batch shapes in the timed steps; compiled while timed: programs compiled during them (ours: XLA's, "
+    "PEFT: TorchDynamo graphs)",
   ]
   for name, ratio in data["ratios"].items():
     lines.append(f"{name + ':':44s} {'-' if ratio is None else f'{ratio:.2f}x'}  (examples/s; > 1: the first faster)")

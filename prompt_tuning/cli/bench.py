@@ -44,7 +44,7 @@ import os
 import sys
 from typing import Any
 
-from prompt_tuning.bench import BenchConfig, RunResult, flops
+from prompt_tuning.bench import BenchConfig, RunResult, flops, tables
 from prompt_tuning.models.t5.config import NAMED_CONFIGS
 
 PEFT_CHOICES = {"none": (), "eager": ("eager",), "compile": ("compile",), "both": ("eager", "compile")}
@@ -278,25 +278,10 @@ def report(cfg: BenchConfig, results: list[RunResult], environment: dict[str, An
   }
 
 
-def _cell(value: float | None, spec: str) -> str:
-  """`value` formatted by `spec` ('10.2f'); a missing one as '-' in the same width."""
-  return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0] or 0))
-
-
-# How each RunResult field is printed in the tables.
-_FORMATS = {"step_ms": "10.2f", "examples_per_s": "11.2f", "tflops": "9.2f", "peak_gib": "9.2f", "compile_s": "11.1f"}
-
-
-def _result_rows(results: dict[str, dict], width: int, fields: tuple[str, ...]) -> list[str]:
-  """One line per result: its name, then `fields` (or its error)."""
-  lines = []
-  for name, r in results.items():
-    label = f"{name.replace('_', ' '):{width}s}"
-    if r["error"]:
-      lines.append(f"{label} {r['error']}")
-    else:
-      lines.append(label + " " + " ".join(_cell(r[field], _FORMATS[field]) for field in fields))
-  return lines
+# The train and infer tables' columns (bench/tables.py).
+_STEP_MS = ("step ms", "10.2f", tables.field("step_ms"))
+_EXAMPLES = ("examples/s", "11.2f", tables.field("examples_per_s"))
+_PEAK = ("peak GiB", "9.2f", tables.field("peak_gib"))
 
 
 def format_table(data: dict[str, Any]) -> str:
@@ -316,9 +301,11 @@ def format_table(data: dict[str, Any]) -> str:
     ),
     f"versions: {versions}",
     "",
-    f"{'':14s} {'step ms':>10s} {'examples/s':>11s} {'TFLOP/s':>9s} {'peak GiB':>9s} {'1st step s':>11s}",
   ]
-  lines += _result_rows(data["results"], 14, ("step_ms", "examples_per_s", "tflops", "peak_gib", "compile_s"))
+  first = ("1st step s", "11.1f", tables.field("compile_s"))
+  lines += tables.table(
+    data["results"], 14, [_STEP_MS, _EXAMPLES, ("TFLOP/s", "9.2f", tables.field("tflops")), _PEAK, first]
+  )
   memory = [(n, r["extra"]["step_memory_gib"]) for n, r in data["results"].items() if r["extra"].get("step_memory_gib")]
   if memory:  # the device's peak is the process's so far; this is each step program's own need
     lines += ["", "step GiB (XLA's memory analysis: arguments + outputs + temporaries): "]
@@ -388,9 +375,9 @@ def format_infer_table(data: dict[str, Any]) -> str:
     ),
     f"jax device: {env['jax_device']} x{env['jax_devices']} ({env['jax_platform']}); versions: {versions}",
     "",
-    f"{'':18s} {'call ms':>10s} {'examples/s':>11s} {'peak GiB':>9s} {'1st call s':>11s}",
   ]
-  lines += _result_rows(data["results"], 18, ("step_ms", "examples_per_s", "peak_gib", "compile_s"))
+  call, first = ("call ms", "10.2f", tables.field("step_ms")), ("1st call s", "11.1f", tables.field("compile_s"))
+  lines += tables.table(data["results"], 18, [call, _EXAMPLES, _PEAK, first])
   lines.append("")
   for name, ratio in data["ratios"].items():
     lines.append(

@@ -242,3 +242,20 @@ def test_bench_serve_mode_loads_the_real_server(tmp_path, capsys):
   assert "requests/s" in capsys.readouterr().out
   assert cli.main(["bench", "--mode", "serve", *args, "--requests", "0"]) == 2
   assert "--requests must be >= 1" in capsys.readouterr().err
+
+
+def test_result_tables_align_cells_under_their_titles():
+  from prompt_tuning.bench import tables
+
+  results = {
+    "ours_fp8": {"error": None, "step_ms": 12.345, "extra": {"padding": 0.25}},
+    "peft_eager": {"error": None, "step_ms": 123.4, "extra": {}},
+    "peft_compile": {"error": "out of memory", "step_ms": None, "extra": {}},
+  }
+  columns = [("step ms", "9.2f", tables.field("step_ms")), ("padding share", "8.1%", tables.extra("padding"))]
+  assert tables.table(results, 12, columns) == [
+    "               step ms padding share",  # a column is as wide as its spec or its title
+    "ours fp8         12.35         25.0%",
+    "peft eager      123.40             -",
+    "peft compile out of memory",
+  ]
