@@ -65,7 +65,10 @@ class Packing:
 
 
 def pack_rows(
-  next_example: Callable[[], Mapping[str, Any] | None], num_rows: int, packing: Packing, feature_lengths: Mapping[str, int]
+  next_example: Callable[[], Mapping[str, Any] | None],
+  num_rows: int,
+  packing: Packing,
+  feature_lengths: Mapping[str, int],
 ) -> tuple[list[list[Mapping[str, Any]]], int]:
   """Fills up to `num_rows` rows greedily from a stream.
 
@@ -122,7 +125,9 @@ def make_packed_batch(
   p = packing.prompt_length
   n, m = lengths["inputs"], lengths["targets"]
   enc = {key: np.zeros((num_rows, n), np.int32) for key in ("tokens", "segment_ids", "positions", "task_ids")}
-  dec = {key: np.zeros((num_rows, m), np.int32) for key in ("targets", "inputs", "segment_ids", "positions", "task_ids")}
+  dec = {
+    key: np.zeros((num_rows, m), np.int32) for key in ("targets", "inputs", "segment_ids", "positions", "task_ids")
+  }
   for r, row in enumerate(rows):
     e = d = 0
     for segment, example in enumerate(row, start=1):

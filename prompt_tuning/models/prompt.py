@@ -321,7 +321,6 @@ class Prompt(nn.Module):
     combined, combined_mask = combine(jnp.asarray(embedded, self.dtype), mask, prompt, start, lengths)
     return layers.constrain(combined, ("batch", "length", "embed")), combined_mask
 
-
   def _fill_slots(
     self, embedded: Array, segment_ids: Array, positions: Array, table: Array, task_ids: Array | None
   ) -> tuple[Array, Array]:

@@ -123,7 +123,9 @@ def test_the_row_position_bias_is_the_per_segment_position_bias_on_every_unmaske
   for side, bidirectional in (("encoder", True), ("decoder", False)):
     segments, positions = packed[f"{side}_segment_ids"], packed[f"{side}_positions"]
     length = segments.shape[1]
-    by_row = layers.relative_position_bucket(np.arange(length)[None] - np.arange(length)[:, None], bidirectional, 32, 128)
+    by_row = layers.relative_position_bucket(
+      np.arange(length)[None] - np.arange(length)[:, None], bidirectional, 32, 128
+    )
     for r in range(ROWS):
       same = (segments[r][:, None] == segments[r][None]) & (segments[r][:, None] > 0)
       by_segment = layers.relative_position_bucket(positions[r][None] - positions[r][:, None], bidirectional, 32, 128)

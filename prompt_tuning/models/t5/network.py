@@ -342,7 +342,9 @@ class Transformer(nn.Module):
     Returns:
       float32 logits [batch, dec_length, vocab].
     """
-    return teacher_forced(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, deterministic, packed)
+    return teacher_forced(
+      self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, deterministic, packed
+    )
 
 
 PACKED_ARGS = ("encoder_segment_ids", "encoder_positions", "decoder_segment_ids")
