@@ -190,3 +190,29 @@ def test_many_packed_batches_run_one_compiled_step():
   assert train_step._cache_size() == 1  # one shape: one trace and one compile for all 12 steps
   assert len(set(examples)) > 1 and min(examples) >= 4 and sum(examples) == it.position  # varying examples per batch
   assert int(state.step) == 12 and np.isfinite(float(metrics["loss"]))
+
+
+def test_each_packed_segment_reads_what_its_example_reads_unpacked_single_prompt():
+  """One prompt (no table): every segment of a packed row is, position for position, the [P; x]
+  the prompt layer makes of its example unpacked."""
+  from prompt_tuning.models.prompt import Prompt
+
+  packed, unpacked = _packed_and_unpacked()
+  layer = Prompt(PromptConfig(PROMPT), embed_dim=4)
+  table = np.random.default_rng(1).normal(size=(64, 4)).astype(np.float32)  # a stand-in token embedding
+  variables = layer.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 4)), jnp.ones((1, 2), jnp.int32))
+  seg = packed["encoder_segment_ids"]
+  rows, _ = layer.apply(
+    variables,
+    jnp.asarray(table[packed["encoder_input_tokens"]]),
+    jnp.asarray(seg > 0, jnp.int32),
+    segment_ids=jnp.asarray(seg),
+    positions=jnp.asarray(packed["encoder_positions"]),
+  )
+  tokens = unpacked["encoder_input_tokens"]
+  alone, alone_mask = layer.apply(variables, jnp.asarray(table[tokens]), jnp.asarray(tokens > 0, jnp.int32))
+  segments = [(r, s) for r in range(ROWS) for s in range(1, seg[r].max() + 1)]
+  assert len(segments) == len(tokens)
+  for i, (r, s) in enumerate(segments):
+    width = int(alone_mask[i].sum())
+    np.testing.assert_array_equal(np.asarray(rows)[r][seg[r] == s], np.asarray(alone)[i][:width])
