@@ -164,7 +164,6 @@ def _task():
   return task_lib.TextTask("ragged", CharVocab(), {"train": lambda: records}, "{text}", "label", ["a", "bb", "ccc"])
 
 
-@pytest.mark.slow  # compiles the train step once and runs it 12 times: ~10 s on 2 CPU cores
 def test_many_packed_batches_run_one_compiled_step():
   config = get_config("tiny", vocab_size=64, dropout_rate=0.0)
   module = PromptedTransformer(config, prompt_config=PromptConfig(PROMPT))
