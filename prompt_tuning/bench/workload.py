@@ -9,12 +9,18 @@ same order (the data pipeline's shuffled stream from --seed), batch for batch:
                     step compiled before the first, batches placed on the devices ahead of the
                     step (train/prefetch.py), the trainer's compiled step
   ours padded       the same, every batch padded to the feature lengths (buckets off)
+  ours packed       the same pipeline with packing (data/packing.py): each of the batch's rows
+                    holds several whole examples, each with its own prompt copy, one compiled
+                    shape; a step then trains a varying number of examples (more than the batch),
+                    so its examples/s counts the examples its timed steps really read
   peft <mode> dynamic   transformers T5 + peft prompt tuning fed by a torch DataLoader with
                     DataCollatorForSeq2Seq(padding='longest'), eager or torch.compile
                     (peft_baseline.run_dynamic)
 
 Measured: examples/s and real (unpadded) target tokens/s over the timed steps, the share of input
-positions that were padding, and the time to the first step done (compilation included).
+positions that were padding (packed: of the rows' positions other than the prompt slots), and the
+time to the first step done (compilation included). Every row reads the same stream in the same
+order; the packed row gets further into it in its timed steps.
 
 The examples come from a task's data when given (`from_task`: its tokenized split, measured) or
 from an approximate SuperGLUE length histogram (`from_histogram`, bench/lengths.py: documented,
@@ -117,13 +123,15 @@ def feature_lengths(cfg: BenchConfig) -> dict[str, int]:
   return {"inputs": cfg.token_length, "targets": cfg.target_length}
 
 
-def _iterator(cfg: BenchConfig, workload: Workload, vocab_size: int, length_buckets: Any) -> Any:
+def _iterator(cfg: BenchConfig, workload: Workload, vocab_size: int, length_buckets: Any, packed: bool = False) -> Any:
+  from prompt_tuning.data.packing import Packing
   from prompt_tuning.data.pipeline import BatchIterator
 
   # The trainer's own iterator and order: shuffled from the seed, endless, full batches.
   return BatchIterator(
     _WorkloadTask(workload, vocab_size), "train", feature_lengths(cfg), cfg.batch, shuffle=True, seed=cfg.seed,
     repeat=True, drop_remainder=True, length_buckets=length_buckets,
+    packing=Packing(cfg.prompt_length) if packed else None,
   )  # fmt: skip
 
 
@@ -159,21 +167,22 @@ def _xla_compiles() -> Iterator[list[str]]:
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def run_ours(cfg: BenchConfig, workload: Workload, length_buckets: Any) -> RunResult:
-  """Our trainer over the workload, buckets from the spec `length_buckets` (None: padded); 'out of
-  memory' instead of a crash."""
-  name = "ours bucketed" if length_buckets is not None else "ours padded"
+def run_ours(cfg: BenchConfig, workload: Workload, length_buckets: Any, packed: bool = False) -> RunResult:
+  """Our trainer over the workload, buckets from the spec `length_buckets` (None: padded), or packed
+  rows (`packed`); 'out of memory' instead of a crash."""
+  name = "ours packed" if packed else "ours bucketed" if length_buckets is not None else "ours padded"
   try:
-    return _run_ours(name, cfg, workload, length_buckets)
+    return _run_ours(name, cfg, workload, length_buckets, packed)
   except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED
     if not is_out_of_memory(e):
       raise
     return RunResult(name, error="out of memory", extra={"detail": first_line(e)[:300]})
 
 
-def _run_ours(name: str, cfg: BenchConfig, workload: Workload, spec: Any) -> RunResult:
+def _run_ours(name: str, cfg: BenchConfig, workload: Workload, spec: Any, packed: bool) -> RunResult:
   from prompt_tuning.data.buckets import make_buckets
   from prompt_tuning.data.features import BATCH_KEYS
+  from prompt_tuning.data.packing import PACKED_KEYS
   from prompt_tuning.train.prefetch import DevicePrefetcher
 
   config = cfg.t5_config()
@@ -187,16 +196,23 @@ def _run_ours(name: str, cfg: BenchConfig, workload: Workload, spec: Any) -> Run
   train_step = step_lib.compile_train_step(step_lib.make_train_step(model, tx, schedule), mesh, frozen_shardings)
   rng = jax.random.PRNGKey(cfg.seed)
   buckets = make_buckets(spec, feature_lengths(cfg))
-  batches = _iterator(cfg, workload, config.vocab_size, buckets)
+  batches = _iterator(cfg, workload, config.vocab_size, buckets, packed)
+  keys = (*BATCH_KEYS, *PACKED_KEYS) if packed else BATCH_KEYS
 
   def place(batch: Any) -> tuple[dict[str, int], dict[str, jax.Array]]:
     arrays = batch.arrays
+    inputs = int((arrays["encoder_input_tokens"] > 0).sum())  # real tokens: prompt slots hold 0
     counts = {
       "targets": int(arrays["decoder_loss_weights"].sum()),
-      "inputs": int((arrays["encoder_input_tokens"] > 0).sum()),
-      "positions": arrays["encoder_input_tokens"].size,
+      "inputs": inputs,
+      # Positions other than the prompt's: unpacked, the n input positions of each row; packed, the
+      # real tokens and the padding (segment id 0) of each row, its examples' prompt slots aside.
+      "positions": inputs + int((arrays["encoder_segment_ids"] == 0).sum())
+      if packed
+      else arrays["encoder_input_tokens"].size,
+      "examples": int(arrays["decoder_segment_ids"].max(axis=1).sum()) if packed else int(arrays["mask"].sum()),
     }
-    return counts, partitioning.to_global_batch({k: arrays[k] for k in BATCH_KEYS}, mesh)
+    return counts, partitioning.to_global_batch({k: arrays[k] for k in keys}, mesh)
 
   jax.block_until_ready(frozen)
   start = time.perf_counter()
@@ -206,7 +222,7 @@ def _run_ours(name: str, cfg: BenchConfig, workload: Workload, spec: Any) -> Run
     specs = [step_lib.batch_spec(shape, cfg.batch, mesh) for shape in buckets.shapes()]
     train_step, _ = step_lib.compile_ahead(train_step, state, frozen, rng, specs)
     shapes = len(specs)
-  counts = {"targets": 0, "inputs": 0, "positions": 0}
+  counts = {"targets": 0, "inputs": 0, "positions": 0, "examples": 0}
   with DevicePrefetcher(batches, place, lambda it: it.position, size=2) as prefetcher:
     log(f"{name}: {cfg.warmup} warmup and {cfg.steps} timed steps")
     for i in range(cfg.warmup):
@@ -230,7 +246,7 @@ def _run_ours(name: str, cfg: BenchConfig, workload: Workload, spec: Any) -> Run
     name,
     seconds,
     cfg.steps,
-    cfg.batch,
+    counts["examples"] / cfg.steps,  # packed: examples per step vary, more than the batch's rows
     None,
     peak_bytes(local),
     compile_s,
@@ -238,6 +254,7 @@ def _run_ours(name: str, cfg: BenchConfig, workload: Workload, spec: Any) -> Run
     input_padding=1 - counts["inputs"] / counts["positions"],
     buckets=None if buckets is None else buckets.describe(),
     compiled_shapes=shapes,
+    examples_timed=counts["examples"],
     batch_shapes_timed=len(timed_shapes),
     graphs_compiled_timed=len(compiled_while_timed),
     final_loss=float(metrics["loss"]),
@@ -252,7 +269,8 @@ def run(
   peft_modes: tuple[str, ...],
   compile_backend: str = "inductor",
 ) -> list[RunResult]:
-  """The PEFT rows first (they hand their memory back; JAX would not), then ours bucketed and padded."""
+  """The PEFT rows first (they hand their memory back; JAX would not), then ours bucketed, padded and
+  packed."""
   from prompt_tuning.bench import peft_baseline
 
   vocab_size = cfg.t5_config().vocab_size
@@ -261,22 +279,24 @@ def run(
     examples, order = peft_examples(cfg, workload, vocab_size)
     baseline = peft_baseline.run_dynamic(cfg, examples, order, peft_modes, compile_backend)
   ours = []
-  for buckets in (length_buckets, None):
-    ours.append(run_ours(cfg, workload, buckets))
+  for buckets, packed in ((length_buckets, False), (None, False), (None, True)):
+    ours.append(run_ours(cfg, workload, buckets, packed))
     log_row(ours[-1])
   return [*ours, *baseline]
 
 
 def ratios(results: list[RunResult]) -> dict[str, float | None]:
-  """ours bucketed examples/s over every other row's, and ours padded over every PEFT row's (> 1:
-  ours faster). Every row trains on the same examples, so the target tokens/s ratio is the same."""
+  """ours packed and ours bucketed examples/s over every other row's (bucketed: but packed), and ours
+  padded over every PEFT row's (> 1: ours faster). Every row trains on the same stream of examples, so
+  the target tokens/s ratio is about the same."""
   out = {}
-  for ours_name in ("ours bucketed", "ours padded"):
+  for ours_name in ("ours packed", "ours bucketed", "ours padded"):
     ours = next((r for r in results if r.name == ours_name), None)
     if ours is None:
       continue
     for r in results:
-      if r.name != ours.name and not (ours_name == "ours padded" and r.name.startswith("ours")):
+      already = ours_name != "ours packed" and r.name == "ours packed"
+      if r.name != ours.name and not already and not (ours_name == "ours padded" and r.name.startswith("ours")):
         ok = ours.examples_per_s is not None and r.examples_per_s is not None
         out[f"{ours_name} / {r.name}"] = ours.examples_per_s / r.examples_per_s if ok else None
   return out
@@ -311,9 +331,9 @@ def format_report(data: dict[str, Any]) -> str:
   buckets = data["results"].get("ours_bucketed", {}).get("extra", {}).get("buckets")
   lines += [
     "",
-    f"ours bucketed: buckets {buckets}; padding: the share of input positions (prompt aside) that pad; shapes: "
-    "distinct batch shapes in the timed steps; compiled while timed: programs compiled during them (ours: XLA's, "
-    "PEFT: TorchDynamo graphs)",
+    f"ours bucketed: buckets {buckets}; ours packed: several examples per row, so more examples per step; padding: "
+    "the share of input positions (prompt aside) that pad; shapes: distinct batch shapes in the timed steps; "
+    "compiled while timed: programs compiled during them (ours: XLA's, PEFT: TorchDynamo graphs)",
   ]
   for name, ratio in data["ratios"].items():
     lines.append(f"{name + ':':44s} {'-' if ratio is None else f'{ratio:.2f}x'}  (examples/s; > 1: the first faster)")

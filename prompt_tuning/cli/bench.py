@@ -140,7 +140,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     "decode: greedy and beam decoding of --decode_steps tokens and rank classification of --rank_candidates, "
     "ours vs transformers generate() and PEFT's forward scoring, and the HBM bound (prompt_tuning.bench.generation); "
     "serve: the HTTP server of --tasks prompts under --requests at --concurrency (prompt_tuning.bench.serving); "
-    "workload: training on a task's length distribution, ours (buckets on, off) vs PEFT dynamic padding "
+    "workload: training on a task's length distribution, ours (buckets on, off, packed) vs PEFT dynamic padding "
     "(prompt_tuning.bench.workload); fp8: --trajectory_steps of prompt training with bf16, FP8 and nudged bf16 "
     "matmuls from the same start on the same batches, their speed, memory, losses and prompts compared "
     "(prompt_tuning.bench.trajectory)",
@@ -506,7 +506,9 @@ def _workload(cfg: BenchConfig, args: argparse.Namespace) -> int:
     "environment": _environment(peft_ran=bool(peft_modes)),
     "results": {_key(r.name): r.to_dict() for r in results},
     "ratios": workload.ratios(results),
-    "ratio_definition": "ours (bucketed, padded) examples/s / the row's examples/s, the same examples in every row",
+    "ratio_definition": (
+      "ours (packed, bucketed, padded) examples/s / the row's examples/s, the same stream of examples in every row"
+    ),
   }
   print(workload.format_report(data))
   _write_json(data, args.json)

@@ -236,12 +236,15 @@ class CorpusIterator:
     counter: features_lib.TruncationCounter | None = None,
     task_ids: Mapping[str, int] | None = None,
     length_buckets: Any = None,
+    packing: Any = None,
   ):
     del drop_remainder  # the stream never ends
     if not repeat or task_ids is not None:
       raise ValueError(f"task {task.name}: a text corpus streams for training only (repeat, one task)")
     if length_buckets is not None:
       raise ValueError(f"task {task.name}: LENGTH_BUCKETS does not apply to a streamed text corpus; leave it None")
+    if packing is not None:
+      raise ValueError(f"task {task.name}: PACKING does not apply to a streamed text corpus; leave it False")
     if batch_size < 1 or batch_size % process_count or not 0 <= process_index < process_count:
       raise ValueError(f"batch_size {batch_size} must be >= 1 and divisible by process_count {process_count}")
     if seed < 0 or start_position < 0:

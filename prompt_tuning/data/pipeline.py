@@ -15,6 +15,10 @@ Length buckets (data/buckets.py): each global batch is padded to the smallest bu
 hold its longest rows, computed from all of the batch's rows so every process pads alike; the
 order and the position are unchanged.
 
+Packing (data/packing.py): each global batch is `batch_size` rows filled greedily with whole
+examples from the stream, so it holds a varying number of examples; `position` still counts the
+stream examples consumed, and a batch's rows depend only on where it starts.
+
 Multi-host: process p of P yields rows [p*B/P, (p+1)*B/P) of each global batch.
 Without `repeat`, the last partial global batch is padded with all-zero rows
 (unless `drop_remainder`), and `mask` marks the real rows; every process yields
@@ -29,6 +33,7 @@ import numpy as np
 
 from prompt_tuning.data import buckets as buckets_lib
 from prompt_tuning.data import features as features_lib
+from prompt_tuning.data import packing as packing_lib
 from prompt_tuning.data import sentinel
 from prompt_tuning.data.task import Task
 
@@ -43,8 +48,12 @@ class Batch(NamedTuple):
       (1 = real example, 0 = padding row); with the iterator's `task_ids`, also
       task_ids [b] (each example's prompt row; 0 for padding rows). n, m: the
       feature lengths, or with length buckets the batch's bucket lengths.
+      Packed (the iterator's `packing`): b packed rows, encoder_input_tokens [b, p + n] and
+      data/packing.py's segment ids and positions; mask marks rows holding an example, and
+      encoder_task_ids / decoder_task_ids replace task_ids.
     text: {"inputs": list[str], "targets": list[str], "idx": list, "examples":
-      list[dict]} of length b; padding rows hold "", "", None and None.
+      list[dict]} of length b; padding rows hold "", "", None and None. Packed: one entry per example
+      of this process's rows, in row order (no padding entries).
   """
 
   arrays: dict[str, np.ndarray]
@@ -79,6 +88,7 @@ class BatchIterator:
       an error.
     length_buckets: pad each batch to its bucket lengths (data/buckets.py); None:
       to the feature lengths.
+    packing: pack several examples per row (data/packing.py); exclusive with length_buckets.
   """
 
   def __init__(
@@ -98,6 +108,7 @@ class BatchIterator:
     counter: features_lib.TruncationCounter | None = None,
     task_ids: Mapping[str, int] | None = None,
     length_buckets: buckets_lib.LengthBuckets | None = None,
+    packing: packing_lib.Packing | None = None,
   ):
     if batch_size < 1 or batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} must be >= 1 and divisible by process_count {process_count}")
@@ -108,7 +119,9 @@ class BatchIterator:
     self.task, self.split = task, split
     self.feature_lengths = features_lib.check_feature_lengths(feature_lengths)
     self.batch_size = batch_size
+    packing_lib.check_exclusive(packing is not None, length_buckets)
     self.length_buckets = length_buckets
+    self.packing = packing
     self.shuffle, self.seed, self.repeat, self.drop_remainder = shuffle, seed, repeat, drop_remainder
     self.process_index, self.process_count = process_index, process_count
     self.local_batch_size = batch_size // process_count
@@ -153,8 +166,8 @@ class BatchIterator:
 
   @property
   def num_batches(self) -> int | None:
-    """Batches left to yield (None when repeating)."""
-    if self.repeat:
+    """Batches left to yield (None when repeating, or packing: that depends on the lengths)."""
+    if self.repeat or self.packing is not None:
       return None
     left = max(self.num_examples - self._position, 0)
     return left // self.batch_size if self.drop_remainder else -(-left // self.batch_size)
@@ -174,6 +187,8 @@ class BatchIterator:
     return self
 
   def __next__(self) -> Batch:
+    if self.packing is not None:
+      return self._next_packed()
     start, n = self._position, self.num_examples
     stop = start + self.batch_size
     if not self.repeat:
@@ -203,5 +218,38 @@ class BatchIterator:
       # The whole example, for task metrics that need more than the target (groups, all answers)
       # and for per-example rank-classification candidates.
       "examples": [{k: v for k, v in ex.items() if not k.endswith("_ids")} for ex in rows] + [None] * pad,
+    }
+    return Batch(arrays, text)
+
+  def _next_packed(self) -> Batch:
+    """The next global batch of packed rows (data/packing.py), this process's rows of it."""
+    start, n = self._position, self.num_examples
+    cursor = start
+
+    def next_example():
+      nonlocal cursor
+      if not self.repeat and cursor >= n:
+        return None
+      cursor += 1
+      return self._examples[self._stream(cursor - 1, cursor)[0]]
+
+    # The whole global batch is packed on every process (all hold the split), so all agree on its rows.
+    rows, consumed = packing_lib.pack_rows(next_example, self.batch_size, self.packing, self.feature_lengths)
+    if not rows or (not self.repeat and self.drop_remainder and len(rows) < self.batch_size):
+      raise StopIteration
+    self._position = start + consumed
+    lo = self.process_index * self.local_batch_size
+    local = rows[lo : lo + self.local_batch_size]
+    arrays = packing_lib.make_packed_batch(
+      local, self.packing, self.feature_lengths, self.local_batch_size, task_ids=self.task_ids
+    )
+    arrays["mask"] = np.zeros(self.local_batch_size, np.int32)
+    arrays["mask"][: len(local)] = 1
+    examples = [ex for row in local for ex in row]
+    text: dict[str, list[Any]] = {
+      "inputs": [ex["inputs"] for ex in examples],
+      "targets": [ex["targets"] for ex in examples],
+      "idx": [ex.get("idx") for ex in examples],
+      "examples": [{k: v for k, v in ex.items() if not k.endswith("_ids")} for ex in examples],
     }
     return Batch(arrays, text)

@@ -8,7 +8,11 @@ prediction with a key/value cache.
 
 Batches are seqio-style dicts of int32 arrays: encoder_input_tokens [batch,
 enc_length], decoder_input_tokens / decoder_target_tokens [batch, dec_length]
-and float decoder_loss_weights [batch, dec_length].
+and float decoder_loss_weights [batch, dec_length]. Packed batches (data/packing.py: several
+examples per row) add encoder_segment_ids / encoder_positions [batch, enc_length] and
+decoder_segment_ids / decoder_positions [batch, dec_length], and carry a prompt table's rows per
+position (encoder_task_ids, decoder_task_ids) in place of task_ids [batch]; `loss` and `logits`
+take them (training and teacher-forced scoring; decoding takes unpacked rows).
 """
 
 from __future__ import annotations
@@ -31,6 +35,26 @@ def _task_kwargs(task_ids: Array | None, prompt_lengths: Array | None = None) ->
   how many of its rows it uses; plain T5 takes none."""
   kwargs = {} if task_ids is None else {"task_ids": task_ids}
   return kwargs if prompt_lengths is None else {**kwargs, "prompt_lengths": prompt_lengths}
+
+
+def is_packed(batch: dict[str, Array]) -> bool:
+  """Whether a batch holds packed rows (data/packing.py)."""
+  return "encoder_segment_ids" in batch
+
+
+def _model_kwargs(batch: dict[str, Array]) -> dict[str, Array]:
+  """The module's keyword arguments from a batch: its task ids, and packed rows' segments and positions."""
+  if not is_packed(batch):
+    return _task_kwargs(batch.get("task_ids"))
+  keys = ("encoder_segment_ids", "encoder_positions", "decoder_segment_ids")
+  return {**{k: batch[k] for k in keys}, **_task_kwargs(batch.get("encoder_task_ids"))}
+
+
+def num_examples(batch: dict[str, Array]) -> Array:
+  """float32 scalar: the examples a batch holds (packed: the segments of every row, else its rows)."""
+  if is_packed(batch):
+    return jnp.sum(jnp.max(batch["decoder_segment_ids"], axis=-1)).astype(jnp.float32)
+  return jnp.asarray(batch["encoder_input_tokens"].shape[0], jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +114,8 @@ class EncoderDecoderModel:
     holds the summed loss, z_loss, correct-token count and token count, so
     they aggregate exactly across steps and devices. With `num_tasks` k (and
     batch['task_ids'] [batch]), also the same sums per task: task_loss_sum,
-    task_correct_tokens and task_num_tokens, each float32 [k].
+    task_correct_tokens and task_num_tokens, each float32 [k] (packed batches: by decoder_task_ids).
+    A packed batch (`is_packed`) gives the sums its examples give unpacked.
     """
     rngs = None if dropout_rng is None else {"dropout": dropout_rng}
     logits = self.module.apply(
@@ -100,7 +125,7 @@ class EncoderDecoderModel:
       batch["decoder_target_tokens"],
       deterministic=dropout_rng is None,
       rngs=rngs,
-      **_task_kwargs(batch.get("task_ids")),
+      **_model_kwargs(batch),
     )
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights")
@@ -125,10 +150,16 @@ class EncoderDecoderModel:
       "num_tokens": num_tokens,
     }
     if num_tasks is not None:
-      ids = batch["task_ids"]
+      if is_packed(batch):  # each target token's task
 
-      def per_task(per_token: Array) -> Array:  # [batch, length] -> [k]
-        return jax.ops.segment_sum(jnp.sum(per_token, axis=-1), ids, num_segments=num_tasks)
+        def per_task(per_token: Array) -> Array:  # [batch, length] -> [k]
+          return jax.ops.segment_sum(per_token.ravel(), batch["decoder_task_ids"].ravel(), num_segments=num_tasks)
+
+      else:
+        ids = batch["task_ids"]
+
+        def per_task(per_token: Array) -> Array:  # [batch, length] -> [k]
+          return jax.ops.segment_sum(jnp.sum(per_token, axis=-1), ids, num_segments=num_tasks)
 
       metrics.update(
         task_loss_sum=per_task(token_loss),
@@ -188,9 +219,13 @@ class EncoderDecoderModel:
     encoder_input_tokens: Array,
     decoder_input_tokens: Array,
     decoder_target_tokens: Array | None = None,
+    **packed: Array,
   ) -> Array:
-    """float32 logits [batch, dec_length, vocab] (deterministic: no dropout)."""
-    return self.module.apply({"params": params}, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens)
+    """float32 logits [batch, dec_length, vocab] (deterministic: no dropout). packed: a packed batch's
+    encoder_segment_ids, encoder_positions, decoder_segment_ids (and task_ids per position)."""
+    return self.module.apply(
+      {"params": params}, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, **packed
+    )
 
   def initial_cache(
     self, params: Params, encoded: Array, encoder_mask: Array, max_decode_length: int, rows_per_example: int = 1

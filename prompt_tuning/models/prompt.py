@@ -27,6 +27,12 @@ reference repository's multi-task prompts (prompt_tuning/extended/multitask_prom
 (its AddMultiTaskPrompt). The parameters are then `prompt` (the task parts, [k, p_t, embed])
 and `shared_prompt`; `task_prompts` gives every task's whole prompt [k, p, embed].
 
+Packed rows (data/packing.py) carry several examples, each with p prompt slots (token 0) before
+its inputs, and `encoder_positions` counting from 0 at each example's first slot: the prompt layer
+fills slot i of every example with row i of ITS prompt (its task's, by the per-position task ids of
+a table), so each example reads [P; x_i] exactly as unpacked. Packing takes the 'prefix'
+placement, and every example's prompt is the whole p (no `task_lengths`: a serving feature).
+
 `PromptedTransformer` is the T5 `Transformer` with a `Prompt` between
 `embed` and `encode`; its parameter tree is the T5 tree plus `prompt/prompt`.
 """
@@ -42,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.models.t5 import layers
-from prompt_tuning.models.t5.network import Transformer
+from prompt_tuning.models.t5.network import Transformer, teacher_forced
 
 Array = jax.Array
 # init_fn(rng, (length, embed)) -> array [length, embed]
@@ -234,9 +240,16 @@ class Prompt(nn.Module):
 
   @nn.compact
   def __call__(
-    self, embedded: Array, mask: Array, task_ids: Array | None = None, prompt_lengths: Array | None = None
+    self,
+    embedded: Array,
+    mask: Array,
+    task_ids: Array | None = None,
+    prompt_lengths: Array | None = None,
+    *,
+    segment_ids: Array | None = None,
+    positions: Array | None = None,
   ) -> tuple[Array, Array]:
-    """Inserts the prompt.
+    """Inserts the prompt (or, in packed rows, fills every example's prompt slots).
 
     Args:
       embedded: [batch, n, embed] embedded inputs.
@@ -247,11 +260,21 @@ class Prompt(nn.Module):
       prompt_lengths: int [batch], each example's own prompt length (its first rows of its
         slot), given as data rather than `task_lengths`: a server whose table changes at run
         time (prompt_tuning.serving) then never recompiles. None: `task_lengths` (or all p).
+      segment_ids, positions: packed rows' [batch, n] (see the module docstring): `embedded`
+        already has the prompt slots, and task_ids (with a table) is then [batch, n], each
+        position's prompt row.
     Returns:
-      (combined [batch, p + n, embed], combined_mask [batch, p + n]).
+      (combined [batch, p + n, embed], combined_mask [batch, p + n]); packed: ([batch, n, embed],
+      [batch, n]).
     """
     cfg = self.config
     p, d = cfg.length, self.embed_dim
+    packed = segment_ids is not None
+    if packed and (positions is None or cfg.placement != "prefix" or cfg.task_lengths or prompt_lengths is not None):
+      raise ValueError(
+        "packed rows need encoder_positions, the 'prefix' prompt placement and one prompt length for every task "
+        f"(got placement {cfg.placement!r}, task_lengths {cfg.task_lengths})"
+      )
     if embedded.ndim != 3 or embedded.shape[-1] != d or mask.shape != embedded.shape[:2]:
       raise ValueError(
         f"Prompt expects embedded [batch, n, {d}] and mask [batch, n], got {embedded.shape} and {mask.shape}"
@@ -262,6 +285,8 @@ class Prompt(nn.Module):
       if ids is not None and np.any(ids != 0):
         raise ValueError(f"Prompt has a single prompt (num_tasks=None) but got nonzero task_ids {ids.tolist()}")
       prompt = layers.constrain(jnp.asarray(prompt, self.dtype), ("prompt", "embed"))
+      if packed:
+        return self._fill_slots(embedded, segment_ids, positions, prompt[None], None)
     else:
       table = self.param(
         "prompt",
@@ -276,14 +301,17 @@ class Prompt(nn.Module):
         shared = jnp.asarray(shared, self.dtype)
       if task_ids is None:
         raise ValueError(f"Prompt has a table of {cfg.num_tasks} prompts (num_tasks set): pass task_ids [batch]")
-      if np.shape(task_ids) != embedded.shape[:1]:
-        raise ValueError(f"task_ids must have shape [batch]={embedded.shape[:1]}, got {np.shape(task_ids)}")
+      expected = embedded.shape[:2] if packed else embedded.shape[:1]
+      if np.shape(task_ids) != expected:
+        raise ValueError(f"task_ids must have shape {list(expected)}, got {list(np.shape(task_ids))}")
       ids = _concrete(task_ids)
       if ids is not None and (np.any(ids < 0) or np.any(ids >= cfg.num_tasks)):
         raise ValueError(f"task_ids {ids.tolist()} out of range for num_tasks={cfg.num_tasks}")
       # The whole table is combined before the gather: k is small, and each example's gradient then
       # reaches only its own task's row (and the shared part).
       table = task_prompts(jnp.asarray(table, self.dtype), shared, cfg.shared_combine)
+      if packed:
+        return self._fill_slots(embedded, segment_ids, positions, table, task_ids)
       prompt = jnp.take(table, jnp.asarray(task_ids, jnp.int32), axis=0, mode="fill", fill_value=jnp.nan)
       prompt = layers.constrain(prompt, ("batch", "prompt", "embed"))
     lengths = None if prompt_lengths is None else jnp.asarray(prompt_lengths, jnp.int32)
@@ -292,6 +320,22 @@ class Prompt(nn.Module):
     start = insert_positions(mask, cfg.placement)
     combined, combined_mask = combine(jnp.asarray(embedded, self.dtype), mask, prompt, start, lengths)
     return layers.constrain(combined, ("batch", "length", "embed")), combined_mask
+
+  def _fill_slots(
+    self, embedded: Array, segment_ids: Array, positions: Array, table: Array, task_ids: Array | None
+  ) -> tuple[Array, Array]:
+    """Packed rows: embedded [batch, n, embed] with each example's p prompt slots at its positions
+    0..p-1 -> (the slots holding the prompt rows of the example's task [batch, n, embed], mask
+    [batch, n]). table: [k, p, embed]; task_ids: [batch, n] (None: row 0)."""
+    p = table.shape[1]
+    slot = (segment_ids > 0) & (positions < p)  # [batch, n]
+    row = jnp.clip(positions, 0, p - 1).astype(jnp.int32)
+    if task_ids is not None:  # one gather from the flattened table; a bad task id reads NaN, as unpacked
+      row = jnp.asarray(task_ids, jnp.int32) * p + row
+    vectors = jnp.take(table.reshape(-1, table.shape[-1]), row, axis=0, mode="fill", fill_value=jnp.nan)
+    combined = jnp.where(slot[..., None], vectors, jnp.asarray(embedded, self.dtype))
+    mask = (segment_ids > 0).astype(jnp.int32)
+    return layers.constrain(combined, ("batch", "length", "embed")), mask
 
 
 class PromptedTransformer(Transformer):
@@ -330,13 +374,24 @@ class PromptedTransformer(Transformer):
     task_ids: Array | None = None,
     prompt_lengths: Array | None = None,
     deterministic: bool = True,
+    encoder_segment_ids: Array | None = None,
+    encoder_positions: Array | None = None,
   ) -> tuple[Array, Array]:
     """Token ids [batch, n] (0 = padding) -> (encoded [batch, p + n, embed], mask [batch, p + n]).
 
-    prompt_lengths: int [batch], see `Prompt.__call__`."""
+    prompt_lengths: int [batch], see `Prompt.__call__`. Packed rows (encoder_segment_ids and
+    encoder_positions [batch, n], n counting every example's prompt slots): (encoded [batch, n,
+    embed], mask [batch, n]), and task_ids is [batch, n]."""
     mask = (encoder_input_tokens > 0).astype(jnp.int32)
-    embedded, mask = self.prompt(self.embed(encoder_input_tokens), mask, task_ids, prompt_lengths)
-    return self.encode(embedded, mask, deterministic=deterministic), mask
+    embedded, mask = self.prompt(
+      self.embed(encoder_input_tokens),
+      mask,
+      task_ids,
+      prompt_lengths,
+      segment_ids=encoder_segment_ids,
+      positions=encoder_positions,
+    )
+    return self.encode(embedded, mask, segment_ids=encoder_segment_ids, deterministic=deterministic), mask
 
   def __call__(
     self,
@@ -346,14 +401,15 @@ class PromptedTransformer(Transformer):
     *,
     task_ids: Array | None = None,
     deterministic: bool = True,
+    **packed: Array,
   ) -> Array:
     """Teacher-forced logits, float32 [batch, dec_length, vocab]; see `Transformer.__call__`.
 
     Args:
-      task_ids: int [batch], the prompt row of each example (prompt tables only).
+      task_ids: int [batch], the prompt row of each example (prompt tables only); packed rows:
+        [batch, enc_length], each position's (data/packing.py's encoder_task_ids).
     """
-    encoded, encoder_mask = self.encode_tokens(encoder_input_tokens, task_ids=task_ids, deterministic=deterministic)
-    decoder_mask = None if decoder_target_tokens is None else (decoder_target_tokens > 0).astype(jnp.int32)
-    return self.decode(
-      encoded, encoder_mask, decoder_input_tokens, decoder_mask=decoder_mask, deterministic=deterministic
+    task = {} if task_ids is None else {"task_ids": task_ids}
+    return teacher_forced(
+      self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, deterministic, packed, **task
     )

@@ -23,6 +23,7 @@ import jax
 
 from prompt_tuning import param_tree, partitioning, prompt_init
 from prompt_tuning.data import buckets as buckets_lib
+from prompt_tuning.data import packing as packing_lib
 from prompt_tuning.data.design import template_fields
 from prompt_tuning.models.model import LossConfig
 from prompt_tuning.models.prompt import SHARED_COMBINES
@@ -185,6 +186,10 @@ class TaskSpec:
     holds it, instead of to the feature lengths: None (off), 'pow2', or {'inputs': [64, 128],
     'targets': 'pow2'} (data/buckets.py; gin: LENGTH_BUCKETS). Training compiles every bucket's
     step before its first step.
+  packing: pack several examples per training row, each with its own prompt copy, told apart by
+    segment ids (data/packing.py; gin: PACKING): one compiled shape and little padding; a training
+    batch then holds a varying number of examples. Exclusive with length_buckets; evaluation and
+    decoding stay unpacked.
   """
 
   name: str
@@ -193,6 +198,7 @@ class TaskSpec:
   vocabulary_path: str | None = None
   target_sentinel: bool = False
   length_buckets: str | Mapping[str, str | Sequence[int]] | None = None
+  packing: bool = False
 
   def __post_init__(self):
     _check(
@@ -209,6 +215,8 @@ class TaskSpec:
       isinstance(self.target_sentinel, bool), f"TARGET_SENTINEL must be True or False, got {self.target_sentinel!r}"
     )
     self.buckets()  # a bad LENGTH_BUCKETS stops here, in one line, before anything is built
+    _check(isinstance(self.packing, bool), f"PACKING must be True or False, got {self.packing!r}")
+    packing_lib.check_exclusive(self.packing, self.length_buckets)
 
   def buckets(self) -> buckets_lib.LengthBuckets | None:
     """The resolved length buckets (None: off)."""

@@ -26,6 +26,7 @@ from prompt_tuning.checkpoints.train_state import (
   prompt_file,
   write_run_config,
 )
+from prompt_tuning.data import packing as packing_lib
 from prompt_tuning.data.features import BATCH_KEYS
 from prompt_tuning.data.pipeline import BatchIterator
 from prompt_tuning.errors import RunError
@@ -88,6 +89,8 @@ def train(
   # do not split; resuming, the prompt and frozen model MODEL_DIR was trained with (in build).
   preflight.writable_model_dir(model_dir)
   preflight.batch_divides(training.batch_size, mesh.make())
+  if task.packing and model.prompt.placement != "prefix":  # data/packing.py: each example's prompt goes before it
+    raise ValueError(f"PACKING needs PROMPT_PLACEMENT = 'prefix', got {model.prompt.placement!r}")
   with lock.hold(model_dir):  # MODEL_DIR/train.lock throughout: one trainer per MODEL_DIR (checkpoints/lock.py)
     return _train(model, task, model_dir, training, evaluation, mesh, progress)
 
@@ -200,6 +203,8 @@ def _train(
 
   shard, shards = partitioning.data_shard(device_mesh)  # processes of one model replica read the same rows
   buckets = task.buckets()  # None: every batch padded to the feature lengths (data/buckets.py)
+  # Several examples per row, each with its p prompt slots (data/packing.py): one shape, varying examples.
+  packing = {"packing": packing_lib.Packing(model.prompt.length)} if task.packing else {}
   bar.note(f"reading the train split of {setup.task.name}")
   # A text corpus streams its documents (data/corpus.py: LM adaptation); other tasks are read whole.
   make_batches = getattr(setup.task, "batch_iterator", None) or functools.partial(BatchIterator, setup.task)
@@ -216,6 +221,7 @@ def _train(
     process_count=shards,
     task_ids=setup.prompt_ids,
     length_buckets=buckets,
+    **packing,
   )
   if tasks:
     multitask.check_examples(batches.task_counts(), setup.prompt_ids)
@@ -239,8 +245,11 @@ def _train(
   def evaluate_now(state: TrainState) -> dict[str, float]:
     return evaluator.evaluate(param_tree.merge_params(state.params, frozen), evaluation.split)
 
+  keys = BATCH_KEYS + (("task_ids",) if tasks else ())
+  if packing:  # a prompt table's rows come per position in packed rows
+    keys = (*BATCH_KEYS, *packing_lib.PACKED_KEYS, *(packing_lib.PACKED_TASK_KEYS if tasks else ()))
+
   def place(batch) -> dict[str, jax.Array]:
-    keys = (*BATCH_KEYS, "task_ids") if tasks else BATCH_KEYS
     return partitioning.to_global_batch({k: batch.arrays[k] for k in keys}, device_mesh)
 
   rng = jax.random.PRNGKey(training.seed)

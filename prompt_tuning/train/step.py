@@ -18,7 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import partitioning
-from prompt_tuning.models.model import EncoderDecoderModel
+from prompt_tuning.models.model import EncoderDecoderModel, num_examples
 from prompt_tuning.param_tree import merge_params
 from prompt_tuning.train import guard as guard_lib
 from prompt_tuning.train.state import TrainState
@@ -71,7 +71,7 @@ def make_train_step(
       loss=loss,
       grad_norm=grad_norm,
       learning_rate=learning_rate,
-      examples=jnp.asarray(batch["encoder_input_tokens"].shape[0], jnp.float32),
+      examples=num_examples(batch),  # packed rows hold several
       skipped_steps=1.0 - applied.astype(jnp.float32),
     )
     new_state = TrainState(

@@ -63,7 +63,7 @@ def test_bad_workloads_fail_in_one_line(capsys):
   )
 
 
-@pytest.mark.slow  # compiles our step for three shapes and runs PEFT eager: ~30 s on 2 CPU cores
+@pytest.mark.slow  # compiles our step for four shapes and runs PEFT eager: ~25 s on 2 CPU cores
 def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   path = tmp_path / "workload.json"
   args = ["--model", "tiny", "--batch", "4", "--input_length", "40", "--prompt_length", "8", "--target_length", "4"]
@@ -73,7 +73,9 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   data = json.loads(path.read_text())
   assert data["workload"]["source"].startswith("task quickstart_sentiment, split train (600 examples, measured)")
   results = data["results"]
-  assert set(results) == {"ours_bucketed", "ours_padded", "peft_eager_dynamic", "peft_compile_symbolic_dynamic"}
+  assert set(results) == {
+    "ours_bucketed", "ours_padded", "ours_packed", "peft_eager_dynamic", "peft_compile_symbolic_dynamic"
+  }  # fmt: skip
   for row in results.values():
     assert row["error"] is None and row["examples_per_s"] > 0 and row["extra"]["target_tokens_per_s"] > 0
   bucketed, padded = results["ours_bucketed"]["extra"], results["ours_padded"]["extra"]
@@ -87,18 +89,29 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   # The same examples: bucketing pads less than the fixed length; dynamic padding pads least.
   assert results["peft_eager_dynamic"]["extra"]["input_padding"] <= bucketed["input_padding"]
   assert bucketed["input_padding"] < padded["input_padding"]
-  # Every row counts the same target tokens over its timed steps.
-  tokens = [r["extra"]["target_tokens_per_s"] * r["step_ms"] * CFG.steps / 1e3 for r in results.values()]
+  # Packing: one shape compiled before the timed steps, less padding than the fixed length, and more
+  # examples per step than the batch's rows, counted as they were read.
+  packed = results["ours_packed"]
+  assert packed["extra"]["batch_shapes_timed"] == 1 and packed["extra"]["graphs_compiled_timed"] == 0
+  assert packed["extra"]["input_padding"] < padded["input_padding"]
+  assert packed["extra"]["examples_timed"] > CFG.steps * CFG.batch == padded["examples_timed"]
+  assert packed["examples_per_s"] == pytest.approx(packed["extra"]["examples_timed"] / (packed["step_ms"] * 3 / 1e3))
+  # Every unpacked row counts the same target tokens over its timed steps (the packed row reads further).
+  unpacked = [r for name, r in results.items() if name != "ours_packed"]
+  tokens = [r["extra"]["target_tokens_per_s"] * r["step_ms"] * CFG.steps / 1e3 for r in unpacked]
   np.testing.assert_allclose(tokens, tokens[0], rtol=1e-6)
   # Each row is logged as it finishes (a job cut short by its time limit keeps what it measured).
   said = capsys.readouterr()
   logged = said.err
-  for name in ("ours bucketed", "ours padded", "peft eager dynamic", "peft compile symbolic dynamic"):
+  for name in ("ours bucketed", "ours padded", "ours packed", "peft eager dynamic", "peft compile symbolic dynamic"):
     assert any(f"] {name}: " in line and line.endswith(" ex/s") for line in logged.splitlines()), name
-  for ours in ("bucketed", "padded"):
+  for ours in ("packed", "bucketed", "padded"):
     assert data["ratios"][f"ours {ours} / peft eager dynamic"] == pytest.approx(
       results[f"ours_{ours}"]["examples_per_s"] / results["peft_eager_dynamic"]["examples_per_s"]
     )
-  assert "ours padded / ours bucketed" not in data["ratios"]
+  assert "ours padded / ours bucketed" not in data["ratios"] and "ours bucketed / ours packed" not in data["ratios"]
+  assert data["ratios"]["ours packed / ours padded"] == pytest.approx(
+    packed["examples_per_s"] / results["ours_padded"]["examples_per_s"]
+  )
   out = said.out
   assert "target tok/s" in out and "ours bucketed / peft eager dynamic" in out

@@ -114,6 +114,18 @@ CASES = [
     1,
     "LENGTH_BUCKETS['inputs'] has the length 64, above TASK_FEATURE_LENGTHS['inputs'] = 32",
   ),
+  (
+    "packing with length buckets",
+    ["train", QS, "--gin.MODEL_DIR='{model}'", "--gin.PACKING=True", "--gin.LENGTH_BUCKETS='pow2'"],
+    1,
+    "PACKING and LENGTH_BUCKETS cannot both be on",
+  ),
+  (
+    "packing with a suffix prompt",
+    ["train", QS, "--gin.MODEL_DIR='{model}'", "--gin.PACKING=True", "--gin.PROMPT_PLACEMENT='suffix'"],
+    1,
+    "PACKING needs PROMPT_PLACEMENT = 'prefix', got 'suffix'",
+  ),
   # Tracebacks before.
   (
     "unknown task",

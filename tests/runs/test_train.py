@@ -26,13 +26,21 @@ LENGTHS = {"inputs": 24, "targets": 4}
 
 
 def _train(
-  model_dir, steps, task=TASK, progress=False, optimizer_factory=optimizer.adafactor, length_buckets=None, **model
+  model_dir,
+  steps,
+  task=TASK,
+  progress=False,
+  optimizer_factory=optimizer.adafactor,
+  length_buckets=None,
+  packing=False,
+  lengths=LENGTHS,
+  **model,
 ):
   """train() on TASK with a 5-token prompt on the tiny T5 (`model`: ModelSpec fields to replace)."""
   model = specs.ModelSpec(**{"config": "tiny", "prompt": specs.PromptSpec(length=5), **model})
   return train(
     model,
-    specs.TaskSpec(task, LENGTHS, length_buckets=length_buckets),
+    specs.TaskSpec(task, lengths, length_buckets=length_buckets, packing=packing),
     str(model_dir),
     specs.TrainSpec(steps=steps, batch_size=8, save_period=3, log_period=1, optimizer=optimizer_factory),
     specs.EvaluationSpec(rank_classification=True),
@@ -146,6 +154,24 @@ def test_length_buckets_compile_up_front_and_resume_bit_identically(tmp_path, ca
   assert any("compiled the train step for 3 length buckets (inputs x targets: 16x4, 20x4, 24x4)" in r.getMessage()
              for r in caplog.records)  # fmt: skip
   assert resumed.step == whole.step == 4
+  np.testing.assert_array_equal(resumed.trainable["prompt"]["prompt"], whole.trainable["prompt"]["prompt"])
+
+
+@pytest.mark.slow
+def test_packing_trains_and_resumes_bit_identically(tmp_path):
+  """PACKING through train(): packed batches reach the step, and a resumed run ends with the prompt of an uninterrupted one (the data position is exact)."""
+  from etils import epath
+
+  from prompt_tuning.checkpoints import integrity
+
+  config = get_config("tiny", vocab_size=256, dropout_rate=0.1)
+  run = functools.partial(_train, config=config, packing=True, lengths={"inputs": 64, "targets": 12})
+  whole = run(tmp_path / "whole", 4)
+  run(tmp_path / "split", 2)
+  resumed = run(tmp_path / "split", 4)
+  assert resumed.step == whole.step == 4
+  # Rows of 5 + 64 and 12 hold 2-4 quick-start examples: the 4 steps of 8 rows read more than 32.
+  assert integrity.read_manifest(epath.Path(tmp_path / "whole"), 3)["position"] > 3 * 8 * 1.5
   np.testing.assert_array_equal(resumed.trainable["prompt"]["prompt"], whole.trainable["prompt"]["prompt"])
 
 

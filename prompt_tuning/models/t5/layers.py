@@ -489,6 +489,17 @@ def padding_mask_bias(query_mask: Array, key_mask: Array) -> Array:
   return jnp.where(visible, 0.0, NEG_INF)[:, None].astype(jnp.float32)
 
 
+def segment_mask_bias(query_segment_ids: Array, key_segment_ids: Array) -> Array:
+  """Additive mask [batch, 1, q_length, kv_length] letting a position see only its own segment
+  (packed rows, data/packing.py: segment ids 1..k, 0 = padding, which sees and is seen by nothing).
+
+  The same shape and cost as `padding_mask_bias`, which it replaces for packed rows.
+  """
+  q, k = query_segment_ids[:, :, None], key_segment_ids[:, None, :]
+  visible = jnp.logical_and(q == k, q > 0)
+  return jnp.where(visible, 0.0, NEG_INF)[:, None].astype(jnp.float32)
+
+
 class MlpBlock(nn.Module):
   """Feed-forward: relu (T5 1.0) or gated activations (T5 1.1 gated GELU)."""
 

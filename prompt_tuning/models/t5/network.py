@@ -14,6 +14,14 @@ Parameter tree (t5x's `target`):
 
 The encoder takes already-embedded inputs with an explicit mask, so a prompt
 layer can sit between `embed` and `encode`.
+
+Packed rows (data/packing.py: several examples per row, segment ids 1..k, 0 = padding): with
+segment ids, encoder self-attention stays within a segment, decoder self-attention is causal within
+a segment and encoder-decoder attention reaches only the same segment; without them nothing changes.
+The relative position bias is still computed from the row's indices, and that is exact: a segment
+is contiguous, so for two positions of one segment (the only pairs left unmasked) the difference
+of their per-segment positions equals the difference of their row indices. The bias thus keeps its
+[1, heads, q, k] shape and costs nothing more; positions only place the prompt (models/prompt.py).
 """
 
 from __future__ import annotations
@@ -117,8 +125,12 @@ class Encoder(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, embedded: Array, mask: Array, *, deterministic: bool = True) -> Array:
-    """embedded [batch, length, embed] with mask [batch, length] (1 = token) -> [batch, length, embed]."""
+  def __call__(
+    self, embedded: Array, mask: Array, *, segment_ids: Array | None = None, deterministic: bool = True
+  ) -> Array:
+    """embedded [batch, length, embed] with mask [batch, length] (1 = token) -> [batch, length, embed].
+
+    segment_ids: packed rows' [batch, length] (see the module docstring); None: unpacked rows."""
     cfg = self.config
     length = embedded.shape[1]
     bias = layers.RelativePositionBiases(
@@ -129,7 +141,10 @@ class Encoder(nn.Module):
       **_dtypes(cfg),
       name="relpos_bias",
     )(length, length)
-    bias = bias + layers.padding_mask_bias(mask, mask)
+    if segment_ids is None:
+      bias = bias + layers.padding_mask_bias(mask, mask)
+    else:
+      bias = bias + layers.segment_mask_bias(segment_ids, segment_ids)
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     x = dropout(jnp.asarray(embedded, cfg.activation_dtype), deterministic=deterministic)
     layer = _layer_class(EncoderLayer, cfg, static_argnums=(3,))
@@ -154,6 +169,8 @@ class Decoder(nn.Module):
     decoder_mask: Array | None = None,
     deterministic: bool = True,
     decode: bool = False,
+    decoder_segment_ids: Array | None = None,
+    encoder_segment_ids: Array | None = None,
   ) -> Array:
     """Decoder stack and output head.
 
@@ -167,6 +184,8 @@ class Decoder(nn.Module):
       encoder_mask: [batch or batch / group, enc_length] (1 = token), as `encoded`.
       decoder_mask: optional [batch, length] (1 = target token); padding is
         otherwise harmless because attention is causal.
+      decoder_segment_ids, encoder_segment_ids: packed rows' [batch, length] and [batch,
+        enc_length] (teacher forcing only: not with `decode` nor grouped rows); None: unpacked.
     Returns:
       float32 logits [batch, length, vocab].
     """
@@ -179,11 +198,20 @@ class Decoder(nn.Module):
       **_dtypes(cfg),
       name="relpos_bias",
     )
+    if decode and decoder_segment_ids is not None:
+      raise ValueError("packed rows are for teacher forcing: cached decoding takes unpacked rows")
     if decode:
       # Bias over the whole cache; each layer's attention picks the current row.
       max_length = self._cache_length(embedded)
       self_bias = relpos(max_length, max_length)
       cross_bias = jnp.where(encoder_mask > 0, 0.0, layers.NEG_INF)[:, None, None, :].astype(jnp.float32)
+    elif decoder_segment_ids is not None:
+      if encoder_segment_ids is None or encoder_segment_ids.shape[0] != embedded.shape[0]:
+        raise ValueError("packed decoder rows need the encoder_segment_ids of their own encoder rows")
+      length = embedded.shape[1]
+      self_bias = relpos(length, length) + layers.causal_mask_bias(length)
+      self_bias = self_bias + layers.segment_mask_bias(decoder_segment_ids, decoder_segment_ids)
+      cross_bias = layers.segment_mask_bias(decoder_segment_ids, encoder_segment_ids)
     else:
       length = embedded.shape[1]
       self_bias = relpos(length, length) + layers.causal_mask_bias(length)
@@ -238,18 +266,34 @@ class Transformer(nn.Module):
     """Token ids [batch, length] -> embeddings [batch, length, embed] (activation dtype)."""
     return self.token_embedder(tokens)
 
-  def encode(self, embedded: Array, mask: Array, *, deterministic: bool = True) -> Array:
-    """Encoder over embedded inputs [batch, length, embed] with mask [batch, length]."""
-    return self.encoder(embedded, mask, deterministic=deterministic)
+  def encode(
+    self, embedded: Array, mask: Array, *, segment_ids: Array | None = None, deterministic: bool = True
+  ) -> Array:
+    """Encoder over embedded inputs [batch, length, embed] with mask [batch, length] (and packed
+    rows' segment_ids [batch, length])."""
+    return self.encoder(embedded, mask, segment_ids=segment_ids, deterministic=deterministic)
 
-  def encode_tokens(self, encoder_input_tokens: Array, *, deterministic: bool = True) -> tuple[Array, Array]:
+  def encode_tokens(
+    self,
+    encoder_input_tokens: Array,
+    *,
+    deterministic: bool = True,
+    encoder_segment_ids: Array | None = None,
+    encoder_positions: Array | None = None,
+  ) -> tuple[Array, Array]:
     """Token ids [batch, length] (0 = padding) -> (encoded [batch, length, embed], mask [batch, length]).
 
     This is the seam a prompt layer overrides: it returns the encoder output
-    and the mask the decoder's cross-attention must use.
+    and the mask the decoder's cross-attention must use. encoder_segment_ids: packed rows
+    (data/packing.py); encoder_positions place a prompt layer's copies and are unused here.
     """
-    mask = (encoder_input_tokens > 0).astype(jnp.int32)
-    return self.encode(self.embed(encoder_input_tokens), mask, deterministic=deterministic), mask
+    del encoder_positions  # the relative position bias needs only the row (module docstring)
+    if encoder_segment_ids is None:
+      mask = (encoder_input_tokens > 0).astype(jnp.int32)
+    else:
+      mask = (encoder_segment_ids > 0).astype(jnp.int32)
+    embedded = self.embed(encoder_input_tokens)
+    return self.encode(embedded, mask, segment_ids=encoder_segment_ids, deterministic=deterministic), mask
 
   def decode(
     self,
@@ -260,6 +304,8 @@ class Transformer(nn.Module):
     decoder_mask: Array | None = None,
     deterministic: bool = True,
     decode: bool = False,
+    decoder_segment_ids: Array | None = None,
+    encoder_segment_ids: Array | None = None,
   ) -> Array:
     """Decoder logits, float32 [batch, length, vocab]; see `Decoder`."""
     embedded = self.token_embedder(decoder_input_tokens)
@@ -271,6 +317,8 @@ class Transformer(nn.Module):
       decoder_mask=decoder_mask,
       deterministic=deterministic,
       decode=decode,
+      decoder_segment_ids=decoder_segment_ids,
+      encoder_segment_ids=encoder_segment_ids,
     )
 
   def __call__(
@@ -280,6 +328,7 @@ class Transformer(nn.Module):
     decoder_target_tokens: Array | None = None,
     *,
     deterministic: bool = True,
+    **packed: Array,
   ) -> Array:
     """Teacher-forced logits.
 
@@ -288,14 +337,57 @@ class Transformer(nn.Module):
       decoder_input_tokens: int32 [batch, dec_length], starting with 0.
       decoder_target_tokens: optional int32 [batch, dec_length]; its padding
         masks decoder positions, as in t5x.
+      packed: packed rows' encoder_segment_ids / encoder_positions [batch, enc_length] and
+        decoder_segment_ids [batch, dec_length] (data/packing.py); none for unpacked rows.
     Returns:
       float32 logits [batch, dec_length, vocab].
     """
-    encoded, encoder_mask = self.encode_tokens(encoder_input_tokens, deterministic=deterministic)
-    decoder_mask = None if decoder_target_tokens is None else (decoder_target_tokens > 0).astype(jnp.int32)
-    return self.decode(
-      encoded, encoder_mask, decoder_input_tokens, decoder_mask=decoder_mask, deterministic=deterministic
+    return teacher_forced(
+      self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, deterministic, packed
     )
+
+
+PACKED_ARGS = ("encoder_segment_ids", "encoder_positions", "decoder_segment_ids")
+
+
+def teacher_forced(
+  module: Transformer,
+  encoder_input_tokens: Array,
+  decoder_input_tokens: Array,
+  decoder_target_tokens: Array | None,
+  deterministic: bool,
+  packed: dict[str, Array],
+  **encode_kwargs: Array,
+) -> Array:
+  """encode_tokens then decode, for `Transformer.__call__` and its prompted subclass."""
+  unknown = sorted(set(packed) - set(PACKED_ARGS))
+  if unknown:
+    raise TypeError(f"unexpected arguments {unknown}: packed rows take {', '.join(PACKED_ARGS)}")
+  encoder_segment_ids = packed.get("encoder_segment_ids")
+  if (encoder_segment_ids is None) != (packed.get("decoder_segment_ids") is None):
+    raise ValueError("packed rows need both encoder_segment_ids and decoder_segment_ids")
+  encoded, encoder_mask = module.encode_tokens(
+    encoder_input_tokens,
+    deterministic=deterministic,
+    encoder_segment_ids=encoder_segment_ids,
+    encoder_positions=packed.get("encoder_positions"),
+    **encode_kwargs,
+  )
+  if encoder_segment_ids is not None:  # the segment ids mask the padding too
+    decoder_mask = None
+  elif decoder_target_tokens is not None:
+    decoder_mask = (decoder_target_tokens > 0).astype(jnp.int32)
+  else:
+    decoder_mask = None
+  return module.decode(
+    encoded,
+    encoder_mask,
+    decoder_input_tokens,
+    decoder_mask=decoder_mask,
+    deterministic=deterministic,
+    decoder_segment_ids=packed.get("decoder_segment_ids"),
+    encoder_segment_ids=encoder_segment_ids,
+  )
 
 
 def _init_inputs() -> tuple[Array, Array]:
