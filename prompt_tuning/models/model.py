@@ -150,16 +150,14 @@ class EncoderDecoderModel:
       "num_tokens": num_tokens,
     }
     if num_tasks is not None:
-      if is_packed(batch):  # each target token's task
-
-        def per_task(per_token: Array) -> Array:  # [batch, length] -> [k]
-          return jax.ops.segment_sum(per_token.ravel(), batch["decoder_task_ids"].ravel(), num_segments=num_tasks)
-
+      # Each target token's task: packed rows carry it per position, unpacked rows once per row.
+      if is_packed(batch):
+        token_tasks = batch["decoder_task_ids"]
       else:
-        ids = batch["task_ids"]
+        token_tasks = jnp.broadcast_to(batch["task_ids"][:, None], targets.shape)
 
-        def per_task(per_token: Array) -> Array:  # [batch, length] -> [k]
-          return jax.ops.segment_sum(jnp.sum(per_token, axis=-1), ids, num_segments=num_tasks)
+      def per_task(per_token: Array) -> Array:  # [batch, length] -> [k]
+        return jax.ops.segment_sum(per_token.ravel(), token_tasks.ravel(), num_segments=num_tasks)
 
       metrics.update(
         task_loss_sum=per_task(token_loss),
