@@ -51,6 +51,7 @@ from prompt_tuning.train import step as step_lib
 from prompt_tuning.train.state import TrainState
 
 EOS = 1
+OURS_ROWS = ("bucketed", "padded", "packed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,13 +124,27 @@ def feature_lengths(cfg: BenchConfig) -> dict[str, int]:
   return {"inputs": cfg.token_length, "targets": cfg.target_length}
 
 
-def _iterator(cfg: BenchConfig, workload: Workload, vocab_size: int, length_buckets: Any, packed: bool = False) -> Any:
+def packed_feature_lengths(cfg: BenchConfig, packed_target_length: int | None) -> dict[str, int]:
+  """The packed row's: the same encoder row, and a decoder row of `packed_target_length` (None: twice
+  cfg.target_length). A classification target (a label and EOS) takes several of the unpacked row's
+  few target positions, so at the unpacked length the decoder row, not the encoder's, would stop a row
+  at one or two examples; a user packing sets a longer targets length for the same reason."""
+  targets = 2 * cfg.target_length if packed_target_length is None else packed_target_length
+  return {**feature_lengths(cfg), "targets": targets}
+
+
+def _iterator(
+  cfg: BenchConfig, workload: Workload, vocab_size: int, length_buckets: Any, packed_lengths: dict | None = None
+) -> Any:
+  """Our pipeline over the workload; packed rows of `packed_lengths` when given."""
   from prompt_tuning.data.packing import Packing
   from prompt_tuning.data.pipeline import BatchIterator
 
+  packed = packed_lengths is not None
   # The trainer's own iterator and order: shuffled from the seed, endless, full batches.
   return BatchIterator(
-    _WorkloadTask(workload, vocab_size), "train", feature_lengths(cfg), cfg.batch, shuffle=True, seed=cfg.seed,
+    _WorkloadTask(workload, vocab_size), "train", packed_lengths or feature_lengths(cfg), cfg.batch, shuffle=True,
+    seed=cfg.seed,
     repeat=True, drop_remainder=True, length_buckets=length_buckets,
     packing=Packing(cfg.prompt_length) if packed else None,
   )  # fmt: skip
@@ -167,19 +182,24 @@ def _xla_compiles() -> Iterator[list[str]]:
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def run_ours(cfg: BenchConfig, workload: Workload, length_buckets: Any, packed: bool = False) -> RunResult:
+def run_ours(
+  cfg: BenchConfig, workload: Workload, length_buckets: Any, packed_lengths: dict[str, int] | None = None
+) -> RunResult:
   """Our trainer over the workload, buckets from the spec `length_buckets` (None: padded), or packed
-  rows (`packed`); 'out of memory' instead of a crash."""
+  rows of `packed_lengths` (packed_feature_lengths); 'out of memory' instead of a crash."""
+  packed = packed_lengths is not None
   name = "ours packed" if packed else "ours bucketed" if length_buckets is not None else "ours padded"
   try:
-    return _run_ours(name, cfg, workload, length_buckets, packed)
+    return _run_ours(name, cfg, workload, length_buckets, packed_lengths)
   except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED
     if not is_out_of_memory(e):
       raise
     return RunResult(name, error="out of memory", extra={"detail": first_line(e)[:300]})
 
 
-def _run_ours(name: str, cfg: BenchConfig, workload: Workload, spec: Any, packed: bool) -> RunResult:
+def _run_ours(
+  name: str, cfg: BenchConfig, workload: Workload, spec: Any, packed_lengths: dict[str, int] | None
+) -> RunResult:
   from prompt_tuning.data.buckets import make_buckets
   from prompt_tuning.data.features import BATCH_KEYS
   from prompt_tuning.data.packing import PACKED_KEYS
@@ -196,7 +216,8 @@ def _run_ours(name: str, cfg: BenchConfig, workload: Workload, spec: Any, packed
   train_step = step_lib.compile_train_step(step_lib.make_train_step(model, tx, schedule), mesh, frozen_shardings)
   rng = jax.random.PRNGKey(cfg.seed)
   buckets = make_buckets(spec, feature_lengths(cfg))
-  batches = _iterator(cfg, workload, config.vocab_size, buckets, packed)
+  batches = _iterator(cfg, workload, config.vocab_size, buckets, packed_lengths)
+  packed = packed_lengths is not None
   keys = (*BATCH_KEYS, *PACKED_KEYS) if packed else BATCH_KEYS
 
   def place(batch: Any) -> tuple[dict[str, int], dict[str, jax.Array]]:
@@ -253,6 +274,7 @@ def _run_ours(name: str, cfg: BenchConfig, workload: Workload, spec: Any, packed
     target_tokens_per_s=counts["targets"] / seconds,
     input_padding=1 - counts["inputs"] / counts["positions"],
     buckets=None if buckets is None else buckets.describe(),
+    target_length=(packed_lengths or feature_lengths(cfg))["targets"],
     compiled_shapes=shapes,
     examples_timed=counts["examples"],
     batch_shapes_timed=len(timed_shapes),
@@ -268,9 +290,11 @@ def run(
   length_buckets: Any,
   peft_modes: tuple[str, ...],
   compile_backend: str = "inductor",
+  ours_rows: tuple[str, ...] = OURS_ROWS,
+  packed_target_length: int | None = None,
 ) -> list[RunResult]:
-  """The PEFT rows first (they hand their memory back; JAX would not), then ours bucketed, padded and
-  packed."""
+  """The PEFT rows first (they hand their memory back; JAX would not), then ours: of `ours_rows`,
+  bucketed, padded and packed (its decoder row `packed_target_length` long, packed_feature_lengths)."""
   from prompt_tuning.bench import peft_baseline
 
   vocab_size = cfg.t5_config().vocab_size
@@ -279,9 +303,15 @@ def run(
     examples, order = peft_examples(cfg, workload, vocab_size)
     baseline = peft_baseline.run_dynamic(cfg, examples, order, peft_modes, compile_backend)
   ours = []
-  for buckets, packed in ((length_buckets, False), (None, False), (None, True)):
-    ours.append(run_ours(cfg, workload, buckets, packed))
-    log_row(ours[-1])
+  packed_lengths = packed_feature_lengths(cfg, packed_target_length)
+  for row, buckets, packed in (
+    ("bucketed", length_buckets, None),
+    ("padded", None, None),
+    ("packed", None, packed_lengths),
+  ):
+    if row in ours_rows:
+      ours.append(run_ours(cfg, workload, buckets, packed))
+      log_row(ours[-1])
   return [*ours, *baseline]
 
 
@@ -329,9 +359,11 @@ def format_report(data: dict[str, Any]) -> str:
     ],
   )
   buckets = data["results"].get("ours_bucketed", {}).get("extra", {}).get("buckets")
+  packed_targets = data["results"].get("ours_packed", {}).get("extra", {}).get("target_length")
   lines += [
     "",
-    f"ours bucketed: buckets {buckets}; ours packed: several examples per row, so more examples per step; padding: "
+    f"ours bucketed: buckets {buckets}; ours packed: several examples per row (decoder row {packed_targets}), so "
+    "more examples per step; padding: "
     "the share of input positions (prompt aside) that pad; shapes: distinct batch shapes in the timed steps; "
     "compiled while timed: programs compiled during them (ours: XLA's, PEFT: TorchDynamo graphs)",
   ]

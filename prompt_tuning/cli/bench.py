@@ -171,6 +171,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
     default="pow2",
     help="workload: ours bucketed's LENGTH_BUCKETS: 'pow2', or comma-separated input lengths such as 64,128,256",
   )
+  parser.add_argument(
+    "--ours_rows",
+    type=_name_list,
+    default=("bucketed", "padded", "packed"),
+    help="workload: which of our rows run, some of bucketed,padded,packed (all by default)",
+  )
+  parser.add_argument(
+    "--packed_target_length",
+    type=int,
+    default=None,
+    help="workload: ours packed's decoder row (default: twice --target_length, so that a row's targets hold "
+    "as many examples as its encoder row; examples' targets are cut to it)",
+  )
   parser.add_argument("--tasks", type=int, default=8, help="infer: prompts in the mixed batch; serve: prompts served")
   parser.add_argument("--requests", type=int, default=2000, help="serve: requests timed")
   parser.add_argument(
@@ -486,6 +499,11 @@ def _workload(cfg: BenchConfig, args: argparse.Namespace) -> int:
     return 2
   vocab_size = cfg.t5_config().vocab_size
   try:
+    unknown = sorted(set(args.ours_rows) - set(workload.OURS_ROWS))
+    if not args.ours_rows or unknown:
+      raise ValueError(f"--ours_rows must name some of {','.join(workload.OURS_ROWS)}, got {','.join(args.ours_rows)}")
+    if args.packed_target_length is not None and args.packed_target_length < 1:
+      raise ValueError(f"--packed_target_length must be >= 1, got {args.packed_target_length}")
     spec = _bucket_spec(args.length_buckets)
     make_buckets(spec, workload.feature_lengths(cfg))  # a bad spec: one line now, not after the PEFT rows
     if args.workload_task:
@@ -499,7 +517,9 @@ def _workload(cfg: BenchConfig, args: argparse.Namespace) -> int:
   if peft_modes and not peft_baseline.available():
     print("prompt-tuning bench: --peft_symbolic needs torch, transformers and peft installed", file=sys.stderr)
     return 2
-  results = workload.run(cfg, work, spec, peft_modes, args.torch_compile_backend)
+  results = workload.run(
+    cfg, work, spec, peft_modes, args.torch_compile_backend, args.ours_rows, args.packed_target_length
+  )
   data = {
     "config": dataclasses.asdict(cfg),
     "workload": {"name": work.name, "source": work.source, "examples": len(work.inputs)},

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from prompt_tuning.bench import BenchConfig, lengths, workload
+from prompt_tuning.bench import BenchConfig, RunResult, lengths, workload
 from prompt_tuning.cli import main as cli
 
 CFG = BenchConfig(
@@ -61,6 +61,27 @@ def test_bad_workloads_fail_in_one_line(capsys):
   assert "LENGTH_BUCKETS['inputs'] has the length 1024, above TASK_FEATURE_LENGTHS['inputs'] = 412" in (
     capsys.readouterr().err
   )
+  assert cli.main([*base, "--ours_rows", "padded,sorted"]) == 2
+  assert "--ours_rows must name some of bucketed,padded,packed, got padded,sorted" in capsys.readouterr().err
+  assert cli.main([*base, "--packed_target_length", "0"]) == 2
+  assert "--packed_target_length must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_ours_rows_and_the_packed_decoder_row(monkeypatch):
+  calls = []
+
+  def run_ours(cfg, work, buckets, packed):
+    calls.append((buckets, packed))
+    return RunResult("ours", error="not run")
+
+  monkeypatch.setattr(workload, "run_ours", run_ours)
+  work = workload.from_histogram("rte", 10, vocab_size=100, seed=3)
+  workload.run(CFG, work, "pow2", (), ours_rows=("packed", "bucketed"))
+  # In the table's order; the packed row's decoder row twice the unpacked one's by default.
+  assert calls == [("pow2", None), (None, {"inputs": 32, "targets": 8})]
+  calls.clear()
+  workload.run(CFG, work, "pow2", (), ours_rows=("padded", "packed"), packed_target_length=12)
+  assert calls == [(None, None), (None, {"inputs": 32, "targets": 12})]
 
 
 @pytest.mark.slow  # compiles our step for four shapes and runs PEFT eager: ~25 s on 2 CPU cores
@@ -93,6 +114,7 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   # examples per step than the batch's rows, counted as they were read.
   packed = results["ours_packed"]
   assert packed["extra"]["batch_shapes_timed"] == 1 and packed["extra"]["graphs_compiled_timed"] == 0
+  assert packed["extra"]["target_length"] == 8 and padded["target_length"] == 4  # packed: twice by default
   assert packed["extra"]["input_padding"] < padded["input_padding"]
   assert packed["extra"]["examples_timed"] > CFG.steps * CFG.batch == padded["examples_timed"]
   assert packed["examples_per_s"] == pytest.approx(packed["extra"]["examples_timed"] / (packed["step_ms"] * 3 / 1e3))
