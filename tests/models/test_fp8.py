@@ -69,6 +69,25 @@ def test_the_gradient_reaches_the_inputs_through_e5m2_and_never_the_kernel(dense
   fp8_module = module.clone(matmul_dtype="fp8")
   jaxpr = jax.make_jaxpr(jax.grad(lambda x, p: jnp.sum(fp8_module.apply(p, x) * cotangent), argnums=(0, 1)))(x, params)
   assert str(jaxpr).count("dot_general") == 2
+  # Both dots take the FP8 arrays themselves, the form XLA runs as cuBLASLt FP8 GEMMs on Hopper (a bf16
+  # dot on dequantized operands ran as a bf16 GEMM there): forward e4m3 x e4m3, backward e5m2 x e4m3.
+  operands = [tuple(str(v.aval.dtype) for v in eqn.invars) for eqn in _equations(jaxpr.jaxpr, "dot_general")]
+  assert operands == [("float8_e4m3fn", "float8_e4m3fn"), ("float8_e5m2", "float8_e4m3fn")]
+
+
+def _equations(jaxpr, primitive: str) -> list:
+  """The equations of `primitive` in a jaxpr and the jaxprs nested in it (custom_vjp, pjit), in order."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == primitive:
+      found.append(eqn)
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", None)
+      if inner is not None and hasattr(inner, "eqns"):
+        found += _equations(inner, primitive)
+      elif hasattr(param, "eqns"):
+        found += _equations(param, primitive)
+  return found
 
 
 @pytest.mark.slow  # compiles the prompted tiny model's loss and gradient twice (about 5 s)

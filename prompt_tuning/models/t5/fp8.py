@@ -5,8 +5,8 @@ encoder and decoder layers (attention q/k/v/o, MLP wi/wo: every
 `layers.DenseGeneral` inside `network.Encoder`/`Decoder`'s layer loops) can
 run as an FP8 GEMM:
 
-  forward   y  = dq(q(x, e4m3)) @ dq(q(W, e4m3))
-  backward  dx = dq(q(dy, e5m2)) @ dq(q(W, e4m3))^T      (no dW: the weights are frozen)
+  forward   y  = (q(x, e4m3) @ q(W, e4m3)) * (s_x * s_W)
+  backward  dx = (q(dy, e5m2) @ q(W, e4m3)^T) * (s_dy * s_W)      (no dW: the weights are frozen)
 
 with one *current* per-tensor scale per operand, amax(|t|) / max(fp8),
 computed in the call. No amax history, no new variables: the parameter tree,
@@ -16,12 +16,17 @@ and activations; e5m2 (2 mantissa bits, range 57344) the incoming gradient,
 whose dynamic range is wider (the recipe of Micikevicius et al., 2022, and
 Transformer Engine).
 
-The dequantization, `convert(q) * scale` in the activation dtype right
-before the dot, is the pattern XLA's GPU GemmRewriter folds (with the
-scales) into one cuBLASLt FP8 GEMM (custom call `__cublas$lt$matmul$f8`) on
-compute capability 8.9+ (Ada, Hopper) with CUDA 12. Anywhere else (CPU,
-older GPUs) the same program runs as written: the quantization error is
-emulated exactly, at bf16 speed or below.
+The dot takes the FP8 operands themselves (`dot_general` on float8 arrays,
+its result in the activation dtype) and the two scales multiply its result.
+On compute capability 8.9+ (Ada, Hopper) with CUDA 12, XLA runs such a dot
+as one cuBLASLt FP8 GEMM (custom call `__cublas$lt$matmul$f8`). The other
+form, dequantizing each operand (`convert(q) * scale`) right before a
+bf16 dot, relies on XLA's GemmRewriter matching that pattern, and on an
+H200 with jax 0.11.2 it did not: Triton's GEMM fusion took the converts and
+the dot first, so the step ran bf16 GEMMs plus the quantization, slower than
+bf16 (BENCHMARKS.md has the measurement). Anywhere without FP8 GEMMs (CPU,
+older GPUs) XLA computes the same dot on the converted operands: the
+quantization error is emulated exactly, at bf16 speed or below.
 
 What stays in the activation dtype, and why:
 - the output head (`decoder/logits_dense` and T5 1.0's `Embed.attend`): the
@@ -89,13 +94,17 @@ def quantize(x: Array, fp8_dtype: jnp.dtype, scale: Array) -> Array:
   return jnp.clip(scaled, -limit, limit).astype(fp8_dtype)
 
 
-def dequantize(q: Array, scale: Array, dtype: jnp.dtype) -> Array:
-  """convert(q) * scale in `dtype`: what XLA's GemmRewriter matches as an FP8 GEMM operand."""
-  return q.astype(dtype) * scale.astype(dtype)
+def scaled_dot(
+  lhs: Array, lhs_scale: Array, rhs: Array, rhs_scale: Array, contract: tuple[int, int], dtype, precision=None
+):
+  """(lhs @ rhs) * (lhs_scale * rhs_scale) in `dtype`, the dot on the FP8 operands themselves.
 
-
-def _dot(lhs: Array, rhs: Array, lhs_contract: int, rhs_contract: int, precision=None) -> Array:
-  return jax.lax.dot_general(lhs, rhs, (((lhs_contract,), (rhs_contract,)), ((), ())), precision=precision)
+  lhs [n, a], rhs [b, c] (fp8), contracting lhs axis contract[0] with rhs axis contract[1]; the
+  scales' product is formed in float32 and rounded to `dtype` once.
+  """
+  dims = (((contract[0],), (contract[1],)), ((), ()))
+  out = jax.lax.dot_general(lhs, rhs, dims, precision=precision, preferred_element_type=dtype)
+  return out * (lhs_scale.astype(jnp.float32) * rhs_scale.astype(jnp.float32)).astype(dtype)
 
 
 @jax.custom_vjp
@@ -112,11 +121,10 @@ def _forward(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
   dtype = x.dtype
   x_scale = current_scale(x, E4M3, dtype)
   w_scale = current_scale(kernel, E4M3, dtype)
-  x_dq = dequantize(quantize(x, E4M3, x_scale), x_scale, dtype)
-  w_dq = dequantize(quantize(kernel, E4M3, w_scale), w_scale, dtype)
+  y = scaled_dot(quantize(x, E4M3, x_scale), x_scale, quantize(kernel, E4M3, w_scale), w_scale, (1, 0), dtype)
   # The residuals are the stored kernel (alive anyway, as a frozen parameter) and its scale, not its
   # FP8 copy: keeping that from the forward to the backward pass would add a byte per weight.
-  return _dot(x_dq, w_dq, 1, 0), (kernel, w_scale)
+  return y, (kernel, w_scale)
 
 
 def _backward(residuals: tuple[Array, Array], grad: Array) -> tuple[Array, None]:
@@ -126,11 +134,11 @@ def _backward(residuals: tuple[Array, Array], grad: Array) -> tuple[Array, None]
   # and keep the FP8 kernel alive in between, which the residual choice above avoids.
   kernel = jax.lax.optimization_barrier(kernel)
   g_scale = current_scale(grad, E5M2, dtype)
-  g_dq = dequantize(quantize(grad, E5M2, g_scale), g_scale, dtype)
-  w_dq = dequantize(quantize(kernel, E4M3, w_scale), w_scale, dtype)
+  w_q = quantize(kernel, E4M3, w_scale)
   # HIGHEST: XLA gives an FP8 GEMM cuBLASLt's fast (reduced-precision) accumulation unless the dot asks
   # for HIGHEST; Transformer Engine's recipe keeps it for the forward pass only, as here.
-  dx = _dot(g_dq, w_dq, 1, 1, precision=jax.lax.Precision.HIGHEST)  # dx [n, k] = dy [n, m] . W[k, m] over m
+  # dx [n, k] = dy [n, m] . W [k, m] over m.
+  dx = scaled_dot(quantize(grad, E5M2, g_scale), g_scale, w_q, w_scale, (1, 1), dtype, jax.lax.Precision.HIGHEST)
   return dx, None
 
 
@@ -143,7 +151,7 @@ def dense(inputs: Array, kernel: Array, axis: Sequence[int], dtype: jnp.dtype) -
   Args:
     inputs: [..., in axes at `axis` (non-negative, in the kernel's order)].
     kernel: the stored 2-D kernel [prod(in shape), prod(out shape)], any float dtype.
-    dtype: the activation dtype, of the operands' dequantized form and of the result.
+    dtype: the activation dtype: the inputs' before quantizing, and the result's.
   Returns:
     [non-contracted input axes..., prod(out shape)] in `dtype`.
   """
