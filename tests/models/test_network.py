@@ -10,6 +10,7 @@ import pytest
 
 from prompt_tuning import partitioning
 from prompt_tuning.models.model import EncoderDecoderModel
+from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
 from prompt_tuning.models.t5 import get_config, layers, network
 from prompt_tuning.param_tree import flatten
 
@@ -349,6 +350,19 @@ def test_required_cudnn_names_what_rules_it_out(params):
   np.testing.assert_array_equal(auto, reference)
   with pytest.raises(ValueError, match="attention_impl='flash'"):
     CONFIG.replace(attention_impl="flash")
+
+
+def test_parameters_do_not_depend_on_the_attention_kernel():
+  """Initializing traces one-token inputs: a required 'cudnn' would refuse them (odd lengths with a
+  prompt; seen in `bench --mode decode --attention_impl cudnn` on an H200) or a CPU, though the
+  parameters are the reference's."""
+  cudnn = CONFIG.replace(attention_impl="cudnn")
+  prompted = PromptedTransformer(cudnn, prompt_config=PromptConfig(5))
+  shapes = network.abstract_module_params(prompted)
+  reference = network.abstract_module_params(PromptedTransformer(CONFIG, prompt_config=PromptConfig(5)))
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), shapes) == jax.tree.map(lambda a: (a.shape, a.dtype), reference)
+  a, b = network.init_params(cudnn, jax.random.PRNGKey(0)), network.init_params(CONFIG, jax.random.PRNGKey(0))
+  jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def test_bfloat16_params_stay_bfloat16():

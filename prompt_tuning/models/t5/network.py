@@ -26,6 +26,7 @@ of their per-segment positions equals the difference of their row indices. The b
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -395,7 +396,13 @@ def _init_inputs() -> tuple[Array, Array]:
 
 
 def _init(module: nn.Module, rng: Array) -> dict:
-  """module.init on one-token inputs; a prompted module with a table of prompts gets task ids too."""
+  """module.init on one-token inputs; a prompted module with a table of prompts gets task ids too.
+
+  Traced with the reference attention: the parameters do not depend on the kernel, and a required
+  'cudnn' would refuse the one-token lengths (odd with an odd prompt) or a machine without a GPU.
+  """
+  if module.config.attention_impl != "xla":
+    module = module.clone(config=dataclasses.replace(module.config, attention_impl="xla"))
   prompt_config = getattr(module, "prompt_config", None)
   extra = {"task_ids": jnp.zeros((1,), jnp.int32)} if getattr(prompt_config, "num_tasks", None) else {}
   return module.init(rng, *_init_inputs(), **extra)
@@ -403,7 +410,7 @@ def _init(module: nn.Module, rng: Array) -> dict:
 
 def init_params(config: T5Config, rng: Array) -> dict:
   """Randomly initialized parameters (t5x initializers), unboxed: a plain nested dict."""
-  variables = Transformer(config).init(rng, *_init_inputs())
+  variables = _init(Transformer(config), rng)
   return nn.meta.unbox(variables["params"])
 
 
