@@ -274,6 +274,7 @@ def run_dynamic(
   order: list[int],
   modes: tuple[str, ...] = MODES,
   compile_backend: str = "inductor",
+  pad_to_multiple_of: int | None = None,
 ) -> list[RunResult]:
   """PEFT with its usual dynamic padding, end to end from tokenized examples, in each of `modes`.
 
@@ -283,8 +284,10 @@ def run_dynamic(
   step as in `run`. torch.compile gets variable shapes, as a user's does: mode 'compile' is its
   default, which recompiles on new shapes until it marks them dynamic; 'compile_symbolic' is
   torch.compile(dynamic=True), symbolic shapes from the first compile. `compile_backend`: the
-  TorchDynamo backend ('eager' traces without generating code). cfg.warmup untimed steps come
-  first, then cfg.steps timed.
+  TorchDynamo backend ('eager' traces without generating code). `pad_to_multiple_of`: the
+  collator's option of that name (transformers' examples set 8 for mixed precision): fewer distinct
+  shapes, lengths aligned for the tensor cores, so torch.compile settles sooner. cfg.warmup untimed
+  steps come first, then cfg.steps timed.
 
   examples: {'input_ids': [...], 'labels': [...]}, each EOS-terminated and cut to the feature lengths.
   order: example indices, (cfg.warmup + cfg.steps) * cfg.batch of them.
@@ -305,7 +308,9 @@ def run_dynamic(
     {"input_ids": ex["input_ids"], "attention_mask": [1] * len(ex["input_ids"]), "labels": ex["labels"]}
     for ex in examples
   ]
-  collator = DataCollatorForSeq2Seq(_pad_tokenizer(), model=None, padding="longest")
+  collator = DataCollatorForSeq2Seq(
+    _pad_tokenizer(), model=None, padding="longest", pad_to_multiple_of=pad_to_multiple_of
+  )
   results = []
   for mode, name in zip(modes, names):
     forward = loader = None
@@ -319,6 +324,7 @@ def run_dynamic(
         torch.utils.data.DataLoader(features, cfg.batch, sampler=order, collate_fn=collator, drop_last=True)
       )
       results.append(_time_dynamic(name, forward, optimizer, loader, cfg, device))
+      results[-1].extra["pad_to_multiple_of"] = pad_to_multiple_of
     except Exception as e:  # noqa: BLE001 -- OOM, or torch.compile unavailable here: report, don't crash
       optimizer.zero_grad(set_to_none=True)
       results.append(failure(name, e))
@@ -389,6 +395,7 @@ def _time_dynamic(
     final_loss=float(loss.detach().float()),
     torch_device=str(device),
     batch_shapes_timed=len(shapes),
+    input_lengths_timed=sorted({inputs for inputs, _ in shapes}),
     graphs_compiled_timed=recompiled,
   )
 

@@ -292,6 +292,7 @@ def run(
   compile_backend: str = "inductor",
   ours_rows: tuple[str, ...] = OURS_ROWS,
   packed_target_length: int | None = None,
+  peft_pad_to_multiple_of: int | None = None,
 ) -> list[RunResult]:
   """The PEFT rows first (they hand their memory back; JAX would not), then ours: of `ours_rows`,
   bucketed, padded and packed (its decoder row `packed_target_length` long, packed_feature_lengths)."""
@@ -301,7 +302,7 @@ def run(
   baseline = []
   if peft_modes:
     examples, order = peft_examples(cfg, workload, vocab_size)
-    baseline = peft_baseline.run_dynamic(cfg, examples, order, peft_modes, compile_backend)
+    baseline = peft_baseline.run_dynamic(cfg, examples, order, peft_modes, compile_backend, peft_pad_to_multiple_of)
   ours = []
   packed_lengths = packed_feature_lengths(cfg, packed_target_length)
   for row, buckets, packed in (
@@ -367,6 +368,11 @@ def format_report(data: dict[str, Any]) -> str:
     "the share of input positions (prompt aside) that pad; shapes: distinct batch shapes in the timed steps; "
     "compiled while timed: programs compiled during them (ours: XLA's, PEFT: TorchDynamo graphs)",
   ]
+  multiple = next(
+    (r["extra"].get("pad_to_multiple_of") for k, r in data["results"].items() if k.startswith("peft")), None
+  )
+  if multiple:
+    lines.append(f"PEFT rows: DataCollatorForSeq2Seq(pad_to_multiple_of={multiple})")
   for name, ratio in data["ratios"].items():
     lines.append(f"{name + ':':44s} {'-' if ratio is None else f'{ratio:.2f}x'}  (examples/s; > 1: the first faster)")
   return "\n".join(lines)

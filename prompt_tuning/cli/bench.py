@@ -175,7 +175,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     "--ours_rows",
     type=_name_list,
     default=("bucketed", "padded", "packed"),
-    help="workload: which of our rows run, some of bucketed,padded,packed (all by default)",
+    help="workload: which of our rows run, some of bucketed,padded,packed (all by default), or none (PEFT's only)",
   )
   parser.add_argument(
     "--packed_target_length",
@@ -183,6 +183,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     default=None,
     help="workload: ours packed's decoder row (default: twice --target_length, so that a row's targets hold "
     "as many examples as its encoder row; examples' targets are cut to it)",
+  )
+  parser.add_argument(
+    "--peft_pad_to_multiple_of",
+    type=int,
+    default=None,
+    help="workload: DataCollatorForSeq2Seq's pad_to_multiple_of for the PEFT rows (default: pad to the longest)",
   )
   parser.add_argument("--tasks", type=int, default=8, help="infer: prompts in the mixed batch; serve: prompts served")
   parser.add_argument("--requests", type=int, default=2000, help="serve: requests timed")
@@ -499,11 +505,17 @@ def _workload(cfg: BenchConfig, args: argparse.Namespace) -> int:
     return 2
   vocab_size = cfg.t5_config().vocab_size
   try:
-    unknown = sorted(set(args.ours_rows) - set(workload.OURS_ROWS))
+    ours_rows = () if args.ours_rows == ("none",) else args.ours_rows
+    unknown = sorted(set(ours_rows) - set(workload.OURS_ROWS))
     if not args.ours_rows or unknown:
-      raise ValueError(f"--ours_rows must name some of {','.join(workload.OURS_ROWS)}, got {','.join(args.ours_rows)}")
-    if args.packed_target_length is not None and args.packed_target_length < 1:
-      raise ValueError(f"--packed_target_length must be >= 1, got {args.packed_target_length}")
+      raise ValueError(
+        f"--ours_rows must name some of {','.join(workload.OURS_ROWS)} or be none, got {','.join(args.ours_rows)}"
+      )
+    if not ours_rows and peft_mode == "none" and not args.peft_symbolic:
+      raise ValueError("--ours_rows none with --peft none leaves no row to run")
+    for flag in ("packed_target_length", "peft_pad_to_multiple_of"):
+      if getattr(args, flag) is not None and getattr(args, flag) < 1:
+        raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     spec = _bucket_spec(args.length_buckets)
     make_buckets(spec, workload.feature_lengths(cfg))  # a bad spec: one line now, not after the PEFT rows
     if args.workload_task:
@@ -518,8 +530,9 @@ def _workload(cfg: BenchConfig, args: argparse.Namespace) -> int:
     print("prompt-tuning bench: --peft_symbolic needs torch, transformers and peft installed", file=sys.stderr)
     return 2
   results = workload.run(
-    cfg, work, spec, peft_modes, args.torch_compile_backend, args.ours_rows, args.packed_target_length
-  )
+    cfg, work, spec, peft_modes, args.torch_compile_backend, ours_rows, args.packed_target_length,
+    args.peft_pad_to_multiple_of,
+  )  # fmt: skip
   data = {
     "config": dataclasses.asdict(cfg),
     "workload": {"name": work.name, "source": work.source, "examples": len(work.inputs)},

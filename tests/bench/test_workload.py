@@ -62,7 +62,11 @@ def test_bad_workloads_fail_in_one_line(capsys):
     capsys.readouterr().err
   )
   assert cli.main([*base, "--ours_rows", "padded,sorted"]) == 2
-  assert "--ours_rows must name some of bucketed,padded,packed, got padded,sorted" in capsys.readouterr().err
+  assert "--ours_rows must name some of bucketed,padded,packed or be none, got padded,sorted" in capsys.readouterr().err
+  assert cli.main([*base, "--ours_rows", "none"]) == 2
+  assert "--ours_rows none with --peft none leaves no row to run" in capsys.readouterr().err
+  assert cli.main([*base, "--peft_pad_to_multiple_of", "0"]) == 2
+  assert "--peft_pad_to_multiple_of must be >= 1, got 0" in capsys.readouterr().err
   assert cli.main([*base, "--packed_target_length", "0"]) == 2
   assert "--packed_target_length must be >= 1, got 0" in capsys.readouterr().err
 
@@ -90,6 +94,7 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   args = ["--model", "tiny", "--batch", "4", "--input_length", "40", "--prompt_length", "8", "--target_length", "4"]
   args += ["--steps", "3", "--warmup", "2", "--dtype", "float32", "--peft", "eager", "--json", str(path)]
   args += ["--peft_symbolic", "--torch_compile_backend", "eager"]  # TorchDynamo's trace, no code generation
+  args += ["--peft_pad_to_multiple_of", "8"]
   assert cli.main(["bench", "--mode", "workload", "--workload_task", "quickstart_sentiment", *args]) == 0
   data = json.loads(path.read_text())
   assert data["workload"]["source"].startswith("task quickstart_sentiment, split train (600 examples, measured)")
@@ -107,6 +112,11 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   assert results["peft_eager_dynamic"]["extra"]["batch_shapes_timed"] >= bucketed["batch_shapes_timed"]
   assert results["peft_eager_dynamic"]["extra"]["graphs_compiled_timed"] == 0  # eager: nothing compiles
   assert results["peft_compile_symbolic_dynamic"]["extra"]["graphs_compiled_timed"] >= 0
+  # PEFT's collator pads each batch to its longest example, rounded up to a multiple of 8 here.
+  for name in ("peft_eager_dynamic", "peft_compile_symbolic_dynamic"):
+    extra = results[name]["extra"]
+    assert extra["pad_to_multiple_of"] == 8 and extra["input_lengths_timed"]
+    assert all(length % 8 == 0 for length in extra["input_lengths_timed"])
   # The same examples: bucketing pads less than the fixed length; dynamic padding pads least.
   assert results["peft_eager_dynamic"]["extra"]["input_padding"] <= bucketed["input_padding"]
   assert bucketed["input_padding"] < padded["input_padding"]
@@ -137,3 +147,4 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   )
   out = said.out
   assert "target tok/s" in out and "ours bucketed / peft eager dynamic" in out
+  assert "PEFT rows: DataCollatorForSeq2Seq(pad_to_multiple_of=8)" in out
