@@ -319,6 +319,51 @@ def test_fused_decode_cross_attention_keeps_its_cache_in_the_kernels_layout(para
   np.testing.assert_allclose(ours.scores, expected.scores, rtol=1e-5)
 
 
+def test_fused_encoder_attention_gets_the_position_bias_unbroadcast_and_the_padding_as_lengths(params, monkeypatch):
+  """Where cuDNN runs, the encoder's self-attention gets the [1, heads, q, k] position bias and each row's
+  length, not a [batch, heads, q, k] bias (JAX's XLA version of the fused call stands in off GPU): the
+  same logits and the same gradient w.r.t. the embedded input (what the prompt's flows through)."""
+  enc, dec_in = _batch()  # row 1: 4 tokens, then padding
+  mask = (enc > 0).astype(jnp.int32)
+  module = network.Transformer(CONFIG)
+  real_fused = layers.fused_attention
+  seen = []
+
+  def fused(query, key, value, bias, implementation="cudnn", key_lengths=None):
+    if key_lengths is None:
+      seen.append((bias.shape, None))
+    else:  # traced under jit: the values arrive when the program runs
+      jax.debug.callback(lambda lengths, shape=bias.shape: seen.append((shape, lengths.tolist())), key_lengths)
+    return real_fused(query, key, value, bias, implementation="xla", key_lengths=key_lengths)
+
+  def run():  # traced afresh each call (a new function each time: jit's cache would reuse a trace)
+    def logits_and_gradient():
+      logits = module.apply({"params": params}, enc, dec_in)
+
+      def loss(embedded):
+        encoded = module.apply({"params": params}, embedded, mask, method="encode")
+        logits = module.apply({"params": params}, encoded, mask, dec_in, method="decode")
+        return jnp.sum(jax.nn.log_softmax(logits)[..., 3])
+
+      return logits, jax.grad(loss)(module.apply({"params": params}, enc, method="embed"))
+
+    return jax.block_until_ready(jax.jit(logits_and_gradient)())
+
+  monkeypatch.setattr(layers, "fused_attention", fused)
+  monkeypatch.setattr(layers, "attention_backend", lambda *a, **kw: "xla" if kw.get("decode") else "cudnn")
+  logits, gradient = run()
+  monkeypatch.undo()
+  expected_logits, expected_gradient = run()
+  np.testing.assert_allclose(logits, expected_logits, atol=1e-5)
+  np.testing.assert_allclose(gradient, expected_gradient, atol=1e-5)
+  # Every encoder layer's call (the logits' pass and the gradient's) has the lengths; the decoder's don't.
+  jax.effects_barrier()
+  with_lengths = [call for call in seen if call[1] is not None]  # the gradient's may report twice
+  assert len(with_lengths) >= 2 * CONFIG.num_encoder_layers
+  assert all(call == ((1, CONFIG.num_heads, 7, 7), [7, 4]) for call in with_lengths)
+  assert len(seen) - len(with_lengths) == 2 * 2 * CONFIG.num_decoder_layers  # self and cross, both passes
+
+
 def test_odd_sequence_lengths_keep_the_reference_path():
   """cuDNN's backward pass with a bias refuses odd lengths (seen on an H200: 24 inputs + 5 prompt tokens)."""
   for lengths in ((29, 29), (4, 29), (29, 4)):

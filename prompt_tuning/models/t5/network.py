@@ -85,8 +85,9 @@ class EncoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, deterministic: bool) -> Array:
-    """x [batch, length, embed], bias [batch, heads, length, length] -> [batch, length, embed]."""
+  def __call__(self, x: Array, bias: Array | layers.PaddedPositionBias, deterministic: bool) -> Array:
+    """x [batch, length, embed], bias [batch, heads, length, length] (or its parts,
+    `layers.PaddedPositionBias`) -> [batch, length, embed]."""
     cfg = self.config
     dropout = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic)
     norm = functools.partial(layers.RMSNorm, cfg.layer_norm_epsilon, **_dtypes(cfg))
@@ -142,8 +143,11 @@ class Encoder(nn.Module):
       **_dtypes(cfg),
       name="relpos_bias",
     )(length, length)
-    if segment_ids is None:
-      bias = bias + layers.padding_mask_bias(mask, mask)
+    if segment_ids is None:  # right-padded rows: the mask is each row's first key_lengths positions
+      # At least 1: an all-padding row (an evaluation batch's filler) then attends to its first
+      # position and stays finite, as the reference's uniform weights do; nothing reads its output.
+      lengths = jnp.maximum(jnp.sum(mask > 0, axis=-1, dtype=jnp.int32), 1)
+      bias = layers.PaddedPositionBias(bias, layers.padding_mask_bias(mask, mask), lengths)
     else:
       bias = bias + layers.segment_mask_bias(segment_ids, segment_ids)
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
