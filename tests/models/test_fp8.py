@@ -75,6 +75,22 @@ def test_the_gradient_reaches_the_inputs_through_e5m2_and_never_the_kernel(dense
   assert operands == [("float8_e4m3fn", "float8_e4m3fn"), ("float8_e5m2", "float8_e4m3fn")]
 
 
+def test_fp8_runs_the_matmuls_over_encoder_positions_only():
+  """The encoder layers' seven projections and the decoder's cross-attention key/value take FP8 operands;
+  the decoder's projections over its target positions and the output head do not."""
+  module = network.Transformer(CONFIG.replace(matmul_dtype="fp8"))
+  params = network.init_params(CONFIG, jax.random.PRNGKey(0))
+  enc, dec = jnp.ones((2, 6), jnp.int32), jnp.ones((2, 3), jnp.int32)
+  jaxpr = jax.make_jaxpr(lambda p: module.apply({"params": p}, enc, dec))(params)
+  kinds = [str(eqn.invars[0].aval.dtype) for eqn in _equations(jaxpr.jaxpr, "dot_general")]
+  fp8_dots = kinds.count("float8_e4m3fn")
+  assert fp8_dots == 7 * CONFIG.num_encoder_layers + 2 * CONFIG.num_decoder_layers
+  # bf16 / float32 dots: attention scores and values everywhere, the decoder's q/k/v/o and cross q/o and
+  # MLP (3) per layer, and the output head.
+  decoder_target_side = (4 + 2 + 3) * CONFIG.num_decoder_layers
+  assert len(kinds) - fp8_dots >= decoder_target_side + 1
+
+
 def _equations(jaxpr, primitive: str) -> list:
   """The equations of `primitive` in a jaxpr and the jaxprs nested in it (custom_vjp, pjit), in order."""
   found = []
@@ -128,13 +144,16 @@ def test_model_tuning_with_fp8_is_refused_in_one_line():
     "prompt/prompt",
     "decoder/logits_dense/kernel",
     "encoder/layers_0/mlp/wo/kernel",
-    "decoder/layers_1/x/kernel",
+    "decoder/layers_1/encoder_decoder_attention/key/kernel",
+    "decoder/layers_1/mlp/wi_0/kernel",
   ]
   fp8.check_frozen("fp8", paths, r"prompt/prompt")
   fp8.check_frozen("fp8", paths, r"decoder/logits_dense/kernel")  # the output head is not FP8: it may train
+  fp8.check_frozen("fp8", paths, r"decoder/layers_1/mlp/.*")  # nor the decoder's target-side projections
   fp8.check_frozen("default", paths, r".*")
   with pytest.raises(
-    ValueError, match=r"TRAINABLE_PARAMS='\.\*' trains decoder/layers_1/x/kernel \(2 kernels in all\)"
+    ValueError,
+    match=r"TRAINABLE_PARAMS='\.\*' trains decoder/layers_1/encoder_decoder_attention/key/kernel \(2 kernels in all\)",
   ):
     fp8.check_frozen("fp8", paths, r".*")
 

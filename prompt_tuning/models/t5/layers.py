@@ -367,27 +367,31 @@ class MultiHeadAttention(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
   attention_impl: str = "auto"  # T5Config.attention_impl
   fuse_projections: bool = False  # T5Config.fuse_projections
+  # Encoder-decoder attention's key/value projections (over the encoder's positions): their matmul
+  # dtype, as DenseGeneral's (None: the enclosing fp8.matmuls scope's, as every other projection).
+  kv_matmul_dtype: str | None = None
 
   def _query_init(self, rng: Array, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
     # Keep the parameter dtype: a numpy scalar would promote a bfloat16 kernel to float32.
     return (attention_kernel_init(rng, shape, dtype) / np.sqrt(self.head_dim)).astype(dtype)
 
-  def _projections(self, x: Array, names: Sequence[str]) -> list[Array]:
+  def _projections(self, x: Array, names: Sequence[str], matmul_dtype: str | None = None) -> list[Array]:
     """x [batch, length, embed] -> one [batch, length, heads, kv] per name ('query', 'key', 'value'),
-    in one matmul with `fuse_projections`."""
+    in one matmul with `fuse_projections`; `matmul_dtype` as DenseGeneral's."""
     inits = {"query": self._query_init, "key": attention_kernel_init, "value": attention_kernel_init}
     features = (self.num_heads, self.head_dim)
     if self.fuse_projections and len(names) > 1:
       shape = (x.shape[-1], self.num_heads * self.head_dim)
       kernels = [StoredKernel(shape, ("embed", "joined_kv"), self.param_dtype, inits[n], name=n)() for n in names]
-      outs = fused_projection(x, kernels, features, self.dtype)
+      outs = fused_projection(x, kernels, features, self.dtype, matmul_dtype)
     else:
       outs = [
         DenseGeneral(
-          features, ("embed", "joined_kv"), dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=inits[n], name=n
+          features, ("embed", "joined_kv"), dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=inits[n],
+          matmul_dtype=matmul_dtype, name=n,
         )(x)
         for n in names
-      ]
+      ]  # fmt: skip
     return [constrain(out, ("batch", "length", "heads", "kv")) for out in outs]
 
   @nn.compact
@@ -437,7 +441,7 @@ class MultiHeadAttention(nn.Module):
       if decode:
         key, value = self._cached_cross_kv(inputs_kv, heads_major)
       else:
-        key, value = self._projections(inputs_kv, ("key", "value"))
+        key, value = self._projections(inputs_kv, ("key", "value"), self.kv_matmul_dtype)
     else:  # self-attention: one input for the three projections
       query, key, value = self._projections(inputs_q, ("query", "key", "value"))
       if decode:

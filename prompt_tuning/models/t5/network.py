@@ -57,7 +57,7 @@ def _layer_class(cls: type, config: T5Config, static_argnums: tuple[int, ...]) -
   return nn.remat(cls, policy=_REMAT_POLICIES[config.remat_policy], static_argnums=static_argnums)
 
 
-def _attention(cfg: T5Config, name: str) -> layers.MultiHeadAttention:
+def _attention(cfg: T5Config, name: str, kv_matmul_dtype: str | None = None) -> layers.MultiHeadAttention:
   """A layer's attention block as the config says (created inside the layer, so it is its child)."""
   return layers.MultiHeadAttention(
     cfg.num_heads,
@@ -66,6 +66,7 @@ def _attention(cfg: T5Config, name: str) -> layers.MultiHeadAttention:
     **_dtypes(cfg),
     attention_impl=cfg.attention_impl,
     fuse_projections=cfg.fuse_projections,
+    kv_matmul_dtype=kv_matmul_dtype,
     name=name,
   )
 
@@ -114,7 +115,10 @@ class DecoderLayer(nn.Module):
     h = _attention(cfg, "self_attention")(h, h, self_bias, deterministic=deterministic, decode=decode)
     y = y + dropout(h)
     h = norm(name="pre_cross_attention_layer_norm")(y)
-    h = _attention(cfg, "encoder_decoder_attention")(
+    # Under FP8 only the keys and values of the encoder's positions (the decoder's one projection over
+    # the encoder length) are worth it; every other decoder matmul spans the few target positions.
+    kv_matmul_dtype = "default" if decode else cfg.matmul_dtype
+    h = _attention(cfg, "encoder_decoder_attention", kv_matmul_dtype)(
       h, encoded, cross_bias, deterministic=deterministic, decode=decode, cross=True
     )
     y = y + dropout(h)
@@ -232,8 +236,11 @@ class Decoder(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     y = dropout(jnp.asarray(embedded, cfg.activation_dtype), deterministic=deterministic)
     layer = _layer_class(DecoderLayer, cfg, static_argnums=(5, 6)) if not decode else DecoderLayer
-    # Cached decoding steps are memory-bound: quantizing the weights in each step would read them twice.
-    with fp8.matmuls("default" if decode else cfg.matmul_dtype):
+    # The decoder's matmuls over its target positions stay in the activation dtype (see fp8.py): at a
+    # few target tokens they are a sliver of the step, and FP8 there more than doubled t5_1_1_small's
+    # logits error for no speed; cached decoding steps are memory-bound besides. Its encoder-side
+    # projection (cross-attention keys and values) follows cfg.matmul_dtype (DecoderLayer).
+    with fp8.matmuls("default"):
       for i in range(cfg.num_decoder_layers):
         y = layer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic, decode)
     y = layers.RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), name="decoder_norm")(y)
