@@ -13,10 +13,16 @@ Rows. With the prompt length p and the feature lengths {'inputs': n, 'targets': 
     step compiles the unpacked step's shape.
   decoder row: m positions; example i takes len(y_i) of them (EOS included), its decoder inputs
     shifted right within the segment (starting with 0), as unpacked.
-Greedy: a row takes the next examples of the stream while both its encoder and its decoder row
-still have room for the next one whole; an example too long was already cut to the feature
-lengths, so it always fits an empty row. A global batch is `batch_size` rows, so it holds a
-varying number of examples (at least batch_size while the stream lasts).
+First fit, in stream order: each next example of the stream goes to the first of the batch's rows
+whose encoder and decoder rows both still have room for it whole, else to a new row; the batch
+closes when the next example fits none of its `batch_size` rows (that example starts the next
+batch). So a batch holds a contiguous slice of the stream (the data position stays the count of
+examples read), each row its examples in stream order. A row stays open for later, shorter
+examples: denser than closing each row at its first misfit, which is what the TF-ops packing of
+t5 and seqio (`_pack_with_tf_ops`, one partial row at a time) does; tensor2tensor documents its
+custom packing op, which keeps several rows open, as the denser one. An example too long was
+already cut to the feature lengths, so it always fits an empty row. A global batch holds a varying number of
+examples (at least batch_size while the stream lasts).
 
 Features (int32), besides encoder_input_tokens [B, p + n] and the decoder_* [B, m] of unpacked
 batches:
@@ -70,7 +76,7 @@ def pack_rows(
   packing: Packing,
   feature_lengths: Mapping[str, int],
 ) -> tuple[list[list[Mapping[str, Any]]], int]:
-  """Fills up to `num_rows` rows greedily from a stream.
+  """Fills up to `num_rows` rows from a stream, first fit in stream order (the module docstring).
 
   Args:
     next_example: returns the next tokenized example (`inputs_ids` / `targets_ids`, EOS included,
@@ -78,14 +84,15 @@ def pack_rows(
     num_rows: rows to fill.
   Returns:
     (rows, consumed): the examples of each non-empty row, in stream order (fewer than num_rows
-    rows when the stream ended), and how many examples were taken. The example that did not fit
-    the last row is not taken: the next batch starts with it.
+    rows when the stream ended), and how many examples were taken: the first `consumed` of the
+    stream, spread over the rows. The example that fit no row is not taken: the next batch starts
+    with it.
   """
   lengths = packing.row_lengths(feature_lengths)
   p = packing.prompt_length
   rows: list[list[Mapping[str, Any]]] = []
+  used: list[list[int]] = []  # [encoder positions, decoder positions] taken in each row
   consumed, pending = 0, None
-  enc_used = dec_used = 0
   while True:
     example = pending if pending is not None else next_example()
     pending = None
@@ -97,15 +104,22 @@ def pack_rows(
         f"an example of {need_enc - p} input and {need_dec} target tokens does not fit a packed row of "
         f"{lengths['inputs']} - {p} and {lengths['targets']}: cut it to TASK_FEATURE_LENGTHS first"
       )
-    if rows and enc_used + need_enc <= lengths["inputs"] and dec_used + need_dec <= lengths["targets"]:
-      rows[-1].append(example)
-    elif len(rows) < num_rows:
-      rows.append([example])
-      enc_used = dec_used = 0
-    else:
+    fits = (
+      r
+      for r, (enc, dec) in enumerate(used)
+      if enc + need_enc <= lengths["inputs"] and dec + need_dec <= lengths["targets"]
+    )
+    row = next(fits, None)
+    if row is None and len(rows) < num_rows:
+      rows.append([])
+      used.append([0, 0])
+      row = len(rows) - 1
+    if row is None:
       pending = example  # the next batch's first example: not consumed
       break
-    enc_used, dec_used = enc_used + need_enc, dec_used + need_dec
+    rows[row].append(example)
+    used[row][0] += need_enc
+    used[row][1] += need_dec
     consumed += 1
   return rows, consumed
 

@@ -126,7 +126,8 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   assert packed["extra"]["batch_shapes_timed"] == 1 and packed["extra"]["graphs_compiled_timed"] == 0
   assert packed["extra"]["target_length"] == 8 and padded["target_length"] == 4  # packed: twice by default
   assert packed["extra"]["input_padding"] < padded["input_padding"]
-  assert packed["extra"]["examples_timed"] > CFG.steps * CFG.batch == padded["examples_timed"]
+  # At least a row's worth per row (more where two short reviews fit one 40-position row).
+  assert packed["extra"]["examples_timed"] >= CFG.steps * CFG.batch == padded["examples_timed"]
   assert packed["examples_per_s"] == pytest.approx(packed["extra"]["examples_timed"] / (packed["step_ms"] * 3 / 1e3))
   # Every unpacked row counts the same target tokens over its timed steps (the packed row reads further).
   unpacked = [r for name, r in results.items() if name != "ours_packed"]

@@ -47,13 +47,19 @@ def test_rows_hold_whole_examples_in_stream_order_each_exactly_once():
   stream = [(tuple(ex["inputs_ids"]), tuple(ex["targets_ids"])) for ex in plain._examples]
   order = [stream[i] for i in plain._stream(0, 3 * len(stream))]  # three epochs of the shuffled order
   it = make_iter(task)
-  packed, counts = [], []
+  read, counts = 0, []
   for batch in itertools.islice(it, 12):
     a = batch.arrays
     assert a["encoder_input_tokens"].shape == (4, P + 40) and a["decoder_target_tokens"].shape == (4, 6)
     assert a["mask"].tolist() == [1, 1, 1, 1]
     rows = _segments(a)
-    packed += rows
+    # A batch holds the next slice of the stream, spread over its rows (first fit), each row in order.
+    expected = order[read : read + len(rows)]
+    assert sorted(rows) == sorted(expected)
+    for r in range(4):
+      mine = _segments({k: v[r : r + 1] for k, v in a.items()})
+      assert [expected.index(ex) for ex in mine] == sorted(expected.index(ex) for ex in mine)
+    read += len(rows)
     counts.append(len(rows))
     assert len(batch.text["inputs"]) == len(rows)
     for r in range(4):  # positions restart at 0 per segment; prompt slots hold token 0
@@ -72,25 +78,35 @@ def test_rows_hold_whole_examples_in_stream_order_each_exactly_once():
         y = a["decoder_target_tokens"][r][dec == s]
         assert shifted[dec == s].tolist() == [0, *y[:-1].tolist()]
       np.testing.assert_array_equal(a["decoder_loss_weights"][r], dec > 0)
-  assert packed == order[: len(packed)]  # every example, in order, none skipped or repeated
-  assert it.position == len(packed) and min(counts) >= 4 and len(set(counts)) > 1  # varying, >= 1 per row
+  assert it.position == read and min(counts) >= 4 and len(set(counts)) > 1  # every example once; varying
 
 
-def test_greedy_rows_never_overflow_and_close_only_when_the_next_example_does_not_fit():
-  it = make_iter(make_task(), shuffle=False)
-  rows, examples = [], []
+def test_rows_never_overflow_and_a_batch_closes_only_when_the_next_example_fits_no_row():
+  task = make_task()
+  it = make_iter(task, shuffle=False)
+  plain = pipeline.BatchIterator(task, "train", LENGTHS, 4, shuffle=False, seed=5, repeat=True, drop_remainder=True)
+  stream = [(tuple(ex["inputs_ids"]), tuple(ex["targets_ids"])) for ex in plain._examples]
+  read, rows_with_room = 0, 0
   for batch in itertools.islice(it, 8):
     a = batch.arrays
-    examples += _segments(a)
+    read += len(_segments(a))
+    x, y = stream[plain._stream(read, read + 1)[0]]  # the next batch's first example
     for r in range(4):
-      used = [int((a[f"{side}_segment_ids"][r] > 0).sum()) for side in ("encoder", "decoder")]
-      rows.append((*used, int(a["encoder_segment_ids"][r].max())))
-  start = 0
-  for enc_used, dec_used, count in rows[:-1]:
-    assert enc_used <= P + 40 and dec_used <= 6
-    start += count
-    x, y = examples[start]  # the first example of the next row did not fit this one
-    assert enc_used + P + len(x) > P + 40 or dec_used + len(y) > 6
+      enc_used, dec_used = (int((a[f"{side}_segment_ids"][r] > 0).sum()) for side in ("encoder", "decoder"))
+      assert enc_used <= P + 40 and dec_used <= 6
+      assert enc_used + P + len(x) > P + 40 or dec_used + len(y) > 6  # it fit none of this batch's rows
+      rows_with_room += enc_used + P + 2 <= P + 40 and dec_used + 2 <= 6
+  assert rows_with_room > 0  # rows left open for a shorter example, not closed at their first misfit
+
+
+def test_first_fit_packs_denser_than_closing_each_row_at_its_first_misfit():
+  # Lengths (with the prompt) 30, 20, 30, 20 in rows of 50: one row at a time closes row 1 at the second 30
+  # (30 + 20 | 30 + 20: 2 rows); first fit also gives 2 rows here; but 30, 30, 20, 20 gives 3 rows one row
+  # at a time (30 | 30 + 20 | 20) and 2 with first fit (30 + 20 | 30 + 20).
+  examples = [{"inputs_ids": [5] * (n - 3), "targets_ids": [1]} for n in (30, 30, 20, 20)]
+  stream = iter(examples)
+  rows, consumed = packing.pack_rows(lambda: next(stream, None), 3, packing.Packing(3), {"inputs": 47, "targets": 6})
+  assert consumed == 4 and [[len(ex["inputs_ids"]) + 3 for ex in row] for row in rows] == [[30, 20], [30, 20]]
 
 
 def test_resuming_from_a_saved_position_continues_bit_identically():
