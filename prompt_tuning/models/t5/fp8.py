@@ -33,8 +33,9 @@ What stays in the activation dtype, and why:
 - the decoder's projections over its own target positions (self-attention,
   the cross-attention query and output, the MLP): with targets of a few
   tokens they are a sliver of the step's FLOPs, while FP8 there feeds its
-  error straight into the logits (t5_1_1_small, random weights, 412 inputs:
-  logits 11.1% off bf16 with them in FP8, 4.8% without);
+  error straight into the logits (random weights, 412 inputs: t5_1_1_small's
+  logits 11.1% off bf16 with them in FP8, 4.8% without; t5_1_1_base's 12.9%
+  and 7.1%);
 - the output head (`decoder/logits_dense` and T5 1.0's `Embed.attend`): the
   loss reads its output directly, a 32k-way softmax is where FP8's 3-bit
   mantissa costs most, and with 8-token targets it is a few percent of the FLOPs;
