@@ -19,6 +19,7 @@ torch is imported inside the functions, so importing this module is free.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from typing import Any, Callable
@@ -268,13 +269,30 @@ def _pad_tokenizer() -> Any:
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class Dynamic:
+  """How the rows with dynamic padding feed and compile PEFT.
+
+  compile_backend: the TorchDynamo backend of the compiled rows ('eager' traces without generating
+    code).
+  pad_to_multiple_of: DataCollatorForSeq2Seq's option of that name (transformers' examples set 8 for
+    mixed precision): fewer distinct shapes, lengths aligned for the tensor cores.
+  mark_dynamic: mark each batch's length dimensions dynamic before the call
+    (`torch._dynamo.maybe_mark_dynamic`), so torch.compile traces symbolic lengths from its first
+    compile instead of recompiling when a second length arrives (the batch size stays static).
+  """
+
+  compile_backend: str = "inductor"
+  pad_to_multiple_of: int | None = None
+  mark_dynamic: bool = False
+
+
 def run_dynamic(
   cfg: BenchConfig,
   examples: list[dict[str, list[int]]],
   order: list[int],
   modes: tuple[str, ...] = MODES,
-  compile_backend: str = "inductor",
-  pad_to_multiple_of: int | None = None,
+  options: Dynamic = Dynamic(),
 ) -> list[RunResult]:
   """PEFT with its usual dynamic padding, end to end from tokenized examples, in each of `modes`.
 
@@ -283,11 +301,9 @@ def run_dynamic(
   longest input and target (labels with -100); the batch is moved to the device, then one optimizer
   step as in `run`. torch.compile gets variable shapes, as a user's does: mode 'compile' is its
   default, which recompiles on new shapes until it marks them dynamic; 'compile_symbolic' is
-  torch.compile(dynamic=True), symbolic shapes from the first compile. `compile_backend`: the
-  TorchDynamo backend ('eager' traces without generating code). `pad_to_multiple_of`: the
-  collator's option of that name (transformers' examples set 8 for mixed precision): fewer distinct
-  shapes, lengths aligned for the tensor cores, so torch.compile settles sooner. cfg.warmup untimed
-  steps come first, then cfg.steps timed.
+  torch.compile(dynamic=True), symbolic shapes from the first compile; `options` (`Dynamic`) for the
+  backend, the collator's rounding and marking lengths dynamic. cfg.warmup untimed steps come first,
+  then cfg.steps timed.
 
   examples: {'input_ids': [...], 'labels': [...]}, each EOS-terminated and cut to the feature lengths.
   order: example indices, (cfg.warmup + cfg.steps) * cfg.batch of them.
@@ -309,7 +325,7 @@ def run_dynamic(
     for ex in examples
   ]
   collator = DataCollatorForSeq2Seq(
-    _pad_tokenizer(), model=None, padding="longest", pad_to_multiple_of=pad_to_multiple_of
+    _pad_tokenizer(), model=None, padding="longest", pad_to_multiple_of=options.pad_to_multiple_of
   )
   results = []
   for mode, name in zip(modes, names):
@@ -319,12 +335,13 @@ def run_dynamic(
       # 'compile': torch.compile's default, which recompiles on new shapes until it marks them dynamic;
       # 'compile_symbolic': dynamic=True, symbolic shapes from the first compile (what a user tries next).
       dynamic = True if mode == "compile_symbolic" else None
-      forward = model if mode == "eager" else torch.compile(model, dynamic=dynamic, backend=compile_backend)
+      forward = model if mode == "eager" else torch.compile(model, dynamic=dynamic, backend=options.compile_backend)
       loader = iter(
         torch.utils.data.DataLoader(features, cfg.batch, sampler=order, collate_fn=collator, drop_last=True)
       )
-      results.append(_time_dynamic(name, forward, optimizer, loader, cfg, device))
-      results[-1].extra["pad_to_multiple_of"] = pad_to_multiple_of
+      mark = options.mark_dynamic and mode != "eager"
+      results.append(_time_dynamic(name, forward, optimizer, loader, cfg, device, mark))
+      results[-1].extra.update(pad_to_multiple_of=options.pad_to_multiple_of, mark_dynamic=mark)
     except Exception as e:  # noqa: BLE001 -- OOM, or torch.compile unavailable here: report, don't crash
       optimizer.zero_grad(set_to_none=True)
       results.append(failure(name, e))
@@ -340,10 +357,11 @@ def run_dynamic(
 
 
 def _time_dynamic(
-  name: str, forward: Callable, optimizer: Any, loader: Any, cfg: BenchConfig, device: Any
+  name: str, forward: Callable, optimizer: Any, loader: Any, cfg: BenchConfig, device: Any, mark_dynamic: bool
 ) -> RunResult:
   """`_time`'s protocol over batches drawn from `loader` (each step loads, collates and moves its own
-  batch); counts the real target and input tokens of the timed steps on the host batches."""
+  batch); counts the real target and input tokens of the timed steps on the host batches.
+  `mark_dynamic`: each batch's length dimensions are marked dynamic (see `Dynamic`)."""
   import torch
 
   cuda = device.type == "cuda"
@@ -359,6 +377,9 @@ def _time_dynamic(
       counts["positions"] += batch["input_ids"].numel()
       shapes.add((batch["input_ids"].shape[1], batch["labels"].shape[1]))
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if mark_dynamic:
+      for tensor in batch.values():
+        torch._dynamo.maybe_mark_dynamic(tensor, 1)
     loss = forward(**batch).loss
     loss.backward()
     optimizer.step()
@@ -367,6 +388,7 @@ def _time_dynamic(
 
   if cuda:
     torch.cuda.reset_peak_memory_stats(device)
+  graphs_at_start = _compiled_graphs()
   start = time.perf_counter()
   loss = step(False)
   sync()
@@ -382,6 +404,7 @@ def _time_dynamic(
   seconds = time.perf_counter() - start
   # torch.compile's graphs compiled during the timed steps: shapes it had not generalized over.
   recompiled = None if graphs_before is None else _compiled_graphs() - graphs_before
+  compiled = None if graphs_at_start is None else _compiled_graphs() - graphs_at_start
   return RunResult.timed(
     name,
     seconds,
@@ -397,6 +420,7 @@ def _time_dynamic(
     batch_shapes_timed=len(shapes),
     input_lengths_timed=sorted({inputs for inputs, _ in shapes}),
     graphs_compiled_timed=recompiled,
+    graphs_compiled=compiled,
   )
 
 

@@ -289,20 +289,20 @@ def run(
   workload: Workload,
   length_buckets: Any,
   peft_modes: tuple[str, ...],
-  compile_backend: str = "inductor",
+  peft_options: Any = None,
   ours_rows: tuple[str, ...] = OURS_ROWS,
   packed_target_length: int | None = None,
-  peft_pad_to_multiple_of: int | None = None,
 ) -> list[RunResult]:
-  """The PEFT rows first (they hand their memory back; JAX would not), then ours: of `ours_rows`,
-  bucketed, padded and packed (its decoder row `packed_target_length` long, packed_feature_lengths)."""
+  """The PEFT rows first (they hand their memory back; JAX would not; `peft_options`: a
+  peft_baseline.Dynamic, None for its defaults), then ours: of `ours_rows`, bucketed, padded and
+  packed (its decoder row `packed_target_length` long, packed_feature_lengths)."""
   from prompt_tuning.bench import peft_baseline
 
   vocab_size = cfg.t5_config().vocab_size
   baseline = []
   if peft_modes:
     examples, order = peft_examples(cfg, workload, vocab_size)
-    baseline = peft_baseline.run_dynamic(cfg, examples, order, peft_modes, compile_backend, peft_pad_to_multiple_of)
+    baseline = peft_baseline.run_dynamic(cfg, examples, order, peft_modes, peft_options or peft_baseline.Dynamic())
   ours = []
   packed_lengths = packed_feature_lengths(cfg, packed_target_length)
   for row, buckets, packed in (
@@ -368,11 +368,11 @@ def format_report(data: dict[str, Any]) -> str:
     "the share of input positions (prompt aside) that pad; shapes: distinct batch shapes in the timed steps; "
     "compiled while timed: programs compiled during them (ours: XLA's, PEFT: TorchDynamo graphs)",
   ]
-  multiple = next(
-    (r["extra"].get("pad_to_multiple_of") for k, r in data["results"].items() if k.startswith("peft")), None
-  )
-  if multiple:
-    lines.append(f"PEFT rows: DataCollatorForSeq2Seq(pad_to_multiple_of={multiple})")
+  peft_rows = [r["extra"] for k, r in data["results"].items() if k.startswith("peft") and r.get("extra")]
+  if peft_rows and peft_rows[0].get("pad_to_multiple_of"):
+    lines.append(f"PEFT rows: DataCollatorForSeq2Seq(pad_to_multiple_of={peft_rows[0]['pad_to_multiple_of']})")
+  if any(extra.get("mark_dynamic") for extra in peft_rows):
+    lines.append("PEFT compiled rows: each batch's length dimensions marked dynamic (torch._dynamo.maybe_mark_dynamic)")
   for name, ratio in data["ratios"].items():
     lines.append(f"{name + ':':44s} {'-' if ratio is None else f'{ratio:.2f}x'}  (examples/s; > 1: the first faster)")
   return "\n".join(lines)

@@ -190,6 +190,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     default=None,
     help="workload: DataCollatorForSeq2Seq's pad_to_multiple_of for the PEFT rows (default: pad to the longest)",
   )
+  parser.add_argument(
+    "--peft_mark_dynamic",
+    action="store_true",
+    help="workload: mark each PEFT batch's length dimensions dynamic, so torch.compile starts symbolic (one compile)",
+  )
   parser.add_argument("--tasks", type=int, default=8, help="infer: prompts in the mixed batch; serve: prompts served")
   parser.add_argument("--requests", type=int, default=2000, help="serve: requests timed")
   parser.add_argument(
@@ -529,10 +534,8 @@ def _workload(cfg: BenchConfig, args: argparse.Namespace) -> int:
   if peft_modes and not peft_baseline.available():
     print("prompt-tuning bench: --peft_symbolic needs torch, transformers and peft installed", file=sys.stderr)
     return 2
-  results = workload.run(
-    cfg, work, spec, peft_modes, args.torch_compile_backend, ours_rows, args.packed_target_length,
-    args.peft_pad_to_multiple_of,
-  )  # fmt: skip
+  options = peft_baseline.Dynamic(args.torch_compile_backend, args.peft_pad_to_multiple_of, args.peft_mark_dynamic)
+  results = workload.run(cfg, work, spec, peft_modes, options, ours_rows, args.packed_target_length)
   data = {
     "config": dataclasses.asdict(cfg),
     "workload": {"name": work.name, "source": work.source, "examples": len(work.inputs)},

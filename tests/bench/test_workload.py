@@ -92,15 +92,16 @@ def test_ours_rows_and_the_packed_decoder_row(monkeypatch):
 def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   path = tmp_path / "workload.json"
   args = ["--model", "tiny", "--batch", "4", "--input_length", "40", "--prompt_length", "8", "--target_length", "4"]
-  args += ["--steps", "3", "--warmup", "2", "--dtype", "float32", "--peft", "eager", "--json", str(path)]
+  args += ["--steps", "3", "--warmup", "2", "--dtype", "float32", "--peft", "both", "--json", str(path)]
   args += ["--peft_symbolic", "--torch_compile_backend", "eager"]  # TorchDynamo's trace, no code generation
-  args += ["--peft_pad_to_multiple_of", "8"]
+  args += ["--peft_pad_to_multiple_of", "8", "--peft_mark_dynamic"]
   assert cli.main(["bench", "--mode", "workload", "--workload_task", "quickstart_sentiment", *args]) == 0
   data = json.loads(path.read_text())
   assert data["workload"]["source"].startswith("task quickstart_sentiment, split train (600 examples, measured)")
   results = data["results"]
   assert set(results) == {
-    "ours_bucketed", "ours_padded", "ours_packed", "peft_eager_dynamic", "peft_compile_symbolic_dynamic"
+    "ours_bucketed", "ours_padded", "ours_packed", "peft_eager_dynamic", "peft_compile_dynamic",
+    "peft_compile_symbolic_dynamic",
   }  # fmt: skip
   for row in results.values():
     assert row["error"] is None and row["examples_per_s"] > 0 and row["extra"]["target_tokens_per_s"] > 0
@@ -112,6 +113,10 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   assert results["peft_eager_dynamic"]["extra"]["batch_shapes_timed"] >= bucketed["batch_shapes_timed"]
   assert results["peft_eager_dynamic"]["extra"]["graphs_compiled_timed"] == 0  # eager: nothing compiles
   assert results["peft_compile_symbolic_dynamic"]["extra"]["graphs_compiled_timed"] >= 0
+  # Lengths marked dynamic: the compiled row traced its 5 batches of several lengths once.
+  compiled = results["peft_compile_dynamic"]["extra"]
+  assert compiled["mark_dynamic"] and compiled["graphs_compiled"] == 1 and len(compiled["input_lengths_timed"]) > 1
+  assert not results["peft_eager_dynamic"]["extra"]["mark_dynamic"]  # eager compiles nothing to mark for
   # PEFT's collator pads each batch to its longest example, rounded up to a multiple of 8 here.
   for name in ("peft_eager_dynamic", "peft_compile_symbolic_dynamic"):
     extra = results[name]["extra"]
@@ -149,3 +154,4 @@ def test_workload_mode_on_a_tasks_own_data_reports_both_sides(tmp_path, capsys):
   out = said.out
   assert "target tok/s" in out and "ours bucketed / peft eager dynamic" in out
   assert "PEFT rows: DataCollatorForSeq2Seq(pad_to_multiple_of=8)" in out
+  assert "PEFT compiled rows: each batch's length dimensions marked dynamic" in out
