@@ -21,8 +21,8 @@ examples read), each row its examples in stream order. A row stays open for late
 examples: denser than closing each row at its first misfit, which is what the TF-ops packing of
 t5 and seqio (`_pack_with_tf_ops`, one partial row at a time) does; tensor2tensor documents its
 custom packing op, which keeps several rows open, as the denser one. An example too long was
-already cut to the feature lengths, so it always fits an empty row. A global batch holds a varying number of
-examples (at least batch_size while the stream lasts).
+already cut to the feature lengths, so it always fits an empty row. A global batch holds a varying
+number of examples (at least batch_size while the stream lasts).
 
 Features (int32), besides encoder_input_tokens [B, p + n] and the decoder_* [B, m] of unpacked
 batches:
