@@ -319,10 +319,15 @@ def test_fused_decode_cross_attention_keeps_its_cache_in_the_kernels_layout(para
   np.testing.assert_allclose(ours.scores, expected.scores, rtol=1e-5)
 
 
-def test_fused_encoder_attention_gets_the_position_bias_unbroadcast_and_the_padding_as_lengths(params, monkeypatch):
-  """Where cuDNN runs, the encoder's self-attention gets the [1, heads, q, k] position bias and each row's
-  length, not a [batch, heads, q, k] bias (JAX's XLA version of the fused call stands in off GPU): the
-  same logits and the same gradient w.r.t. the embedded input (what the prompt's flows through)."""
+@pytest.mark.parametrize("cudnn_takes_lengths", [True, False])
+def test_fused_encoder_attention_gets_the_position_bias_unbroadcast_and_the_padding_as_lengths(
+  params, monkeypatch, cudnn_takes_lengths
+):
+  """Where cuDNN runs and takes them (`cudnn_takes_key_lengths`, probed on the GPU), the encoder's
+  self-attention gets the [1, heads, q, k] position bias and each row's length, not a [batch, heads,
+  q, k] bias; where it does not, the combined bias as before (JAX's XLA version of the fused call stands
+  in off GPU). Either way the logits and the gradient w.r.t. the embedded input (what the prompt's
+  flows through) are the reference's."""
   enc, dec_in = _batch()  # row 1: 4 tokens, then padding
   mask = (enc > 0).astype(jnp.int32)
   module = network.Transformer(CONFIG)
@@ -351,6 +356,7 @@ def test_fused_encoder_attention_gets_the_position_bias_unbroadcast_and_the_padd
 
   monkeypatch.setattr(layers, "fused_attention", fused)
   monkeypatch.setattr(layers, "attention_backend", lambda *a, **kw: "xla" if kw.get("decode") else "cudnn")
+  monkeypatch.setattr(layers, "cudnn_takes_key_lengths", lambda *shape: cudnn_takes_lengths)
   logits, gradient = run()
   monkeypatch.undo()
   expected_logits, expected_gradient = run()
@@ -359,9 +365,18 @@ def test_fused_encoder_attention_gets_the_position_bias_unbroadcast_and_the_padd
   # Every encoder layer's call (the logits' pass and the gradient's) has the lengths; the decoder's don't.
   jax.effects_barrier()
   with_lengths = [call for call in seen if call[1] is not None]  # the gradient's may report twice
-  assert len(with_lengths) >= 2 * CONFIG.num_encoder_layers
-  assert all(call == ((1, CONFIG.num_heads, 7, 7), [7, 4]) for call in with_lengths)
-  assert len(seen) - len(with_lengths) == 2 * 2 * CONFIG.num_decoder_layers  # self and cross, both passes
+  decoder_calls = 2 * 2 * CONFIG.num_decoder_layers  # self and cross, both passes
+  if cudnn_takes_lengths:
+    assert len(with_lengths) >= 2 * CONFIG.num_encoder_layers
+    assert all(call == ((1, CONFIG.num_heads, 7, 7), [7, 4]) for call in with_lengths)
+    assert len(seen) - len(with_lengths) == decoder_calls
+  else:  # the encoder's calls get the bias with its batch: [batch, heads, q, k]
+    assert not with_lengths and len(seen) == 2 * CONFIG.num_encoder_layers + decoder_calls
+    assert seen.count(((2, CONFIG.num_heads, 7, 7), None)) == 2 * CONFIG.num_encoder_layers
+
+
+def test_off_a_gpu_nothing_is_probed_for_key_lengths():
+  assert not layers.cudnn_takes_key_lengths(2, 8, 4, 8, "bfloat16", platform="cpu")
 
 
 def test_odd_sequence_lengths_keep_the_reference_path():

@@ -312,6 +312,34 @@ def fused_attention(
   )  # fmt: skip
 
 
+@functools.cache
+def cudnn_takes_key_lengths(
+  batch: int, length: int, heads: int, head_dim: int, dtype_name: str, platform: str | None = None
+) -> bool:
+  """Whether cuDNN's fused attention builds here, forward and gradient, with a [1, heads, length,
+  length] bias and key lengths (`fused_attention(..., key_lengths=...)`), for these shapes.
+
+  JAX's own tests cover a broadcast bias and key lengths apart, not together; so the first encoder
+  attention of a process compiles the pair once (abstract operands: nothing runs) and falls back
+  to the batch-broadcast bias if cuDNN refuses it. Off a GPU: False (the fused kernel is not there).
+  """
+  if (platform or jax.default_backend()) not in ("gpu", "cuda"):
+    return False
+  dtype = jnp.dtype(dtype_name)
+  operand = jax.ShapeDtypeStruct((batch, length, heads, head_dim), dtype)
+  bias = jax.ShapeDtypeStruct((1, heads, length, length), jnp.float32)
+  lengths = jax.ShapeDtypeStruct((batch,), jnp.int32)
+
+  def loss(query, key, value, bias, lengths):
+    return jnp.sum(fused_attention(query, key, value, bias, key_lengths=lengths).astype(jnp.float32))
+
+  try:
+    jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(operand, operand, operand, bias, lengths).compile()
+  except Exception:  # noqa: BLE001 -- cuDNN or JAX refusing the combination, in whatever form
+    return False
+  return True
+
+
 def dot_product_attention(
   query: Array,
   key: Array,
@@ -453,16 +481,22 @@ class MultiHeadAttention(nn.Module):
     query = query.reshape(kv_batch, batch // kv_batch * q_length, *query.shape[2:])  # the group's rows in a row
     if not decode:
       backend = choose(lengths=(query.shape[1], key.shape[1]))
-    if isinstance(bias, PaddedPositionBias) and backend == "cudnn":
-      out = fused_attention(query, key, value, bias.position, key_lengths=bias.key_lengths)
-    elif backend == "cudnn":
+    if isinstance(bias, PaddedPositionBias):
+      shape = (query.shape[0], query.shape[1], self.num_heads, self.head_dim, jnp.dtype(self.dtype).name)
+      if backend == "cudnn" and cudnn_takes_key_lengths(*shape):
+        out = fused_attention(query, key, value, bias.position, key_lengths=bias.key_lengths)
+        return self._output(inputs_q, out, batch, q_length)
+      bias = bias.combined()
+    if backend == "cudnn":
       out = fused_attention(query, key, value, bias)
     else:  # the reference path, and the only one with attention dropout
-      if isinstance(bias, PaddedPositionBias):
-        bias = bias.combined()
       out = dot_product_attention(
         query, key, value, bias, self.dropout_rate, dropout_rng, self.dtype, heads_major=heads_major
       )
+    return self._output(inputs_q, out, batch, q_length)
+
+  def _output(self, inputs_q: Array, out: Array, batch: int, q_length: int) -> Array:
+    """The heads' outputs [rows, length, heads, kv] -> [batch, q_length, embed] through `out`."""
     out = out.reshape(batch, q_length, *out.shape[2:])
     out = DenseGeneral(
       inputs_q.shape[-1],
