@@ -276,3 +276,25 @@ def test_a_multi_task_run_resumes_and_its_task_bundles_serve_like_its_own_table(
   np.testing.assert_array_equal(loaded.params["prompt"]["prompt"], whole[1])
   with pytest.raises(ValueError, match=r"trained a prompt per task \(mt_a, mt_b\): pass task= one of them"):
     load_pretrained(prompt=model_dir)
+
+
+def test_a_packed_multi_task_run_trains_each_tasks_prompt(mixture, tmp_path):
+  """PACKING with a prompt table through train(): packed batches mix the tasks' examples, each with its own
+  task's prompt copy, and every task's loss and bundle come out of the run."""
+  model = specs.ModelSpec(CONFIG, prompt=specs.PromptSpec(length=5, per_task=True), trainable_params="prompt/.*")
+  result = train(
+    model,
+    specs.TaskSpec("mt_ab", LENGTHS, packing=True),
+    str(tmp_path),
+    specs.TrainSpec(steps=2, batch_size=4, save_period=2, log_period=1, eval_period=0),
+    progress=False,
+  )
+  assert result.step == 2
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  trained = [r for r in records if "train/loss" in r]
+  assert [r["step"] for r in trained] == [1, 2]
+  assert any({"train/mt_a/loss", "train/mt_b/loss"} <= set(r) for r in trained)  # a step training both
+  assert sorted(os.listdir(tmp_path / "prompts" / "step_2")) == ["mt_a.safetensors", "mt_b.safetensors"]
+  for row, name in enumerate(("mt_a", "mt_b")):  # each task's bundle is its row of the trained table
+    bundle = bundle_lib.read_bundle(bundle_lib.latest_bundle(str(tmp_path), "prompts", name))
+    np.testing.assert_array_equal(bundle.prompt, np.asarray(result.trainable["prompt"]["prompt"])[row])
