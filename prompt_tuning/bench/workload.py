@@ -41,7 +41,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from prompt_tuning import partitioning
-from prompt_tuning.bench import BenchConfig, RunResult, is_out_of_memory, lengths, log, log_row, tables
+from prompt_tuning.bench import BenchConfig, RunResult, is_out_of_memory, lengths, log, log_row, peft_baseline, tables
 from prompt_tuning.bench.ours import init_on_device, peak_bytes
 from prompt_tuning.errors import first_line
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
@@ -140,13 +140,11 @@ def _iterator(
   from prompt_tuning.data.packing import Packing
   from prompt_tuning.data.pipeline import BatchIterator
 
-  packed = packed_lengths is not None
   # The trainer's own iterator and order: shuffled from the seed, endless, full batches.
   return BatchIterator(
-    _WorkloadTask(workload, vocab_size), "train", packed_lengths or feature_lengths(cfg), cfg.batch, shuffle=True,
-    seed=cfg.seed,
-    repeat=True, drop_remainder=True, length_buckets=length_buckets,
-    packing=Packing(cfg.prompt_length) if packed else None,
+    _WorkloadTask(workload, vocab_size), "train", packed_lengths or feature_lengths(cfg), cfg.batch,
+    shuffle=True, seed=cfg.seed, repeat=True, drop_remainder=True, length_buckets=length_buckets,
+    packing=None if packed_lengths is None else Packing(cfg.prompt_length),
   )  # fmt: skip
 
 
@@ -289,15 +287,13 @@ def run(
   workload: Workload,
   length_buckets: Any,
   peft_modes: tuple[str, ...],
-  peft_options: Any = None,
+  peft_options: peft_baseline.Dynamic | None = None,
   ours_rows: tuple[str, ...] = OURS_ROWS,
   packed_target_length: int | None = None,
 ) -> list[RunResult]:
   """The PEFT rows first (they hand their memory back; JAX would not; `peft_options`: a
   peft_baseline.Dynamic, None for its defaults), then ours: of `ours_rows`, bucketed, padded and
   packed (its decoder row `packed_target_length` long, packed_feature_lengths)."""
-  from prompt_tuning.bench import peft_baseline
-
   vocab_size = cfg.t5_config().vocab_size
   baseline = []
   if peft_modes:
@@ -305,13 +301,13 @@ def run(
     baseline = peft_baseline.run_dynamic(cfg, examples, order, peft_modes, peft_options or peft_baseline.Dynamic())
   ours = []
   packed_lengths = packed_feature_lengths(cfg, packed_target_length)
-  for row, buckets, packed in (
+  for row, buckets, row_lengths in (
     ("bucketed", length_buckets, None),
     ("padded", None, None),
     ("packed", None, packed_lengths),
   ):
     if row in ours_rows:
-      ours.append(run_ours(cfg, workload, buckets, packed))
+      ours.append(run_ours(cfg, workload, buckets, row_lengths))
       log_row(ours[-1])
   return [*ours, *baseline]
 
