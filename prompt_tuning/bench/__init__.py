@@ -74,7 +74,7 @@ class BenchConfig:
     return self.input_length - self.prompt_length
 
   def t5_config(self) -> T5Config:
-    """The named config with weights and activations in `dtype`."""
+    """The named config with weights and activations in `dtype`, its position bias frozen."""
     return get_config(
       self.model,
       dtype=self.dtype,
@@ -83,6 +83,7 @@ class BenchConfig:
       remat_policy=self.remat_policy,
       matmul_dtype=self.matmul_dtype,
       fuse_projections=self.fuse_projections,
+      position_bias_gradient=False,  # prompt tuning: the frozen bias takes no gradient, as in runs/setup.py
     )
 
   @property

@@ -8,7 +8,8 @@ MODEL_DIR, placed on the mesh by the logical-axis rules (for `evaluate` and `inf
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+import re
+from typing import Callable, Iterable, Sequence
 
 import jax
 import numpy as np
@@ -90,7 +91,18 @@ def frozen_model(spec: ModelSpec, seed: int = 0) -> tuple[T5Config, dict]:
   config = config.replace(**runtime) if runtime else config
   # FP8 matmuls give the layers' kernels no gradient: model tuning with them would silently freeze them.
   fp8.check_frozen(config.matmul_dtype, flatten(params), spec.trainable_params)
+  # A position bias that does not train needs no gradient (cuDNN's attention then skips computing it).
+  config = config.replace(position_bias_gradient=trains_position_bias(flatten(params), spec.trainable_params))
   return config, params
+
+
+def trains_position_bias(paths: Iterable[str], trainable_pattern: str) -> bool:
+  """Whether `trainable_pattern` (a full-path regex) trains a relative position bias among `paths`."""
+  try:
+    regex = re.compile(trainable_pattern)
+  except re.error:
+    return True  # param_tree.split_trainable names the bad regex
+  return any(regex.fullmatch(path) for path in paths if "/relpos_bias/" in path)
 
 
 def task_with_splits(task: TaskSpec, splits: Sequence[str]) -> Task:

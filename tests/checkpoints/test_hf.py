@@ -58,6 +58,24 @@ def test_dropout_rate_is_read_into_the_trained_network(hf_checkpoints, tmp_path)
   assert hf.load_hf(path)[0].dropout_rate == 0.1
 
 
+@pytest.mark.parametrize(
+  "trainable_params, trains_bias",
+  [
+    (r"prompt/prompt", False),  # prompt tuning
+    (r".*", True),  # model tuning
+    (r"encoder/relpos_bias/rel_embedding", True),
+    (r"decoder/layers_0/.*", False),
+  ],
+)
+def test_a_run_network_takes_the_position_bias_gradient_only_where_it_trains(
+  hf_checkpoints, trainable_params, trains_bias
+):
+  from prompt_tuning.runs import setup, specs
+
+  spec = specs.ModelSpec(checkpoint=hf_checkpoints["t5_1_1"][1], trainable_params=trainable_params)
+  assert setup.frozen_model(spec)[0].position_bias_gradient is trains_bias
+
+
 def test_old_transformers_config_with_tie_word_embeddings_false(hf_checkpoints, padded_batch, tmp_path):
   """Hub checkpoints saved before transformers 5 say tie_word_embeddings=false and have no
   scale_decoder_outputs; they must load as the untied, unscaled T5 1.1 head."""

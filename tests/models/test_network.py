@@ -297,7 +297,7 @@ def test_fused_decode_cross_attention_keeps_its_cache_in_the_kernels_layout(para
   monkeypatch.setattr(layers, "attention_backend", lambda *a, **kw: "cudnn" if kw.get("cross") else "xla")
   fused_calls = []
 
-  def fused(query, key, value, bias):
+  def fused(query, key, value, bias, bias_gradient=True):
     fused_calls.append(query.shape)
     return jax.nn.dot_product_attention(
       query, key, value, bias=jnp.broadcast_to(bias, (query.shape[0], bias.shape[1], query.shape[1], key.shape[1])),
@@ -332,13 +332,14 @@ def test_fused_encoder_attention_gets_the_position_bias_unbroadcast_and_the_padd
   mask = (enc > 0).astype(jnp.int32)
   module = network.Transformer(CONFIG)
   real_fused = layers.fused_attention
-  seen = []
+  seen, gradients = [], []
 
-  def fused(query, key, value, bias, implementation="cudnn", key_lengths=None):
+  def fused(query, key, value, bias, implementation="cudnn", key_lengths=None, bias_gradient=True):
     if key_lengths is None:
       seen.append((bias.shape, None))
     else:  # traced under jit: the values arrive when the program runs
       jax.debug.callback(lambda lengths, shape=bias.shape: seen.append((shape, lengths.tolist())), key_lengths)
+    gradients.append(bias_gradient)
     return real_fused(query, key, value, bias, implementation="xla", key_lengths=key_lengths)
 
   def run():  # traced afresh each call (a new function each time: jit's cache would reuse a trace)
@@ -373,6 +374,52 @@ def test_fused_encoder_attention_gets_the_position_bias_unbroadcast_and_the_padd
   else:  # the encoder's calls get the bias with its batch: [batch, heads, q, k]
     assert not with_lengths and len(seen) == 2 * CONFIG.num_encoder_layers + decoder_calls
     assert seen.count(((2, CONFIG.num_heads, 7, 7), None)) == 2 * CONFIG.num_encoder_layers
+  # The self-attention biases (a trainable parameter in CONFIG) ask for their gradient; the masks do not.
+  assert (
+    gradients.count(False) == 2 * CONFIG.num_decoder_layers
+    and gradients.count(True) == len(gradients) - 2 * CONFIG.num_decoder_layers
+  )
+
+
+def test_a_frozen_position_bias_takes_no_gradient_and_cudnn_computes_none(params, monkeypatch):
+  """position_bias_gradient=False (what prompt tuning sets): the same logits, no gradient for the
+  position biases, and cuDNN's backward is built without the bias gradient (its jaxpr, traced with a
+  cuDNN version standing in off GPU); with True it keeps it. JAX's hook is restored after the call."""
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
+
+  enc, dec_in = _batch()
+  frozen = network.Transformer(CONFIG.replace(position_bias_gradient=False))
+
+  def logits_and_bias_grads(module):
+    def loss(p):
+      return jnp.sum(jax.nn.log_softmax(module.apply({"params": p}, enc, dec_in))[..., 3])
+
+    grads = jax.grad(loss)(params)
+    return module.apply({"params": params}, enc, dec_in), [
+      grads[s]["relpos_bias"]["rel_embedding"] for s in ("encoder", "decoder")
+    ]
+
+  (logits, (enc_grad, dec_grad)), (expected_logits, expected_grads) = (
+    logits_and_bias_grads(frozen), logits_and_bias_grads(network.Transformer(CONFIG))
+  )  # fmt: skip
+  np.testing.assert_allclose(logits, expected_logits, atol=1e-6)
+  assert not np.any(enc_grad) and not np.any(dec_grad) and all(np.any(g) for g in expected_grads)
+
+  monkeypatch.setattr(cudnn_attention, "check_cudnn_version", lambda: 91000)
+  hook = cudnn_attention.should_export_dbias
+  query = jnp.zeros((2, 16, 4, 64), jnp.bfloat16)
+  bias = jnp.zeros((1, 4, 16, 16), jnp.float32)
+  for bias_gradient in (False, True):
+
+    def attention_sum(query, bias, bias_gradient=bias_gradient):
+      out = layers.fused_attention(
+        query, query, query, bias, key_lengths=jnp.array([3, 16]), bias_gradient=bias_gradient
+      )
+      return jnp.sum(out.astype(jnp.float32))
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(attention_sum, argnums=(0, 1)))(query, bias))
+    assert f"variadic_args=(True, {bias_gradient})" in jaxpr
+  assert cudnn_attention.should_export_dbias is hook
 
 
 def test_off_a_gpu_nothing_is_probed_for_key_lengths():

@@ -23,6 +23,7 @@ RUNTIME_FIELDS = (
   "remat_policy",
   "matmul_dtype",
   "fuse_projections",
+  "position_bias_gradient",
 )
 _ACTIVATIONS = ("relu", "gelu", "silu", "linear")
 _ATTENTION_IMPLS = ("auto", "xla", "cudnn")
@@ -70,6 +71,11 @@ class T5Config:
   # of encoder-decoder attention) and a gated MLP's wi_0/wi_1. The kernels stay separate parameters
   # (t5x's names), stacked in the call. Same results up to float rounding; a speed knob.
   fuse_projections: bool = False
+  # Whether the relative position bias takes a gradient through cuDNN's fused attention, whose backward
+  # otherwise computes the bias gradient ([heads, length, length] summed over the batch, each layer)
+  # whether or not anything reads it. Prompt tuning freezes the bias: runs/setup.py sets False unless
+  # TRAINABLE_PARAMS trains it; False then stops the bias's gradient outright (exact when frozen).
+  position_bias_gradient: bool = True
 
   def __post_init__(self):
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
@@ -80,8 +86,9 @@ class T5Config:
       raise ValueError(f"T5Config.attention_impl={self.attention_impl!r}: expected one of {_ATTENTION_IMPLS}")
     if self.remat_policy not in _REMAT_POLICIES:
       raise ValueError(f"T5Config.remat_policy={self.remat_policy!r}: expected one of {_REMAT_POLICIES}")
-    if not isinstance(self.fuse_projections, bool):
-      raise ValueError(f"T5Config.fuse_projections={self.fuse_projections!r}: expected True or False")
+    for field in ("fuse_projections", "position_bias_gradient"):
+      if not isinstance(getattr(self, field), bool):
+        raise ValueError(f"T5Config.{field}={getattr(self, field)!r}: expected True or False")
     if self.matmul_dtype not in _MATMUL_DTYPES:
       raise ValueError(f"T5Config.matmul_dtype={self.matmul_dtype!r}: expected one of {_MATMUL_DTYPES}")
     for act in self.mlp_activations:

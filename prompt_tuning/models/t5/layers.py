@@ -10,6 +10,7 @@ on use.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Callable, NamedTuple, Sequence
 
@@ -289,8 +290,37 @@ class PaddedPositionBias(NamedTuple):
     return self.position + self.mask
 
 
+@contextlib.contextmanager
+def _cudnn_without_bias_gradient():
+  """Tracing inside: JAX's cuDNN attention leaves the bias gradient out of its backward kernel.
+
+  JAX 0.10 asks `should_export_dbias` (private; True for every shape) whether the backward exports
+  the bias gradient, and the bias gets None (zeros) otherwise. Callers pass a stopped bias, so
+  nothing would read it. Where JAX decides elsewhere (without the hook, or as the GPU machine's JAX
+  0.11.2 did: its profile still ran the bias-gradient kernels; BENCHMARKS.md), the gradient is
+  computed and unused, as before: slower, never wrong.
+  """
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention  # noqa: PLC0415 -- private, GPU-only
+
+  original = getattr(cudnn_attention, "should_export_dbias", None)
+  if original is None:
+    yield
+    return
+  cudnn_attention.should_export_dbias = lambda *_: False
+  try:
+    yield
+  finally:
+    cudnn_attention.should_export_dbias = original
+
+
 def fused_attention(
-  query: Array, key: Array, value: Array, bias: Array, implementation: str = "cudnn", key_lengths: Array | None = None
+  query: Array,
+  key: Array,
+  value: Array,
+  bias: Array,
+  implementation: str = "cudnn",
+  key_lengths: Array | None = None,
+  bias_gradient: bool = True,
 ) -> Array:
   """jax.nn.dot_product_attention without T5's (absent) 1/sqrt(d) scaling; no dropout.
 
@@ -300,24 +330,37 @@ def fused_attention(
   alone, passed without the broadcast, and the padding goes to the kernel as lengths (query rows
   past a row's length then attend to its valid keys: right padding, whose outputs nothing reads).
   The bias is cast to the activation dtype, as the fused kernel takes it. `implementation` 'xla'
-  runs JAX's own version of the same computation (for tests off GPU).
+  runs JAX's own version of the same computation (for tests off GPU). `bias_gradient=False`: the
+  bias takes no gradient (a frozen position bias, or a mask), and cuDNN's backward skips computing
+  one (a [heads or batch*heads, q_length, kv_length] reduction and a separate dQ pass per call).
   """
   if key_lengths is None:
     bias = jnp.broadcast_to(bias, (query.shape[0], bias.shape[1], query.shape[1], key.shape[1]))
   else:
     key_lengths = jnp.asarray(key_lengths, jnp.int32)
-  return jax.nn.dot_product_attention(
-    query, key, value, bias=bias.astype(query.dtype), scale=1.0, implementation=implementation,
+  attend = functools.partial(
+    jax.nn.dot_product_attention, query, key, value, scale=1.0, implementation=implementation,
     key_value_seq_lengths=key_lengths,
   )  # fmt: skip
+  if bias_gradient:
+    return attend(bias=bias.astype(query.dtype))
+  with _cudnn_without_bias_gradient():
+    return attend(bias=jax.lax.stop_gradient(bias.astype(query.dtype)))
 
 
 @functools.cache
 def cudnn_takes_key_lengths(
-  batch: int, length: int, heads: int, head_dim: int, dtype_name: str, platform: str | None = None
+  batch: int,
+  length: int,
+  heads: int,
+  head_dim: int,
+  dtype_name: str,
+  bias_gradient: bool = True,
+  platform: str | None = None,
 ) -> bool:
   """Whether cuDNN's fused attention builds here, forward and gradient, with a [1, heads, length,
-  length] bias and key lengths (`fused_attention(..., key_lengths=...)`), for these shapes.
+  length] bias and key lengths (`fused_attention(..., key_lengths=..., bias_gradient=...)`), for
+  these shapes.
 
   JAX's own tests cover a broadcast bias and key lengths apart, not together; so the first encoder
   attention of a process compiles the pair once (abstract operands: nothing runs) and falls back
@@ -331,7 +374,8 @@ def cudnn_takes_key_lengths(
   lengths = jax.ShapeDtypeStruct((batch,), jnp.int32)
 
   def loss(query, key, value, bias, lengths):
-    return jnp.sum(fused_attention(query, key, value, bias, key_lengths=lengths).astype(jnp.float32))
+    out = fused_attention(query, key, value, bias, key_lengths=lengths, bias_gradient=bias_gradient)
+    return jnp.sum(out.astype(jnp.float32))
 
   try:
     jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(operand, operand, operand, bias, lengths).compile()
@@ -395,6 +439,7 @@ class MultiHeadAttention(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
   attention_impl: str = "auto"  # T5Config.attention_impl
   fuse_projections: bool = False  # T5Config.fuse_projections
+  position_bias_gradient: bool = True  # T5Config.position_bias_gradient (self-attention's bias)
   # Encoder-decoder attention's key/value projections (over the encoder's positions): their matmul
   # dtype, as DenseGeneral's (None: the enclosing fp8.matmuls scope's, as every other projection).
   kv_matmul_dtype: str | None = None
@@ -481,14 +526,20 @@ class MultiHeadAttention(nn.Module):
     query = query.reshape(kv_batch, batch // kv_batch * q_length, *query.shape[2:])  # the group's rows in a row
     if not decode:
       backend = choose(lengths=(query.shape[1], key.shape[1]))
+    # Encoder-decoder attention's bias is a mask: no parameter behind it.
+    bias_gradient = self.position_bias_gradient and not cross
+    if not bias_gradient:
+      bias = jax.lax.stop_gradient(bias)
     if isinstance(bias, PaddedPositionBias):
       shape = (query.shape[0], query.shape[1], self.num_heads, self.head_dim, jnp.dtype(self.dtype).name)
-      if backend == "cudnn" and cudnn_takes_key_lengths(*shape):
-        out = fused_attention(query, key, value, bias.position, key_lengths=bias.key_lengths)
+      if backend == "cudnn" and cudnn_takes_key_lengths(*shape, bias_gradient):
+        out = fused_attention(
+          query, key, value, bias.position, key_lengths=bias.key_lengths, bias_gradient=bias_gradient
+        )
         return self._output(inputs_q, out, batch, q_length)
       bias = bias.combined()
     if backend == "cudnn":
-      out = fused_attention(query, key, value, bias)
+      out = fused_attention(query, key, value, bias, bias_gradient=bias_gradient)
     else:  # the reference path, and the only one with attention dropout
       out = dot_product_attention(
         query, key, value, bias, self.dropout_rate, dropout_rng, self.dtype, heads_major=heads_major

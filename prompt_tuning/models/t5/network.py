@@ -66,6 +66,7 @@ def _attention(cfg: T5Config, name: str, kv_matmul_dtype: str | None = None) -> 
     **_dtypes(cfg),
     attention_impl=cfg.attention_impl,
     fuse_projections=cfg.fuse_projections,
+    position_bias_gradient=cfg.position_bias_gradient,
     kv_matmul_dtype=kv_matmul_dtype,
     name=name,
   )
