@@ -394,7 +394,7 @@ def test_a_frozen_position_bias_takes_no_gradient_and_cudnn_computes_none(params
     def loss(p):
       return jnp.sum(jax.nn.log_softmax(module.apply({"params": p}, enc, dec_in))[..., 3])
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     return module.apply({"params": params}, enc, dec_in), [
       grads[s]["relpos_bias"]["rel_embedding"] for s in ("encoder", "decoder")
     ]
