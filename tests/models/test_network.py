@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -384,7 +386,8 @@ def test_fused_encoder_attention_gets_the_position_bias_unbroadcast_and_the_padd
 def test_a_frozen_position_bias_takes_no_gradient_and_cudnn_computes_none(params, monkeypatch):
   """position_bias_gradient=False (what prompt tuning sets): the same logits, no gradient for the
   position biases, and cuDNN's backward is built without the bias gradient (its jaxpr, traced with a
-  cuDNN version standing in off GPU); with True it keeps it. JAX's hook is restored after the call."""
+  cuDNN version standing in off GPU); with True it keeps it, also while another thread traces a
+  stopped one (the switch is per thread)."""
   from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
 
   enc, dec_in = _batch()
@@ -406,20 +409,22 @@ def test_a_frozen_position_bias_takes_no_gradient_and_cudnn_computes_none(params
   assert not np.any(enc_grad) and not np.any(dec_grad) and all(np.any(g) for g in expected_grads)
 
   monkeypatch.setattr(cudnn_attention, "check_cudnn_version", lambda: 91000)
-  hook = cudnn_attention.should_export_dbias
   query = jnp.zeros((2, 16, 4, 64), jnp.bfloat16)
   bias = jnp.zeros((1, 4, 16, 16), jnp.float32)
-  for bias_gradient in (False, True):
 
-    def attention_sum(query, bias, bias_gradient=bias_gradient):
+  def backward_args(bias_gradient):
+    def attention_sum(query, bias):
       out = layers.fused_attention(
         query, query, query, bias, key_lengths=jnp.array([3, 16]), bias_gradient=bias_gradient
       )
       return jnp.sum(out.astype(jnp.float32))
 
     jaxpr = str(jax.make_jaxpr(jax.grad(attention_sum, argnums=(0, 1)))(query, bias))
-    assert f"variadic_args=(True, {bias_gradient})" in jaxpr
-  assert cudnn_attention.should_export_dbias is hook
+    return [arg for arg in ("(True, False)", "(True, True)") if f"variadic_args={arg}" in jaxpr]
+
+  assert backward_args(False) == ["(True, False)"] and backward_args(True) == ["(True, True)"]
+  with layers._cudnn_without_bias_gradient(), concurrent.futures.ThreadPoolExecutor(1) as other_thread:
+    assert other_thread.submit(backward_args, True).result() == ["(True, True)"]
 
 
 def test_off_a_gpu_nothing_is_probed_for_key_lengths():

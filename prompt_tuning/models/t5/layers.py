@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from typing import Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -290,6 +291,30 @@ class PaddedPositionBias(NamedTuple):
     return self.position + self.mask
 
 
+_bias_gradient_skipped = threading.local()  # .active: this thread is tracing a call whose bias is stopped
+_hook_lock = threading.Lock()
+
+
+def _installed_bias_gradient_hook() -> bool:
+  """Wraps JAX's private `should_export_dbias` once per process so that it answers False while the
+  calling thread is inside `_cudnn_without_bias_gradient`, and what JAX would otherwise. Installed
+  once and never removed: no thread can restore another's state. False where JAX has no such hook."""
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention  # noqa: PLC0415 -- private, GPU-only
+
+  with _hook_lock:
+    original = getattr(cudnn_attention, "should_export_dbias", None)
+    if original is None:
+      return False
+    if not getattr(original, "_prompt_tuning_hook", False):
+
+      def should_export_dbias(*args, **kwargs):
+        return False if getattr(_bias_gradient_skipped, "active", False) else original(*args, **kwargs)
+
+      should_export_dbias._prompt_tuning_hook = True
+      cudnn_attention.should_export_dbias = should_export_dbias
+  return True
+
+
 @contextlib.contextmanager
 def _cudnn_without_bias_gradient():
   """Tracing inside: JAX's cuDNN attention leaves the bias gradient out of its backward kernel.
@@ -298,19 +323,18 @@ def _cudnn_without_bias_gradient():
   the bias gradient, and the bias gets None (zeros) otherwise. Callers pass a stopped bias, so
   nothing would read it. Where JAX decides elsewhere (without the hook, or as the GPU machine's JAX
   0.11.2 did: its profile still ran the bias-gradient kernels; BENCHMARKS.md), the gradient is
-  computed and unused, as before: slower, never wrong.
+  computed and unused, as before: slower, never wrong. Per thread: a concurrent trace elsewhere
+  (the server's, another run's) keeps JAX's own answer.
   """
-  from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention  # noqa: PLC0415 -- private, GPU-only
-
-  original = getattr(cudnn_attention, "should_export_dbias", None)
-  if original is None:
+  if not _installed_bias_gradient_hook():
     yield
     return
-  cudnn_attention.should_export_dbias = lambda *_: False
+  outer = getattr(_bias_gradient_skipped, "active", False)
+  _bias_gradient_skipped.active = True
   try:
     yield
   finally:
-    cudnn_attention.should_export_dbias = original
+    _bias_gradient_skipped.active = outer
 
 
 def fused_attention(
