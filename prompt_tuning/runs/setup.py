@@ -90,9 +90,10 @@ def frozen_model(spec: ModelSpec, seed: int = 0) -> tuple[T5Config, dict]:
   runtime = {k: v for k, v in settings if v is not None}
   config = config.replace(**runtime) if runtime else config
   # FP8 matmuls give the layers' kernels no gradient: model tuning with them would silently freeze them.
-  fp8.check_frozen(config.matmul_dtype, flatten(params), spec.trainable_params)
+  paths = flatten(params)
+  fp8.check_frozen(config.matmul_dtype, paths, spec.trainable_params)
   # A position bias that does not train needs no gradient (cuDNN's attention then skips computing it).
-  config = config.replace(position_bias_gradient=trains_position_bias(flatten(params), spec.trainable_params))
+  config = config.replace(position_bias_gradient=trains_position_bias(paths, spec.trainable_params))
   return config, params
 
 
