@@ -92,10 +92,9 @@ def pack_rows(
   p = packing.prompt_length
   rows: list[list[Mapping[str, Any]]] = []
   used: list[list[int]] = []  # [encoder positions, decoder positions] taken in each row
-  consumed, pending = 0, None
+  consumed = 0
   while True:
-    example = pending if pending is not None else next_example()
-    pending = None
+    example = next_example()
     if example is None:
       break
     need_enc, need_dec = p + len(example["inputs_ids"]), len(example["targets_ids"])
@@ -115,8 +114,7 @@ def pack_rows(
       used.append([0, 0])
       row = len(rows) - 1
     if row is None:
-      pending = example  # the next batch's first example: not consumed
-      break
+      break  # the next batch's first example: not consumed
     rows[row].append(example)
     used[row][0] += need_enc
     used[row][1] += need_dec
