@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import threading
 from typing import Callable, NamedTuple, Sequence
 
@@ -296,22 +297,37 @@ _hook_lock = threading.Lock()
 
 
 def _installed_bias_gradient_hook() -> bool:
-  """Wraps JAX's private `should_export_dbias` once per process so that it answers False while the
-  calling thread is inside `_cudnn_without_bias_gradient`, and what JAX would otherwise. Installed
-  once and never removed: no thread can restore another's state. False where JAX has no such hook."""
+  """Wraps JAX's private cuDNN attention primitive (`_dot_product_attention`, a custom VJP) once per
+  process so that, while the calling thread is inside `_cudnn_without_bias_gradient`, a call that
+  would export the bias gradient (`variadic_args` (has_bias, has_dbias) = (True, True)) is bound
+  with (True, False) instead; every other call passes through unchanged. JAX 0.10 and 0.11 both
+  decide has_dbias in the public wrapper and then call this function by its module name, so one
+  hook serves both (0.10 always exports it; 0.11 whenever the bias is a float). Installed once
+  and never removed: no thread can restore another's state. False where JAX has no such function
+  or its signature has no `variadic_args`."""
   from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention  # noqa: PLC0415 -- private, GPU-only
 
   with _hook_lock:
-    original = getattr(cudnn_attention, "should_export_dbias", None)
+    original = getattr(cudnn_attention, "_dot_product_attention", None)
     if original is None:
       return False
-    if not getattr(original, "_prompt_tuning_hook", False):
+    if getattr(original, "_prompt_tuning_hook", False):
+      return True
+    try:
+      parameters = list(inspect.signature(original).parameters)
+    except (TypeError, ValueError):
+      return False
+    if "variadic_args" not in parameters:
+      return False
+    position = parameters.index("variadic_args")
 
-      def should_export_dbias(*args, **kwargs):
-        return False if getattr(_bias_gradient_skipped, "active", False) else original(*args, **kwargs)
+    def dot_product_attention(*args, **kwargs):
+      if getattr(_bias_gradient_skipped, "active", False) and len(args) > position and args[position] == (True, True):
+        args = (*args[:position], (True, False), *args[position + 1 :])
+      return original(*args, **kwargs)
 
-      should_export_dbias._prompt_tuning_hook = True
-      cudnn_attention.should_export_dbias = should_export_dbias
+    dot_product_attention._prompt_tuning_hook = True
+    cudnn_attention._dot_product_attention = dot_product_attention
   return True
 
 
@@ -319,10 +335,8 @@ def _installed_bias_gradient_hook() -> bool:
 def _cudnn_without_bias_gradient():
   """Tracing inside: JAX's cuDNN attention leaves the bias gradient out of its backward kernel.
 
-  JAX 0.10 asks `should_export_dbias` (private; True for every shape) whether the backward exports
-  the bias gradient, and the bias gets None (zeros) otherwise. Callers pass a stopped bias, so
-  nothing would read it. Where JAX decides elsewhere (without the hook, or as the GPU machine's JAX
-  0.11.2 did: its profile still ran the bias-gradient kernels; BENCHMARKS.md), the gradient is
+  The bias then gets None (zeros) as its gradient; callers pass a stopped bias, so nothing reads
+  it. Where the hook cannot be installed (a JAX without the private function), the gradient is
   computed and unused, as before: slower, never wrong. Per thread: a concurrent trace elsewhere
   (the server's, another run's) keeps JAX's own answer.
   """
