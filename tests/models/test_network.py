@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 
 import flax.linen as nn
 import jax
@@ -425,6 +426,28 @@ def test_a_frozen_position_bias_takes_no_gradient_and_cudnn_computes_none(params
   assert backward_args(False) == ["(True, False)"] and backward_args(True) == ["(True, True)"]
   with layers._cudnn_without_bias_gradient(), concurrent.futures.ThreadPoolExecutor(1) as other_thread:
     assert other_thread.submit(backward_args, True).result() == ["(True, True)"]
+
+
+def test_on_gpus_each_norm_output_is_computed_once_with_the_same_values_and_gradients(params, monkeypatch):
+  """XLA:GPU duplicated a norm's scale multiply into every consuming projection; an optimization
+  barrier (GPU only) keeps one array. Exact: the same loss and gradients, the norm scales' too
+  (what model tuning trains)."""
+  enc, dec_in = _batch()
+  model = network.Transformer(CONFIG)
+
+  def new_loss():  # a new function each time: JAX caches a function's trace
+    return lambda p: jnp.sum(jax.nn.log_softmax(model.apply({"params": p}, enc, dec_in))[..., 3])
+
+  expected_loss, expected_grads = jax.value_and_grad(new_loss())(params)
+  assert "optimization_barrier" not in str(jax.make_jaxpr(new_loss())(params))  # this CPU: left to XLA
+  monkeypatch.setattr(layers, "computed_once", functools.partial(layers.computed_once, platform="gpu"))
+  norms = 2 * CONFIG.num_encoder_layers + 1 + 3 * CONFIG.num_decoder_layers + 1
+  assert str(jax.make_jaxpr(new_loss())(params)).count("optimization_barrier") == norms
+  value, grads = jax.value_and_grad(new_loss())(params)
+  np.testing.assert_allclose(value, expected_loss, rtol=1e-6)
+  for path, grad in flatten(grads).items():
+    np.testing.assert_allclose(grad, flatten(expected_grads)[path], rtol=1e-5, atol=1e-7, err_msg=path)
+  assert np.any(flatten(grads)["encoder/encoder_norm/scale"])
 
 
 def test_off_a_gpu_nothing_is_probed_for_key_lengths():
