@@ -36,6 +36,7 @@ from prompt_tuning import partitioning
 from prompt_tuning.bench import BenchConfig, RunResult, hbm, is_out_of_memory, log, tables
 from prompt_tuning.bench.inference import time_calls
 from prompt_tuning.bench.ours import init_on_device, peak_bytes
+from prompt_tuning.bench.profile import Profiler, format_profile
 from prompt_tuning.errors import first_line
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
@@ -84,8 +85,11 @@ class DecodeConfig:
     return self.candidates if "rank" in self.workloads else ()
 
 
-def run(cfg: BenchConfig, dec: DecodeConfig, hf_modes: tuple[str, ...]) -> list[RunResult]:
-  """The transformers rows first (they hand their memory back; JAX would not), then ours."""
+def run(
+  cfg: BenchConfig, dec: DecodeConfig, hf_modes: tuple[str, ...], profiler: Profiler | None = None
+) -> list[RunResult]:
+  """The transformers rows first (they hand their memory back; JAX would not), then ours (each
+  traced after timing, with a profiler)."""
   rows = []
   if hf_modes:
     from prompt_tuning.bench import hf_decoding
@@ -100,25 +104,25 @@ def run(cfg: BenchConfig, dec: DecodeConfig, hf_modes: tuple[str, ...]) -> list[
       hf_modes,
       dec.torch_compile_backend,
     )
-  results = _ours(cfg, dec) + rows
+  results = _ours(cfg, dec, profiler) + rows
   # Table order: workload by workload, ours first.
   order = [f"{m} {n}" for m in dec.methods for n in sorted(dec.decode_steps)]
   order += [f"rank {c}" for c in dec.rank_candidates]
   return sorted(results, key=lambda r: (order.index(" ".join(r.name.split()[:2])), not r.name.endswith(" ours")))
 
 
-def _ours(cfg: BenchConfig, dec: DecodeConfig) -> list[RunResult]:
+def _ours(cfg: BenchConfig, dec: DecodeConfig, profiler: Profiler | None) -> list[RunResult]:
   names = [f"{m} {n} ours" for m in dec.methods for n in sorted(dec.decode_steps)]
   names += [f"rank {c} ours" for c in dec.rank_candidates]
   try:
-    return _run_ours(cfg, dec)
+    return _run_ours(cfg, dec, profiler)
   except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED while making the weights
     if not is_out_of_memory(e):
       raise
     return [RunResult(name, error="out of memory", extra={"detail": first_line(e)[:300]}) for name in names]
 
 
-def _run_ours(cfg: BenchConfig, dec: DecodeConfig) -> list[RunResult]:
+def _run_ours(cfg: BenchConfig, dec: DecodeConfig, profiler: Profiler | None) -> list[RunResult]:
   config = cfg.t5_config()
   mesh = partitioning.make_mesh(cfg.num_partitions)
   module = PromptedTransformer(config, prompt_config=PromptConfig(cfg.prompt_length))
@@ -165,6 +169,10 @@ def _run_ours(cfg: BenchConfig, dec: DecodeConfig) -> list[RunResult]:
       extra["tokens_per_s"] = cfg.batch * extra["tokens_per_row"] * cfg.steps / seconds
     else:
       extra["mean_score"] = float(np.asarray(out).mean())
+    if profiler is not None:
+      profiled = profiler.profile(name, lambda fn=fn, args=args: jax.block_until_ready(fn(*args)))
+      print(format_profile(name, profiled), flush=True)
+      extra["profile"] = profiled.to_dict()
     # The peak is the process's highest so far (JAX cannot reset it): a row's includes the rows before.
     row = RunResult.timed(name, seconds, cfg.steps, cfg.batch, 0, peak_bytes(local), first, **extra)
     results.append(dataclasses.replace(row, tflops=None))

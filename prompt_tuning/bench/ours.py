@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import param_tree, partitioning
 from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory, log, log_row
+from prompt_tuning.bench.profile import Profiler, format_profile
 from prompt_tuning.errors import first_line
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
@@ -140,11 +141,12 @@ def program_bytes(jitted: Any, *args: Any) -> int | None:
   )
 
 
-def run(cfg: BenchConfig) -> RunResult:
+def run(cfg: BenchConfig, profiler: Profiler | None = None) -> RunResult:
   """Times cfg.steps compiled train steps after cfg.warmup; 'out of memory' instead of a crash.
-  The row is logged as it lands (bench.log_row)."""
+  The row is logged as it lands (bench.log_row). With a profiler, more steps are then traced and
+  their kernel table printed and kept in the row's extra['profile']."""
   try:
-    row = _run(cfg)
+    row = _run(cfg, profiler)
   except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED
     if not is_out_of_memory(e):
       raise
@@ -154,7 +156,7 @@ def run(cfg: BenchConfig) -> RunResult:
   return row
 
 
-def _run(cfg: BenchConfig) -> RunResult:
+def _run(cfg: BenchConfig, profiler: Profiler | None) -> RunResult:
   config = cfg.t5_config()
   mesh = partitioning.make_mesh(cfg.num_partitions)
   module = PromptedTransformer(config, prompt_config=PromptConfig(cfg.prompt_length))
@@ -190,6 +192,18 @@ def _run(cfg: BenchConfig) -> RunResult:
   devices = list(mesh.devices.flat)
   local = [d for d in devices if d.process_index == jax.process_index()]
   step_bytes = program_bytes(train_step, state, frozen, batch, rng)
+  final_loss, final_step = float(metrics["loss"]), int(state.step)  # before any profiled steps
+  profiled = {}
+  if profiler is not None:
+    carried = [state]
+
+    def one_step():
+      carried[0], step_metrics = train_step(carried[0], frozen, batch, rng)  # the state is donated
+      jax.block_until_ready(step_metrics)
+
+    profiled = profiler.profile(cfg.ours_name, one_step)
+    print(format_profile(cfg.ours_name, profiled), flush=True)
+    profiled = {"profile": profiled.to_dict()}
   return RunResult.timed(
     cfg.ours_name,
     seconds,
@@ -202,9 +216,10 @@ def _run(cfg: BenchConfig) -> RunResult:
     mesh=dict(mesh.shape),
     optimizer="adafactor (optax)",
     first_loss=first_loss,
-    final_loss=float(metrics["loss"]),
-    step=int(state.step),
+    final_loss=final_loss,
+    step=final_step,
     matmul_dtype=config.matmul_dtype,
     fuse_projections=config.fuse_projections,
     step_memory_gib=None if step_bytes is None else step_bytes / 2**30,
+    **profiled,
   )

@@ -42,10 +42,13 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prompt_tuning.bench import BenchConfig, RunResult, flops, tables
 from prompt_tuning.models.t5.config import NAMED_CONFIGS
+
+if TYPE_CHECKING:
+  from prompt_tuning.bench.profile import Profiler
 
 PEFT_CHOICES = {"none": (), "eager": ("eager",), "compile": ("compile",), "both": ("eager", "compile")}
 
@@ -236,6 +239,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     default="inductor",
     help="decode, workload: TorchDynamo backend of the compiled transformers/PEFT rows ('eager' traces without codegen)",
   )
+  parser.add_argument(
+    "--profile",
+    default=None,
+    metavar="DIR",
+    help="train, decode: after timing, trace --profile_calls more calls of each of our rows into DIR/<row> "
+    "(jax.profiler: TensorBoard, Perfetto) and print their device kernels by time",
+  )
+  parser.add_argument("--profile_calls", type=int, default=5, help="calls traced per row with --profile")
   parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here as JSON")
   parser.add_argument("--seed", type=int, default=defaults.seed)
   return parser.parse_args(argv)
@@ -435,7 +446,7 @@ def _infer(cfg: BenchConfig, args: argparse.Namespace) -> int:
   return 0
 
 
-def _decode(cfg: BenchConfig, args: argparse.Namespace) -> int:
+def _decode(cfg: BenchConfig, args: argparse.Namespace, profiler: Profiler | None) -> int:
   from prompt_tuning.bench import generation, peft_baseline
 
   try:
@@ -455,7 +466,7 @@ def _decode(cfg: BenchConfig, args: argparse.Namespace) -> int:
   if peft_mode != "none" and not peft_baseline.available():
     print(f"prompt-tuning bench: --peft {peft_mode} needs torch, transformers and peft installed", file=sys.stderr)
     return 2
-  results = generation.run(cfg, dec, PEFT_CHOICES[peft_mode])
+  results = generation.run(cfg, dec, PEFT_CHOICES[peft_mode], profiler)
   data = generation.report(cfg, dec, results, _environment(peft_ran=peft_mode != "none"))
   print(generation.format_report(data))
   _write_json(data, args.json)
@@ -598,6 +609,20 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as e:
     print(f"prompt-tuning bench: {e}", file=sys.stderr)
     return 2
+  profiler = None
+  if args.profile is not None:
+    if args.mode not in ("train", "decode") or args.check_rounding:
+      print(
+        f"prompt-tuning bench: --profile traces --mode train or decode rows, not --mode {args.mode}", file=sys.stderr
+      )
+      return 2
+    from prompt_tuning.bench.profile import Profiler  # noqa: PLC0415 -- imports jax: after the flags parse
+
+    try:
+      profiler = Profiler(args.profile, args.profile_calls)
+    except ValueError as e:
+      print(f"prompt-tuning bench: {e}", file=sys.stderr)
+      return 2
   if args.check_rounding:  # a 1 x num_partitions mesh on the first devices: any device count >= it
     return _check_rounding(cfg, args.json)
   problem = _check_devices(cfg)
@@ -618,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.mode == "serve":
     return _serve(cfg, args)
   if args.mode == "decode":
-    return _decode(cfg, args)
+    return _decode(cfg, args, profiler)
   if args.mode == "workload":
     return _workload(cfg, args)
   peft_mode = args.peft or ("both" if peft_baseline.available() else "none")
@@ -628,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
   # PEFT first: it hands its memory back when done, JAX would not.
   baseline = peft_baseline.run(cfg, PEFT_CHOICES[peft_mode]) if peft_mode != "none" else []
   variants = ("default", "fp8") if args.matmul_dtype == "both" else (cfg.matmul_dtype,)
-  results = [ours.run(dataclasses.replace(cfg, matmul_dtype=m)) for m in variants] + baseline
+  results = [ours.run(dataclasses.replace(cfg, matmul_dtype=m), profiler) for m in variants] + baseline
   data = report(cfg, results, _environment(peft_ran=bool(baseline)))
   print(format_table(data))
   _write_json(data, args.json)

@@ -69,7 +69,9 @@ def test_closed_form_matches_the_parameter_tree(overrides):
 
 def test_bench_tiny_writes_the_json_report(tmp_path, capsys):
   path = tmp_path / "out.json"
-  assert cli.main(["bench", *TINY_ARGS, "--peft", "eager", "--matmul_dtype", "both", "--json", str(path)]) == 0
+  traces = tmp_path / "traces"
+  argv = ["bench", *TINY_ARGS, "--peft", "eager", "--matmul_dtype", "both", "--json", str(path)]
+  assert cli.main([*argv, "--profile", str(traces), "--profile_calls", "2"]) == 0
   data = json.loads(path.read_text())
   results = data["results"]
   assert set(results) == {"ours", "ours_fp8", "peft_eager"}
@@ -91,6 +93,12 @@ def test_bench_tiny_writes_the_json_report(tmp_path, capsys):
   assert data["config"]["input_length"] == 24 and "4N per token" in data["flops"]["convention"]
   out = capsys.readouterr().out
   assert "peft eager" in out and "ours/peft eager" in out and "convention:" in out
+  # --profile: each of our rows traced after timing (the step count above excludes those calls).
+  for row, directory in (("ours", "ours"), ("ours_fp8", "ours_fp8")):
+    profiled = results[row]["extra"]["profile"]
+    assert profiled["calls"] == 2 and profiled["trace_dir"] == str(traces / directory)
+    assert list((traces / directory).glob("**/*.xplane.pb"))
+  assert "profile of 'ours fp8': 2 calls traced" in out and "no device kernels in the trace" in out
 
 
 def test_bench_rejects_a_prompt_longer_than_the_input(capsys):

@@ -77,7 +77,7 @@ def test_decode_mode_runs_both_sides_and_the_bound(tmp_path, capsys):
     *("--model", "tiny", "--dtype", "float32", "--batch", "2", "--input_length", "24", "--prompt_length", "4"),
     *("--target_length", "4", "--steps", "1", "--warmup", "1", "--decode_steps", "2,3", "--workloads", "greedy,rank"),
     *("--rank_candidates", "2", "--peft", "compile", "--torch_compile_backend", "eager"),
-    *("--hbm_bandwidth", "0.002", "--json", str(path)),
+    *("--hbm_bandwidth", "0.002", "--json", str(path), "--profile", str(tmp_path / "traces"), "--profile_calls", "1"),
   ]
   assert cli.main(argv) == 0
   data = json.loads(path.read_text())
@@ -93,6 +93,10 @@ def test_decode_mode_runs_both_sides_and_the_bound(tmp_path, capsys):
   ratio = data["ratios"]["greedy 3: hf compile / ours"]
   assert ratio == pytest.approx(results["greedy_3_hf_compile"]["step_ms"] / results["greedy_3_ours"]["step_ms"])
   assert "rank 2: peft compile / ours" in data["ratios"]
+  for name in ("greedy_2_ours", "greedy_3_ours", "rank_2_ours"):  # --profile: ours traced, each in its own folder
+    assert results[name]["extra"]["profile"]["trace_dir"] == str(tmp_path / "traces" / name)
+    assert list((tmp_path / "traces" / name).glob("**/*.xplane.pb")), name
+  assert "profile" not in results["greedy_3_hf_compile"]["extra"]
 
   bound = data["bound"]
   weights, self_kv, cross_kv = _tiny_step_bytes(2, 24, 3, 4)  # steps 3..3: the 3-token call's last step
