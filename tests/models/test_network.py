@@ -428,6 +428,23 @@ def test_a_frozen_position_bias_takes_no_gradient_and_cudnn_computes_none(params
     assert other_thread.submit(backward_args, True).result() == ["(True, True)"]
 
 
+def test_the_bias_gradient_hook_declines_a_jax_whose_private_call_it_does_not_know(monkeypatch):
+  """A JAX whose cuDNN attention primitive has no `variadic_args` (or no such function): no hook, so
+  the bias gradient is computed and unused (slower, never wrong), and nothing is replaced."""
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
+
+  def unknown_signature(query, key, value, bias, options):
+    return query
+
+  monkeypatch.setattr(cudnn_attention, "_dot_product_attention", unknown_signature)
+  assert not layers._installed_bias_gradient_hook()
+  assert cudnn_attention._dot_product_attention is unknown_signature
+  monkeypatch.delattr(cudnn_attention, "_dot_product_attention")
+  assert not layers._installed_bias_gradient_hook()
+  with layers._cudnn_without_bias_gradient():
+    assert not getattr(layers._bias_gradient_skipped, "active", False)
+
+
 def test_on_gpus_each_norm_output_is_computed_once_with_the_same_values_and_gradients(params, monkeypatch):
   """XLA:GPU duplicated a norm's scale multiply into every consuming projection; an optimization
   barrier (GPU only) keeps one array. Exact: the same loss and gradients, the norm scales' too
