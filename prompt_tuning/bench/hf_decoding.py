@@ -11,6 +11,13 @@ in each of two modes:
              (CUDA graphs), which generate() applies to the decoder step (the encoder and the first
              step run eagerly, as generate() runs them). dynamic=False: every shape gets a graph
              specialized to it, the fastest generate() offers, at one compilation per shape.
+             Beam search: generate() compiles nothing for it (transformers 5.17 on the GPU machine,
+             5.24 read here: `_beam_search` calls the model eagerly after the prefill), so its
+             compiled rows compile the model's forward themselves with the same CompileConfig, the
+             static cache kept: what a user wanting compiled beam search writes. Without CUDA graphs
+             (mode 'default'): beam search replaces the cache tensors every step (reorder_cache's
+             index_select), which CUDA graphs would copy into their own buffers on every replay. Such
+             a row counts the compiled forward's calls (extra['compiled_forward_calls']); none is an error.
     Both: `min_new_tokens = max_new_tokens` (transformers' way to forbid EOS until then), so every
     row decodes exactly the requested number of tokens; a row that did not is reported as an error.
   rank      the scoring a PEFT user writes: the inputs repeated once per candidate [batch * candidates,
@@ -42,15 +49,16 @@ def _generate_kwargs(steps: int, beams: int, alpha: float, mode: str, compile_co
   return kwargs
 
 
-def compile_config(backend: str, device_type: str) -> Any:
+def compile_config(backend: str, device_type: str, cuda_graphs: bool = True) -> Any:
   """The CompileConfig generate() compiles its decoder step with (see the module docstring).
 
-  backend: 'inductor' (with CUDA graphs: mode 'reduce-overhead'), or another TorchDynamo backend
-  ('eager' traces the same full graph without generating code: the CPU tests use it).
+  backend: 'inductor' (with CUDA graphs: mode 'reduce-overhead', unless `cuda_graphs` is False), or
+  another TorchDynamo backend ('eager' traces the same full graph without generating code: the CPU
+  tests use it).
   """
   from transformers import CompileConfig
 
-  mode = "reduce-overhead" if backend == "inductor" else "default"
+  mode = "reduce-overhead" if backend == "inductor" and cuda_graphs else "default"
   config = CompileConfig(fullgraph=True, dynamic=False, backend=backend, mode=mode)
   # generate() compiles only on accelerators unless told otherwise; off them this runs the same path.
   config._compile_all_devices = device_type != "cuda"
@@ -108,6 +116,7 @@ def run(
   tokens = torch.randint(2, vocab, (cfg.batch, cfg.token_length), generator=generator).to(device)
   mask = torch.ones_like(tokens)
   settings = compile_config(backend, device.type)
+  beam_settings = compile_config(backend, device.type, cuda_graphs=False)
   results = []
   for mode in modes:
     for method in methods:
@@ -117,8 +126,13 @@ def run(
       for steps in sorted(decode_steps):
         name = f"{method} {steps} hf {mode}"
         beams = beam_size if method == "beam" else 1
-        kwargs = _generate_kwargs(steps, beams, alpha, mode, settings)
+        kwargs = _generate_kwargs(steps, beams, alpha, mode, beam_settings if beams > 1 else settings)
         call = functools.partial(model.generate, input_ids=tokens, attention_mask=mask, **kwargs)
+        if mode == "compile" and beams > 1:
+          results.append(
+            _with_compiled_forward(model.base_model, beam_settings, name, call, cfg, device, sync, steps, beams)
+          )
+          continue
         row = _row(name, call, cfg, device, sync, decode_steps=steps, beams=beams)
         if mode == "compile" and not row.error and getattr(model.base_model, "_compiled_call", None) is None:
           row = RunResult(name, error="generate() did not compile its decoder step")  # never pass eager off as compiled
@@ -132,6 +146,46 @@ def run(
     torch._dynamo.reset()  # drop compiled graphs (and the memory they pin)
   peft_baseline.free(device)
   return results
+
+
+def _with_compiled_forward(
+  base_model: Any,
+  settings: Any,
+  name: str,
+  call: Callable,
+  cfg: BenchConfig,
+  device: Any,
+  sync: Callable,
+  steps: int,
+  beams: int,
+) -> RunResult:
+  """A beam row of the compile mode: `base_model.forward` compiled with generate()'s CompileConfig for
+  the row's calls (counted), then restored; a row whose calls never reached it is an error."""
+  import torch
+
+  had_own_forward = "forward" in vars(base_model)
+  original = base_model.forward
+  compiled = torch.compile(original, **settings.to_dict())
+  calls = [0]
+
+  def forward(*args, **kwargs):
+    calls[0] += 1
+    return compiled(*args, **kwargs)
+
+  base_model.forward = forward
+  try:
+    row = _row(name, call, cfg, device, sync, decode_steps=steps, beams=beams)
+  finally:
+    if had_own_forward:
+      base_model.forward = original
+    else:
+      del base_model.forward  # the class's method again
+  if row.error:
+    return row
+  if calls[0] == 0:
+    return RunResult(name, error="the compiled forward was never called")  # never pass eager off as compiled
+  row.extra.update(compiled="forward", compiled_forward_calls=calls[0])
+  return row
 
 
 def _scorer(forward: Any, tokens: Any, mask: Any, count: int, cfg: BenchConfig, generator: Any, device: Any):

@@ -115,3 +115,26 @@ def test_decode_mode_runs_both_sides_and_the_bound(tmp_path, capsys):
   assert set(bound["step_ms"]) == {"ours", "hf compile"}
   out = capsys.readouterr().out
   assert "HBM bound of a greedy decoder step at batch 2" in out and "--hbm_bandwidth" in out
+
+
+@pytest.mark.slow
+def test_compiled_beam_rows_compile_the_models_forward_themselves(monkeypatch):
+  """generate() compiles nothing for beam search, so the compile mode's beam rows run the model's
+  forward under torch.compile (TorchDynamo's 'eager' backend here, full graph): every decoding step
+  of every call goes through it, to full length, and the model's own forward is back afterwards."""
+  from prompt_tuning.bench import BenchConfig, hf_decoding, peft_baseline
+
+  build, built = peft_baseline.peft_model, []
+
+  def keep_the_model(*args):
+    built.append(build(*args))
+    return built[-1]
+
+  monkeypatch.setattr(peft_baseline, "peft_model", keep_the_model)
+  cfg = BenchConfig(
+    model="tiny", batch=2, input_length=24, prompt_length=4, target_length=4, steps=1, warmup=1, dtype="float32"
+  )
+  (row,) = hf_decoding.run(cfg, (3,), ("beam",), 2, 0.6, (), ("compile",), backend="eager")
+  assert row.error is None and row.extra["tokens_per_row"] == 3 and row.extra["compiled"] == "forward"
+  assert row.extra["compiled_forward_calls"] == 3 * 2  # 3 steps in each of the first call and the timed one
+  assert "forward" not in vars(built[0].base_model)
