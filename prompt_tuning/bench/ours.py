@@ -193,7 +193,7 @@ def _run(cfg: BenchConfig, profiler: Profiler | None) -> RunResult:
   local = [d for d in devices if d.process_index == jax.process_index()]
   step_bytes = program_bytes(train_step, state, frozen, batch, rng)
   final_loss, final_step = float(metrics["loss"]), int(state.step)  # before any profiled steps
-  profiled = {}
+  profiled = {}  # the row's extra['profile'], with a profiler
   if profiler is not None:
     carried = [state]
 
@@ -201,9 +201,9 @@ def _run(cfg: BenchConfig, profiler: Profiler | None) -> RunResult:
       carried[0], step_metrics = train_step(carried[0], frozen, batch, rng)  # the state is donated
       jax.block_until_ready(step_metrics)
 
-    profiled = profiler.profile(cfg.ours_name, one_step)
-    print(format_profile(cfg.ours_name, profiled), flush=True)
-    profiled = {"profile": profiled.to_dict()}
+    kernels = profiler.profile(cfg.ours_name, one_step)
+    print(format_profile(cfg.ours_name, kernels), flush=True)
+    profiled["profile"] = kernels.to_dict()
   return RunResult.timed(
     cfg.ours_name,
     seconds,

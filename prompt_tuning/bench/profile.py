@@ -98,7 +98,7 @@ def _kernel_lines(plane: Any) -> list[Any]:
 
 def device_kernels(data: Any, calls: int) -> tuple[Kernel, ...]:
   """Every device plane's kernels, summed by name, longest total first; times per call."""
-  total_ps = collections.Counter()
+  total_ns = collections.Counter()
   launches = collections.Counter()
   ops = collections.defaultdict(collections.Counter)
   for plane in data.planes:
@@ -106,14 +106,14 @@ def device_kernels(data: Any, calls: int) -> tuple[Kernel, ...]:
       continue
     for line in _kernel_lines(plane):
       for event in line.events:
-        total_ps[event.name] += event.duration_ns * 1e3
+        total_ns[event.name] += event.duration_ns
         launches[event.name] += 1
         op = dict(event.stats).get("hlo_op")
         if op:
           ops[event.name][str(op)] += 1
   return tuple(
-    Kernel(name, ps / 1e6 / calls, launches[name] / calls, tuple(op for op, _ in ops[name].most_common(4)))
-    for name, ps in total_ps.most_common()
+    Kernel(name, ns / 1e3 / calls, launches[name] / calls, tuple(op for op, _ in ops[name].most_common(4)))
+    for name, ns in total_ns.most_common()
   )
 
 
