@@ -36,7 +36,7 @@ from prompt_tuning import partitioning
 from prompt_tuning.bench import BenchConfig, RunResult, hbm, is_out_of_memory, log, tables
 from prompt_tuning.bench.inference import time_calls
 from prompt_tuning.bench.ours import init_on_device, peak_bytes
-from prompt_tuning.bench.profile import Profiler, format_profile
+from prompt_tuning.bench.profile import Profiler
 from prompt_tuning.errors import first_line
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
@@ -170,9 +170,7 @@ def _run_ours(cfg: BenchConfig, dec: DecodeConfig, profiler: Profiler | None) ->
     else:
       extra["mean_score"] = float(np.asarray(out).mean())
     if profiler is not None:
-      profiled = profiler.profile(name, lambda fn=fn, args=args: jax.block_until_ready(fn(*args)))
-      print(format_profile(name, profiled), flush=True)
-      extra["profile"] = profiled.to_dict()
+      extra.update(profiler.row_extra(name, lambda fn=fn, args=args: jax.block_until_ready(fn(*args))))
     # The peak is the process's highest so far (JAX cannot reset it): a row's includes the rows before.
     row = RunResult.timed(name, seconds, cfg.steps, cfg.batch, 0, peak_bytes(local), first, **extra)
     results.append(dataclasses.replace(row, tflops=None))

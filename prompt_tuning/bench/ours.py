@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import param_tree, partitioning
 from prompt_tuning.bench import BenchConfig, RunResult, flops, is_out_of_memory, log, log_row
-from prompt_tuning.bench.profile import Profiler, format_profile
+from prompt_tuning.bench.profile import Profiler
 from prompt_tuning.errors import first_line
 from prompt_tuning.models.model import EncoderDecoderModel, LossConfig
 from prompt_tuning.models.prompt import PromptConfig, PromptedTransformer
@@ -201,9 +201,7 @@ def _run(cfg: BenchConfig, profiler: Profiler | None) -> RunResult:
       carried[0], step_metrics = train_step(carried[0], frozen, batch, rng)  # the state is donated
       jax.block_until_ready(step_metrics)
 
-    kernels = profiler.profile(cfg.ours_name, one_step)
-    print(format_profile(cfg.ours_name, kernels), flush=True)
-    profiled["profile"] = kernels.to_dict()
+    profiled = profiler.row_extra(cfg.ours_name, one_step)
   return RunResult.timed(
     cfg.ours_name,
     seconds,

@@ -80,6 +80,12 @@ class Profiler:
         call()
     return Profile(trace_dir, self.calls, device_kernels(read_trace(trace_dir), self.calls))
 
+  def row_extra(self, row_name: str, call: Callable[[], Any]) -> dict[str, Any]:
+    """Profiles `call`, prints its table, and returns what the row keeps: {'profile': ...}."""
+    profiled = self.profile(row_name, call)
+    print(format_profile(row_name, profiled), flush=True)
+    return {"profile": profiled.to_dict()}
+
 
 def read_trace(trace_dir: str) -> Any:
   """The newest XSpace (`*.xplane.pb`) under `trace_dir`, as jax.profiler.ProfileData."""
